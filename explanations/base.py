@@ -1,0 +1,73 @@
+"""`Explanation`: what every explanation π of (M, D) answers, and the sampling budget.
+
+expectation(samples=None) and probability(event, samples=None) answer from π's own
+state; with samples=N they answer by N plain Monte Carlo draws through the compiled
+graph instead (the hybrid issue makes this smarter). predict(x) is π's prediction of M(x).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+from .distributions import Gaussian
+from .errors import InvalidDistribution
+from .estimate import Estimate
+from .events import Event
+from .graph import Graph
+from .montecarlo import mean_estimate, probability_estimate, tally
+
+
+class Explanation(ABC):
+    """An explanation π of a compiled model `graph` on inputs x ~ `distribution`."""
+
+    method: str = ""
+
+    def __init__(self, graph: Graph, distribution: Gaussian, *, seed: int = 0) -> None:
+        if not isinstance(distribution, Gaussian):
+            raise InvalidDistribution(f"expected a Gaussian input distribution, got {type(distribution).__name__}")
+        if distribution.dim != graph.n_inputs:
+            raise InvalidDistribution(
+                f"the distribution has {distribution.dim} dimensions but the model takes {graph.n_inputs} inputs")
+        self.graph = graph
+        self.distribution = distribution.to(device=graph.device)
+        self.seed = seed
+
+    @property
+    def flops_per_sample(self) -> int:
+        """FLOPs of one forward pass of M: the unit 'sample-equivalent'."""
+        return self.graph.flops_per_sample
+
+    def expectation(self, samples: int | None = None) -> Estimate:
+        """Estimate of E_D[M(x)], one entry per output."""
+        if samples is not None:
+            return mean_estimate(tally(self.graph, self.distribution, samples, seed=self.seed),
+                                 self.flops_per_sample)
+        return self._expectation()
+
+    def probability(self, event: Event, samples: int | None = None) -> Estimate:
+        """Estimate of P_D[event]; the event is checked against the model first."""
+        if not isinstance(event, Event):
+            raise TypeError(f"probability expects an Event, got {type(event).__name__}")
+        event.check(self.graph.n_outputs)
+        if samples is not None:
+            counts = tally(self.graph, self.distribution, samples, [event], seed=self.seed)
+            return probability_estimate(counts.hits[0], counts, self.flops_per_sample)
+        return self._probability(event)
+
+    def _inputs(self, x: Tensor) -> Tensor:
+        x = torch.as_tensor(x)
+        if x.dim() != 2 or x.shape[1] != self.graph.n_inputs:
+            raise ValueError(f"predict expects inputs of shape [batch, {self.graph.n_inputs}], got {tuple(x.shape)}")
+        return x.to(self.graph.device)
+
+    @abstractmethod
+    def predict(self, x: Tensor) -> Tensor:
+        """π's prediction of M(x): [batch, outputs]."""
+
+    @abstractmethod
+    def _expectation(self) -> Estimate: ...
+
+    @abstractmethod
+    def _probability(self, event: Event) -> Estimate: ...

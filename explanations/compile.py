@@ -1,0 +1,131 @@
+"""`compile_model`: a torch module → its formal `Graph`.
+
+Leaves: nn.Linear, nn.ReLU, nn.GELU (both approximations), nn.Tanh, nn.Sigmoid,
+nn.Identity, nn.Flatten; nn.Sequential nests. Any other module is traced with torch.fx
+and accepted when its forward is built from supported submodules, the matching
+functional activations, and additions of values that share the module's input: the sum
+becomes a `Residual` whose branches are the two chains after their common prefix.
+Anything else raises `UnsupportedModule` naming the submodule's path and type.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import InvalidModel, UnsupportedModule
+from .graph import Act, Affine, Chain, Graph, Residual, first_width
+
+_LEAF_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+_FUNCTION_ACTIVATIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh", F.tanh: "tanh",
+                         torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid"}
+_METHOD_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+_ADDS = {operator.add, torch.add}
+_IDENTITIES = {torch.flatten}
+
+
+def compile_model(module: nn.Module, n_inputs: int | None = None) -> Graph:
+    """The formal graph of `module`, which maps [batch, n_inputs] to [batch, n_outputs].
+
+    n_inputs defaults to the input width of the first affine layer.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"compile_model expects a torch.nn.Module, got {type(module).__name__}")
+    chain = _compile(module, "")
+    width = n_inputs if n_inputs is not None else first_width(chain)
+    if width is None:
+        raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
+    return Graph(chain, width)
+
+
+def _gelu_kind(approximate: str, path: str) -> str:
+    if approximate == "none":
+        return "gelu"
+    if approximate == "tanh":
+        return "gelu_tanh"
+    raise UnsupportedModule(path, "GELU", f"approximate={approximate!r}")
+
+
+def _compile(module: nn.Module, path: str) -> Chain:
+    if isinstance(module, nn.Sequential):
+        return tuple(op for name, child in module.named_children()
+                     for op in _compile(child, f"{path}.{name}" if path else name))
+    if isinstance(module, nn.Linear):
+        if isinstance(module.weight, nn.parameter.UninitializedParameter):
+            raise UnsupportedModule(path, type(module).__name__, "uninitialised lazy parameters")
+        weight = module.weight.detach().clone()
+        bias = module.bias.detach().clone() if module.bias is not None else weight.new_zeros(weight.shape[0])
+        return (Affine(weight, bias, path),)
+    if type(module) in _LEAF_ACTIVATIONS:
+        return (Act(_LEAF_ACTIVATIONS[type(module)], path),)
+    if isinstance(module, nn.GELU):
+        return (Act(_gelu_kind(module.approximate, path), path),)
+    if isinstance(module, (nn.Identity, nn.Flatten)):
+        return ()
+    return _compile_traced(module, path)
+
+
+class _ChildrenAreLeaves(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return True
+
+
+def _compile_traced(module: nn.Module, path: str) -> Chain:
+    kind = type(module).__name__
+    try:
+        graph = _ChildrenAreLeaves().trace(module)
+    except Exception as error:  # fx raises many types for untraceable code
+        raise UnsupportedModule(path, kind, f"its forward cannot be traced ({error})") from None
+    chains: dict[torch.fx.Node, Chain] = {}
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            if chains:
+                raise UnsupportedModule(path, kind, "forward takes more than one input")
+            chains[node] = ()
+        elif node.op == "output":
+            result = node.args[0]
+            if not isinstance(result, torch.fx.Node):
+                raise UnsupportedModule(path, kind, "forward must return a single tensor")
+            return chains[result]
+        else:
+            chains[node] = _trace_step(node, chains, module, path, kind)
+    raise UnsupportedModule(path, kind, "forward returns nothing")
+
+
+def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str, kind: str) -> Chain:
+    """The chain (from the module's input) that computes the value of fx node `node`."""
+    def operand(arg: object) -> Chain:
+        if not isinstance(arg, torch.fx.Node):
+            raise UnsupportedModule(path, kind, f"operation {node.target} on a constant ({arg!r})")
+        return chains[arg]
+
+    args = node.args
+    if node.op == "call_module":
+        child = module.get_submodule(node.target)
+        return operand(args[0]) + _compile(child, f"{path}.{node.target}" if path else node.target)
+    if node.op == "call_function" and node.target in _ADDS and len(args) == 2 and not node.kwargs:
+        return _residual(operand(args[0]), operand(args[1]), f"{path}.{node.name}" if path else node.name)
+    if node.op == "call_method" and node.target in ("add", "__add__") and len(args) == 2 and not node.kwargs:
+        return _residual(operand(args[0]), operand(args[1]), f"{path}.{node.name}" if path else node.name)
+    if node.op == "call_function" and node.target in _FUNCTION_ACTIVATIONS:
+        return operand(args[0]) + (Act(_FUNCTION_ACTIVATIONS[node.target], f"{path}.{node.name}"),)
+    if node.op == "call_function" and node.target is F.gelu:
+        approximate = node.kwargs.get("approximate", args[1] if len(args) > 1 else "none")
+        return operand(args[0]) + (Act(_gelu_kind(approximate, path), f"{path}.{node.name}"),)
+    if node.op == "call_method" and node.target in _METHOD_ACTIVATIONS and len(args) == 1:
+        return operand(args[0]) + (Act(_METHOD_ACTIVATIONS[node.target], f"{path}.{node.name}"),)
+    if (node.op == "call_function" and node.target in _IDENTITIES) or (
+            node.op == "call_method" and node.target == "flatten"):
+        return operand(args[0])
+    raise UnsupportedModule(path, kind, f"operation {node.op} {getattr(node.target, '__name__', node.target)}")
+
+
+def _residual(left: Chain, right: Chain, path: str) -> Chain:
+    """left + right as common prefix followed by Residual(rest of left, rest of right)."""
+    shared = 0
+    while shared < min(len(left), len(right)) and left[shared] is right[shared]:
+        shared += 1
+    return left[:shared] + (Residual((left[shared:], right[shared:]), path),)

@@ -1,0 +1,91 @@
+"""Input distributions: `Gaussian(mean, cov)`.
+
+Validation: a 1-D finite mean; a square, finite, symmetric covariance (|Σ - Σᵀ| ≤
+1e-8·max|Σ|) whose smallest eigenvalue is ≥ -1e-8·(largest). Sampling uses
+x = μ + F u with u ~ N(0, I) and F F ᵀ = Σ: the Cholesky factor when Σ is positive
+definite, else V·diag(√max(λ, 0)) from the eigendecomposition (singular Σ allowed).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .errors import InvalidDistribution
+
+_TOLERANCE = 1e-8
+
+
+class Gaussian:
+    """The multivariate normal N(mean, cov) over flat input vectors."""
+
+    def __init__(self, mean: Tensor, cov: Tensor, *, dtype: torch.dtype = torch.float64) -> None:
+        mean = torch.as_tensor(mean)
+        cov = torch.as_tensor(cov)
+        if mean.dim() != 1:
+            raise InvalidDistribution(f"mean must be a vector, got shape {tuple(mean.shape)}")
+        n = mean.shape[0]
+        if cov.shape != (n, n):
+            raise InvalidDistribution(
+                f"covariance must have shape ({n}, {n}) to match the mean, got {tuple(cov.shape)}")
+        mean, cov = mean.to(dtype), cov.to(device=mean.device, dtype=dtype)
+        if not torch.isfinite(mean).all():
+            raise InvalidDistribution("mean has NaN or infinite entries")
+        if not torch.isfinite(cov).all():
+            raise InvalidDistribution("covariance has NaN or infinite entries")
+        scale = cov.abs().max().clamp_min(1e-300)
+        asymmetry = (cov - cov.T).abs().max()
+        if asymmetry > _TOLERANCE * scale:
+            raise InvalidDistribution(f"covariance is not symmetric (max |Σ - Σᵀ| = {asymmetry:.3g})")
+        cov = (cov + cov.T) / 2
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        if eigenvalues[0] < -_TOLERANCE * eigenvalues[-1].abs().clamp_min(1e-300):
+            raise InvalidDistribution(
+                f"covariance is not positive semi-definite: smallest eigenvalue {eigenvalues[0].item():.3g}")
+        self.mean, self.cov = mean, cov
+        self._identity = bool(torch.equal(cov, torch.eye(n, dtype=dtype, device=cov.device)))
+        cholesky, info = torch.linalg.cholesky_ex(cov)
+        if info == 0:
+            self.factor = cholesky
+        else:
+            self.factor = eigenvectors * eigenvalues.clamp_min(0).sqrt()
+
+    @classmethod
+    def standard(cls, n: int, *, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None) -> "Gaussian":
+        """N(0, I_n)."""
+        if not isinstance(n, int) or n < 1:
+            raise InvalidDistribution(f"dimension must be a positive integer, got {n!r}")
+        return cls(torch.zeros(n, dtype=dtype, device=device),
+                   torch.eye(n, dtype=dtype, device=device), dtype=dtype)
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def is_standard(self) -> bool:
+        """True for N(0, I): samples need no factor multiply."""
+        return self._identity and not bool(self.mean.any())
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Gaussian":
+        """The same distribution with tensors on another device or dtype."""
+        dtype = dtype or self.mean.dtype
+        return Gaussian(self.mean.to(device=device), self.cov.to(device=device), dtype=dtype)
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               dtype: torch.dtype | None = None) -> Tensor:
+        """n independent draws, shape [n, dim]."""
+        dtype = dtype or self.mean.dtype
+        device = generator.device if generator is not None else self.mean.device
+        u = torch.randn(n, self.dim, generator=generator, dtype=dtype, device=device)
+        if self.is_standard:
+            return u
+        return torch.addmm(self.mean.to(device=device, dtype=dtype), u, self.factor.to(device=device, dtype=dtype).T)
+
+    def sample_flops(self) -> int:
+        """FLOPs of one draw: dim normal variates, plus 2·dim² for μ + F u unless standard."""
+        return self.dim if self.is_standard else self.dim + 2 * self.dim * self.dim
+
+    def __repr__(self) -> str:
+        kind = "standard" if self.is_standard else "general"
+        return f"Gaussian(dim={self.dim}, {kind}, dtype={self.mean.dtype})"

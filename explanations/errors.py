@@ -1,0 +1,27 @@
+"""Errors that name what is wrong with a user's input."""
+
+
+class PiTrackerError(Exception):
+    """Base class of every error π-tracker raises on bad input."""
+
+
+class UnsupportedModule(PiTrackerError, TypeError):
+    """A submodule (or traced operation) that the formal language cannot express."""
+
+    def __init__(self, path: str, kind: str, reason: str = "") -> None:
+        self.path, self.kind = path, kind
+        where = path or "<root>"
+        message = f"unsupported module at '{where}' ({kind})"
+        super().__init__(f"{message}: {reason}" if reason else message)
+
+
+class InvalidModel(PiTrackerError, ValueError):
+    """A supported module whose parameters are unusable (NaN/inf weights, shape clash)."""
+
+
+class InvalidDistribution(PiTrackerError, ValueError):
+    """An input distribution that is malformed (shapes, symmetry, PSD, finiteness)."""
+
+
+class InvalidEvent(PiTrackerError, ValueError):
+    """An event that cannot be evaluated on this model (index out of range, NaN threshold)."""

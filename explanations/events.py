@@ -1,0 +1,234 @@
+"""Events: the catastrophe-detector language.
+
+    Above(k, t)      y_k > t              Below(k, t)   y_k < t
+    ArgMax(k)        y_k > y_j for all j ≠ k (output k is the largest)
+    All(e1, e2, …)   every event holds    Any(e1, e2, …)   some event holds
+    Detector(m, t)   m(y) > t for a torch module m on the outputs (a learned detector)
+
+Each event is evaluated on output tensors (`evaluate`, used by sampling) and exposes its
+structure (`dnf`): a union of clauses, each an intersection of halfspaces
+{v : Σ coef·v_key > threshold} over the observed vector v = (y, detector outputs).
+Every such event is a union of polyhedra in v, which is what explanations integrate.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from itertools import product
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InvalidEvent
+
+MAX_CLAUSES = 4096
+
+
+@dataclass(frozen=True, eq=False)
+class Halfspace:
+    """{v : Σ_i coef_i · v[key_i] > threshold}; a key is an output index or a Detector."""
+    terms: tuple[tuple[object, float], ...]
+    threshold: float
+
+
+Clause = tuple[Halfspace, ...]
+
+
+class Event(ABC):
+    """Base class: a predicate on the outputs y of the model."""
+
+    @abstractmethod
+    def evaluate(self, y: Tensor) -> Tensor:
+        """Boolean tensor [batch]: does the event hold for each row of y: [batch, outputs]?"""
+
+    @abstractmethod
+    def dnf(self) -> list[Clause]:
+        """The event as a union of clauses of halfspaces (see module docstring)."""
+
+    @abstractmethod
+    def check(self, n_outputs: int) -> None:
+        """Raise InvalidEvent if the event names an output the model does not have."""
+
+    def detectors(self) -> list["Detector"]:
+        """The learned detectors this event uses, each once, in order of appearance."""
+        return []
+
+
+def _index(k: object) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise InvalidEvent(f"output index must be an integer, got {k!r}")
+    if k < 0:
+        raise InvalidEvent(f"output index must be non-negative, got {k}")
+    return k
+
+
+def _threshold(t: object) -> float:
+    try:
+        value = float(t)
+    except (TypeError, ValueError):
+        raise InvalidEvent(f"threshold must be a number, got {t!r}") from None
+    if math.isnan(value):
+        raise InvalidEvent("threshold is NaN")
+    return value
+
+
+def _check_index(k: int, n_outputs: int) -> None:
+    if k >= n_outputs:
+        raise InvalidEvent(f"output index {k} out of range for a model with {n_outputs} outputs")
+
+
+class Above(Event):
+    """y_k > t."""
+
+    def __init__(self, k: int, t: float) -> None:
+        self.k, self.t = _index(k), _threshold(t)
+
+    def evaluate(self, y: Tensor) -> Tensor:
+        return y[:, self.k] > self.t
+
+    def dnf(self) -> list[Clause]:
+        return [(Halfspace(((self.k, 1.0),), self.t),)]
+
+    def check(self, n_outputs: int) -> None:
+        _check_index(self.k, n_outputs)
+
+    def __repr__(self) -> str:
+        return f"Above({self.k}, {self.t:g})"
+
+
+class Below(Event):
+    """y_k < t."""
+
+    def __init__(self, k: int, t: float) -> None:
+        self.k, self.t = _index(k), _threshold(t)
+
+    def evaluate(self, y: Tensor) -> Tensor:
+        return y[:, self.k] < self.t
+
+    def dnf(self) -> list[Clause]:
+        return [(Halfspace(((self.k, -1.0),), -self.t),)]
+
+    def check(self, n_outputs: int) -> None:
+        _check_index(self.k, n_outputs)
+
+    def __repr__(self) -> str:
+        return f"Below({self.k}, {self.t:g})"
+
+
+class ArgMax(Event):
+    """Output k is the largest: y_k > y_j for every j ≠ k (needs the output count)."""
+
+    def __init__(self, k: int, n_outputs: int | None = None) -> None:
+        self.k, self.n_outputs = _index(k), n_outputs
+
+    def evaluate(self, y: Tensor) -> Tensor:
+        others = torch.cat([y[:, :self.k], y[:, self.k + 1:]], dim=1)
+        return (y[:, self.k:self.k + 1] > others).all(dim=1)
+
+    def dnf(self) -> list[Clause]:
+        if self.n_outputs is None:
+            raise InvalidEvent("ArgMax needs the model's output count: call check(n_outputs) first")
+        return [tuple(Halfspace(((self.k, 1.0), (j, -1.0)), 0.0)
+                      for j in range(self.n_outputs) if j != self.k)]
+
+    def check(self, n_outputs: int) -> None:
+        _check_index(self.k, n_outputs)
+        if n_outputs < 2:
+            raise InvalidEvent("ArgMax needs a model with at least 2 outputs")
+        self.n_outputs = n_outputs
+
+    def __repr__(self) -> str:
+        return f"ArgMax({self.k})"
+
+
+class _Compound(Event):
+    def __init__(self, *events: Event) -> None:
+        if len(events) == 1 and isinstance(events[0], (list, tuple)):
+            events = tuple(events[0])
+        if not events:
+            raise InvalidEvent(f"{type(self).__name__} needs at least one event")
+        for e in events:
+            if not isinstance(e, Event):
+                raise InvalidEvent(f"{type(self).__name__} takes events, got {e!r}")
+        self.events = events
+
+    def check(self, n_outputs: int) -> None:
+        for e in self.events:
+            e.check(n_outputs)
+
+    def detectors(self) -> list["Detector"]:
+        found: list[Detector] = []
+        for e in self.events:
+            found += [d for d in e.detectors() if all(d is not f for f in found)]
+        return found
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.events))})"
+
+
+class All(_Compound):
+    """Every event holds (intersection)."""
+
+    def evaluate(self, y: Tensor) -> Tensor:
+        result = self.events[0].evaluate(y)
+        for e in self.events[1:]:
+            result = result & e.evaluate(y)
+        return result
+
+    def dnf(self) -> list[Clause]:
+        parts = [e.dnf() for e in self.events]
+        count = math.prod(len(p) for p in parts)
+        if count > MAX_CLAUSES:
+            raise InvalidEvent(f"All(...) expands to {count} clauses (> {MAX_CLAUSES}); simplify the event")
+        return [sum(choice, ()) for choice in product(*parts)]
+
+
+class Any(_Compound):
+    """Some event holds (union)."""
+
+    def evaluate(self, y: Tensor) -> Tensor:
+        result = self.events[0].evaluate(y)
+        for e in self.events[1:]:
+            result = result | e.evaluate(y)
+        return result
+
+    def dnf(self) -> list[Clause]:
+        return [clause for e in self.events for clause in e.dnf()]
+
+
+class Detector(Event):
+    """A learned catastrophe detector: the event `module(y) > threshold`.
+
+    The module maps the model's outputs [batch, outputs] to one score per row; it is
+    compiled to the formal language too, so explanations propagate through it.
+    """
+
+    def __init__(self, module: nn.Module, threshold: float = 0.0) -> None:
+        from .compile import compile_model  # events are importable without the compiler
+        if not isinstance(module, nn.Module):
+            raise InvalidEvent(f"Detector takes a torch module, got {type(module).__name__}")
+        self.module, self.threshold = module, _threshold(threshold)
+        self.graph = compile_model(module)
+        if self.graph.n_outputs != 1:
+            raise InvalidEvent(f"a detector must output one score per row, this one outputs {self.graph.n_outputs}")
+
+    def score(self, y: Tensor) -> Tensor:
+        """The detector's score for each row of y: [batch]."""
+        return self.graph.forward(y.to(self.graph.dtype))[:, 0]
+
+    def evaluate(self, y: Tensor) -> Tensor:
+        return self.score(y) > self.threshold
+
+    def dnf(self) -> list[Clause]:
+        return [(Halfspace(((self, 1.0),), self.threshold),)]
+
+    def check(self, n_outputs: int) -> None:
+        if self.graph.n_inputs != n_outputs:
+            raise InvalidEvent(f"the detector reads {self.graph.n_inputs} values but the model has {n_outputs} outputs")
+
+    def detectors(self) -> list["Detector"]:
+        return [self]
+
+    def __repr__(self) -> str:
+        return f"Detector({type(self.module).__name__}, threshold={self.threshold:g})"

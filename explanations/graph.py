@@ -1,0 +1,241 @@
+"""The formal structure of a network: a chain of typed operations on flat vectors.
+
+    Affine(W, b)          h ↦ W h + b
+    Act(kind)             h ↦ f(h) elementwise, f from `activations.ACTIVATIONS`
+    Residual(branches)    h ↦ Σ_i branch_i(h); each branch is a chain, () is the skip h ↦ h
+
+Identity and Flatten compile away (the identity on flat [batch, n] inputs). Every op
+keeps the path of the module it came from, for error messages. A `Graph` round-trips
+through plain data: JSON-able metadata and a dict of named numpy arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .activations import ACTIVATIONS
+from .errors import InvalidModel
+
+FORMAT_VERSION = 1
+
+
+@dataclass(eq=False)
+class Affine:
+    weight: Tensor  # [out, in]
+    bias: Tensor    # [out]
+    path: str = ""
+
+    @property
+    def n_in(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.weight.shape[0]
+
+
+@dataclass(eq=False)
+class Act:
+    kind: str
+    path: str = ""
+
+
+@dataclass(eq=False)
+class Residual:
+    branches: tuple[tuple["Op", ...], ...]
+    path: str = ""
+
+
+Op = Union[Affine, Act, Residual]
+Chain = tuple[Op, ...]
+
+
+def chain_width(chain: Chain, n_in: int) -> int:
+    """Width of the vector a chain outputs for an n_in-wide input; checks shapes."""
+    n = n_in
+    for op in chain:
+        if isinstance(op, Affine):
+            if op.n_in != n:
+                raise InvalidModel(f"'{op.path}' expects {op.n_in} inputs but receives {n}")
+            n = op.n_out
+        elif isinstance(op, Residual):
+            widths = {chain_width(branch, n) for branch in op.branches}
+            if len(widths) != 1:
+                raise InvalidModel(f"residual '{op.path}' sums branches of widths {sorted(widths)}")
+            n = widths.pop()
+    return n
+
+
+def first_width(chain: Chain) -> int | None:
+    """Input width implied by the first affine map met along the chain."""
+    for op in chain:
+        if isinstance(op, Affine):
+            return op.n_in
+        if isinstance(op, Residual):
+            found = [w for w in (first_width(b) for b in op.branches) if w is not None]
+            if found:
+                return found[0]
+    return None
+
+
+def iter_ops(chain: Chain) -> Iterator[Op]:
+    """Every op, depth first, residual branches included."""
+    for op in chain:
+        yield op
+        if isinstance(op, Residual):
+            for branch in op.branches:
+                yield from iter_ops(branch)
+
+
+def run_chain(chain: Chain, h: Tensor) -> Tensor:
+    """Evaluate the chain on a batch h: [batch, n]."""
+    for op in chain:
+        if isinstance(op, Affine):
+            h = torch.addmm(op.bias.to(h.dtype), h, op.weight.to(h.dtype).T)
+        elif isinstance(op, Act):
+            h = ACTIVATIONS[op.kind].fn(h)
+        else:
+            h = sum(run_chain(branch, h) for branch in op.branches)
+    return h
+
+
+def chain_flops(chain: Chain, n_in: int) -> int:
+    """Forward FLOPs per sample: 2·in·out + out per affine map, the activation's
+    price per unit, and one per unit for each extra residual summand."""
+    total, n = 0, n_in
+    for op in chain:
+        if isinstance(op, Affine):
+            total += 2 * op.n_in * op.n_out + op.n_out
+            n = op.n_out
+        elif isinstance(op, Act):
+            total += ACTIVATIONS[op.kind].flops * n
+        else:
+            total += sum(chain_flops(branch, n) for branch in op.branches)
+            total += (len(op.branches) - 1) * n
+            n = chain_width(op.branches[0], n)
+    return total
+
+
+class Graph:
+    """A compiled network: `chain` maps [batch, n_inputs] to [batch, n_outputs]."""
+
+    def __init__(self, chain: Chain, n_inputs: int) -> None:
+        self.chain = tuple(chain)
+        self.n_inputs = n_inputs
+        self.n_outputs = chain_width(self.chain, n_inputs)
+        for op in iter_ops(self.chain):
+            if isinstance(op, Affine):
+                for name, tensor in (("weight", op.weight), ("bias", op.bias)):
+                    if not torch.isfinite(tensor).all():
+                        raise InvalidModel(f"{name} of '{op.path}' has NaN or infinite entries")
+
+    @property
+    def flops_per_sample(self) -> int:
+        """FLOPs of one forward pass: the unit 'sample-equivalent'."""
+        return chain_flops(self.chain, self.n_inputs)
+
+    @property
+    def device(self) -> torch.device:
+        return next((op.weight.device for op in iter_ops(self.chain) if isinstance(op, Affine)),
+                    torch.device("cpu"))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next((op.weight.dtype for op in iter_ops(self.chain) if isinstance(op, Affine)),
+                    torch.float32)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """M(x) for x: [batch, n_inputs] (a single vector is treated as a batch of one)."""
+        squeeze = x.dim() == 1
+        h = x.reshape(-1, self.n_inputs) if squeeze else x
+        if h.shape[-1] != self.n_inputs:
+            raise ValueError(f"inputs have {h.shape[-1]} features, the model expects {self.n_inputs}")
+        y = run_chain(self.chain, h)
+        return y[0] if squeeze else y
+
+    __call__ = forward
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Graph":
+        """A copy with parameters on another device / dtype."""
+        def move(chain: Chain) -> Chain:
+            out = []
+            for op in chain:
+                if isinstance(op, Affine):
+                    out.append(Affine(op.weight.to(device=device, dtype=dtype),
+                                      op.bias.to(device=device, dtype=dtype), op.path))
+                elif isinstance(op, Residual):
+                    out.append(Residual(tuple(move(b) for b in op.branches), op.path))
+                else:
+                    out.append(op)
+            return tuple(out)
+        return Graph(move(self.chain), self.n_inputs)
+
+    def to_plain(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON-able metadata, named arrays) from which `from_plain` rebuilds the graph."""
+        arrays: dict[str, np.ndarray] = {}
+
+        def encode(chain: Chain) -> list:
+            out = []
+            for op in chain:
+                if isinstance(op, Affine):
+                    key = f"affine{len(arrays) // 2}"
+                    arrays[f"{key}.weight"] = op.weight.detach().cpu().numpy()
+                    arrays[f"{key}.bias"] = op.bias.detach().cpu().numpy()
+                    out.append({"op": "affine", "array": key, "path": op.path})
+                elif isinstance(op, Act):
+                    out.append({"op": "act", "kind": op.kind, "path": op.path})
+                else:
+                    out.append({"op": "residual", "path": op.path,
+                                "branches": [encode(b) for b in op.branches]})
+            return out
+
+        meta = {"format": "pi-tracker graph", "version": FORMAT_VERSION,
+                "n_inputs": self.n_inputs, "chain": encode(self.chain)}
+        return meta, arrays
+
+    @classmethod
+    def from_plain(cls, meta: dict, arrays: dict[str, np.ndarray],
+                   device: torch.device | str | None = None) -> "Graph":
+        """Inverse of `to_plain`; raises ValueError on foreign or malformed data."""
+        if not isinstance(meta, dict) or meta.get("format") != "pi-tracker graph":
+            raise ValueError("not a π-tracker graph description")
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"graph format version {meta.get('version')} is not {FORMAT_VERSION}")
+
+        def decode(items: list) -> Chain:
+            out: list[Op] = []
+            for item in items:
+                kind = item.get("op")
+                if kind == "affine":
+                    try:
+                        weight, bias = arrays[item["array"] + ".weight"], arrays[item["array"] + ".bias"]
+                    except KeyError as missing:
+                        raise ValueError(f"graph arrays lack {missing}") from None
+                    out.append(Affine(torch.as_tensor(np.asarray(weight), device=device),
+                                      torch.as_tensor(np.asarray(bias), device=device), item.get("path", "")))
+                elif kind == "act" and item.get("kind") in ACTIVATIONS:
+                    out.append(Act(item["kind"], item.get("path", "")))
+                elif kind == "residual":
+                    out.append(Residual(tuple(decode(b) for b in item["branches"]), item.get("path", "")))
+                else:
+                    raise ValueError(f"unknown graph operation {item!r}")
+            return tuple(out)
+
+        return cls(decode(meta["chain"]), int(meta["n_inputs"]))
+
+    def __repr__(self) -> str:
+        def show(chain: Chain) -> str:
+            parts = []
+            for op in chain:
+                if isinstance(op, Affine):
+                    parts.append(f"Affine({op.n_in}→{op.n_out})")
+                elif isinstance(op, Act):
+                    parts.append(op.kind)
+                else:
+                    parts.append("Residual(" + " + ".join(show(b) or "skip" for b in op.branches) + ")")
+            return " → ".join(parts)
+        return f"Graph({self.n_inputs} inputs: {show(self.chain)})"

@@ -1,0 +1,165 @@
+"""Mean, covariance and Stein slope of f(z) for z ~ N(μ, Σ), f an elementwise activation.
+
+ReLU, in closed form. With σ_i = √Σ_ii, a_i = μ_i/σ_i, ρ = corr(z_i, z_j), s = √(1-ρ²):
+    E[z_i⁺] = σ_i (a_i Φ(a_i) + φ(a_i))
+    E[z_i⁺²] = σ_i² ((a_i² + 1) Φ(a_i) + a_i φ(a_i))
+    E[z_i⁺ z_j⁺] = σ_iσ_j [ (a_i a_j + ρ) Φ₂(a_i, a_j; ρ) + a_i φ(a_j) Φ((a_i - ρ a_j)/s)
+                            + a_j φ(a_i) Φ((a_j - ρ a_i)/s)
+                            + s/(2π) exp(-(a_i² - 2ρ a_i a_j + a_j²)/(2s²)) ]
+(truncated bivariate normal moments, Rosenbaum 1961; derived by integrating by parts
+against the conditional law z_j | z_i), with Φ₂ from `mvn.bivariate_normal_cdf`.
+
+Other activations (GELU, tanh, sigmoid) by a Hermite series (Mehler's formula): with
+u ~ N(0,1) and the normalised Hermite polynomials h_k = He_k/√k!,
+    c_ik = E[f(μ_i + σ_i u) h_k(u)]      (quadrature, see below)
+    Cov(f(z_i), f(z_j)) = Σ_{k≥1} c_ik c_jk ρ^k      (i ≠ j, truncated at k = K)
+    Var f(z_i) = E[f(z_i)²] - c_i0²                   (quadrature, no truncation)
+The truncation error of an off-diagonal entry is at most |ρ|^{K+1} √(T_i T_j) with
+T_i = Var f(z_i) - Σ_{k=1..K} c_ik² (Parseval); its maximum is reported as `truncation`.
+
+Quadrature over u ~ N(0,1): composite Gauss–Legendre, 30 panels × 6 nodes on [-9, 9]
+(the mass beyond is 2e-19). Unlike Gauss–Hermite it resolves the kink-like bend of GELU at
+large σ: measured on E[GELU(0.3 + σu)] against its closed form, the error is 1e-15 at
+σ ≤ 1, 1e-12 at σ = 2, 4e-9 at σ = 4 and 2e-6 at σ = 8 (Gauss–Hermite with 80 nodes: 5e-6
+at σ = 4, 8e-3 at σ = 8).
+
+Slope, for the cross-covariances of Stein's lemma Cov(x, f(z)) = Cov(x, z) E[f′(z)]:
+E[f′(z_i)] = c_i1/σ_i (Stein), Φ(a_i) for ReLU, f′(μ_i) when σ_i = 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.special import ndtr
+
+from .activations import ACTIVATIONS
+from .mvn import bivariate_normal_cdf, bivariate_normal_cdf_flops
+
+HERMITE_DEGREE = 24
+QUADRATURE_PANELS, PANEL_NODES, QUADRATURE_RANGE = 30, 6, 9.0
+_RHO_LIMIT = 1 - 1e-12
+_RELU_PAIR_FLOPS = 40  # the elementwise formula around Φ₂, per pair
+
+
+@dataclass(frozen=True)
+class ActivationMoments:
+    mean: Tensor        # [n]   E[f(z)]
+    cov: Tensor         # [n,n] Cov(f(z))
+    slope: Tensor       # [n]   E[f′(z)]
+    flops: int
+    truncation: float   # bound on the absolute error of any covariance entry (0: closed form)
+
+
+@lru_cache(maxsize=None)
+def _nodes(panels: int, per_panel: int, half_width: float) -> tuple[np.ndarray, np.ndarray]:
+    x, w = np.polynomial.legendre.leggauss(per_panel)
+    edges = np.linspace(-half_width, half_width, panels + 1)
+    half = (edges[1] - edges[0]) / 2
+    nodes = (edges[:-1, None] + half * (x[None, :] + 1)).ravel()
+    weights = np.tile(half * w, panels) * np.exp(-nodes * nodes / 2) / math.sqrt(2 * math.pi)
+    return nodes, weights
+
+
+def quadrature(like: Tensor, panels: int = QUADRATURE_PANELS, per_panel: int = PANEL_NODES,
+               half_width: float = QUADRATURE_RANGE) -> tuple[Tensor, Tensor]:
+    """Nodes and weights for E[g(u)], u ~ N(0, 1): composite Gauss–Legendre on [-L, L]."""
+    nodes, weights = _nodes(panels, per_panel, half_width)
+    return (torch.as_tensor(nodes, dtype=like.dtype, device=like.device),
+            torch.as_tensor(weights, dtype=like.dtype, device=like.device))
+
+
+def hermite_basis(u: Tensor, degree: int) -> Tensor:
+    """h_0..h_degree at u, normalised He_k/√k!: shape [degree + 1, *u.shape].
+
+    Recurrence h_{k+1} = (u h_k - √k h_{k-1}) / √(k+1).
+    """
+    basis = [torch.ones_like(u), u]
+    for k in range(1, degree):
+        basis.append((u * basis[k] - math.sqrt(k) * basis[k - 1]) / math.sqrt(k + 1))
+    return torch.stack(basis[:degree + 1])
+
+
+def _split(mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """σ, a boolean mask of (numerically) deterministic units, and a safe σ for division."""
+    sd = cov.diagonal().clamp_min(0).sqrt()
+    scale = torch.maximum(sd.max(), mean.abs().max()).clamp_min(1e-300)
+    deterministic = sd <= 1e-12 * scale
+    return sd, deterministic, torch.where(deterministic, torch.ones_like(sd), sd)
+
+
+def _correlation(cov: Tensor, sd_safe: Tensor) -> Tensor:
+    return (cov / torch.outer(sd_safe, sd_safe)).clamp(-_RHO_LIMIT, _RHO_LIMIT)
+
+
+def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor, kind: str,
+            flops: int, truncation: float) -> ActivationMoments:
+    """Covariance from second moments; deterministic units get f(μ), zero variance, f′(μ)."""
+    act = ACTIVATIONS[kind]
+    mean = torch.where(det, act.fn(mu), mean)
+    cov = second - torch.outer(mean, mean)
+    keep = (~det).to(cov.dtype)
+    cov = cov * torch.outer(keep, keep)
+    cov = (cov + cov.T) / 2
+    slope = torch.where(det, act.derivative(mu), slope)
+    n = mean.shape[0]
+    return ActivationMoments(mean, cov, slope, flops + 4 * n * n, truncation)
+
+
+def relu_moments(mean: Tensor, cov: Tensor) -> ActivationMoments:
+    """Closed-form moments of relu(z), z ~ N(mean, cov) (module docstring)."""
+    sd, det, sd_safe = _split(mean, cov)
+    a = mean / sd_safe
+    pdf = torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+    cdf = ndtr(a)
+    first = sd_safe * (a * cdf + pdf)
+    rho = _correlation(cov, sd_safe)
+    s = torch.sqrt((1 - rho) * (1 + rho))
+    ai, aj = a[:, None], a[None, :]
+    joint = bivariate_normal_cdf(ai.expand_as(rho), aj.expand_as(rho), rho)
+    tail = torch.exp(-(ai * ai - 2 * rho * ai * aj + aj * aj) / (2 * s * s))
+    second = torch.outer(sd_safe, sd_safe) * (
+        (ai * aj + rho) * joint
+        + ai * pdf[None, :] * ndtr((ai - rho * aj) / s)
+        + aj * pdf[:, None] * ndtr((aj - rho * ai) / s)
+        + s / (2 * math.pi) * tail)
+    diagonal = sd_safe ** 2 * ((a * a + 1) * cdf + a * pdf)
+    second = second - torch.diag(second.diagonal()) + torch.diag(diagonal)
+    n = mean.shape[0]
+    flops = bivariate_normal_cdf_flops(n * n) + _RELU_PAIR_FLOPS * n * n + 20 * n
+    return _finish(first, second, cdf, det, mean, "relu", flops, 0.0)
+
+
+def hermite_moments(kind: str, mean: Tensor, cov: Tensor, degree: int = HERMITE_DEGREE) -> ActivationMoments:
+    """Moments of f(z) by quadrature and Mehler's series (module docstring)."""
+    act = ACTIVATIONS[kind]
+    sd, det, sd_safe = _split(mean, cov)
+    u, w = quadrature(mean)
+    nodes = u.shape[0]
+    values = act.fn(mean[:, None] + sd_safe[:, None] * u[None, :])          # [n, Q]
+    basis = hermite_basis(u, degree)                                        # [K+1, Q]
+    coefficients = (values * w) @ basis.T                                   # [n, K+1]
+    square = (values * values) @ w                                          # E[f²]
+    rho = _correlation(cov, sd_safe)
+    series = torch.zeros_like(rho)
+    for k in range(degree, 0, -1):                                          # Horner in ρ
+        series = (series + torch.outer(coefficients[:, k], coefficients[:, k])) * rho
+    c0 = coefficients[:, 0]
+    second = series + torch.outer(c0, c0)
+    second = second - torch.diag(second.diagonal()) + torch.diag(square)
+    remainder = (square - (coefficients ** 2).sum(dim=1)).clamp_min(0)
+    off = rho.abs() ** (degree + 1) * torch.sqrt(torch.outer(remainder, remainder))
+    off.fill_diagonal_(0)
+    n = mean.shape[0]
+    flops = n * nodes * (act.flops + 2 + 2 * (degree + 1) + 2) + 3 * degree * n * n + 6 * n * n
+    return _finish(c0, second, coefficients[:, 1] / sd_safe, det, mean, kind, flops,
+                   float(off.max()) if n > 1 else 0.0)
+
+
+def activation_moments(kind: str, mean: Tensor, cov: Tensor) -> ActivationMoments:
+    """Dispatch: ReLU in closed form, the others by Hermite series."""
+    return relu_moments(mean, cov) if kind == "relu" else hermite_moments(kind, mean, cov)

@@ -1,0 +1,95 @@
+"""Plain Monte Carlo over x ~ D: the sampling baseline and the `samples=N` budget.
+
+One pass draws N inputs in batches, runs the graph, and tallies Σy, Σy² (float64) and
+the hit count of each event, so several estimates share the same forward passes.
+Cost: N · (FLOPs of one forward pass + FLOPs of one draw), counted exactly.
+
+Intervals (95%): for a mean, ȳ ± 1.96 s/√N (normal approximation); for a probability,
+Wilson's score interval  (k + z²/2)/(N + z²) ± z/(N + z²) · √(k(N-k)/N + z²/4),
+which stays inside [0, 1] and is informative at k = 0.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .distributions import Gaussian
+from .estimate import Estimate
+from .events import Event
+from .graph import Graph
+
+Z95 = 1.959963984540054
+PROGRESS_FROM = 1_000_000
+
+
+@dataclass
+class Tally:
+    samples: int
+    total: Tensor          # Σ y, float64 [outputs]
+    total_squares: Tensor  # Σ y², float64 [outputs]
+    hits: list[int]
+    flops: int
+
+
+def draw_cost(graph: Graph, distribution: Gaussian) -> int:
+    """FLOPs of one sample: a draw from D plus one forward pass."""
+    return graph.flops_per_sample + distribution.sample_flops()
+
+
+def tally(graph: Graph, distribution: Gaussian, samples: int, events: list[Event] = (),
+          seed: int = 0, batch: int = 1 << 16, progress: bool | None = None) -> Tally:
+    """Draw `samples` inputs, run the graph, and count (see module docstring)."""
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    for event in events:
+        event.check(graph.n_outputs)
+    device = graph.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    total = torch.zeros(graph.n_outputs, dtype=torch.float64, device=device)
+    squares = torch.zeros_like(total)
+    hits = [torch.zeros((), dtype=torch.int64, device=device) for _ in events]
+    show = samples >= PROGRESS_FROM if progress is None else progress
+    with torch.no_grad(), tqdm(total=samples, disable=not show, unit="sample", unit_scale=True,
+                               desc="sampling", leave=False) as bar:
+        done = 0
+        while done < samples:
+            size = min(batch, samples - done)
+            y = graph.forward(distribution.sample(size, generator=generator, dtype=graph.dtype))
+            y64 = y.to(torch.float64)
+            total += y64.sum(dim=0)
+            squares += (y64 * y64).sum(dim=0)
+            for i, event in enumerate(events):
+                hits[i] += event.evaluate(y).sum()
+            done += size
+            bar.update(size)
+    return Tally(samples, total, squares, [int(h) for h in hits], samples * draw_cost(graph, distribution))
+
+
+def mean_estimate(counts: Tally, flops_per_sample: float) -> Estimate:
+    """E[y] with a 95% normal-approximation interval per output."""
+    n = counts.samples
+    mean = counts.total / n
+    variance = ((counts.total_squares - n * mean * mean) / max(n - 1, 1)).clamp_min(0)
+    half = Z95 * torch.sqrt(variance / n)
+    return Estimate(mean, None, (mean - half, mean + half), counts.flops, n, "sampling",
+                    flops_per_sample, {"std": variance.sqrt()})
+
+
+def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval for a binomial proportion (module docstring)."""
+    centre = (hits + z * z / 2) / (n + z * z)
+    half = z / (n + z * z) * math.sqrt(hits * (n - hits) / n + z * z / 4)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def probability_estimate(hits: int, counts: Tally, flops_per_sample: float) -> Estimate:
+    """hits/N with Wilson's interval; log10 = -inf when nothing was hit."""
+    n = counts.samples
+    log_p = math.log(hits / n) if hits else -math.inf
+    return Estimate.probability(log_p, interval=wilson_interval(hits, n), flops=counts.flops,
+                                samples=n, method="sampling", flops_per_sample=flops_per_sample,
+                                details={"hits": hits})

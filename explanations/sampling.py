@@ -1,0 +1,29 @@
+"""method="sampling": the plain Monte Carlo baseline behind the common interface."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from .base import Explanation
+from .distributions import Gaussian
+from .estimate import Estimate
+from .events import Event
+from .graph import Graph
+
+
+class SamplingExplanation(Explanation):
+    """π = the empirical distribution of `samples` draws; predict(x) runs the model."""
+
+    method = "sampling"
+
+    def __init__(self, graph: Graph, distribution: Gaussian, *, samples: int = 100_000, seed: int = 0) -> None:
+        super().__init__(graph, distribution, seed=seed)
+        self.samples = samples
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.graph.forward(self._inputs(x).to(self.graph.dtype))
+
+    def _expectation(self) -> Estimate:
+        return self.expectation(samples=self.samples)
+
+    def _probability(self, event: Event) -> Estimate:
+        return self.probability(event, samples=self.samples)

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from explanations import Graph, InvalidModel, UnsupportedModule, compile_model
+from explanations.graph import Residual
+
+
+class Block(nn.Module):
+    """x + f(x): a residual sum traced by torch.fx."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.f = nn.Sequential(nn.Linear(n, n), nn.GELU(approximate="tanh"), nn.Linear(n, n))
+
+    def forward(self, x):
+        return x + self.f(x)
+
+
+class TwoBranches(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.a, self.b = nn.Linear(n, n), nn.Linear(n, n)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return torch.tanh(self.b(x)) + h
+
+
+class Scaled(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+def every_leaf():
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(),
+                         nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Identity(), nn.Linear(8, 8), nn.Tanh()),
+                         Block(8), nn.Linear(8, 5), nn.Sigmoid(), TwoBranches(5), nn.Linear(5, 3))
+
+
+def test_graph_computes_what_the_module_computes():
+    model = every_leaf().double()
+    graph = compile_model(model)
+    x = torch.randn(64, 6, dtype=torch.float64)
+    assert (graph.n_inputs, graph.n_outputs) == (6, 3)
+    torch.testing.assert_close(graph.forward(x), model(x), rtol=1e-12, atol=1e-12)
+    assert sum(isinstance(op, Residual) for op in graph.chain) == 2
+
+
+def test_residual_after_shared_prefix():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.first(x)
+            return h + self.second(h)
+
+    model = Shared().double()
+    graph = compile_model(model)
+    assert len(graph.chain) == 2 and isinstance(graph.chain[1], Residual)
+    x = torch.randn(10, 4, dtype=torch.float64)
+    torch.testing.assert_close(graph.forward(x), model(x))
+
+
+@pytest.mark.parametrize("bad, path, kind", [
+    (nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.LeakyReLU())), "1.0", "LeakyReLU"),
+    (nn.Sequential(nn.Linear(3, 3), nn.Dropout()), "1", "Dropout"),
+    (nn.Sequential(nn.Linear(3, 3), Scaled()), "1", "Scaled"),
+    (nn.Sequential(nn.Conv1d(1, 1, 3)), "0", "Conv1d"),
+])
+def test_unsupported_modules_are_named(bad, path, kind):
+    with pytest.raises(UnsupportedModule) as raised:
+        compile_model(bad)
+    assert raised.value.path == path and raised.value.kind == kind
+    assert f"'{path}'" in str(raised.value) and kind in str(raised.value)
+
+
+def test_nan_weights_are_rejected_with_their_path():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[2].weight[0, 1] = float("nan")
+    with pytest.raises(InvalidModel, match="weight of '2'"):
+        compile_model(model)
+
+
+def test_shape_clash_is_reported():
+    with pytest.raises(InvalidModel, match="expects 5 inputs but receives 4"):
+        compile_model(nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 1)))
+
+
+def test_round_trip_through_plain_data():
+    model = every_leaf()
+    graph = compile_model(model)
+    meta, arrays = graph.to_plain()
+    rebuilt = Graph.from_plain(json.loads(json.dumps(meta)), {k: v.copy() for k, v in arrays.items()})
+    x = torch.randn(32, 6)
+    assert torch.equal(rebuilt.forward(x), graph.forward(x))
+    assert repr(rebuilt) == repr(graph)
+
+
+def test_foreign_plain_data_is_refused():
+    with pytest.raises(ValueError, match="not a π-tracker graph"):
+        Graph.from_plain({"format": "something else"}, {})
+    meta, arrays = compile_model(nn.Linear(2, 2)).to_plain()
+    del arrays["affine0.bias"]
+    with pytest.raises(ValueError, match="lack"):
+        Graph.from_plain(meta, arrays)
+
+
+def test_flops_per_sample_counts_matmuls_biases_and_activations():
+    graph = compile_model(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.Tanh()))
+    assert graph.flops_per_sample == (2 * 3 * 4 + 4) + 4 * 1 + (2 * 4 * 2 + 2) + 2 * 4

@@ -1,0 +1,119 @@
+"""Activation moments against closed forms and dense 2-D quadrature."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from explanations.activations import ACTIVATIONS
+from explanations.moments import activation_moments, hermite_moments, quadrature, relu_moments
+
+F64 = torch.float64
+
+
+def dense_pair_moments(kind, mean, cov):
+    """E[f(z_i)], Cov(f(z_i), f(z_j)) of a 2-vector by a 1600×1600 product rule on
+    z = μ + L u (L the Cholesky factor), 8× finer than production: a smooth-f reference."""
+    f = ACTIVATIONS[kind].fn
+    u, w = quadrature(mean, panels=200, per_panel=8)
+    L = torch.linalg.cholesky(cov)
+    u1, u2 = torch.meshgrid(u, u, indexing="ij")
+    ww = torch.outer(w, w)
+    f1 = f(mean[0] + L[0, 0] * u1)
+    f2 = f(mean[1] + L[1, 0] * u1 + L[1, 1] * u2)
+    m = torch.stack([(ww * f1).sum(), (ww * f2).sum()])
+    c12 = (ww * f1 * f2).sum() - m[0] * m[1]
+    v = torch.stack([(ww * f1 * f1).sum(), (ww * f2 * f2).sum()]) - m * m
+    return m, torch.tensor([[v[0], c12], [c12, v[1]]], dtype=F64)
+
+
+def relu_pair_by_conditioning(mean, cov):
+    """E[z1⁺], E[z2⁺], E[z1⁺ z2⁺] as 1-D integrals over z1 > 0 (composite Gauss–Legendre,
+    16k nodes), using only the 1-D fact E[w⁺] = m Φ(m/s) + s φ(m/s) for w ~ N(m, s²)."""
+    s1, s2 = cov[0, 0].sqrt(), cov[1, 1].sqrt()
+    rho = cov[0, 1] / (s1 * s2)
+    x, w = (torch.as_tensor(a, dtype=F64) for a in np.polynomial.legendre.leggauss(8))
+    top = mean[0] + 12 * s1
+    edges = torch.linspace(0, float(top), 2001, dtype=F64)
+    half = (edges[1] - edges[0]) / 2
+    z1 = (edges[:-1, None] + half * (x + 1)).reshape(-1)
+    weights = (half * w).repeat(2000) * torch.exp(-0.5 * ((z1 - mean[0]) / s1) ** 2) / (s1 * math.sqrt(2 * math.pi))
+    m = mean[1] + rho * s2 * (z1 - mean[0]) / s1
+    s = s2 * torch.sqrt(1 - rho * rho)
+    conditional = m * torch.special.ndtr(m / s) + s * torch.exp(-0.5 * (m / s) ** 2) / math.sqrt(2 * math.pi)
+    def relu_mean(mu, sd):
+        return mu * torch.special.ndtr(mu / sd) + sd * torch.exp(-0.5 * (mu / sd) ** 2) / math.sqrt(2 * math.pi)
+    return relu_mean(mean[0], s1), relu_mean(mean[1], s2), (weights * z1 * conditional).sum()
+
+
+def pair(rho, s1=1.3, s2=0.7):
+    return torch.tensor([[s1 * s1, rho * s1 * s2], [rho * s1 * s2, s2 * s2]], dtype=F64)
+
+
+def test_single_relu_unit_closed_form():
+    # z ~ N(0, σ²): E relu = σ/√(2π), Var = σ²(1/2 - 1/(2π)).
+    out = relu_moments(torch.zeros(1, dtype=F64), torch.tensor([[4.0]], dtype=F64))
+    assert out.mean.item() == pytest.approx(2 / math.sqrt(2 * math.pi), rel=1e-14)
+    assert out.cov.item() == pytest.approx(4 * (0.5 - 1 / (2 * math.pi)), rel=1e-14)
+    assert out.slope.item() == pytest.approx(0.5, rel=1e-14)
+
+
+@pytest.mark.parametrize("mu", [(0.0, 0.0), (0.8, -0.4), (-2.0, 1.5)])
+@pytest.mark.parametrize("rho", [-0.999, -0.6, 0.0, 0.3, 0.8, 0.95, 0.9999])
+def test_relu_pair_covariance_is_exact(mu, rho):
+    mean, cov = torch.tensor(mu, dtype=F64), pair(rho)
+    out = relu_moments(mean, cov)
+    m1, m2, second = relu_pair_by_conditioning(mean, cov)
+    torch.testing.assert_close(out.mean, torch.stack([m1, m2]), atol=1e-13, rtol=0)
+    assert out.cov[0, 1].item() == pytest.approx((second - m1 * m2).item(), abs=1e-10)
+
+
+def test_relu_pair_zero_mean_matches_arc_cosine_kernel():
+    # Cho & Saul: E[relu(u)relu(v)] = (sin θ + (π - θ) cos θ)/(2π), cos θ = ρ.
+    for rho in (-0.9, -0.2, 0.4, 0.99):
+        out = relu_moments(torch.zeros(2, dtype=F64), pair(rho, 1.0, 1.0))
+        theta = math.acos(rho)
+        second = (math.sin(theta) + (math.pi - theta) * rho) / (2 * math.pi)
+        assert out.cov[0, 1].item() == pytest.approx(second - 1 / (2 * math.pi), abs=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["gelu", "gelu_tanh", "tanh", "sigmoid"])
+@pytest.mark.parametrize("rho", [-0.9, 0.0, 0.5, 0.97])
+def test_smooth_activations_by_hermite_series(kind, rho):
+    mean, cov = torch.tensor([0.3, -0.5], dtype=F64), pair(rho)
+    out = hermite_moments(kind, mean, cov)
+    ref_mean, ref_cov = dense_pair_moments(kind, mean, cov)
+    torch.testing.assert_close(out.mean, ref_mean, atol=1e-10, rtol=0)
+    error = (out.cov - ref_cov).abs().max().item()
+    assert error <= out.truncation + 1e-10
+    assert error < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["gelu", "tanh", "sigmoid"])
+def test_stein_slope_is_the_mean_derivative(kind):
+    mean, cov = torch.tensor([0.4, -1.1], dtype=F64), pair(0.2)
+    out = activation_moments(kind, mean, cov)
+    u, w = quadrature(mean, panels=200, per_panel=8)
+    d = ACTIVATIONS[kind].derivative
+    sd = cov.diagonal().sqrt()
+    expected = torch.stack([(w * d(mean[i] + sd[i] * u)).sum() for i in range(2)])
+    torch.testing.assert_close(out.slope, expected, atol=1e-10, rtol=0)
+
+
+def test_relu_slope_is_the_probability_of_being_active():
+    mean, cov = torch.tensor([0.4, -1.1], dtype=F64), pair(0.2)
+    expected = torch.special.ndtr(mean / cov.diagonal().sqrt())
+    torch.testing.assert_close(relu_moments(mean, cov).slope, expected, atol=1e-15, rtol=0)
+
+
+def test_deterministic_units_pass_through():
+    mean = torch.tensor([1.5, -0.5, 0.2], dtype=F64)
+    cov = torch.zeros(3, 3, dtype=F64)
+    cov[2, 2] = 1.0
+    for kind in ("relu", "tanh"):
+        out = activation_moments(kind, mean, cov)
+        f, d = ACTIVATIONS[kind].fn, ACTIVATIONS[kind].derivative
+        torch.testing.assert_close(out.mean[:2], f(mean[:2]))
+        torch.testing.assert_close(out.slope[:2], d(mean[:2]))
+        assert out.cov[:2].abs().max() == 0 and out.cov[:, :2].abs().max() == 0
+        assert out.cov[2, 2] > 0 and torch.isfinite(out.cov).all()
