@@ -117,20 +117,23 @@ def relu_moments(mean: Tensor, cov: Tensor) -> ActivationMoments:
     pdf = torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
     cdf = ndtr(a)
     first = sd_safe * (a * cdf + pdf)
-    rho = _correlation(cov, sd_safe)
-    s = torch.sqrt((1 - rho) * (1 + rho))
-    ai, aj = a[:, None], a[None, :]
-    joint = bivariate_normal_cdf(ai.expand_as(rho), aj.expand_as(rho), rho)
-    tail = torch.exp(-(ai * ai - 2 * rho * ai * aj + aj * aj) / (2 * s * s))
-    second = torch.outer(sd_safe, sd_safe) * (
-        (ai * aj + rho) * joint
-        + ai * pdf[None, :] * ndtr((ai - rho * aj) / s)
-        + aj * pdf[:, None] * ndtr((aj - rho * ai) / s)
-        + s / (2 * math.pi) * tail)
-    diagonal = sd_safe ** 2 * ((a * a + 1) * cdf + a * pdf)
-    second = second - torch.diag(second.diagonal()) + torch.diag(diagonal)
     n = mean.shape[0]
-    flops = bivariate_normal_cdf_flops(n * n) + _RELU_PAIR_FLOPS * n * n + 20 * n
+    i, j = torch.triu_indices(n, n, 1, device=mean.device)               # pairs i < j
+    rho = _correlation(cov, sd_safe)[i, j]
+    s = torch.sqrt((1 - rho) * (1 + rho))
+    ai, aj = a[i], a[j]
+    joint = bivariate_normal_cdf(ai, aj, rho)
+    tail = torch.exp(-(ai * ai - 2 * rho * ai * aj + aj * aj) / (2 * s * s))
+    pairs = sd_safe[i] * sd_safe[j] * (
+        (ai * aj + rho) * joint
+        + ai * pdf[j] * ndtr((ai - rho * aj) / s)
+        + aj * pdf[i] * ndtr((aj - rho * ai) / s)
+        + s / (2 * math.pi) * tail)
+    second = torch.zeros_like(cov)
+    second[i, j] = pairs
+    second = second + second.T + torch.diag(sd_safe ** 2 * ((a * a + 1) * cdf + a * pdf))
+    pair_count = n * (n - 1) // 2
+    flops = bivariate_normal_cdf_flops(pair_count) + _RELU_PAIR_FLOPS * pair_count + 20 * n
     return _finish(first, second, cdf, det, mean, "relu", flops, 0.0)
 
 

@@ -15,7 +15,8 @@ Everything is computed in float64.
       Φ₂(h, k; ρ) = Φ(min(h, k)) - ∫_ρ^1 φ₂ dt; for ρ < 0, Φ₂(h, k; ρ) =
       Φ(h) - Φ₂(h, -k; -ρ) reduces to that case. With s = √(1 - t²), a = √(1 - ρ²),
       β² = (h - k)² and q = hk,
-      2π ∫_ρ^1 φ₂ dt = ∫₀^a f(s) ds,  f(s) = exp(-β²/(2s²) - q/(1 + √(1 - s²))) / √(1 - s²).
+      2π ∫_ρ^1 φ₂ dt = ∫₀^a f(s) ds,
+      f(s) = exp(-β²/(2s²) - q/(1 + √(1 - s²))) / √(1 - s²).
       f is not smooth at s = 0 when β ≠ 0, so f is split into
       g(s) = exp(-(β²/s² + q)/2) (1 + c s² + c d s⁴), c = (4 - q)/8, d = (12 - q)/16,
       (f/g → 1 up to O(s⁶)), whose integral has a closed form through the
@@ -81,7 +82,7 @@ def bivariate_normal_cdf(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
     """Φ₂(h, k; ρ) = P(U < h, V < k) for standard normals U, V with correlation ρ.
 
     Genz's (2004, section 2.2) form of the Drezner–Wesolowsky method, described
-    in the module docstring; absolute error about 1e-15. Arguments broadcast
+    in the module docstring; absolute error below 1e-15. Arguments broadcast
     against each other and may hold ±∞ in h and k; ρ must lie in [-1, 1].
     """
     h, k, rho = torch.broadcast_tensors(*(torch.as_tensor(t, dtype=_F64) for t in (h, k, rho)))
@@ -110,7 +111,7 @@ def _bvn_asin(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
 
 
 def _bvn_tail(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
-    """2π ∫_ρ^1 φ₂(h, k; t) dt for ρ in [0.925, 1), as ∫₀^a f = ∫₀^a g (closed form) + ∫₀^a (f - g)."""
+    """2π ∫_ρ^1 φ₂(h, k; t) dt for ρ in [0.925, 1): ∫₀^a g in closed form plus ∫₀^a (f - g)."""
     q, beta2 = h * k, (h - k) ** 2
     a2 = (1 - rho) * (1 + rho)
     a, beta = a2.sqrt(), beta2.sqrt()
@@ -201,12 +202,16 @@ def log_orthant(
     standardised units; that is the approximation made for nearly dependent rows.
     When only one independent variable remains (r = 1), p is exact.
 
-    The integral uses randomised QMC: ``replicates`` independent Owen-scrambled
-    Sobol sequences (seeds drawn from a ``torch.Generator`` seeded with ``seed``)
-    of ``points`` points each, shifted to the centres of their 2⁻³⁰ cells so
-    that no coordinate is 0. ``abs_error`` is three standard errors of the
-    replicate means. Conditional factors below about 1e-300 on their own lose
+    The integral uses randomised QMC: ``replicates`` independently scrambled
+    Sobol sequences (torch's linear matrix scramble with digital shift, seeds
+    drawn from a ``torch.Generator`` seeded with ``seed``) of ``points`` points
+    each, shifted to the centres of their 2⁻³⁰ cells so that no coordinate is 0.
+    ``abs_error`` is three standard errors of the replicate means: 0.0 when p
+    is exact (k = 1, r = 1, a deterministic zero) or the integrand is constant
+    (independent components), and, being absolute, it underflows with p below
+    about 1e-308. Conditional factors below about 1e-300 on their own lose
     accuracy (Φ⁻¹ is evaluated no lower than the smallest normal float64).
+    ``flops`` counts the factorisation and the sampling, not input validation.
 
     Raises ValueError on non-finite input, mismatched shapes, a non-symmetric or
     non-PSD covariance (negative conditional variance below -1e-10, or residual
@@ -261,8 +266,8 @@ def _sov_factor(corr: Tensor, c: Tensor) -> tuple[list[_Step], int]:
     k = c.numel()
     chol = torch.zeros_like(corr)
     var = corr.diagonal().clone()  # conditional variances given the pivots so far
-    y_mean = torch.zeros(k, dtype=_F64)  # truncated means of the pivots' latent y
-    active = torch.ones(k, dtype=torch.bool)
+    y_mean = c.new_zeros(k)  # truncated means of the pivots' latent y
+    active = torch.ones(k, dtype=torch.bool, device=c.device)
     steps, flops = [], 0
     for j in range(k):
         if not bool(active.any()):
@@ -278,7 +283,7 @@ def _sov_factor(corr: Tensor, c: Tensor) -> tuple[list[_Step], int]:
             raise ValueError("cov is not positive semi-definite: negative conditional variance")
         dependent = active & (var < _REL_TOL)
         active &= ~dependent
-        rows = torch.cat([torch.tensor([pivot]), dependent.nonzero().flatten()])
+        rows = torch.cat([c.new_tensor([pivot], dtype=torch.long), dependent.nonzero().flatten()])
         steps.append(_Step(chol[rows, :j], chol[rows, j], c[rows]))
         b = expected[pivot]
         y_mean[j] = -torch.exp(-b * b / 2 - math.log(2 * math.pi) / 2 - log_ndtr(b))
@@ -290,16 +295,16 @@ def _sov_factor(corr: Tensor, c: Tensor) -> tuple[list[_Step], int]:
 
 def _sov_qmc(steps: list[_Step], points: int, replicates: int, seed: int) -> tuple[float, float, int]:
     """Randomised-QMC estimate of log p, 3 standard errors of p, and the flops used."""
-    dim = len(steps) - 1
+    dim, device = len(steps) - 1, steps[0].coef.device
     seeds = torch.randint(0, 2**62, (replicates,), generator=torch.Generator().manual_seed(seed))
     u = torch.cat(
         [
             torch.quasirandom.SobolEngine(dim, scramble=True, seed=int(s)).draw(points, dtype=_F64)
             for s in seeds
         ]
-    ) + 2.0 ** -(torch.quasirandom.SobolEngine.MAXBIT + 1)
-    y = torch.zeros(points * replicates, dim, dtype=_F64)
-    log_f = torch.zeros(points * replicates, dtype=_F64)
+    ).to(device) + 2.0 ** -(torch.quasirandom.SobolEngine.MAXBIT + 1)
+    y = torch.zeros(points * replicates, dim, dtype=_F64, device=device)
+    log_f = torch.zeros(points * replicates, dtype=_F64, device=device)
     for j, step in enumerate(steps):
         lower, upper = _step_limits(step, y[:, :j])
         log_e = _log_prob_between(lower, upper)
@@ -308,7 +313,8 @@ def _sov_qmc(steps: list[_Step], points: int, replicates: int, seed: int) -> tup
             y[:, j] = _draw_between(lower, upper, log_e, u[:, j])
     log_means = torch.logsumexp(log_f.view(replicates, points), dim=1) - math.log(points)
     log_p = float(torch.logsumexp(log_means, dim=0)) - math.log(replicates)
-    flops = sum(_step_flops(s, j < dim, len(log_f)) for j, s in enumerate(steps)) + len(log_f) + 5 * replicates
+    n = len(log_f)
+    flops = sum(_step_flops(s, j < dim, n) for j, s in enumerate(steps)) + n + 5 * replicates
     if log_p == -math.inf:
         return log_p, 0.0, flops
     rel_se = float(torch.exp(log_means - log_p).std()) / math.sqrt(replicates)
@@ -385,8 +391,8 @@ def log_union(
 
     If P₊ - P₋ does not exceed that error, the difference carries no
     information; the result is then max_i P(C_i), a lower bound on the union,
-    and ``abs_error`` becomes the distance from it to the upper bound
-    min(Σ_i P(C_i), P₊ - P₋ + error), plus that clause's own error.
+    with ``abs_error`` = Σ_i P(C_i) - max_i P(C_i) + the clauses' own errors,
+    since the union always lies between max_i P(C_i) and Σ_i P(C_i).
 
     A single clause is ``log_orthant`` of its rows. More than ``max_clauses``
     clauses (2ⁿ - 1 terms) raise ValueError.
@@ -406,7 +412,7 @@ def log_union(
     for mask in range(1, 2 ** len(rows)):
         chosen = [rows[i] for i in range(len(rows)) if mask >> i & 1]
         stacked = torch.unique(torch.cat(chosen), dim=0)
-        key = stacked.numpy().tobytes()
+        key = stacked.cpu().numpy().tobytes()
         if key not in cache:
             a, b = stacked[:, :-1], stacked[:, -1]
             cache[key] = log_orthant(
@@ -416,7 +422,7 @@ def log_union(
             flops += cache[key].flops + 2 * m * d * (d + m + 1)
         terms.append((1 if len(chosen) % 2 else -1, cache[key]))
     if len(terms) == 1:
-        return terms[0][1]
+        return OrthantResult(terms[0][1].log_p, terms[0][1].abs_error, flops)
     log_plus = _logsumexp([t.log_p for sign, t in terms if sign > 0])
     log_minus = _logsumexp([t.log_p for sign, t in terms if sign < 0])
     error = sum(t.abs_error for _, t in terms)
@@ -426,8 +432,8 @@ def log_union(
             return OrthantResult(log_p, error, flops)
     singles = [terms[(1 << i) - 1][1] for i in range(len(rows))]
     best = max(singles, key=lambda t: t.log_p)
-    upper = min(sum(math.exp(t.log_p) for t in singles), max(math.exp(log_plus) - math.exp(log_minus), 0.0) + error)
-    return OrthantResult(best.log_p, max(upper - math.exp(best.log_p), 0.0) + best.abs_error, flops)
+    spread = sum(math.exp(t.log_p) for t in singles) - math.exp(best.log_p)
+    return OrthantResult(best.log_p, spread + sum(t.abs_error for t in singles), flops)
 
 
 def _clause_rows(a: Tensor, b: Tensor, d: int) -> Tensor:
@@ -441,5 +447,5 @@ def _clause_rows(a: Tensor, b: Tensor, d: int) -> Tensor:
 
 
 def _logsumexp(values: list[float]) -> float:
-    """log Σ exp(values) for a list of floats (-inf for an empty list)."""
-    return float(torch.logsumexp(torch.tensor(values, dtype=_F64), dim=0)) if values else -math.inf
+    """log Σ exp(values) for a nonempty list of floats."""
+    return float(torch.logsumexp(torch.tensor(values, dtype=_F64), dim=0))

@@ -8,7 +8,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pitrack", description="π-tracker: catastrophe rates from structure")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="π vs sampling at equal FLOPs on the embedded default model")
-    demo.add_argument("--reference", type=int, default=10 ** 8, help="samples in the reference run")
+    demo.add_argument("--reference", type=int, default=5 * 10 ** 7, help="samples in the reference run")
     demo.add_argument("--seed", type=int, default=0)
     bench = commands.add_parser("bench", help="benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True)

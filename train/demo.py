@@ -1,8 +1,8 @@
 """The main job on an embedded default: π versus sampling at equal FLOPs.
 
 A seeded random ReLU MLP (8 → 64 → 64 → 2, He-normal weights, small biases) on
-x ~ N(0, I). π is built by Gaussian propagation; three events are calibrated so that π
-puts them near 1e-2, 1e-4 and 1e-6. For E[y] and each event the table shows π's estimate
+x ~ N(0, I). π is built by Gaussian propagation; three fixed events have true
+probabilities near 1e-2, 1e-4 and 1e-6. For E[y] and each event the table shows π's estimate
 and cost in sample-equivalents, plain sampling with the same FLOPs, and a large sampling
 reference (one pass shared by all rows) with its 95% interval.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from explanations import Estimate, Gaussian, explain
-from explanations.events import Above, All, Any, Below, Event
+from explanations.events import Above, All, Event
 from explanations.montecarlo import draw_cost, mean_estimate, probability_estimate, tally
 
 from .models import mlp
@@ -36,40 +36,23 @@ def default_model() -> torch.nn.Sequential:
     return mlp(DEFAULT_WIDTHS, "relu", seed=0, bias_std=0.1)
 
 
-def _standard_score(p: float) -> float:
-    """z with P[N(0,1) > z] = p."""
-    return -float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
-
-
-def calibrate(pi, make: callable, target: float) -> Event:
-    """The event make(c) whose π-probability is `target`, by bisection on c (π is monotone in c)."""
-    lo, hi = 0.0, 12.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if pi.probability(make(mid)).log10 > math.log10(target):
-            lo = mid
-        else:
-            hi = mid
-    return make((lo + hi) / 2)
-
-
-def events_for(pi) -> dict[str, Event]:
-    """Three events of decreasing π-probability: ~1e-2, ~1e-4, ~1e-6."""
-    mean, sd = pi.mean.tolist(), pi.cov.diagonal().sqrt().tolist()
-    high = lambda k, c: Above(k, mean[k] + c * sd[k])
-    low = lambda k, c: Below(k, mean[k] - c * sd[k])
+def default_events() -> dict[str, Event]:
+    """Three events on the default model. Thresholds were set from one 4·10⁸-sample run
+    (seed 123, independent of the demo's reference) so that their true probabilities are
+    about 1e-2, 1e-4 and 1e-6: the 99% quantile of y0; y1's conditional quantile given y0
+    above its 99.8% quantile; the 10⁻⁶ upper quantile of y1."""
     return {
-        "y0 high (~1e-2)": high(0, _standard_score(1e-2)),
-        "y0 & y1 high (~1e-4)": calibrate(pi, lambda c: All(high(0, c), high(1, c)), 1e-4),
-        "y1 extreme (~1e-6)": calibrate(pi, lambda c: Any(high(1, c), low(1, c)), 1e-6),
+        "y0 > 1.162 (~1e-2)": Above(0, 1.162),
+        "y0 > 1.746 & y1 > 6.847 (~1e-4)": All(Above(0, 1.746), Above(1, 6.847)),
+        "y1 > 9.276 (~1e-6)": Above(1, 9.276),
     }
 
 
-def run(reference: int = 10 ** 8, seed: int = 0) -> list[Row]:
+def run(reference: int = 5 * 10 ** 7, seed: int = 0) -> list[Row]:
     model = default_model()
     D = Gaussian.standard(DEFAULT_WIDTHS[0])
     pi = explain(model, D, "gaussian")
-    events = events_for(pi)
+    events = default_events()
     unit = pi.flops_per_sample
     per_sample = draw_cost(pi.graph, pi.distribution)
 
