@@ -1,26 +1,44 @@
-"""`explain(model, D, method)`: build an explanation π of a model on an input distribution."""
+"""`explain(model, D, method)`: build an explanation π of a model on an input distribution.
+
+method="auto" picks by structure: a 2-layer network (affine → activation → affine) gets
+"polynomial" (its Hermite surrogate is exact in structure), anything else "cumulant";
+the estimates then say "auto:<method>".
+"""
 from __future__ import annotations
 
 from torch import nn
 
 from .base import Explanation
 from .compile import compile_model
+from .cumulant import CumulantPropagation
 from .distributions import Gaussian
 from .gaussian import GaussianExplanation
-from .graph import Graph
+from .graph import Act, Affine, Graph
 from .sampling import SamplingExplanation
 
 METHODS: dict[str, type[Explanation]] = {
     "gaussian": GaussianExplanation,
+    "cumulant": CumulantPropagation,
     "sampling": SamplingExplanation,
 }
+
+
+def is_two_layer(graph: Graph) -> bool:
+    """Affine → activation → affine, the structure `polynomial` expands exactly."""
+    kinds = [type(op) for op in graph.chain]
+    return kinds == [Affine, Act, Affine]
 
 
 def explain(model: nn.Module | Graph, distribution: Gaussian, method: str = "gaussian",
             **options: object) -> Explanation:
     """π for `model` (a torch module, compiled here, or a compiled Graph) on inputs from
-    `distribution`, by `method` (see METHODS); options go to the method's constructor."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+    `distribution`, by `method` (see METHODS, or "auto"); options go to the method's
+    constructor."""
+    if method != "auto" and method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available: auto, {', '.join(sorted(METHODS))}")
     graph = model if isinstance(model, Graph) else compile_model(model)
-    return METHODS[method](graph, distribution, **options)
+    if method != "auto":
+        return METHODS[method](graph, distribution, **options)
+    chosen = METHODS["polynomial" if is_two_layer(graph) and "polynomial" in METHODS else "cumulant"](graph, distribution, **options)
+    chosen.method = f"auto:{chosen.method}"
+    return chosen

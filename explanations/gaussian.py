@@ -23,10 +23,49 @@ from torch import Tensor
 from .base import Explanation
 from .distributions import Gaussian
 from .estimate import Estimate
-from .events import Event, Halfspace
+from .events import Clause, Event
 from .graph import Graph
-from .mvn import log_union
+from .mvn import OrthantResult, log_union
 from .propagate import GaussianState, propagate
+
+
+def observed(mean: Tensor, cov: Tensor, detectors: list) -> tuple[Tensor, Tensor, int]:
+    """Mean and covariance of v = (y, detector scores) when y ~ N(mean, cov), and FLOPs.
+
+    Each detector's score is propagated from N(mean, cov) through its graph with
+    Cov(y, score) tracked (Stein's lemma); two scores are related through y by the
+    joint-Gaussian regression Cov(d_a, d_b) ≈ Cov(d_a, y) Σ_y⁺ Cov(y, d_b).
+    """
+    flops = Counter()
+    means, crosses, variances = [mean], [cov], []
+    for detector in detectors:
+        graph = detector.graph.to(device=mean.device, dtype=mean.dtype)
+        out = propagate(graph.chain, GaussianState(mean, cov, cov), flops)
+        means.append(out.mean)
+        crosses.append(out.cross)
+        variances.append(out.cov[0, 0])
+    n = mean.shape[0]
+    joint = torch.cat(crosses, dim=1)                           # [outputs, outputs + detectors]
+    joint = torch.cat([joint, joint.new_zeros(len(detectors), joint.shape[1])])
+    joint[n:, :n] = joint[:n, n:].T
+    if detectors:
+        between = joint[:n, n:].T @ torch.linalg.pinv(cov, hermitian=True) @ joint[:n, n:]
+        between.diagonal().copy_(torch.stack(variances))
+        joint[n:, n:] = between
+        flops["detectors"] += 10 * n ** 3 + 2 * n * n * len(detectors)
+    return torch.cat(means), joint, sum(flops.values())
+
+
+def clause_rows(clause: Clause, detectors: list, n_outputs: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(A, b) with the clause = {v : A v > b}, v = (y, detector scores)."""
+    def column(key: object) -> int:
+        return key if isinstance(key, int) else n_outputs + next(i for i, d in enumerate(detectors) if d is key)
+
+    a = like.new_zeros(len(clause), n_outputs + len(detectors))
+    for r, half in enumerate(clause):
+        for key, coefficient in half.terms:
+            a[r, column(key)] += coefficient
+    return a, like.new_tensor([half.threshold for half in clause])
 
 
 class GaussianExplanation(Explanation):
@@ -40,7 +79,11 @@ class GaussianExplanation(Explanation):
         self.dtype = dtype
         self.flops = Counter()
         x = self.distribution.to(dtype=dtype)
-        state = propagate(graph.to(dtype=dtype).chain, GaussianState(x.mean, x.cov, x.cov), self.flops)
+        self._finish(propagate(graph.to(dtype=dtype).chain, GaussianState(x.mean, x.cov, x.cov), self.flops))
+
+    def _finish(self, state: GaussianState) -> None:
+        """Keep the output state; set up predict's regression on the input."""
+        x = self.distribution.to(dtype=self.dtype)
         self.mean, self.cov, self.cross = state.mean, state.cov, state.cross
         self.input_mean = x.mean
         if x.is_standard:
@@ -48,7 +91,7 @@ class GaussianExplanation(Explanation):
         else:
             self.regression = torch.linalg.pinv(x.cov, hermitian=True) @ self.cross
             n = x.dim
-            self.flops["predict setup"] += 10 * n ** 3 + 2 * n * n * graph.n_outputs
+            self.flops["predict setup"] += 10 * n ** 3 + 2 * n * n * self.graph.n_outputs
 
     @property
     def build_flops(self) -> int:
@@ -64,50 +107,17 @@ class GaussianExplanation(Explanation):
         return Estimate(self.mean.clone(), None, None, self.build_flops, 0, self.method,
                         self.flops_per_sample, {"cov": self.cov.clone()})
 
-    def observed(self, detectors: list) -> tuple[Tensor, Tensor, int]:
-        """Mean and covariance of v = (y, detector scores) under π, and the FLOPs spent."""
-        flops = Counter()
-        means, crosses = [self.mean], [self.cov]
-        variances = []
-        for detector in detectors:
-            graph = detector.graph.to(device=self.mean.device, dtype=self.dtype)
-            out = propagate(graph.chain, GaussianState(self.mean, self.cov, self.cov), flops)
-            means.append(out.mean)
-            crosses.append(out.cross)
-            variances.append(out.cov[0, 0])
-        mean = torch.cat(means)
-        cov = torch.cat(crosses, dim=1)                    # [outputs, outputs + detectors]
-        cov = torch.cat([cov, torch.zeros(len(detectors), cov.shape[1], dtype=self.dtype,
-                                          device=cov.device)])
-        n = self.mean.shape[0]
-        cov[n:, :n] = cov[:n, n:].T
-        if detectors:
-            pinv = torch.linalg.pinv(self.cov, hermitian=True)
-            between = cov[:n, n:].T @ pinv @ cov[:n, n:]    # regression through y
-            cov[n:, n:] = between
-            cov[n:, n:].diagonal().copy_(torch.stack(variances))
-            flops["detectors"] += 10 * n ** 3 + 2 * n * n * len(detectors)
-        return mean, cov, sum(flops.values())
-
     def _probability(self, event: Event) -> Estimate:
         detectors = event.detectors()
-        mean, cov, flops = self.observed(detectors)
+        mean, cov, flops = observed(self.mean, self.cov, detectors)
         n = self.mean.shape[0]
+        result = log_union(mean, cov, [clause_rows(c, detectors, n, mean) for c in event.dnf()], seed=self.seed)
+        return self._estimate(result, flops)
 
-        def column(key: object) -> int:
-            return key if isinstance(key, int) else n + next(i for i, d in enumerate(detectors) if d is key)
-
-        def rows(clause: tuple[Halfspace, ...]) -> tuple[Tensor, Tensor]:
-            a = torch.zeros(len(clause), mean.shape[0], dtype=self.dtype, device=mean.device)
-            for r, half in enumerate(clause):
-                for key, coefficient in half.terms:
-                    a[r, column(key)] += coefficient
-            b = torch.tensor([half.threshold for half in clause], dtype=self.dtype, device=mean.device)
-            return a, b
-
-        result = log_union(mean, cov, [rows(clause) for clause in event.dnf()], seed=self.seed)
+    def _estimate(self, result: OrthantResult, query_flops: int) -> Estimate:
+        """A probability Estimate whose cost includes building π."""
         return Estimate.probability(
-            result.log_p, interval=None, flops=self.build_flops + flops + result.flops, samples=0,
+            result.log_p, interval=None, flops=self.build_flops + query_flops + result.flops, samples=0,
             method=self.method, flops_per_sample=self.flops_per_sample,
             details={"numerical_abs_error": result.abs_error,
-                     "build_flops": self.build_flops, "query_flops": flops + result.flops})
+                     "build_flops": self.build_flops, "query_flops": query_flops + result.flops})

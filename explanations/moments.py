@@ -84,7 +84,7 @@ def hermite_basis(u: Tensor, degree: int) -> Tensor:
     return torch.stack(basis[:degree + 1])
 
 
-def _split(mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def split_deterministic(mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """σ, a boolean mask of (numerically) deterministic units, and a safe σ for division."""
     sd = cov.diagonal().clamp_min(0).sqrt()
     scale = torch.maximum(sd.max(), mean.abs().max()).clamp_min(1e-300)
@@ -112,7 +112,7 @@ def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor
 
 def relu_moments(mean: Tensor, cov: Tensor) -> ActivationMoments:
     """Closed-form moments of relu(z), z ~ N(mean, cov) (module docstring)."""
-    sd, det, sd_safe = _split(mean, cov)
+    sd, det, sd_safe = split_deterministic(mean, cov)
     a = mean / sd_safe
     pdf = torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
     cdf = ndtr(a)
@@ -137,16 +137,21 @@ def relu_moments(mean: Tensor, cov: Tensor) -> ActivationMoments:
     return _finish(first, second, cdf, det, mean, "relu", flops, 0.0)
 
 
+def hermite_coefficients(kind: str, mean: Tensor, sd: Tensor, degree: int) -> tuple[Tensor, Tensor, int]:
+    """c_ik = E[f(μ_i + σ_i u) h_k(u)] for k ≤ degree, E[f(μ_i + σ_i u)²], and the FLOPs."""
+    act = ACTIVATIONS[kind]
+    u, w = quadrature(mean)
+    values = act.fn(mean[:, None] + sd[:, None] * u[None, :])               # [n, Q]
+    coefficients = (values * w) @ hermite_basis(u, degree).T                # [n, K+1]
+    square = (values * values) @ w
+    flops = mean.shape[0] * u.shape[0] * (act.flops + 2 + 2 * (degree + 1) + 2)
+    return coefficients, square, flops
+
+
 def hermite_moments(kind: str, mean: Tensor, cov: Tensor, degree: int = HERMITE_DEGREE) -> ActivationMoments:
     """Moments of f(z) by quadrature and Mehler's series (module docstring)."""
-    act = ACTIVATIONS[kind]
-    sd, det, sd_safe = _split(mean, cov)
-    u, w = quadrature(mean)
-    nodes = u.shape[0]
-    values = act.fn(mean[:, None] + sd_safe[:, None] * u[None, :])          # [n, Q]
-    basis = hermite_basis(u, degree)                                        # [K+1, Q]
-    coefficients = (values * w) @ basis.T                                   # [n, K+1]
-    square = (values * values) @ w                                          # E[f²]
+    sd, det, sd_safe = split_deterministic(mean, cov)
+    coefficients, square, flops = hermite_coefficients(kind, mean, sd_safe, degree)
     rho = _correlation(cov, sd_safe)
     series = torch.zeros_like(rho)
     for k in range(degree, 0, -1):                                          # Horner in ρ
@@ -158,7 +163,7 @@ def hermite_moments(kind: str, mean: Tensor, cov: Tensor, degree: int = HERMITE_
     off = rho.abs() ** (degree + 1) * torch.sqrt(torch.outer(remainder, remainder))
     off.fill_diagonal_(0)
     n = mean.shape[0]
-    flops = n * nodes * (act.flops + 2 + 2 * (degree + 1) + 2) + 3 * degree * n * n + 6 * n * n
+    flops += 3 * degree * n * n + 6 * n * n
     return _finish(c0, second, coefficients[:, 1] / sd_safe, det, mean, kind, flops,
                    float(off.max()) if n > 1 else 0.0)
 

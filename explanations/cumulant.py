@@ -1,0 +1,152 @@
+"""method="cumulant": Gaussian propagation plus the output's third and fourth cumulants.
+
+Up to the last hidden pre-activation z the network is propagated as in `gaussian`
+(π treats z as jointly Gaussian, N(μ_z, Σ_z)). The last nonlinearity is where most of the
+output's skew and kurtosis is made, so it is treated exactly under that model: with
+u_j = (z_j - μ_j)/σ_j, correlation R = v vᵀ (rows of v unit vectors) and the Hermite
+expansion f(μ_j + σ_j u) = Σ_k c_jk h_k(u), any combination s = a·y = Σ_j (a W_L)_j f(z_j)
++ a·b_L has joint cumulants given by the diagram formula (`hermite_cumulants`). π keeps
+κ1, κ2 of s from Gaussian propagation (exact under the model) and takes κ3, κ4 from the
+diagrams, truncated at Hermite degree K (default 6; the truncation drops diagrams with a
+vertex of degree > K). Cost: the Gaussian build plus, per direction queried, the diagram
+contractions (O(n³) for κ3, see `hermite_cumulants`).
+
+Events: if π's Gaussian puts the event below 1e-3, the input-space structure decides
+(design points and tilted Gaussians, `structured`). Otherwise each halfspace atom a·v > t
+gets a cumulant tail (`tails.log_upper_tail`, Cornish–Fisher) and atoms are joined by the
+Gaussian copula of π (`tails.copula_probability`); atoms involving a learned detector's
+score keep Gaussian marginals.
+
+Accuracy of κ3, κ4 (measured against 2e6 samples on one hidden layer, where the
+pre-activations are exactly Gaussian): κ3 within 1–4% at degree 4–8 for widths 6–128
+(tanh, ReLU); κ4 is poor (20–100% off): the truncated series gives the cumulants of the
+degree-K polynomial surrogate, whose fourth moment on coincident units drifts away from
+the activation's as K grows (it diverges for K ≳ 10), and its diagrams cost O(n⁴) (the
+tetrahedra). So the default order is 3 (κ4 = 0); order=4 adds κ4. Deeper networks add skew that the
+last layer alone does not see (on 16 → 128³ → 1 ReLU: π's skew -0.03, sampling's 0.24).
+A network that does not end in activation → affine has no last-layer non-Gaussianity to
+add: its κ3 = κ4 = 0 (e.g. linear networks, exact).
+"""
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections import Counter
+
+import torch
+from torch import Tensor
+
+from .base import Explanation
+from .distributions import Gaussian
+from .estimate import Estimate
+from .events import Event
+from .gaussian import GaussianExplanation, clause_rows, observed
+from .graph import Act, Affine, Graph
+from .hermite_cumulants import hermite_cumulants
+from .design import is_far
+from .moments import hermite_coefficients, split_deterministic
+from .propagate import GaussianState, propagate
+from .structured import design_estimate
+from .tails import copula_probability
+
+DEFAULT_DEGREE = 6
+
+
+class CumulantExplanation(Explanation):
+    """An explanation that knows κ1..κ4 of any linear combination of the outputs.
+
+    Subclasses set `mean`, `cov` (π's Gaussian summary of y), `dtype`, `build_flops`,
+    and implement `cumulants(direction)`; probabilities then follow generically.
+    """
+
+    mean: Tensor
+    cov: Tensor
+
+    def cumulants(self, direction: Tensor) -> Tensor:
+        """κ1..κ4 of direction·y under π: a [4] tensor."""
+        return self._cumulants(direction)[0]
+
+    @abstractmethod
+    def _cumulants(self, direction: Tensor) -> tuple[Tensor, int]:
+        """κ1..κ4 of direction·y under π, and the FLOPs spent."""
+
+    def _probability(self, event: Event) -> Estimate:
+        detectors = event.detectors()
+        mean, cov, flops = observed(self.mean, self.cov, detectors)
+        n = self.mean.shape[0]
+        spent = [flops]
+
+        def marginal(a: Tensor) -> Tensor:
+            if bool(a[n:].any()):                      # a detector's score: Gaussian marginal
+                return torch.stack([a @ mean, a @ cov @ a, a.new_zeros(()), a.new_zeros(())])
+            kappa, cost = self._cumulants(a[:n])
+            spent.append(cost)
+            return kappa
+
+        rows = [clause_rows(c, detectors, n, mean) for c in event.dnf()]
+        result = copula_probability(rows, cov, marginal, seed=self.seed)
+        return self._estimate(result, sum(spent))
+
+
+class CumulantPropagation(CumulantExplanation, GaussianExplanation):
+    """Gaussian propagation with exact last-layer κ3, κ4 (module docstring)."""
+
+    method = "cumulant"
+
+    def __init__(self, graph: Graph, distribution: Gaussian, *, order: int = 3, degree: int = DEFAULT_DEGREE,
+                 design: bool = True, dtype: torch.dtype = torch.float64, seed: int = 0) -> None:
+        if order not in (2, 3, 4):
+            raise ValueError(f"order must be 2, 3 or 4, got {order!r}")
+        Explanation.__init__(self, graph, distribution, seed=seed)
+        self.order, self.degree, self.dtype, self.design = order, degree, dtype, design
+        self.flops = Counter()
+        chain = graph.to(dtype=dtype).chain
+        x = self.distribution.to(dtype=dtype)
+        state = GaussianState(x.mean, x.cov, x.cov)
+        self.last = None
+        if len(chain) >= 2 and isinstance(chain[-1], Affine) and isinstance(chain[-2], Act):
+            z = propagate(chain[:-2], state, self.flops)
+            self.last = chain[-1]
+            self._last_layer(chain[-2].kind, z)
+            state = propagate(chain[-2:], z, self.flops)
+        else:
+            state = propagate(chain, state, self.flops)
+        self._finish(state)
+
+    def _last_layer(self, kind: str, z: GaussianState) -> None:
+        """Hermite coefficients and unit directions of the last hidden layer."""
+        sd, deterministic, sd_safe = split_deterministic(z.mean, z.cov)
+        self.coefficients, _, flops = hermite_coefficients(kind, z.mean, sd_safe, self.degree)
+        self.coefficients[deterministic, 1:] = 0
+        correlation = z.cov / torch.outer(sd_safe, sd_safe)
+        values, vectors = torch.linalg.eigh((correlation + correlation.T) / 2)
+        directions = vectors * values.clamp_min(0).sqrt()
+        norms = directions.norm(dim=1, keepdim=True)
+        self.directions = torch.where(norms > 0, directions / norms.clamp_min(1e-300), directions)
+        n = z.mean.shape[0]
+        self.flops["last-layer expansion"] += flops + 10 * n ** 3
+
+    def _probability(self, event: Event) -> Estimate:
+        """Far from the bulk (π's Gaussian puts the event below 1e-3) the design-point
+        estimate of `structured`; otherwise the cumulant copula estimate."""
+        bulk = GaussianExplanation._probability(self, event)
+        if not self.design or not is_far(bulk.log10 * math.log(10)):
+            return CumulantExplanation._probability(self, event)
+        rebuild = lambda D: GaussianExplanation(self.graph, D, dtype=self.dtype, seed=self.seed)
+        result, flops, details = design_estimate(self, event, rebuild)
+        return Estimate.probability(
+            result.log_p, interval=None, flops=bulk.flops + flops, samples=0, method=f"{self.method}+design",
+            flops_per_sample=self.flops_per_sample,
+            details={**details, "bulk_log10": bulk.log10, "build_flops": self.build_flops,
+                     "query_flops": bulk.flops - self.build_flops + flops})
+
+    def _cumulants(self, direction: Tensor) -> tuple[Tensor, int]:
+        direction = direction.to(self.dtype)
+        n = self.mean.shape[0]
+        gaussian = torch.stack([direction @ self.mean, direction @ self.cov @ direction])
+        if self.last is None or self.order == 2:
+            return torch.cat([gaussian, gaussian.new_zeros(2)]), 2 * n * n + 2 * n
+        weights = (direction @ self.last.weight)[None, :]
+        kappa, flops = hermite_cumulants(weights, self.coefficients, self.directions, order=self.order)
+        higher = kappa[0, 2:self.order]
+        return torch.cat([gaussian, higher, gaussian.new_zeros(4 - self.order)]), flops + 2 * n * n

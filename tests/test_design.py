@@ -1,0 +1,96 @@
+"""Design points and the tilted-Gaussian tail estimate."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from explanations import Gaussian
+from explanations.compile import compile_model
+from explanations.events import Above, All, Any, Below, Detector
+from explanations.gaussian import GaussianExplanation
+from explanations.structured import design_estimate
+
+F64 = torch.float64
+
+
+def linear(n_in, n_out, seed):
+    g = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(n_in, n_out).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(n_out, n_in, generator=g, dtype=F64))
+        layer.bias.copy_(torch.randn(n_out, generator=g, dtype=F64))
+    return layer
+
+
+def estimate(model, D, event):
+    graph = compile_model(model)
+    pi = GaussianExplanation(graph, D)
+    return design_estimate(pi, event, lambda shifted: GaussianExplanation(graph, shifted))
+
+
+def log_normal_tail(z):
+    return torch.special.log_ndtr(torch.tensor(-z, dtype=F64)).item()
+
+
+def test_linear_output_gives_the_exact_tail_and_design_point():
+    layer = linear(5, 1, 0)
+    w, b = layer.weight[0].detach(), layer.bias.item()
+    t = b + 5.5 * w.norm().item()                   # β = 5.5: p ≈ 1.9e-8
+    result, flops, details = estimate(layer, Gaussian.standard(5), Above(0, t))
+    assert details["modes"][0] == pytest.approx(5.5, rel=1e-3)
+    assert result.log_p == pytest.approx(log_normal_tail(5.5), rel=1e-3)
+    assert flops > 0
+
+
+def test_two_sided_event_has_two_modes_counted_once_each():
+    layer = linear(4, 1, 1)
+    w, b = layer.weight[0].detach(), layer.bias.item()
+    s = w.norm().item()
+    event = Any(Above(0, b + 5.0 * s), Below(0, b - 5.0 * s))
+    result, _, details = estimate(layer, Gaussian.standard(4), event)
+    assert len(details["modes"]) == 2
+    assert result.log_p == pytest.approx(math.log(2) + log_normal_tail(5.0), abs=2e-3)
+
+
+def test_correlated_inputs_and_a_conjunction_on_a_linear_network():
+    layer = linear(3, 2, 2)
+    a = torch.tensor([[1.0, 0.3, 0.0], [0.3, 1.0, 0.2], [0.0, 0.2, 0.5]], dtype=F64)
+    D = Gaussian(torch.tensor([0.5, -0.2, 0.1], dtype=F64), a @ a.T)
+    pi = GaussianExplanation(compile_model(layer), D)
+    mu, sd = pi.mean.tolist(), pi.cov.diagonal().sqrt().tolist()
+    event = All(Above(0, mu[0] + 3 * sd[0]), Above(1, mu[1] + 3 * sd[1]))
+    exact = pi.probability(event)               # a linear network: π's Gaussian is exact
+    result, _, _ = estimate(layer, D, event)
+    assert abs(result.log_p / math.log(10) - exact.log10) < 0.01
+
+
+def test_detector_events_are_searched_through_the_detector():
+    layer = linear(4, 2, 3)
+    score = linear(2, 1, 4)
+    pi = GaussianExplanation(compile_model(layer), Gaussian.standard(4))
+    a = score.weight[0].detach()
+    centre = (a @ pi.mean).item() + score.bias.item()
+    spread = (a @ pi.cov @ a).sqrt().item()
+    result, _, _ = estimate(layer, Gaussian.standard(4), Detector(score, threshold=centre + 5.0 * spread))
+    assert result.log_p == pytest.approx(log_normal_tail(5.0), rel=1e-3)
+
+
+def test_nonlinear_tail_beats_bulk_gaussian():
+    # 8 → 64 → 64 → 1 ReLU; the event's truth comes from 2e6 samples (p ≈ 1e-3 scale).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)).double()
+    D = Gaussian.standard(8)
+    x = D.sample(2_000_000, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = model(x)[:, 0]
+    t = torch.quantile(y[:200_000], 1 - 1e-3).item()
+    hits = int((y > t).sum())
+    truth = math.log10(hits / 2_000_000)
+    graph = compile_model(model)
+    bulk = GaussianExplanation(graph, D).probability(Above(0, t)).log10
+    result, _, _ = estimate(model, D, Above(0, t))
+    tilted = result.log_p / math.log(10)
+    # Measured at this seed: the design-point estimate is within 0.3 dex, the bulk is not closer.
+    assert abs(tilted - truth) <= 0.3
+    assert abs(tilted - truth) <= abs(bulk - truth) + 0.05
