@@ -17,6 +17,7 @@ from .estimate import Estimate
 from .events import Event
 from .graph import Graph
 from .montecarlo import mean_estimate, probability_estimate, tally
+from .mvn import OrthantResult
 
 
 class Explanation(ABC):
@@ -61,6 +62,17 @@ class Explanation(ABC):
         if x.dim() != 2 or x.shape[1] != self.graph.n_inputs:
             raise ValueError(f"predict expects inputs of shape [batch, {self.graph.n_inputs}], got {tuple(x.shape)}")
         return x.to(self.graph.device)
+
+    def _estimate(self, result: OrthantResult, query_flops: int, method: str | None = None,
+                  details: dict | None = None) -> Estimate:
+        """A zero-sample probability Estimate whose cost includes building π
+        (subclasses that build a state define `build_flops`)."""
+        build = getattr(self, "build_flops", 0)
+        return Estimate.probability(
+            result.log_p, interval=None, flops=build + query_flops + result.flops, samples=0,
+            method=method or self.method, flops_per_sample=self.flops_per_sample,
+            details={"numerical_abs_error": result.abs_error, "build_flops": build,
+                     "query_flops": query_flops + result.flops, **(details or {})})
 
     @abstractmethod
     def predict(self, x: Tensor) -> Tensor:

@@ -45,6 +45,7 @@ from .graph import Act, Affine, Graph
 from .hermite_cumulants import hermite_cumulants
 from .design import is_far
 from .moments import hermite_coefficients, split_deterministic
+from .mvn import log_union
 from .propagate import GaussianState, propagate
 from .structured import design_estimate
 from .tails import copula_probability
@@ -70,11 +71,22 @@ class CumulantExplanation(Explanation):
     def _cumulants(self, direction: Tensor) -> tuple[Tensor, int]:
         """κ1..κ4 of direction·y under π, and the FLOPs spent."""
 
+    design: bool = True
+
     def _probability(self, event: Event) -> Estimate:
+        """If π's Gaussian summary puts the event below 1e-3, the design-point estimate of
+        `structured`; otherwise cumulant marginals joined by π's Gaussian copula."""
         detectors = event.detectors()
         mean, cov, flops = observed(self.mean, self.cov, detectors)
         n = self.mean.shape[0]
-        spent = [flops]
+        rows = [clause_rows(c, detectors, n, mean) for c in event.dnf()]
+        bulk = log_union(mean, cov, rows, seed=self.seed)
+        if self.design and is_far(bulk.log_p):
+            rebuild = lambda D: GaussianExplanation(self.graph, D, dtype=self.dtype, seed=self.seed)
+            result, design_flops, details = design_estimate(self, event, rebuild)
+            return self._estimate(result, flops + bulk.flops + design_flops, f"{self.method}+design",
+                                  {**details, "bulk_log10": bulk.log_p / math.log(10)})
+        spent = [flops + bulk.flops]
 
         def marginal(a: Tensor) -> Tensor:
             if bool(a[n:].any()):                      # a detector's score: Gaussian marginal
@@ -83,7 +95,6 @@ class CumulantExplanation(Explanation):
             spent.append(cost)
             return kappa
 
-        rows = [clause_rows(c, detectors, n, mean) for c in event.dnf()]
         result = copula_probability(rows, cov, marginal, seed=self.seed)
         return self._estimate(result, sum(spent))
 
@@ -125,20 +136,6 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
         self.directions = torch.where(norms > 0, directions / norms.clamp_min(1e-300), directions)
         n = z.mean.shape[0]
         self.flops["last-layer expansion"] += flops + 10 * n ** 3
-
-    def _probability(self, event: Event) -> Estimate:
-        """Far from the bulk (π's Gaussian puts the event below 1e-3) the design-point
-        estimate of `structured`; otherwise the cumulant copula estimate."""
-        bulk = GaussianExplanation._probability(self, event)
-        if not self.design or not is_far(bulk.log10 * math.log(10)):
-            return CumulantExplanation._probability(self, event)
-        rebuild = lambda D: GaussianExplanation(self.graph, D, dtype=self.dtype, seed=self.seed)
-        result, flops, details = design_estimate(self, event, rebuild)
-        return Estimate.probability(
-            result.log_p, interval=None, flops=bulk.flops + flops, samples=0, method=f"{self.method}+design",
-            flops_per_sample=self.flops_per_sample,
-            details={**details, "bulk_log10": bulk.log10, "build_flops": self.build_flops,
-                     "query_flops": bulk.flops - self.build_flops + flops})
 
     def _cumulants(self, direction: Tensor) -> tuple[Tensor, int]:
         direction = direction.to(self.dtype)

@@ -14,11 +14,13 @@ from .cumulant import CumulantPropagation
 from .distributions import Gaussian
 from .gaussian import GaussianExplanation
 from .graph import Act, Affine, Graph
+from .polynomial import PolynomialExplanation
 from .sampling import SamplingExplanation
 
 METHODS: dict[str, type[Explanation]] = {
     "gaussian": GaussianExplanation,
     "cumulant": CumulantPropagation,
+    "polynomial": PolynomialExplanation,
     "sampling": SamplingExplanation,
 }
 
@@ -39,6 +41,6 @@ def explain(model: nn.Module | Graph, distribution: Gaussian, method: str = "gau
     graph = model if isinstance(model, Graph) else compile_model(model)
     if method != "auto":
         return METHODS[method](graph, distribution, **options)
-    chosen = METHODS["polynomial" if is_two_layer(graph) and "polynomial" in METHODS else "cumulant"](graph, distribution, **options)
+    chosen = METHODS["polynomial" if is_two_layer(graph) else "cumulant"](graph, distribution, **options)
     chosen.method = f"auto:{chosen.method}"
     return chosen

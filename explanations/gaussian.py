@@ -25,7 +25,7 @@ from .distributions import Gaussian
 from .estimate import Estimate
 from .events import Clause, Event
 from .graph import Graph
-from .mvn import OrthantResult, log_union
+from .mvn import log_union
 from .propagate import GaussianState, propagate
 
 
@@ -113,11 +113,3 @@ class GaussianExplanation(Explanation):
         n = self.mean.shape[0]
         result = log_union(mean, cov, [clause_rows(c, detectors, n, mean) for c in event.dnf()], seed=self.seed)
         return self._estimate(result, flops)
-
-    def _estimate(self, result: OrthantResult, query_flops: int) -> Estimate:
-        """A probability Estimate whose cost includes building π."""
-        return Estimate.probability(
-            result.log_p, interval=None, flops=self.build_flops + query_flops + result.flops, samples=0,
-            method=self.method, flops_per_sample=self.flops_per_sample,
-            details={"numerical_abs_error": result.abs_error,
-                     "build_flops": self.build_flops, "query_flops": query_flops + result.flops})

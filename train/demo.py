@@ -1,10 +1,11 @@
 """The main job on an embedded default: π versus sampling at equal FLOPs.
 
 A seeded random ReLU MLP (8 → 64 → 64 → 2, He-normal weights, small biases) on
-x ~ N(0, I). π is built by Gaussian propagation; three fixed events have true
-probabilities near 1e-2, 1e-4 and 1e-6. For E[y] and each event the table shows π's estimate
-and cost in sample-equivalents, plain sampling with the same FLOPs, and a large sampling
-reference (one pass shared by all rows) with its 95% interval.
+x ~ N(0, I). π is built by Gaussian propagation and by method="auto" (which uses the
+network's structure in input space for rare events); three fixed events have true
+probabilities near 1e-2, 1e-4 and 1e-6. For E[y] and each event the table shows each π's
+estimate, cost in sample-equivalents and error, plain sampling with the FLOPs of the last
+method, and a large sampling reference (one pass shared by all rows) with its 95% interval.
 """
 from __future__ import annotations
 
@@ -21,15 +22,16 @@ from explanations.montecarlo import draw_cost, mean_estimate, probability_estima
 from .models import mlp
 
 DEFAULT_WIDTHS = [8, 64, 64, 2]
+METHODS = ("gaussian", "auto")
 
 
 @dataclass
 class Row:
     name: str
-    pi: Estimate
-    equal_flops: Estimate
+    estimates: dict[str, Estimate]   # by method
+    equal_flops: Estimate            # plain sampling with the FLOPs of the last method
     reference: Estimate
-    index: int | None = None   # output index for expectation rows
+    index: int | None = None         # output index for expectation rows
 
 
 def default_model() -> torch.nn.Sequential:
@@ -48,31 +50,34 @@ def default_events() -> dict[str, Event]:
     }
 
 
-def run(reference: int = 5 * 10 ** 7, seed: int = 0) -> list[Row]:
+def run(reference: int = 5 * 10 ** 7, seed: int = 0, methods: tuple[str, ...] = METHODS) -> list[Row]:
     model = default_model()
     D = Gaussian.standard(DEFAULT_WIDTHS[0])
-    pi = explain(model, D, "gaussian")
+    pis = {method: explain(model, D, method) for method in methods}
+    graph, distribution = pis[methods[0]].graph, pis[methods[0]].distribution
     events = default_events()
-    unit = pi.flops_per_sample
-    per_sample = draw_cost(pi.graph, pi.distribution)
+    unit = graph.flops_per_sample
+    per_sample = draw_cost(graph, distribution)
 
     def equal(estimate: Estimate, event: Event | None) -> Estimate:
         n = max(1, int(estimate.flops // per_sample))
-        counts = tally(pi.graph, pi.distribution, n, [event] if event else [], seed=seed + 1)
+        counts = tally(graph, distribution, n, [event] if event else [], seed=seed + 1)
         return probability_estimate(counts.hits[0], counts, unit) if event else mean_estimate(counts, unit)
 
     started = time.perf_counter()
-    big = tally(pi.graph, pi.distribution, reference, list(events.values()), seed=seed + 2, progress=True)
+    big = tally(graph, distribution, reference, list(events.values()), seed=seed + 2, progress=True)
     elapsed = time.perf_counter() - started
-    expectation = pi.expectation()
-    rows = [Row(f"E[y{k}]", expectation, equal(expectation, None), mean_estimate(big, unit), k)
-            for k in range(pi.graph.n_outputs)]
+    expectations = {m: pi.expectation() for m, pi in pis.items()}
+    last = expectations[methods[-1]]
+    rows = [Row(f"E[y{k}]", expectations, equal(last, None), mean_estimate(big, unit), k)
+            for k in range(graph.n_outputs)]
     for i, (name, event) in enumerate(events.items()):
-        estimate = pi.probability(event)
-        rows.append(Row(name, estimate, equal(estimate, event), probability_estimate(big.hits[i], big, unit)))
-    print(f"model: {pi.graph}\ninputs: N(0, I_{D.dim}); one forward pass = {unit:,} FLOPs;"
+        estimates = {m: pi.probability(event) for m, pi in pis.items()}
+        rows.append(Row(name, estimates, equal(estimates[methods[-1]], event),
+                        probability_estimate(big.hits[i], big, unit)))
+    print(f"model: {graph}\ninputs: N(0, I_{D.dim}); one forward pass = {unit:,} FLOPs;"
           f" reference: {reference:,} samples in {elapsed:.1f} s\n")
-    print(format_table(rows))
+    print(format_table(rows, methods))
     return rows
 
 
@@ -84,26 +89,38 @@ def _show(estimate: Estimate, index: int | None) -> str:
     return f"1e{estimate.log10:.2f}" if math.isfinite(estimate.log10) else "0"
 
 
-def format_table(rows: list[Row]) -> str:
-    """A plain-text table; 'error' is |π - ref| in output SDs for means, |log10(π/ref)| for events."""
-    header = ["quantity", "π (gaussian)", "π cost [samples]", "sampling @ equal FLOPs",
-              "reference", "reference 95% interval", "π error"]
+def _error(estimate: Estimate, reference: Estimate, index: int | None) -> str:
+    """|π - ref| in output SDs for means, |log10(π/ref)| for probabilities."""
+    if index is not None:
+        sd = float(reference.details["std"][index])
+        return f"{abs(float(estimate.value[index] - reference.value[index])) / sd:.4f} sd"
+    if not math.isfinite(reference.log10):
+        return "n/a"
+    return f"{abs(estimate.log10 - reference.log10):.2f} dex"
+
+
+def format_table(rows: list[Row], methods: tuple[str, ...]) -> str:
+    """A plain-text table: each method's estimate, cost and error, then sampling at the
+    last method's FLOPs and the reference."""
+    header = ["quantity"]
+    for m in methods:
+        header += [f"π {m}", "cost [samples]", "error"]
+    header += [f"sampling @ {methods[-1]} FLOPs", "reference", "95% interval"]
     lines = []
     for row in rows:
+        line = [row.name]
+        for m in methods:
+            e = row.estimates[m]
+            line += [_show(e, row.index), f"{e.sample_equivalents:,.0f}", _error(e, row.reference, row.index)]
         if row.index is not None:
-            sd = float(row.reference.details["std"][row.index])
-            error = abs(float(row.pi.value[row.index] - row.reference.value[row.index])) / sd
-            error_text = f"{error:.4f} sd"
             lo, hi = (float(v[row.index]) for v in row.reference.interval)
             interval = f"[{lo:+.5f}, {hi:+.5f}]"
         else:
-            ref = row.reference.log10
-            error_text = f"{abs(row.pi.log10 - ref):.2f} dex" if math.isfinite(ref) else "n/a (no hits)"
             lo, hi = row.reference.interval
             interval = f"[{lo:.2e}, {hi:.2e}]"
-        lines.append([row.name, _show(row.pi, row.index), f"{row.pi.sample_equivalents:,.0f}",
-                      f"{_show(row.equal_flops, row.index)} (N={row.equal_flops.samples:,})",
-                      _show(row.reference, row.index), interval, error_text])
+        line += [f"{_show(row.equal_flops, row.index)} (N={row.equal_flops.samples:,})",
+                 _show(row.reference, row.index), interval]
+        lines.append(line)
     widths = [max(len(str(r[i])) for r in [header] + lines) for i in range(len(header))]
     fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines])
