@@ -11,7 +11,7 @@ diagrams, truncated at Hermite degree K (default 6; the truncation drops diagram
 vertex of degree > K). Cost: the Gaussian build plus, per direction queried, the diagram
 contractions (O(n³) for κ3, see `hermite_cumulants`).
 
-Events: if π's Gaussian puts the event below 1e-3, the input-space structure decides
+Events: if π's Gaussian puts the event below 5e-2, the input-space structure decides
 (design points and tilted Gaussians, `structured`). Otherwise each halfspace atom a·v > t
 gets a cumulant tail (`tails.log_upper_tail`, Cornish–Fisher) and atoms are joined by the
 Gaussian copula of π (`tails.copula_probability`); atoms involving a learned detector's
@@ -51,6 +51,7 @@ from .structured import design_estimate
 from .tails import copula_probability
 
 DEFAULT_DEGREE = 6
+CUMULANT_BUDGET = 2000   # sample-equivalents one cumulant marginal may cost; beyond, κ3 = κ4 = 0
 
 
 class CumulantExplanation(Explanation):
@@ -71,10 +72,21 @@ class CumulantExplanation(Explanation):
     def _cumulants(self, direction: Tensor) -> tuple[Tensor, int]:
         """κ1..κ4 of direction·y under π, and the FLOPs spent."""
 
+    @abstractmethod
+    def _diagram_size(self) -> tuple[int, int, int]:
+        """(units, Hermite degree, order) of the diagram contractions behind `_cumulants`."""
+
+    def _affordable(self) -> bool:
+        """Do the diagram contractions fit CUMULANT_BUDGET sample-equivalents per marginal?
+        Their cost is ≈ (K²/4)·2n³ for κ3, about K times more with κ4 (`hermite_cumulants`)."""
+        n, degree, order = self._diagram_size()
+        estimate = degree ** 2 / 4 * 2 * n ** 3 * (degree if order >= 4 else 1)
+        return estimate <= CUMULANT_BUDGET * self.flops_per_sample
+
     design: bool = True
 
     def _probability(self, event: Event) -> Estimate:
-        """If π's Gaussian summary puts the event below 1e-3, the design-point estimate of
+        """If π's Gaussian summary puts the event below 5e-2, the design-point estimate of
         `structured`; otherwise cumulant marginals joined by π's Gaussian copula."""
         detectors = event.detectors()
         mean, cov, flops = observed(self.mean, self.cov, detectors)
@@ -88,15 +100,17 @@ class CumulantExplanation(Explanation):
                                   {**details, "bulk_log10": bulk.log_p / math.log(10)})
         spent = [flops + bulk.flops]
 
+        affordable = self._affordable()
+
         def marginal(a: Tensor) -> Tensor:
-            if bool(a[n:].any()):                      # a detector's score: Gaussian marginal
+            if bool(a[n:].any()) or not affordable:    # a detector's score, or over budget: Gaussian
                 return torch.stack([a @ mean, a @ cov @ a, a.new_zeros(()), a.new_zeros(())])
             kappa, cost = self._cumulants(a[:n])
             spent.append(cost)
             return kappa
 
         result = copula_probability(rows, cov, marginal, seed=self.seed)
-        return self._estimate(result, sum(spent))
+        return self._estimate(result, sum(spent), details={"cumulants": "used" if affordable else "over budget"})
 
 
 class CumulantPropagation(CumulantExplanation, GaussianExplanation):
@@ -136,6 +150,9 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
         self.directions = torch.where(norms > 0, directions / norms.clamp_min(1e-300), directions)
         n = z.mean.shape[0]
         self.flops["last-layer expansion"] += flops + 10 * n ** 3
+
+    def _diagram_size(self) -> tuple[int, int, int]:
+        return (self.last.n_in if self.last is not None else 0), self.degree, self.order
 
     def _cumulants(self, direction: Tensor) -> tuple[Tensor, int]:
         direction = direction.to(self.dtype)

@@ -26,7 +26,7 @@ cumulants(a):   κ1..κ4 of a·P(ξ) by the diagram formula (`hermite_cumulants`
                 surrogate's κ4 is -0.053, -0.046, 0.36, 5.1, 74 at K = 4, 6, 8, 10, 12 against
                 the network's -0.12. So cumulants use the degree-≤`cumulant_degree` part (6).
 probability(e): as every CumulantExplanation: design points and tilted Gaussians for events
-                π's Gaussian summary puts below 1e-3, cumulant marginals and a Gaussian copula
+                π's Gaussian summary puts below 5e-2, cumulant marginals and a Gaussian copula
                 otherwise.
 truncation_error: per output, a bound on the RMS error ‖y - P‖_{L²(D)}. With r_j = f - f_K,
                 E r_j = 0 and E r_j² = T_j = E f(z_j)² - Σ_{k≤K} c_jk² (Parseval), and by Mehler
@@ -131,6 +131,9 @@ class PolynomialExplanation(CumulantExplanation):
     def _expectation(self) -> Estimate:
         return Estimate(self.mean.clone(), None, None, self.build_flops, 0, self.method, self.flops_per_sample,
                         {"cov": self.cov.clone(), "truncation_error": self.truncation_error.clone()})
+
+    def _diagram_size(self) -> tuple[int, int, int]:
+        return self.w2.shape[1], self.cumulant_degree, 4
 
     def _cumulants(self, direction: Tensor) -> tuple[Tensor, int]:
         direction = torch.as_tensor(direction, dtype=self.dtype, device=self.mean.device)

@@ -12,16 +12,29 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--seed", type=int, default=0)
     bench = commands.add_parser("bench", help="benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True)
-    expectation = benches.add_parser("expectation", help="E[y] of gaussian propagation vs a sampling reference")
+    expectation = benches.add_parser("expectation", help="π's E[y] vs a sampling reference")
     expectation.add_argument("--reference", type=int, default=10 ** 7)
     expectation.add_argument("--seed", type=int, default=0)
+    expectation.add_argument("--setting", choices=("foundation", "wide"), default="foundation")
+    expectation.add_argument("--methods", default="gaussian", help="comma-separated methods")
+    tails = benches.add_parser("tails", help="tail-probability estimators vs ground truth over a zoo of networks")
+    tails.add_argument("--quick", action="store_true", help="three small cases (under a minute)")
+    tails.add_argument("--methods", help="comma-separated methods (default: every method but sampling)")
+    tails.add_argument("--cache", default=".pitrack-cache/bench-tails", help="ground-truth cache folder")
+    tails.add_argument("--csv", default="out/bench_tails.csv")
+    tails.add_argument("--png", default="out/bench_tails.png")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
         run(reference=args.reference, seed=args.seed)
     elif args.bench == "expectation":
         from .bench_expectation import run as bench_run
-        bench_run(reference=args.reference, seed=args.seed)
+        bench_run(reference=args.reference, seed=args.seed, setting=args.setting,
+                  methods=tuple(args.methods.split(",")))
+    elif args.bench == "tails":
+        from .bench_tails import run as tails_run
+        tails_run(quick=args.quick, methods=args.methods.split(",") if args.methods else None,
+                  cache=args.cache, csv_path=args.csv, png_path=args.png)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,81 @@
+"""The tail benchmark's ground truth (cross-entropy importance sampling) and its driver."""
+import csv
+import math
+
+import pytest
+import torch
+
+from explanations import compile_model
+from explanations.events import Above
+from explanations.montecarlo import tally
+from train import bench_tails
+from train.bench_tails import Reference, Settings, Spec, input_distribution
+from train.models import mlp
+
+
+@pytest.mark.parametrize("widths, activation, inputs", [((4, 16, 1), "relu", "standard"),
+                                                         ((6, 32, 2), "gelu", "correlated")])
+def test_importance_agrees_with_sampling(widths, activation, inputs):
+    """p ≈ 1e-3: IS and 4·10⁶ plain draws agree within 3 combined standard errors."""
+    graph = compile_model(mlp(list(widths), activation, seed=5, bias_std=0.1))
+    D = input_distribution(widths[0], inputs, seed=5)
+    y = graph.forward(D.sample(200_000, generator=torch.Generator().manual_seed(1), dtype=graph.dtype)).double()
+    spec = Spec("one", ((0, 1),), 1e-3) if widths[-1] == 1 else Spec("all", ((0, 1), (1, 1)), 1e-3)
+    mean, sd = y.mean(0), y.std(0)
+    level = torch.quantile(spec.score((y - mean) / sd), 1 - spec.target).item()
+    event = spec.event(level, mean.tolist(), sd.tolist())
+    counts = tally(graph, D, 4_000_000, [event], seed=2, progress=False)
+    p_s = counts.hits[0] / counts.samples
+    se_s = math.sqrt(p_s * (1 - p_s) / counts.samples)
+    result = Reference(graph, D, Settings(), seed=3).importance(event)
+    assert 2e-4 < p_s < 5e-3
+    assert result.rel_se < 0.05
+    assert abs(result.p - p_s) < 3 * math.hypot(se_s, result.se)
+
+
+def test_importance_matches_closed_form_on_linear_network():
+    """y = w·x + b with x ~ N(μ, Σ) is N(w·μ + b, wᵀΣw): P[y > t] = Φ(-(t - mean)/sd) ≈ 1e-7."""
+    model = mlp([8, 1], seed=7, bias_std=0.5)
+    D = input_distribution(8, "correlated", seed=7)
+    w, b = model[0].weight.detach().double()[0], model[0].bias.detach().double()[0]
+    mean, sd = (w @ D.mean + b).item(), math.sqrt(w @ D.cov @ w)
+    t = mean + sd * torch.special.ndtri(torch.tensor(1 - 1e-7, dtype=torch.float64)).item()
+    exact = torch.special.ndtr(torch.tensor(-(t - mean) / sd, dtype=torch.float64)).item()
+    result = Reference(compile_model(model), D, Settings(), seed=11).importance(Above(0, t))
+    assert result.rel_se < 0.05
+    assert abs(result.p - exact) < 3 * result.se
+
+
+def test_quick_run_writes_outputs_and_reuses_cache(tmp_path, monkeypatch):
+    paths = dict(cache=tmp_path / "cache", csv_path=tmp_path / "out" / "tails.csv",
+                 png_path=tmp_path / "out" / "tails.png")
+    first = bench_tails.run(quick=True, methods=["gaussian"], progress=False, **paths)
+    assert first.truth_draws > 0
+    with open(paths["csv_path"]) as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == [
+        "case", "architecture", "activation", "inputs", "trained", "event", "target_p", "true_p",
+        "true_lo", "true_hi", "true_se", "truth_source", "sampling_p", "sampling_se", "sampling_hits",
+        "sampling_n", "importance_p", "importance_se", "importance_replicate_z", "agreement_z", "method",
+        "estimate_p", "estimate_log10", "abs_log10_ratio", "sample_equivalents", "equal_flops_n",
+        "equal_flops_drawn", "equal_flops_hits", "equal_flops_p", "seconds", "note"]
+    assert len(rows) == sum(len(case.specs) for case in bench_tails.zoo(quick=True))
+    assert {row["truth_source"] for row in rows} == {"sampling", "importance"}
+    for row in rows:
+        assert 0 < float(row["true_lo"]) <= float(row["true_p"]) <= float(row["true_hi"])
+        assert 0.1 < float(row["true_p"]) / float(row["target_p"]) < 10
+    assert paths["png_path"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("ground truth measured again despite a warm cache")
+
+    monkeypatch.setattr(bench_tails, "measure_truth", no_sampling)
+    second = bench_tails.run(quick=True, methods=["gaussian"], progress=False, **paths)
+    assert second.truth_draws == 0
+    assert [r["true_p"] for r in second.rows] == [r["true_p"] for r in first.rows]
+
+
+def test_unknown_method_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown methods"):
+        bench_tails.run(quick=True, methods=["gausian"], cache=tmp_path, progress=False)
