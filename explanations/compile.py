@@ -1,7 +1,8 @@
 """`compile_model`: a torch module → its formal `Graph`.
 
 Leaves: nn.Linear, nn.ReLU, nn.GELU (both approximations), nn.Tanh, nn.Sigmoid,
-nn.Identity, nn.Flatten; nn.Sequential nests. Any other module is traced with torch.fx
+nn.Identity, nn.Flatten, nn.Dropout in eval mode; nn.Sequential nests. A subclass that
+overrides forward is traced like any custom module, never taken for its base. Any other module is traced with torch.fx
 and accepted when its forward is built from supported submodules, the matching
 functional activations, and additions of values that share the module's input: the sum
 becomes a `Residual` whose branches are the two chains after their common prefix.
@@ -49,11 +50,16 @@ def _gelu_kind(approximate: str, path: str) -> str:
     raise UnsupportedModule(path, "GELU", f"approximate={approximate!r}")
 
 
+def _plain(module: nn.Module, base: type) -> bool:
+    """An instance of `base` whose forward is base's own (a subclass may override it)."""
+    return isinstance(module, base) and type(module).forward is base.forward
+
+
 def _compile(module: nn.Module, path: str) -> Chain:
-    if isinstance(module, nn.Sequential):
+    if _plain(module, nn.Sequential):
         return tuple(op for name, child in module.named_children()
                      for op in _compile(child, f"{path}.{name}" if path else name))
-    if isinstance(module, nn.Linear):
+    if _plain(module, nn.Linear):
         if isinstance(module.weight, nn.parameter.UninitializedParameter):
             raise UnsupportedModule(path, type(module).__name__, "uninitialised lazy parameters")
         weight = module.weight.detach().clone()
@@ -61,9 +67,13 @@ def _compile(module: nn.Module, path: str) -> Chain:
         return (Affine(weight, bias, path),)
     if type(module) in _LEAF_ACTIVATIONS:
         return (Act(_LEAF_ACTIVATIONS[type(module)], path),)
-    if isinstance(module, nn.GELU):
+    if _plain(module, nn.GELU):
         return (Act(_gelu_kind(module.approximate, path), path),)
-    if isinstance(module, (nn.Identity, nn.Flatten)):
+    if _plain(module, nn.Identity) or _plain(module, nn.Flatten):
+        return ()
+    if _plain(module, nn.Dropout):
+        if module.training:
+            raise UnsupportedModule(path, "Dropout", "in training mode it is random; call model.eval()")
         return ()
     return _compile_traced(module, path)
 

@@ -93,12 +93,16 @@ class CumulantExplanation(Explanation):
         n = self.mean.shape[0]
         rows = [clause_rows(c, detectors, n, mean) for c in event.dnf()]
         bulk = log_union(mean, cov, rows, seed=self.seed)
+        spent = [flops + bulk.flops]
+        fallback = {}
         if self.design and is_far(bulk.log_p):
             rebuild = lambda D: GaussianExplanation(self.graph, D, dtype=self.dtype, seed=self.seed)
-            result, design_flops, details = design_estimate(self, event, rebuild)
-            return self._estimate(result, flops + bulk.flops + design_flops, f"{self.method}+design",
-                                  {**details, "bulk_log10": bulk.log_p / math.log(10)})
-        spent = [flops + bulk.flops]
+            found = design_estimate(self, event, rebuild)
+            if found is not None:
+                result, details = found
+                return self._estimate(result, spent[0], f"{self.method}+design",
+                                      {**details, "bulk_log10": bulk.log_p / math.log(10)})
+            fallback = {"design": "no design point found; cumulant copula used"}
 
         affordable = self._affordable()
 
@@ -110,7 +114,8 @@ class CumulantExplanation(Explanation):
             return kappa
 
         result = copula_probability(rows, cov, marginal, seed=self.seed)
-        return self._estimate(result, sum(spent), details={"cumulants": "used" if affordable else "over budget"})
+        return self._estimate(result, sum(spent),
+                              details={"cumulants": "used" if affordable else "over budget", **fallback})
 
 
 class CumulantPropagation(CumulantExplanation, GaussianExplanation):

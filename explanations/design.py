@@ -78,7 +78,8 @@ class ClauseSearch:
     def to_boundary(self, direction: Tensor) -> Tensor | None:
         """The boundary point nearest the origin on the ray through `direction` (grid scan
         over t ∈ [0.05, 4]·|direction|, bisection, then a secant step), or None."""
-        grid = torch.logspace(math.log10(0.05), math.log10(4.0), 12, dtype=direction.dtype)
+        grid = torch.logspace(math.log10(0.05), math.log10(4.0), 12, dtype=direction.dtype, device=direction.device)
+        grid = torch.cat([grid, grid.new_ones(1)]).sort().values       # t = 1: the start itself
         margins = self.margin(grid[:, None] * direction)
         ok = margins >= 0
         if not ok.any():
@@ -110,7 +111,7 @@ class ClauseSearch:
                 return point.detach()
             jac = torch.stack([torch.autograd.grad(values[r], point, retain_graph=True)[0] for r in violated])
             self.backwards += len(violated)
-            gram = jac @ jac.T + 1e-12 * torch.eye(len(violated), dtype=jac.dtype)
+            gram = jac @ jac.T + 1e-12 * torch.eye(len(violated), dtype=jac.dtype, device=jac.device)
             step = jac.T @ torch.linalg.solve(gram, -values[violated].detach())
             point = point.detach() + 1.2 * step
         return None
@@ -139,8 +140,8 @@ class ClauseSearch:
 
 
 def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pilot: int = 384,
-               starts: int = 3, seed: int = 0, dtype: torch.dtype = torch.float64
-               ) -> tuple[list[Mode], int, int]:
+               starts: int = 3, seed: int = 0, dtype: torch.dtype = torch.float64,
+               device: torch.device | str | None = None) -> tuple[list[Mode], int, int]:
     """Design points of each clause, from the feasible points of a pilot cloud.
 
     Network outputs are far from linear, so a gradient taken in the bulk can point away
@@ -151,7 +152,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
     """
     generator = torch.Generator().manual_seed(seed)
     scales = torch.tensor([1.5, 2.5, 4.0], dtype=dtype).repeat_interleave(-(-pilot // 3))[:pilot]
-    cloud = torch.randn(pilot, dim, generator=generator, dtype=dtype) * scales[:, None]
+    cloud = (torch.randn(pilot, dim, generator=generator, dtype=dtype) * scales[:, None]).to(device)
     modes: list[Mode] = []
     forwards = backwards = 0
     for c, batch in enumerate(batch_margins):

@@ -201,17 +201,50 @@ class Detector(Event):
     """A learned catastrophe detector: the event `module(y) > threshold`.
 
     The module maps the model's outputs [batch, outputs] to one score per row; it is
-    compiled to the formal language too, so explanations propagate through it.
+    compiled to the formal language too, so explanations propagate through it (and the
+    graph is recompiled when the module's parameters change, e.g. while it trains).
+    A final increasing activation is inverted into the threshold for explanations:
+    relu(u) > t ⇔ u > t (t ≥ 0), σ(u) > t ⇔ u > logit t, tanh u > t ⇔ u > atanh t.
     """
 
     def __init__(self, module: nn.Module, threshold: float = 0.0) -> None:
-        from .compile import compile_model  # events are importable without the compiler
         if not isinstance(module, nn.Module):
             raise InvalidEvent(f"Detector takes a torch module, got {type(module).__name__}")
         self.module, self.threshold = module, _threshold(threshold)
-        self.graph = compile_model(module)
+        self._compiled, self._versions = None, None
         if self.graph.n_outputs != 1:
             raise InvalidEvent(f"a detector must output one score per row, this one outputs {self.graph.n_outputs}")
+        self.score_threshold()
+
+    @property
+    def graph(self) -> "Graph":
+        """The detector's formal graph, recompiled if its parameters changed since."""
+        from .compile import compile_model  # events are importable without the compiler
+        versions = [p._version for p in self.module.parameters()]
+        if self._compiled is None or versions != self._versions:
+            self._compiled, self._versions = compile_model(self.module), versions
+        return self._compiled
+
+    def score_graph(self) -> "Graph":
+        """The graph without a final increasing activation (see the class docstring)."""
+        from .graph import Act, Graph
+        chain = self.graph.chain
+        if chain and isinstance(chain[-1], Act) and chain[-1].kind in _INVERSES:
+            return Graph(chain[:-1], self.graph.n_inputs)
+        return self.graph
+
+    def score_threshold(self) -> float:
+        """The threshold on `score_graph`'s output; InvalidEvent if the event is certain
+        or impossible (a threshold outside the final activation's range)."""
+        chain = self.graph.chain
+        kind = getattr(chain[-1], "kind", None) if chain else None
+        if kind not in _INVERSES:
+            return self.threshold
+        valid, inverse, span = _INVERSES[kind]
+        if not valid(self.threshold):
+            raise InvalidEvent(f"threshold {self.threshold:g} is outside {span}, where the detector's final "
+                               f"{kind} can be crossed: the event is certain or impossible")
+        return inverse(self.threshold)
 
     def score(self, y: Tensor) -> Tensor:
         """The detector's score for each row of y: [batch]."""
@@ -221,7 +254,7 @@ class Detector(Event):
         return self.score(y) > self.threshold
 
     def dnf(self) -> list[Clause]:
-        return [(Halfspace(((self, 1.0),), self.threshold),)]
+        return [(Halfspace(((self, 1.0),), self.score_threshold()),)]
 
     def check(self, n_outputs: int) -> None:
         if self.graph.n_inputs != n_outputs:
@@ -232,3 +265,11 @@ class Detector(Event):
 
     def __repr__(self) -> str:
         return f"Detector({type(self.module).__name__}, threshold={self.threshold:g})"
+
+
+# Final activations a detector threshold can be moved through: (valid t, inverse, range).
+_INVERSES = {
+    "relu": (lambda t: t >= 0, lambda t: t, "[0, ∞)"),
+    "sigmoid": (lambda t: 0 < t < 1, lambda t: math.log(t / (1 - t)), "(0, 1)"),
+    "tanh": (lambda t: -1 < t < 1, math.atanh, "(-1, 1)"),
+}

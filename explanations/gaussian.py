@@ -39,7 +39,7 @@ def observed(mean: Tensor, cov: Tensor, detectors: list) -> tuple[Tensor, Tensor
     flops = Counter()
     means, crosses, variances = [mean], [cov], []
     for detector in detectors:
-        graph = detector.graph.to(device=mean.device, dtype=mean.dtype)
+        graph = detector.score_graph().to(device=mean.device, dtype=mean.dtype)
         out = propagate(graph.chain, GaussianState(mean, cov, cov), flops)
         means.append(out.mean)
         crosses.append(out.cross)

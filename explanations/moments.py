@@ -105,6 +105,7 @@ def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor
     keep = (~det).to(cov.dtype)
     cov = cov * torch.outer(keep, keep)
     cov = (cov + cov.T) / 2
+    cov.diagonal().clamp_(min=0)          # E[f²] - E[f]² can round below 0 far in a tail
     slope = torch.where(det, act.derivative(mu), slope)
     n = mean.shape[0]
     return ActivationMoments(mean, cov, slope, flops + 4 * n * n, truncation)

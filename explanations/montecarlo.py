@@ -1,6 +1,7 @@
 """Plain Monte Carlo over x ~ D: the sampling baseline and the `samples=N` budget.
 
-One pass draws N inputs in batches, runs the graph, and tallies Σy, Σy² (float64) and
+One pass draws N inputs in batches, runs the graph, and tallies Σ(y - c), Σ(y - c)²
+(float64, c the first batch's mean, so the variance does not cancel when |E y| ≫ sd) and
 the hit count of each event, so several estimates share the same forward passes.
 Cost: N · (FLOPs of one forward pass + FLOPs of one draw), counted exactly.
 
@@ -29,10 +30,11 @@ PROGRESS_FROM = 1_000_000
 @dataclass
 class Tally:
     samples: int
-    total: Tensor          # Σ y, float64 [outputs]
-    total_squares: Tensor  # Σ y², float64 [outputs]
+    total: Tensor          # Σ (y - shift), float64 [outputs]
+    total_squares: Tensor  # Σ (y - shift)², float64 [outputs]
     hits: list[int]
     flops: int
+    shift: Tensor          # the first batch's mean: sums about it do not cancel
 
 
 def draw_cost(graph: Graph, distribution: Gaussian) -> int:
@@ -51,6 +53,7 @@ def tally(graph: Graph, distribution: Gaussian, samples: int, events: list[Event
     generator = torch.Generator(device=device).manual_seed(seed)
     total = torch.zeros(graph.n_outputs, dtype=torch.float64, device=device)
     squares = torch.zeros_like(total)
+    shift = None
     hits = [torch.zeros((), dtype=torch.int64, device=device) for _ in events]
     show = samples >= PROGRESS_FROM if progress is None else progress
     with torch.no_grad(), tqdm(total=samples, disable=not show, unit="sample", unit_scale=True,
@@ -59,21 +62,24 @@ def tally(graph: Graph, distribution: Gaussian, samples: int, events: list[Event
         while done < samples:
             size = min(batch, samples - done)
             y = graph.forward(distribution.sample(size, generator=generator, dtype=graph.dtype))
-            y64 = y.to(torch.float64)
+            if shift is None:
+                shift = y.to(torch.float64).mean(dim=0)
+            y64 = y.to(torch.float64) - shift
             total += y64.sum(dim=0)
             squares += (y64 * y64).sum(dim=0)
             for i, event in enumerate(events):
                 hits[i] += event.evaluate(y).sum()
             done += size
             bar.update(size)
-    return Tally(samples, total, squares, [int(h) for h in hits], samples * draw_cost(graph, distribution))
+    return Tally(samples, total, squares, [int(h) for h in hits], samples * draw_cost(graph, distribution), shift)
 
 
 def mean_estimate(counts: Tally, flops_per_sample: float) -> Estimate:
     """E[y] with a 95% normal-approximation interval per output."""
     n = counts.samples
-    mean = counts.total / n
-    variance = ((counts.total_squares - n * mean * mean) / max(n - 1, 1)).clamp_min(0)
+    centred = counts.total / n
+    variance = ((counts.total_squares - n * centred * centred) / max(n - 1, 1)).clamp_min(0)
+    mean = counts.shift + centred
     half = Z95 * torch.sqrt(variance / n)
     return Estimate(mean, None, (mean - half, mean + half), counts.flops, n, "sampling",
                     flops_per_sample, {"std": variance.sqrt()})

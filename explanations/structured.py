@@ -9,6 +9,7 @@ multivariate normal integrals.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -23,13 +24,28 @@ from .mvn import OrthantResult, log_union
 QMC_POINTS, QMC_REPLICATES = 1024, 4   # per cell integral: its error is far below the model's
 
 
+def log_chi2_tail(dim: int, beta: float) -> float:
+    """log P(χ²_dim ≥ β²) = log Q(dim/2, β²/2), with the leading asymptotic term
+    (dim/2 - 1) log(β²/2) - β²/2 - log Γ(dim/2) where Q underflows."""
+    a, x = torch.tensor(dim / 2, dtype=torch.float64), torch.tensor(beta * beta / 2, dtype=torch.float64)
+    q = torch.special.gammaincc(a, x).item()
+    if q > 0:
+        return math.log(q)
+    return float((a - 1) * torch.log(x) - x - torch.lgamma(a))
+
+
 def design_estimate(pi: GaussianExplanation, event: Event,
-                    rebuild: Callable[[Gaussian], GaussianExplanation]) -> tuple[OrthantResult, int, dict]:
-    """log P(event) from tilted Gaussians at the design points; (result, flops, details)."""
+                    rebuild: Callable[[Gaussian], GaussianExplanation]) -> tuple[OrthantResult, dict] | None:
+    """log P(event) from tilted Gaussians at the design points, with every FLOP spent in
+    the result, and details; None if no design point was found (the caller falls back).
+
+    The event lies outside the ball |ξ| < β_min (β_min the smallest mode's distance, if the
+    search found the global minimum), so the estimate is capped at P(χ²_dim ≥ β_min²):
+    a tilted Gaussian at a saturated mode (small local slope) can otherwise overshoot."""
     detectors = event.detectors()
     dtype = pi.dtype
     graph = pi.graph.to(dtype=dtype)
-    detector_graphs = [d.graph.to(device=graph.device, dtype=dtype) for d in detectors]
+    detector_graphs = [d.score_graph().to(device=graph.device, dtype=dtype) for d in detectors]
     n = graph.n_outputs
     like = pi.mean
     clauses = [clause_rows(c, detectors, n, like) for c in event.dnf()]
@@ -42,12 +58,13 @@ def design_estimate(pi: GaussianExplanation, event: Event,
         return torch.cat([y] + [g.forward(y) for g in detector_graphs], dim=1)
 
     batch_margins = [(lambda xi, a=a, b=b: observe(xi) @ a.T - b) for a, b in clauses]
-    modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype)
+    with torch.inference_mode(False), torch.enable_grad():      # the search needs autograd
+        modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype, device=like.device)
     unit = graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)
     flops = (forwards + 2 * backwards) * unit
     if not modes:
-        return OrthantResult(float("-inf"), 0.0, flops), flops, {"modes": []}
-    log_probabilities = []
+        return None
+    log_probabilities, numerical_error = [], 0.0
     for mode in modes:
         local = rebuild(shifted(D, mode))
         cross_xi = whitened_cross(local.cross, D)                     # Cov(ξ, y) at the mode
@@ -65,16 +82,19 @@ def design_estimate(pi: GaussianExplanation, event: Event,
             v_cov = torch.cat([torch.cat([v_cov, cross_wv.T], dim=1),
                                torch.cat([cross_wv, d @ d.T], dim=1)])
             cell = [(torch.cat([torch.cat([a, a.new_zeros(a.shape[0], len(others))], dim=1),
-                                torch.cat([d.new_zeros(len(others), a.shape[1]), torch.eye(len(others), dtype=d.dtype)], dim=1)]),
+                                torch.cat([d.new_zeros(len(others), a.shape[1]), torch.eye(len(others), dtype=d.dtype, device=d.device)], dim=1)]),
                      torch.cat([b, h])) for a, b in clauses]
         else:
             cell = clauses
         result = log_union(v_mean, v_cov, cell, points=QMC_POINTS, replicates=QMC_REPLICATES, seed=pi.seed)
         log_probabilities.append(result.log_p)
+        numerical_error += result.abs_error
         flops += local.build_flops + query + result.flops
-    combined = torch.logsumexp(torch.tensor(log_probabilities, dtype=torch.float64), 0).item()
-    details = {"modes": [m.beta for m in modes], "mode_log10": [lp / 2.302585092994046 for lp in log_probabilities],
+    combined = torch.logsumexp(torch.tensor(log_probabilities, dtype=torch.float64), 0).item()  # floats: CPU
+    cap = log_chi2_tail(D.dim, modes[0].beta)
+    details = {"modes": [m.beta for m in modes], "mode_log10": [lp / math.log(10) for lp in log_probabilities],
+               "chi2_cap_log10": cap / math.log(10), "capped": combined > cap,
                "forward_passes": forwards, "backward_passes": backwards}
-    return OrthantResult(combined, 0.0, flops), flops, details
+    return OrthantResult(min(combined, cap), numerical_error, flops), details
 
 

@@ -89,42 +89,67 @@ def _quadratic_roots(a: float, b: float, c: float) -> list[float]:
     return [(-b - r) / (2 * a), (-b + r) / (2 * a)]
 
 
-def _cornish_fisher_z(k: tuple[float, ...], xi: float) -> float | None:
-    """z with q(z) = ξ on the increasing branch of q through 0, or None."""
+def _cornish_fisher_z(k: tuple[float, ...], xi: float) -> tuple[float, float, float] | None:
+    """(z, z_lo, z_hi): the increasing branch [z_lo, z_hi] of q through 0 and z on it with
+    q(z) = ξ, clamped to the branch ends when ξ lies beyond them; None without a branch."""
     g1, g2 = k[2] / k[1] ** 1.5, k[3] / k[1] ** 2
     q = lambda z: z + g1 * (z * z - 1) / 6 + g2 * (z ** 3 - 3 * z) / 24 - g1 * g1 * (2 * z ** 3 - 5 * z) / 36
-    # q′(z) = A z² + B z + C
-    a, b, c = g2 / 8 - g1 * g1 / 6, g1 / 3, 1 - g2 / 8 + 5 * g1 * g1 / 36
+    a, b, c = g2 / 8 - g1 * g1 / 6, g1 / 3, 1 - g2 / 8 + 5 * g1 * g1 / 36     # q′(z) = a z² + b z + c
     if c <= 0:
         return None
     roots = _quadratic_roots(a, b, c)
-    lo = max([r for r in roots if r < 0], default=-40.0)
-    hi = min([r for r in roots if r > 0], default=40.0)
-    lo, hi = max(lo, -40.0), min(hi, 40.0)
-    if not q(lo) <= xi <= q(hi):
-        return None
+    lo = max(max([r for r in roots if r < 0], default=-40.0), -40.0)
+    hi = min(min([r for r in roots if r > 0], default=40.0), 40.0)
+    edges = (lo, hi)
+    if xi <= q(lo):
+        return lo, *edges
+    if xi >= q(hi):
+        return hi, *edges
     for _ in range(200):                          # bisection: q is increasing on [lo, hi]
         mid = (lo + hi) / 2
         if q(mid) > xi:
             hi = mid
         else:
             lo = mid
-    return (lo + hi) / 2
+    return (lo + hi) / 2, *edges
+
+
+def _log_normal_tail(z: float) -> float:
+    return float(log_ndtr(torch.tensor(-z, dtype=torch.float64)))
 
 
 def log_upper_tail(kappa: Tensor | tuple[float, ...], x: float, method: str = "cornish-fisher") -> float:
     """log P(s > x) for s with cumulants κ1..κ4 (module docstring); method is
-    "cornish-fisher" (falls back to the saddlepoint off its branch) or "saddlepoint"."""
+    "cornish-fisher" or "saddlepoint".
+
+    Beyond the upper end z_hi of the Cornish–Fisher branch the saddlepoint tail continues it
+    from its value there, log Φ(-z_hi) + [S(x) - S(x_hi)] (S the saddlepoint log tail), so
+    the result stays continuous and non-increasing in x; below the lower end it stays at
+    log Φ(-z_lo).
+    """
     k = tuple(float(v) for v in kappa) + (0.0,) * (4 - len(kappa))
     if not k[1] > 0:
         return 0.0 if k[0] > x else -math.inf
-    sd = math.sqrt(k[1])
-    if method == "cornish-fisher":
-        z = _cornish_fisher_z(k, (x - k[0]) / sd)
-        if z is not None:
-            return float(log_ndtr(torch.tensor(-z, dtype=torch.float64)))
-    elif method != "saddlepoint":
+    if method == "saddlepoint":
+        return _saddlepoint_log_tail(k, x)
+    if method != "cornish-fisher":
         raise ValueError(f"unknown tail method {method!r}")
+    sd = math.sqrt(k[1])
+    found = _cornish_fisher_z(k, (x - k[0]) / sd)
+    if found is None:
+        return _saddlepoint_log_tail(k, x)
+    z, _, hi = found
+    if z < hi:
+        return _log_normal_tail(z)
+    g1, g2 = k[2] / k[1] ** 1.5, k[3] / k[1] ** 2
+    x_hi = k[0] + sd * (hi + g1 * (hi * hi - 1) / 6 + g2 * (hi ** 3 - 3 * hi) / 24 - g1 * g1 * (2 * hi ** 3 - 5 * hi) / 36)
+    edge = _log_normal_tail(hi)
+    return min(edge, edge + _saddlepoint_log_tail(k, x) - _saddlepoint_log_tail(k, x_hi))
+
+
+def _saddlepoint_log_tail(k: tuple[float, ...], x: float) -> float:
+    """The saddlepoint log tail (module docstring): quartic CGF, else cubic, else normal."""
+    sd = math.sqrt(k[1])
     for candidate in (k, k[:3] + (0.0,)):
         theta = _saddlepoint(candidate, x)
         if theta is None:
@@ -135,8 +160,8 @@ def log_upper_tail(kappa: Tensor | tuple[float, ...], x: float, method: str = "c
             return _edgeworth_log_tail(k, (x - k[0]) / sd)
         v = theta * math.sqrt(curvature)
         r_star = w + math.log(v / w) / w
-        return float(log_ndtr(torch.tensor(-r_star, dtype=torch.float64)))
-    return float(log_ndtr(torch.tensor(-(x - k[0]) / sd, dtype=torch.float64)))
+        return _log_normal_tail(r_star)
+    return _log_normal_tail((x - k[0]) / sd)
 
 
 def _edgeworth_log_tail(k: tuple[float, ...], z: float) -> float:
@@ -167,8 +192,9 @@ def copula_probability(clauses: list[tuple[Tensor, Tensor]], cov: Tensor,
                 thresholds.append(t)
             members.append(atoms[key])
         clause_atoms.append(members)
+    device = cov.device
     log_p = torch.tensor([log_upper_tail(cumulants(a), t) for a, t in zip(directions, thresholds)],
-                         dtype=torch.float64)
+                         dtype=torch.float64, device=device)
     count = len(directions)
     flops = count * SADDLEPOINT_FLOPS
     if len(clause_atoms) == 1 and len(clause_atoms[0]) == 1:
@@ -177,11 +203,13 @@ def copula_probability(clauses: list[tuple[Tensor, Tensor]], cov: Tensor,
     atom_cov = d @ cov.to(torch.float64) @ d.T
     sd = atom_cov.diagonal().clamp_min(1e-300).sqrt()
     corr = atom_cov / torch.outer(sd, sd)
-    z = -ndtri(log_p.exp().clamp_min(1e-300))                 # Φ⁻¹(1 - p) = -Φ⁻¹(p)
+    # z = Φ⁻¹(1 - p): -Φ⁻¹(p) for small p, Φ⁻¹(-expm1(log p)) for p near 1 (both exact in log space)
+    z = torch.where(log_p < math.log(0.5), -ndtri(log_p.exp().clamp_min(1e-300)),
+                    ndtri((-torch.expm1(log_p)).clamp_min(1e-300))).clamp(-38.0, 38.0)
     rows = []
     for members in clause_atoms:
-        pick = torch.zeros(len(members), count, dtype=torch.float64)
+        pick = torch.zeros(len(members), count, dtype=torch.float64, device=device)
         pick[torch.arange(len(members)), torch.tensor(members)] = 1.0
         rows.append((pick, z[members]))
-    result = log_union(torch.zeros(count, dtype=torch.float64), corr, rows, seed=seed)
+    result = log_union(torch.zeros(count, dtype=torch.float64, device=device), corr, rows, seed=seed)
     return OrthantResult(result.log_p, result.abs_error, result.flops + flops + 2 * count * cov.shape[0] ** 2)

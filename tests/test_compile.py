@@ -29,6 +29,13 @@ class TwoBranches(nn.Module):
         return torch.tanh(self.b(x)) + h
 
 
+class DoubledLinear(nn.Linear):
+    """A subclass whose forward is not Linear's: must not compile as a plain affine map."""
+
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
 class Scaled(nn.Module):
     def forward(self, x):
         return 2 * x
@@ -69,6 +76,7 @@ def test_residual_after_shared_prefix():
 @pytest.mark.parametrize("bad, path, kind", [
     (nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.LeakyReLU())), "1.0", "LeakyReLU"),
     (nn.Sequential(nn.Linear(3, 3), nn.Dropout()), "1", "Dropout"),
+    (nn.Sequential(nn.Linear(3, 3), DoubledLinear(3, 3)), "1", "DoubledLinear"),
     (nn.Sequential(nn.Linear(3, 3), Scaled()), "1", "Scaled"),
     (nn.Sequential(nn.Conv1d(1, 1, 3)), "0", "Conv1d"),
 ])
@@ -114,3 +122,9 @@ def test_foreign_plain_data_is_refused():
 def test_flops_per_sample_counts_matmuls_biases_and_activations():
     graph = compile_model(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.Tanh()))
     assert graph.flops_per_sample == (2 * 3 * 4 + 4) + 4 * 1 + (2 * 4 * 2 + 2) + 2 * 4
+
+
+def test_dropout_in_eval_mode_is_the_identity():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 1)).eval()
+    x = torch.randn(8, 3)
+    torch.testing.assert_close(compile_model(model).forward(x), model(x))

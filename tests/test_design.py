@@ -26,7 +26,8 @@ def linear(n_in, n_out, seed):
 def estimate(model, D, event):
     graph = compile_model(model)
     pi = GaussianExplanation(graph, D)
-    return design_estimate(pi, event, lambda shifted: GaussianExplanation(graph, shifted))
+    result, details = design_estimate(pi, event, lambda shifted: GaussianExplanation(graph, shifted))
+    return result, result.flops, details
 
 
 def log_normal_tail(z):
@@ -94,3 +95,15 @@ def test_nonlinear_tail_beats_bulk_gaussian():
     # Measured at this seed: the design-point estimate is within 0.3 dex, the bulk is not closer.
     assert abs(tilted - truth) <= 0.3
     assert abs(tilted - truth) <= abs(bulk - truth) + 0.05
+
+
+def test_saturated_mode_is_capped_by_the_chi_square_tail():
+    # y = sigmoid(2(x - 20)) on x ~ N(0, 1): y > 1/2 ⇔ x > 20, P = Φ(-20) exactly. The tilted
+    # Gaussian at a saturated mode overshoots; the χ²₁ cap, P(|ξ| ≥ 20) = 2Φ(-20), holds it.
+    model = nn.Sequential(nn.Linear(1, 1), nn.Sigmoid()).double()
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[0].bias.fill_(-40.0)
+    result, _, details = estimate(nn.Sequential(*model, nn.Identity()), Gaussian.standard(1), Above(0, 0.5))
+    assert details["modes"][0] == pytest.approx(20.0, rel=1e-3)
+    assert log_normal_tail(20.0) - 1.0 <= result.log_p <= log_normal_tail(20.0) + math.log(2) + 1e-6

@@ -176,3 +176,33 @@ def test_sampling_budget_gives_plain_sampling():
     assert est.method == "sampling" and est.samples == 10_000
     assert est.flops == 10_000 * (pi.flops_per_sample + 4)
     assert est.interval[0] <= est.value <= est.interval[1]
+
+
+@pytest.mark.parametrize("final, threshold", [(nn.ReLU(), 0.0), (nn.Sigmoid(), 0.5), (nn.Tanh(), 0.0)])
+def test_detector_with_a_final_activation_is_the_same_event_as_its_halfspace(final, threshold):
+    model, D = linear_net(), correlated(4)
+    pi = explain(model, D)
+    mu, sd = pi.mean[0].item(), pi.cov[0, 0].sqrt().item()
+    t = mu + 3 * sd
+    score = nn.Linear(3, 1).double()
+    with torch.no_grad():
+        score.weight.copy_(torch.tensor([[1.0, 0.0, 0.0]], dtype=F64))
+        score.bias.fill_(-t)
+    detector = Detector(nn.Sequential(score, final), threshold=threshold)
+    assert pi.probability(detector).log10 == pytest.approx(pi.probability(Above(0, t)).log10, rel=1e-9)
+
+
+def test_detector_threshold_outside_its_range_is_refused():
+    with pytest.raises(InvalidEvent, match="certain or impossible"):
+        Detector(nn.Sequential(nn.Linear(2, 1), nn.Sigmoid()), threshold=1.0)
+
+
+def test_detector_follows_its_module_after_training():
+    score = nn.Linear(2, 1)
+    detector = Detector(score, threshold=0.0)
+    before = detector.graph
+    with torch.no_grad():
+        score.weight.add_(1.0)
+    assert detector.graph is not before
+    y = torch.randn(5, 2)
+    torch.testing.assert_close(detector.score(y), score(y)[:, 0])

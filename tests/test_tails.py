@@ -55,3 +55,10 @@ def test_single_atom_is_exactly_its_marginal():
     a = torch.tensor([[1.0]], dtype=F64)
     result = copula_probability([(a, torch.tensor([4.0], dtype=F64))], torch.eye(1, dtype=F64), lambda _: kappa)
     assert result.log_p == log_upper_tail(kappa, 4.0)
+
+
+@pytest.mark.parametrize("kappa", [(0.0, 1.0, -1.0, 0.0), (0.0, 1.0, 0.0, -1.0), (0.0, 1.0, 1.5, 3.0), (4.0, 4.0, 8.0, 24.0)])
+def test_tails_never_rise_with_the_threshold(kappa):
+    xs = torch.linspace(-6.0, 12.0, 721).tolist()
+    values = [log_upper_tail(kappa, x) for x in xs]
+    assert all(b <= a + 1e-9 for a, b in zip(values, values[1:]))

@@ -694,10 +694,10 @@ def run(quick: bool = False, methods: list[str] | None = None, cache: Path = DEF
         csv_path: Path = DEFAULT_CSV, png_path: Path = DEFAULT_PNG, progress: bool = True) -> Report:
     """Build the zoo, measure (or load) ground truth, query every method, write and print."""
     if methods is None:
-        methods = [m for m in METHODS if m != "sampling"]
-    unknown = [m for m in methods if m not in METHODS]
+        methods = [m for m in METHODS if m != "sampling"] + ["auto"]
+    unknown = [m for m in methods if m not in METHODS and m != "auto"]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: {', '.join(sorted(METHODS))}")
+        raise ValueError(f"unknown methods {unknown}; available: auto, {', '.join(sorted(METHODS))}")
     settings = QUICK if quick else Settings()
     cache, rows, notes, truths, truth_draws, zoo_lines = Path(cache), [], [], {}, 0, []
     for case in tqdm(zoo(quick), desc="bench tails", unit="case", disable=not progress):
