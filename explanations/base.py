@@ -53,9 +53,13 @@ class Explanation(ABC):
             raise TypeError(f"probability expects an Event, got {type(event).__name__}")
         event.check(self.graph.n_outputs)
         if samples is not None:
-            counts = tally(self.graph, self.distribution, samples, [event], seed=self.seed)
-            return probability_estimate(counts.hits[0], counts, self.flops_per_sample)
+            return self._sampled_probability(event, samples)
         return self._probability(event)
+
+    def _sampled_probability(self, event: Event, samples: int) -> Estimate:
+        """P(event) with a budget of `samples` forward passes: plain Monte Carlo here."""
+        counts = tally(self.graph, self.distribution, samples, [event], seed=self.seed)
+        return probability_estimate(counts.hits[0], counts, self.flops_per_sample)
 
     def _inputs(self, x: Tensor) -> Tensor:
         x = torch.as_tensor(x)

@@ -47,6 +47,7 @@ from .design import is_far
 from .moments import hermite_coefficients, split_deterministic
 from .mvn import log_union
 from .propagate import GaussianState, propagate
+from .guided import guided_probability
 from .structured import design_estimate
 from .tails import copula_probability
 
@@ -84,6 +85,18 @@ class CumulantExplanation(Explanation):
         return estimate <= CUMULANT_BUDGET * self.flops_per_sample
 
     design: bool = True
+
+    def _sampled_probability(self, event: Event, samples: int) -> Estimate:
+        """With a sampling budget: importance sampling around the design points (`guided`)
+        for events π's Gaussian summary puts below 5e-2, plain sampling otherwise."""
+        detectors = event.detectors()
+        mean, cov, _ = observed(self.mean, self.cov, detectors)
+        rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
+        if self.design and is_far(log_union(mean, cov, rows, seed=self.seed).log_p):
+            guided = guided_probability(self, event, samples)
+            if guided is not None:
+                return guided
+        return super()._sampled_probability(event, samples)
 
     def _probability(self, event: Event) -> Estimate:
         """If π's Gaussian summary puts the event below 5e-2, the design-point estimate of

@@ -10,12 +10,13 @@ multivariate normal integrals.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .design import find_modes, shifted, whitened_cross
+from .design import Mode, find_modes, shifted, whitened_cross
 from .distributions import Gaussian
 from .events import Event
 from .gaussian import GaussianExplanation, clause_rows, observed
@@ -34,21 +35,26 @@ def log_chi2_tail(dim: int, beta: float) -> float:
     return float((a - 1) * torch.log(x) - x - torch.lgamma(a))
 
 
-def design_estimate(pi: GaussianExplanation, event: Event,
-                    rebuild: Callable[[Gaussian], GaussianExplanation]) -> tuple[OrthantResult, dict] | None:
-    """log P(event) from tilted Gaussians at the design points, with every FLOP spent in
-    the result, and details; None if no design point was found (the caller falls back).
+@dataclass
+class Search:
+    """The design points of an event and what was needed to find them."""
+    modes: list[Mode]
+    observe: Callable[[Tensor], Tensor]     # ξ batch → v = (y, detector scores)
+    clauses: list[tuple[Tensor, Tensor]]    # {v : A v > b}
+    distribution: Gaussian                  # D in π's dtype
+    flops: int
+    forwards: int
+    backwards: int
 
-    The event lies outside the ball |ξ| < β_min (β_min the smallest mode's distance, if the
-    search found the global minimum), so the estimate is capped at P(χ²_dim ≥ β_min²):
-    a tilted Gaussian at a saturated mode (small local slope) can otherwise overshoot."""
+
+def search(pi: GaussianExplanation, event: Event) -> Search:
+    """Find the event's design points through the compiled graph and detector graphs."""
     detectors = event.detectors()
     dtype = pi.dtype
     graph = pi.graph.to(dtype=dtype)
     detector_graphs = [d.score_graph().to(device=graph.device, dtype=dtype) for d in detectors]
-    n = graph.n_outputs
     like = pi.mean
-    clauses = [clause_rows(c, detectors, n, like) for c in event.dnf()]
+    clauses = [clause_rows(c, detectors, graph.n_outputs, like) for c in event.dnf()]
     D = pi.distribution.to(dtype=dtype)
     factor = D.factor
 
@@ -61,7 +67,21 @@ def design_estimate(pi: GaussianExplanation, event: Event,
     with torch.inference_mode(False), torch.enable_grad():      # the search needs autograd
         modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype, device=like.device)
     unit = graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)
-    flops = (forwards + 2 * backwards) * unit
+    return Search(modes, observe, clauses, D, (forwards + 2 * backwards) * unit, forwards, backwards)
+
+
+def design_estimate(pi: GaussianExplanation, event: Event,
+                    rebuild: Callable[[Gaussian], GaussianExplanation]) -> tuple[OrthantResult, dict] | None:
+    """log P(event) from tilted Gaussians at the design points, with every FLOP spent in
+    the result, and details; None if no design point was found (the caller falls back).
+
+    The event lies outside the ball |ξ| < β_min (β_min the smallest mode's distance, if the
+    search found the global minimum), so the estimate is capped at P(χ²_dim ≥ β_min²):
+    a tilted Gaussian at a saturated mode (small local slope) can otherwise overshoot."""
+    found = search(pi, event)
+    modes, clauses, D, flops = found.modes, found.clauses, found.distribution, found.flops
+    forwards, backwards = found.forwards, found.backwards
+    detectors = event.detectors()
     if not modes:
         return None
     log_probabilities, numerical_error = [], 0.0

@@ -58,7 +58,7 @@ def test_quick_run_writes_outputs_and_reuses_cache(tmp_path, monkeypatch):
         "case", "architecture", "activation", "inputs", "trained", "event", "target_p", "true_p",
         "true_lo", "true_hi", "true_se", "truth_source", "sampling_p", "sampling_se", "sampling_hits",
         "sampling_n", "importance_p", "importance_se", "importance_replicate_z", "agreement_z", "method",
-        "estimate_p", "estimate_log10", "abs_log10_ratio", "sample_equivalents", "equal_flops_n",
+        "estimate_method", "estimate_p", "estimate_log10", "abs_log10_ratio", "sample_equivalents", "equal_flops_n",
         "equal_flops_drawn", "equal_flops_hits", "equal_flops_p", "seconds", "note"]
     assert len(rows) == sum(len(case.specs) for case in bench_tails.zoo(quick=True))
     assert {row["truth_source"] for row in rows} == {"sampling", "importance"}

@@ -560,7 +560,7 @@ def ground_truth(case: Case, graph: Graph, D: Gaussian, settings: Settings, cach
 COLUMNS = ["case", "architecture", "activation", "inputs", "trained", "event", "target_p", "true_p",
            "true_lo", "true_hi", "true_se", "truth_source", "sampling_p", "sampling_se", "sampling_hits",
            "sampling_n", "importance_p", "importance_se", "importance_replicate_z", "agreement_z", "method",
-           "estimate_p", "estimate_log10", "abs_log10_ratio", "sample_equivalents", "equal_flops_n", "equal_flops_drawn",
+           "estimate_method", "estimate_p", "estimate_log10", "abs_log10_ratio", "sample_equivalents", "equal_flops_n", "equal_flops_drawn",
            "equal_flops_hits", "equal_flops_p", "seconds", "note"]
 
 
@@ -582,8 +582,10 @@ def evaluate(case: Case, model: nn.Module, graph: Graph, D: Gaussian, truth: dic
     events = [spec.event(entry["level"], truth["mean"], truth["sd"])
               for spec, entry in zip(case.specs, truth["events"])]
     for method in methods:
+        name, _, budget_text = method.partition("@")     # "auto@3000": probability(event, samples=3000)
+        samples = int(budget_text) if budget_text else None
         try:
-            pi = explain(model, D, method=method)
+            pi = explain(model, D, method=name)
         except ValueError as error:
             notes.append(f"{case.name}: {method} skipped ({error})")
             continue
@@ -599,7 +601,7 @@ def evaluate(case: Case, model: nn.Module, graph: Graph, D: Gaussian, truth: dic
                    "agreement_z": agreement(entry), "method": method}
             started = time.perf_counter()
             try:
-                estimate = pi.probability(event)
+                estimate = pi.probability(event, samples=samples)
             except (ValueError, NotImplementedError) as error:
                 rows.append(dict(row, note=f"failed: {error}"))
                 continue
@@ -610,7 +612,7 @@ def evaluate(case: Case, model: nn.Module, graph: Graph, D: Gaussian, truth: dic
             wanted = int(estimate.flops // unit)
             drawn = min(wanted, budget)
             hits = tally(graph, D, drawn, [event], seed=1000 * case.seed + 3 + j).hits[0] if drawn else 0
-            rows.append(dict(row, estimate_p=10.0 ** log10, estimate_log10=log10,
+            rows.append(dict(row, estimate_method=estimate.method, estimate_p=10.0 ** log10, estimate_log10=log10,
                              abs_log10_ratio=abs(log10 - math.log10(entry["p"])) if entry["p"] > 0 else math.nan,
                              sample_equivalents=estimate.sample_equivalents, equal_flops_n=wanted,
                              equal_flops_drawn=drawn, equal_flops_hits=hits,
@@ -695,7 +697,7 @@ def run(quick: bool = False, methods: list[str] | None = None, cache: Path = DEF
     """Build the zoo, measure (or load) ground truth, query every method, write and print."""
     if methods is None:
         methods = [m for m in METHODS if m != "sampling"] + ["auto"]
-    unknown = [m for m in methods if m not in METHODS and m != "auto"]
+    unknown = [m for m in methods if m.partition("@")[0] not in METHODS and m.partition("@")[0] != "auto"]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; available: auto, {', '.join(sorted(METHODS))}")
     settings = QUICK if quick else Settings()

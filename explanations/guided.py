@@ -1,0 +1,68 @@
+"""Design-guided importance sampling: the `samples=N` budget of cumulant explanations.
+
+In whitened input space (x = μ + F ξ, ξ ~ N(0, I)) draw from the defensive mixture
+(Hesterberg 1995)  q = α0 N(0, I) + (1 - α0)/K Σ_k N(ξ*_k, I),  α0 = 0.2, ξ*_k the design
+points of `structured.search`. The weight
+    w(ξ) = φ(ξ)/q(ξ) = 1 / (α0 + (1 - α0)/K Σ_k exp(ξ*_k·ξ - |ξ*_k|²/2)) ≤ 1/α0
+is computed in log space, and p̂ = (1/N) Σ_i 1_C(ξ_i) w_i with its standard error from
+the sample variance and the interval p̂ ± 1.96 se (clipped at 0). The defensive component
+bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain sampling's; near the
+design points it is orders of magnitude smaller (a halfspace at distance β: relative
+variance O(β) per draw instead of 1/p).
+Cost: the search, plus per draw d normal variates, K d-dimensional dot products for the
+weight, and one forward pass.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .estimate import Estimate
+from .events import Event
+from .gaussian import GaussianExplanation
+from .montecarlo import Z95
+from .structured import search
+
+DEFENSIVE = 0.2
+
+
+def guided_probability(pi: GaussianExplanation, event: Event, samples: int, batch: int = 1 << 14) -> Estimate | None:
+    """P(event) by importance sampling around the design points; None without any."""
+    found = search(pi, event)
+    if not found.modes:
+        return None
+    points = torch.stack([m.point for m in found.modes])                    # [K, d]
+    half_norms = (points * points).sum(1) / 2
+    k, d = points.shape
+    log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE)]),
+                         points.new_full((k,), math.log((1 - DEFENSIVE) / k))])
+    generator = torch.Generator().manual_seed(pi.seed)
+    total = total_squares = 0.0
+    done = 0
+    with torch.no_grad():
+        while done < samples:
+            size = min(batch, samples - done)
+            component = torch.multinomial(log_mix.exp().cpu(), size, replacement=True, generator=generator)
+            xi = torch.randn(size, d, generator=generator, dtype=points.dtype).to(points.device)
+            shift = torch.cat([points.new_zeros(1, d), points])[component.to(points.device)]
+            xi = xi + shift
+            exponents = torch.cat([xi.new_zeros(size, 1), xi @ points.T - half_norms], dim=1)
+            log_w = -torch.logsumexp(exponents + log_mix, dim=1)
+            v = found.observe(xi)
+            hit = torch.zeros(size, dtype=torch.bool, device=xi.device)
+            for a, b in found.clauses:
+                hit |= (v @ a.T > b).all(dim=1)
+            w = torch.where(hit, log_w.exp(), torch.zeros_like(log_w))
+            total += float(w.sum())
+            total_squares += float((w * w).sum())
+            done += size
+    p = total / samples
+    se = math.sqrt(max(total_squares / samples - p * p, 0.0) / max(samples - 1, 1))
+    unit = pi.graph.flops_per_sample
+    flops = found.flops + samples * (unit + d + 2 * k * d + 4 * k)
+    log_p = math.log(p) if p > 0 else -math.inf
+    return Estimate.probability(log_p, interval=(max(p - Z95 * se, 0.0), p + Z95 * se), flops=flops,
+                                samples=samples, method=f"{pi.method}+design-IS", flops_per_sample=unit,
+                                details={"standard_error": se, "modes": [m.beta for m in found.modes],
+                                         "search_flops": found.flops})

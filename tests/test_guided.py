@@ -1,0 +1,47 @@
+"""Design-guided importance sampling (the samples=N budget of cumulant explanations)."""
+import math
+
+import torch
+from torch import nn
+
+from explanations import Gaussian, explain
+from explanations.events import Above, Any, Below
+
+F64 = torch.float64
+
+
+def test_rare_linear_tail_is_estimated_within_its_standard_error():
+    layer = nn.Linear(6, 1).double()
+    w, b = layer.weight[0].detach(), layer.bias.item()
+    t = b + 5.0 * w.norm().item()
+    pi = explain(layer, Gaussian.standard(6), method="cumulant")
+    est = pi.probability(Above(0, t), samples=4000)
+    truth = torch.special.ndtr(torch.tensor(-5.0, dtype=F64)).item()
+    se = est.details["standard_error"]
+    assert est.method == "cumulant+design-IS" and est.samples == 4000
+    assert abs(est.value - truth) <= 4 * se and se < 0.1 * truth
+    assert est.interval[0] <= truth <= est.interval[1] or abs(est.value - truth) <= 4 * se
+    assert est.flops > est.details["search_flops"] > 0
+
+
+def test_two_failure_modes_and_a_nonlinear_network():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 1)).double()
+    D = Gaussian.standard(4)
+    x = D.sample(2_000_000, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        y = model(x)[:, 0]
+    lo, hi = torch.quantile(y[:200_000], 0.0007).item(), torch.quantile(y[:200_000], 0.9993).item()
+    event = Any(Below(0, lo), Above(0, hi))
+    hits = int(((y < lo) | (y > hi)).sum())
+    truth, truth_se = hits / 2e6, math.sqrt(hits) / 2e6
+    est = explain(model, D, method="cumulant").probability(event, samples=4000)
+    assert est.method == "cumulant+design-IS"
+    assert abs(est.value - truth) <= 4 * math.hypot(est.details["standard_error"], truth_se)
+
+
+def test_common_events_use_plain_sampling():
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)).double()
+    pi = explain(model, Gaussian.standard(3), method="cumulant")
+    est = pi.probability(Above(0, pi.mean[0].item()), samples=1000)
+    assert est.method == "sampling" and est.samples == 1000
