@@ -141,14 +141,16 @@ class ClauseSearch:
 
 def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pilot: int = 384,
                starts: int = 3, seed: int = 0, dtype: torch.dtype = torch.float64,
-               device: torch.device | str | None = None) -> tuple[list[Mode], int, int]:
+               device: torch.device | str | None = None,
+               guesses: list[Tensor | None] | None = None) -> tuple[list[Mode], int, int]:
     """Design points of each clause, from the feasible points of a pilot cloud.
 
     Network outputs are far from linear, so a gradient taken in the bulk can point away
     from the catastrophe: starts are the feasible points of smallest norm among `pilot`
     draws from N(0, s²I), s = 1.5, 2.5, 4, in distinct directions (if none is feasible, the
-    points of largest margin are pushed in by Newton steps on the margin). Returns (modes,
-    forward passes, backward passes).
+    points of largest margin are pushed in by Newton steps on the margin). `guesses[c]`, if
+    given, is one more start for clause c (π's statistically linearised design point),
+    pushed in the same way when infeasible. Returns (modes, forward passes, backward passes).
     """
     generator = torch.Generator().manual_seed(seed)
     scales = torch.tensor([1.5, 2.5, 4.0], dtype=dtype).repeat_interleave(-(-pilot // 3))[:pilot]
@@ -169,6 +171,11 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
                 chosen.append(point)
             if len(chosen) == starts:
                 break
+        guess = guesses[c] if guesses else None
+        if guess is not None:
+            inside = guess if float(search.margin(guess[None, :])[0]) >= 0 else search.reach(guess)
+            if inside is not None:
+                chosen.append(inside)
         for start in chosen:
             point = search.descend(start)
             if point is None:

@@ -1,9 +1,11 @@
 """Design-guided importance sampling: the `samples=N` budget of cumulant explanations.
 
 In whitened input space (x = μ + F ξ, ξ ~ N(0, I)) draw from the defensive mixture
-(Hesterberg 1995)  q = α0 N(0, I) + (1 - α0)/K Σ_k N(ξ*_k, I),  α0 = 0.2, ξ*_k the design
-points of `structured.search`. The weight
-    w(ξ) = φ(ξ)/q(ξ) = 1 / (α0 + (1 - α0)/K Σ_k exp(ξ*_k·ξ - |ξ*_k|²/2)) ≤ 1/α0
+(Hesterberg 1995)
+    q = α0 N(0, I) + α_b N(0, s²I) + (1 - α0 - α_b)/K Σ_k N(ξ*_k, I),
+α0 = 0.2, α_b = 0.1, s = 2, ξ*_k the design points of `structured.search`; the broad
+component N(0, s²I) reaches failure regions the search missed. The weight
+    w(ξ) = φ(ξ)/q(ξ) = 1 / (α0 + α_b s^{-d} e^{|ξ|²(1 - 1/s²)/2} + Σ_k α_k e^{ξ*_k·ξ - |ξ*_k|²/2}) ≤ 1/α0
 is computed in log space, and p̂ = (1/N) Σ_i 1_C(ξ_i) w_i with its standard error from
 the sample variance and the interval p̂ ± 1.96 se (clipped at 0). The defensive component
 bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain sampling's; near the
@@ -24,7 +26,7 @@ from .gaussian import GaussianExplanation
 from .montecarlo import Z95
 from .structured import search
 
-DEFENSIVE = 0.2
+DEFENSIVE, BROAD, BROAD_SCALE = 0.2, 0.1, 2.0
 
 
 def guided_probability(pi: GaussianExplanation, event: Event, samples: int, batch: int = 1 << 14) -> Estimate | None:
@@ -35,8 +37,8 @@ def guided_probability(pi: GaussianExplanation, event: Event, samples: int, batc
     points = torch.stack([m.point for m in found.modes])                    # [K, d]
     half_norms = (points * points).sum(1) / 2
     k, d = points.shape
-    log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE)]),
-                         points.new_full((k,), math.log((1 - DEFENSIVE) / k))])
+    log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
+                         points.new_full((k,), math.log((1 - DEFENSIVE - BROAD) / k))])
     generator = torch.Generator().manual_seed(pi.seed)
     total = total_squares = 0.0
     done = 0
@@ -45,9 +47,12 @@ def guided_probability(pi: GaussianExplanation, event: Event, samples: int, batc
             size = min(batch, samples - done)
             component = torch.multinomial(log_mix.exp().cpu(), size, replacement=True, generator=generator)
             xi = torch.randn(size, d, generator=generator, dtype=points.dtype).to(points.device)
-            shift = torch.cat([points.new_zeros(1, d), points])[component.to(points.device)]
-            xi = xi + shift
-            exponents = torch.cat([xi.new_zeros(size, 1), xi @ points.T - half_norms], dim=1)
+            component = component.to(points.device)
+            scale = torch.where(component == 1, BROAD_SCALE, 1.0).to(points.dtype)
+            shift = torch.cat([points.new_zeros(2, d), points])[component]
+            xi = xi * scale[:, None] + shift
+            broad = (xi * xi).sum(1) * (1 - BROAD_SCALE ** -2) / 2 - d * math.log(BROAD_SCALE)
+            exponents = torch.cat([xi.new_zeros(size, 1), broad[:, None], xi @ points.T - half_norms], dim=1)
             log_w = -torch.logsumexp(exponents + log_mix, dim=1)
             v = found.observe(xi)
             hit = torch.zeros(size, dtype=torch.bool, device=xi.device)

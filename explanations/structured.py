@@ -64,10 +64,32 @@ def search(pi: GaussianExplanation, event: Event) -> Search:
         return torch.cat([y] + [g.forward(y) for g in detector_graphs], dim=1)
 
     batch_margins = [(lambda xi, a=a, b=b: observe(xi) @ a.T - b) for a, b in clauses]
+    guesses = linear_guesses(pi, clauses, D)
     with torch.inference_mode(False), torch.enable_grad():      # the search needs autograd
-        modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype, device=like.device)
+        modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype,
+                                                device=like.device, guesses=guesses)
     unit = graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)
     return Search(modes, observe, clauses, D, (forwards + 2 * backwards) * unit, forwards, backwards)
+
+
+def linear_guesses(pi: GaussianExplanation, clauses: list[tuple[Tensor, Tensor]], D: Gaussian
+                   ) -> list[Tensor | None]:
+    """Per clause on y alone, the min-norm ξ with A(μ_y + Cov(y, ξ) ξ) = b: the design point
+    of π's statistically linearised network (its slopes averaged over D, unlike a gradient
+    taken at one point). None for clauses on detector scores or without π's cross-covariance."""
+    cross = getattr(pi, "cross", None)
+    n = pi.mean.shape[0]
+    if cross is None:
+        return [None] * len(clauses)
+    slope = whitened_cross(cross, D).T                                  # Cov(y, ξ): [outputs, d]
+    guesses = []
+    for a, b in clauses:
+        if a.shape[1] > n and bool(a[:, n:].any()):
+            guesses.append(None)
+            continue
+        g, h = a[:, :n] @ slope, b - a[:, :n] @ pi.mean
+        guesses.append(g.T @ torch.linalg.lstsq(g @ g.T, h[:, None]).solution[:, 0])
+    return guesses
 
 
 def design_estimate(pi: GaussianExplanation, event: Event,
