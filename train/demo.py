@@ -2,7 +2,9 @@
 
 A seeded random ReLU MLP (8 → 64 → 64 → 2, He-normal weights, small biases) on
 x ~ N(0, I). π is built by Gaussian propagation and by method="auto" (which uses the
-network's structure in input space for rare events); three fixed events have true
+network's structure in input space for rare events), and "auto@3000" adds a budget of
+3000 forward passes spent by importance sampling around π's design points; three fixed
+events have true
 probabilities near 1e-2, 1e-4 and 1e-6. For E[y] and each event the table shows each π's
 estimate, cost in sample-equivalents and error, plain sampling with the FLOPs of the last
 method, and a large sampling reference (one pass shared by all rows) with its 95% interval.
@@ -22,7 +24,7 @@ from explanations.montecarlo import draw_cost, mean_estimate, probability_estima
 from .models import mlp
 
 DEFAULT_WIDTHS = [8, 64, 64, 2]
-METHODS = ("gaussian", "auto")
+METHODS = ("gaussian", "auto", "auto@3000")   # "@N": with a budget of N samples (guided IS)
 
 
 @dataclass
@@ -53,7 +55,8 @@ def default_events() -> dict[str, Event]:
 def run(reference: int = 5 * 10 ** 7, seed: int = 0, methods: tuple[str, ...] = METHODS) -> list[Row]:
     model = default_model()
     D = Gaussian.standard(DEFAULT_WIDTHS[0])
-    pis = {method: explain(model, D, method) for method in methods}
+    pis = {method: explain(model, D, method.partition("@")[0]) for method in methods}
+    budgets = {method: int(method.partition("@")[2]) if "@" in method else None for method in methods}
     graph, distribution = pis[methods[0]].graph, pis[methods[0]].distribution
     events = default_events()
     unit = graph.flops_per_sample
@@ -67,12 +70,12 @@ def run(reference: int = 5 * 10 ** 7, seed: int = 0, methods: tuple[str, ...] = 
     started = time.perf_counter()
     big = tally(graph, distribution, reference, list(events.values()), seed=seed + 2, progress=True)
     elapsed = time.perf_counter() - started
-    expectations = {m: pi.expectation() for m, pi in pis.items()}
+    expectations = {m: pi.expectation(samples=budgets[m]) for m, pi in pis.items()}
     last = expectations[methods[-1]]
     rows = [Row(f"E[y{k}]", expectations, equal(last, None), mean_estimate(big, unit), k)
             for k in range(graph.n_outputs)]
     for i, (name, event) in enumerate(events.items()):
-        estimates = {m: pi.probability(event) for m, pi in pis.items()}
+        estimates = {m: pi.probability(event, samples=budgets[m]) for m, pi in pis.items()}
         rows.append(Row(name, estimates, equal(estimates[methods[-1]], event),
                         probability_estimate(big.hits[i], big, unit)))
     print(f"model: {graph}\ninputs: N(0, I_{D.dim}); one forward pass = {unit:,} FLOPs;"
