@@ -16,11 +16,15 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from itertools import product
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from .errors import InvalidEvent
+
+if TYPE_CHECKING:
+    from .graph import Graph
 
 MAX_CLAUSES = 4096
 
