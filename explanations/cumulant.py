@@ -86,6 +86,11 @@ class CumulantExplanation(Explanation):
 
     design: bool = True
 
+    def _rebuild(self, distribution: Gaussian) -> GaussianExplanation:
+        """π's Gaussian model (mean, cov, Cov(x, y), build_flops) under another input
+        distribution: the design-point estimate rebuilds it at each mode."""
+        return GaussianExplanation(self.graph, distribution, dtype=self.dtype, seed=self.seed)
+
     def _sampled_probability(self, event: Event, samples: int) -> Estimate:
         """With a sampling budget: importance sampling around the design points (`guided`)
         for events π's Gaussian summary puts below 5e-2, plain sampling otherwise."""
@@ -109,8 +114,7 @@ class CumulantExplanation(Explanation):
         spent = [flops + bulk.flops]
         fallback = {}
         if self.design and is_far(bulk.log_p):
-            rebuild = lambda D: GaussianExplanation(self.graph, D, dtype=self.dtype, seed=self.seed)
-            found = design_estimate(self, event, rebuild)
+            found = design_estimate(self, event, self._rebuild)
             if found is not None:
                 result, details = found
                 return self._estimate(result, spent[0], f"{self.method}+design",

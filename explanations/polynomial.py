@@ -109,6 +109,11 @@ class PolynomialExplanation(CumulantExplanation):
         self.truncation_error = torch.einsum("oi,ij,oj->o", weights, envelope, weights).clamp_min(0).sqrt()
         self.flops["truncation error"] += 8 * n * n + 2 * o * n * n
 
+        # Cov(x, y) by Stein's lemma: Cov(ξ, g_j(u_j)) = v_j c_j1, so Cov(ξ, y) = (v ⊙ c_:1)ᵀ W2ᵀ
+        # and Cov(x, y) = L Cov(ξ, y); the design-point estimate tilts with it.
+        cross_xi = (self.directions * self.coefficients[:, 1:2]).T @ self.w2.T
+        self.cross = cross_xi if x.is_standard else x.factor @ cross_xi
+        self.flops["cross-covariance"] += 2 * n * d * o + (0 if x.is_standard else 2 * d * d * o)
         self.input_mean = x.mean
         if x.is_standard:
             self.readout = self.directions.T                              # u = (x - μ) vᵀ
@@ -131,6 +136,11 @@ class PolynomialExplanation(CumulantExplanation):
     def _expectation(self) -> Estimate:
         return Estimate(self.mean.clone(), None, None, self.build_flops, 0, self.method, self.flops_per_sample,
                         {"cov": self.cov.clone(), "truncation_error": self.truncation_error.clone()})
+
+    def _rebuild(self, distribution: Gaussian) -> "PolynomialExplanation":
+        """The surrogate under a shifted input distribution (cheaper than propagation)."""
+        return PolynomialExplanation(self.graph, distribution, degree=self.degree, design=False,
+                                     dtype=self.dtype, seed=self.seed)
 
     def _diagram_size(self) -> tuple[int, int, int]:
         return self.w2.shape[1], self.cumulant_degree, 4

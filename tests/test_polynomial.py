@@ -150,3 +150,12 @@ def test_standard_input():
     x = draw(distribution, 20_000, seed=8)
     rms = ((pi.predict(x) - graph(x)) ** 2).mean(0).sqrt()
     assert (rms <= 1.1 * pi.truncation_error).all() and (rms < 0.05).all()
+
+
+def test_cross_covariance_matches_gaussian_propagation():
+    # One hidden layer: Stein's lemma gives the same Cov(x, y) in both explanations.
+    from explanations.gaussian import GaussianExplanation
+    graph, distribution = network("tanh")
+    poly = PolynomialExplanation(graph, distribution, degree=6)
+    gauss = GaussianExplanation(graph, distribution)
+    torch.testing.assert_close(poly.cross, gauss.cross, rtol=1e-9, atol=1e-12)
