@@ -44,7 +44,6 @@ MODE_BAND = 3.0          # keep modes with β ≤ β_min + MODE_BAND
 class Mode:
     point: Tensor   # ξ*, whitened input
     beta: float     # |ξ*|
-    clause: int     # the clause whose design point it is
 
 
 class ClauseSearch:
@@ -182,7 +181,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
                 continue
             beta = float(point.norm())
             if all(float((point - m.point).norm()) > 0.1 * max(beta, m.beta) for m in modes):
-                modes.append(Mode(point, beta, c))
+                modes.append(Mode(point, beta))
         forwards += search.forwards
         backwards += search.backwards
     modes.sort(key=lambda m: m.beta)

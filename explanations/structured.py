@@ -132,7 +132,7 @@ def design_estimate(pi: GaussianExplanation, event: Event,
         log_probabilities.append(result.log_p)
         numerical_error += result.abs_error
         flops += local.build_flops + query + result.flops
-    combined = torch.logsumexp(torch.tensor(log_probabilities, dtype=torch.float64), 0).item()  # floats: CPU
+    combined = torch.logsumexp(torch.tensor(log_probabilities, dtype=torch.float64), 0).item()
     cap = log_chi2_tail(D.dim, modes[0].beta)
     details = {"modes": [m.beta for m in modes], "mode_log10": [lp / math.log(10) for lp in log_probabilities],
                "chi2_cap_log10": cap / math.log(10), "capped": combined > cap,
