@@ -24,7 +24,8 @@ def _gelu_tanh_derivative(z: Tensor) -> Tensor:
     return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _C * (1 + 3 * _A * z * z)
 
 
-def _normal_pdf(z: Tensor) -> Tensor:
+def normal_pdf(z: Tensor) -> Tensor:
+    """φ(z) = exp(-z²/2)/√(2π)."""
     return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
 
 
@@ -40,7 +41,7 @@ ACTIVATIONS: dict[str, Activation] = {
     a.name: a for a in (
         Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype), 1),
         Activation("gelu", torch.nn.functional.gelu,
-                   lambda z: torch.special.ndtr(z) + z * _normal_pdf(z), 4),
+                   lambda z: torch.special.ndtr(z) + z * normal_pdf(z), 4),
         Activation("gelu_tanh", lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
                    _gelu_tanh_derivative, 8),
         Activation("tanh", torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, 4),

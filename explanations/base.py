@@ -1,12 +1,14 @@
 """`Explanation`: what every explanation π of (M, D) answers, and the sampling budget.
 
 expectation(samples=None) and probability(event, samples=None) answer from π's own
-state; with samples=N they answer by N plain Monte Carlo draws through the compiled
-graph instead (the hybrid issue makes this smarter). predict(x) is π's prediction of M(x).
+state; with samples=N they spend N forward passes through the compiled graph instead:
+plain Monte Carlo here, importance sampling around design points in cumulant
+explanations (`guided`). predict(x) is π's prediction of M(x).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 
 import torch
 from torch import Tensor
@@ -34,6 +36,12 @@ class Explanation(ABC):
         self.graph = graph
         self.distribution = distribution.to(device=graph.device)
         self.seed = seed
+        self.flops: Counter = Counter()       # build FLOPs by kind
+
+    @property
+    def build_flops(self) -> int:
+        """FLOPs spent building π's state, by kind in `self.flops`."""
+        return sum(self.flops.values())
 
     @property
     def flops_per_sample(self) -> int:
@@ -69,9 +77,8 @@ class Explanation(ABC):
 
     def _estimate(self, result: OrthantResult, query_flops: int, method: str | None = None,
                   details: dict | None = None) -> Estimate:
-        """A zero-sample probability Estimate whose cost includes building π
-        (subclasses that build a state define `build_flops`)."""
-        build = getattr(self, "build_flops", 0)
+        """A zero-sample probability Estimate whose cost includes building π."""
+        build = self.build_flops
         return Estimate.probability(
             result.log_p, interval=None, flops=build + query_flops + result.flops, samples=0,
             method=method or self.method, flops_per_sample=self.flops_per_sample,

@@ -31,23 +31,22 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections import Counter
 
 import torch
 from torch import Tensor
 
 from .base import Explanation
+from .design import is_far
 from .distributions import Gaussian
 from .estimate import Estimate
 from .events import Event
 from .gaussian import GaussianExplanation, clause_rows, observed
 from .graph import Act, Affine, Graph
-from .hermite_cumulants import hermite_cumulants
-from .design import is_far
-from .moments import hermite_coefficients, split_deterministic
-from .mvn import log_union
-from .propagate import GaussianState, propagate
 from .guided import guided_probability
+from .hermite_cumulants import hermite_cumulants
+from .moments import hermite_coefficients, split_deterministic
+from .mvn import OrthantResult, log_union
+from .propagate import GaussianState, propagate
 from .structured import design_estimate
 from .tails import copula_probability
 
@@ -58,12 +57,14 @@ CUMULANT_BUDGET = 2000   # sample-equivalents one cumulant marginal may cost; be
 class CumulantExplanation(Explanation):
     """An explanation that knows κ1..κ4 of any linear combination of the outputs.
 
-    Subclasses set `mean`, `cov` (π's Gaussian summary of y), `dtype`, `build_flops`,
-    and implement `cumulants(direction)`; probabilities then follow generically.
+    Subclasses set `mean`, `cov` (π's Gaussian summary of y), `dtype`, count their build in
+    `self.flops`, and implement `_cumulants` and `_diagram_size`; probabilities then
+    follow generically.
     """
 
     mean: Tensor
     cov: Tensor
+    design: bool = True      # use the input-space structure for events far from the bulk
 
     def cumulants(self, direction: Tensor) -> Tensor:
         """κ1..κ4 of direction·y under π: a [4] tensor."""
@@ -84,20 +85,23 @@ class CumulantExplanation(Explanation):
         estimate = degree ** 2 / 4 * 2 * n ** 3 * (degree if order >= 4 else 1)
         return estimate <= CUMULANT_BUDGET * self.flops_per_sample
 
-    design: bool = True
-
     def _rebuild(self, distribution: Gaussian) -> GaussianExplanation:
         """π's Gaussian model (mean, cov, Cov(x, y), build_flops) under another input
         distribution: the design-point estimate rebuilds it at each mode."""
         return GaussianExplanation(self.graph, distribution, dtype=self.dtype, seed=self.seed)
 
+    def _bulk(self, event: Event) -> tuple[Tensor, Tensor, list, OrthantResult, int]:
+        """π's Gaussian summary of v = (y, detector scores), the event's clause rows, the
+        event's probability under that Gaussian, and the FLOPs of the summary."""
+        detectors = event.detectors()
+        mean, cov, flops = observed(self.mean, self.cov, detectors)
+        rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
+        return mean, cov, rows, log_union(mean, cov, rows, seed=self.seed), flops
+
     def _sampled_probability(self, event: Event, samples: int) -> Estimate:
         """With a sampling budget: importance sampling around the design points (`guided`)
         for events π's Gaussian summary puts below 5e-2, plain sampling otherwise."""
-        detectors = event.detectors()
-        mean, cov, _ = observed(self.mean, self.cov, detectors)
-        rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
-        if self.design and is_far(log_union(mean, cov, rows, seed=self.seed).log_p):
+        if self.design and is_far(self._bulk(event)[3].log_p):
             guided = guided_probability(self, event, samples)
             if guided is not None:
                 return guided
@@ -106,11 +110,8 @@ class CumulantExplanation(Explanation):
     def _probability(self, event: Event) -> Estimate:
         """If π's Gaussian summary puts the event below 5e-2, the design-point estimate of
         `structured`; otherwise cumulant marginals joined by π's Gaussian copula."""
-        detectors = event.detectors()
-        mean, cov, flops = observed(self.mean, self.cov, detectors)
+        mean, cov, rows, bulk, flops = self._bulk(event)
         n = self.mean.shape[0]
-        rows = [clause_rows(c, detectors, n, mean) for c in event.dnf()]
-        bulk = log_union(mean, cov, rows, seed=self.seed)
         spent = [flops + bulk.flops]
         fallback = {}
         if self.design and is_far(bulk.log_p):
@@ -146,7 +147,6 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
             raise ValueError(f"order must be 2, 3 or 4, got {order!r}")
         Explanation.__init__(self, graph, distribution, seed=seed)
         self.order, self.degree, self.dtype, self.design = order, degree, dtype, design
-        self.flops = Counter()
         chain = graph.to(dtype=dtype).chain
         x = self.distribution.to(dtype=dtype)
         state = GaussianState(x.mean, x.cov, x.cov)

@@ -64,15 +64,20 @@ class ClauseSearch:
         with torch.no_grad():
             return self.batch(points).min(dim=1).values
 
-    def normals(self, point: Tensor, tolerance: float) -> Tensor:
-        """Gradients of the (nearly) active rows at a boundary point: [k, dim]."""
+    def rows(self, point: Tensor, select: Callable[[Tensor], list[int]]) -> tuple[Tensor, list[int], Tensor]:
+        """Margins at one point, the rows `select` picks from them, and their gradients."""
         point = point.detach().requires_grad_(True)
         values = self.batch(point[None, :])[0]
         self.forwards += 1
-        floor = float(values.detach().min()) + tolerance
-        active = [r for r in range(values.shape[0]) if float(values[r].detach()) <= floor]
-        self.backwards += len(active)
-        return torch.stack([torch.autograd.grad(values[r], point, retain_graph=True)[0] for r in active])
+        picked = select(values.detach())
+        self.backwards += len(picked)
+        grads = [torch.autograd.grad(values[r], point, retain_graph=True)[0] for r in picked]
+        return values.detach(), picked, torch.stack(grads) if grads else point.new_zeros(0, point.shape[0])
+
+    def normals(self, point: Tensor, tolerance: float) -> Tensor:
+        """Gradients of the (nearly) active rows at a boundary point: [k, dim]."""
+        active = lambda m: [r for r in range(m.shape[0]) if float(m[r]) <= float(m.min()) + tolerance]
+        return self.rows(point, active)[2]
 
     def to_boundary(self, direction: Tensor) -> Tensor | None:
         """The boundary point nearest the origin on the ray through `direction` (grid scan
@@ -100,19 +105,13 @@ class ClauseSearch:
     def reach(self, start: Tensor, iterations: int = 30) -> Tensor | None:
         """Gauss–Newton steps on the violated rows from an infeasible point until it is
         feasible: Δ = 1.2·Jᵀ(J Jᵀ)⁻¹(-m) over the rows with m < 0 (overshooting slightly)."""
-        point = start
+        point = start.detach()
         for _ in range(iterations):
-            point = point.detach().requires_grad_(True)
-            values = self.batch(point[None, :])[0]
-            self.forwards += 1
-            violated = [r for r in range(values.shape[0]) if float(values[r].detach()) < 0]
+            values, violated, jac = self.rows(point, lambda m: [r for r in range(m.shape[0]) if float(m[r]) < 0])
             if not violated:
-                return point.detach()
-            jac = torch.stack([torch.autograd.grad(values[r], point, retain_graph=True)[0] for r in violated])
-            self.backwards += len(violated)
+                return point
             gram = jac @ jac.T + 1e-12 * torch.eye(len(violated), dtype=jac.dtype, device=jac.device)
-            step = jac.T @ torch.linalg.solve(gram, -values[violated].detach())
-            point = point.detach() + 1.2 * step
+            point = point + 1.2 * (jac.T @ torch.linalg.solve(gram, -values[violated]))
         return None
 
     def descend(self, start: Tensor, iterations: int = 10) -> Tensor | None:

@@ -68,8 +68,11 @@ class Gaussian:
         return self._identity and not bool(self.mean.any())
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Gaussian":
-        """The same distribution with tensors on another device or dtype."""
+        """The same distribution with tensors on another device or dtype (itself, unvalidated
+        again, when neither changes)."""
         dtype = dtype or self.mean.dtype
+        if dtype == self.mean.dtype and (device is None or torch.device(device) == self.mean.device):
+            return self
         return Gaussian(self.mean.to(device=device), self.cov.to(device=device), dtype=dtype)
 
     def sample(self, n: int, generator: torch.Generator | None = None,

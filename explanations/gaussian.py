@@ -77,7 +77,6 @@ class GaussianExplanation(Explanation):
                  seed: int = 0) -> None:
         super().__init__(graph, distribution, seed=seed)
         self.dtype = dtype
-        self.flops = Counter()
         x = self.distribution.to(dtype=dtype)
         self._finish(propagate(graph.to(dtype=dtype).chain, GaussianState(x.mean, x.cov, x.cov), self.flops))
 
@@ -92,11 +91,6 @@ class GaussianExplanation(Explanation):
             self.regression = torch.linalg.pinv(x.cov, hermitian=True) @ self.cross
             n = x.dim
             self.flops["predict setup"] += 10 * n ** 3 + 2 * n * n * self.graph.n_outputs
-
-    @property
-    def build_flops(self) -> int:
-        """FLOPs spent building π."""
-        return sum(self.flops.values())
 
     def predict(self, x: Tensor) -> Tensor:
         x = self._inputs(x)

@@ -54,10 +54,7 @@ def guided_probability(pi: GaussianExplanation, event: Event, samples: int, batc
             broad = (xi * xi).sum(1) * (1 - BROAD_SCALE ** -2) / 2 - d * math.log(BROAD_SCALE)
             exponents = torch.cat([xi.new_zeros(size, 1), broad[:, None], xi @ points.T - half_norms], dim=1)
             log_w = -torch.logsumexp(exponents + log_mix, dim=1)
-            v = found.observe(xi)
-            hit = torch.zeros(size, dtype=torch.bool, device=xi.device)
-            for a, b in found.clauses:
-                hit |= (v @ a.T > b).all(dim=1)
+            hit = event.evaluate(found.observe(xi)[:, :pi.graph.n_outputs])
             w = torch.where(hit, log_w.exp(), torch.zeros_like(log_w))
             total += float(w.sum())
             total_squares += float((w * w).sum())

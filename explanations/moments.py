@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.special import ndtr
 
-from .activations import ACTIVATIONS
+from .activations import ACTIVATIONS, normal_pdf
 from .mvn import bivariate_normal_cdf, bivariate_normal_cdf_flops
 
 HERMITE_DEGREE = 24
@@ -115,7 +115,7 @@ def relu_moments(mean: Tensor, cov: Tensor) -> ActivationMoments:
     """Closed-form moments of relu(z), z ~ N(mean, cov) (module docstring)."""
     sd, det, sd_safe = split_deterministic(mean, cov)
     a = mean / sd_safe
-    pdf = torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+    pdf = normal_pdf(a)
     cdf = ndtr(a)
     first = sd_safe * (a * cdf + pdf)
     n = mean.shape[0]

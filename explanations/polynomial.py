@@ -40,8 +40,6 @@ cumulants: 2on + 2o plus the diagram contractions.
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import torch
 from torch import Tensor
 
@@ -73,7 +71,6 @@ class PolynomialExplanation(CumulantExplanation):
         super().__init__(graph, distribution, seed=seed)
         self.degree, self.tetrahedra_up_to, self.dtype = degree, tetrahedra_up_to, dtype
         self.cumulant_degree, self.design = min(cumulant_degree, degree), design
-        self.flops = Counter()
         first, act, second = graph.to(dtype=dtype).chain
         x = self.distribution.to(dtype=dtype)
         self.kind, self.w2, self.b2 = act.kind, second.weight, second.bias
@@ -120,11 +117,6 @@ class PolynomialExplanation(CumulantExplanation):
         else:
             self.readout = torch.linalg.pinv(x.factor).T @ self.directions.T   # u = (x - μ) (v L⁺)ᵀ
             self.flops["predict setup"] += 10 * d ** 3 + 2 * n * d * d
-
-    @property
-    def build_flops(self) -> int:
-        """FLOPs spent building π."""
-        return sum(self.flops.values())
 
     def predict(self, x: Tensor) -> Tensor:
         x = self._inputs(x)

@@ -89,11 +89,17 @@ def _quadratic_roots(a: float, b: float, c: float) -> list[float]:
     return [(-b - r) / (2 * a), (-b + r) / (2 * a)]
 
 
+def _cornish_fisher_q(k: tuple[float, ...], z: float) -> float:
+    """The Cornish–Fisher map q(z) (module docstring), standardised."""
+    g1, g2 = k[2] / k[1] ** 1.5, k[3] / k[1] ** 2
+    return z + g1 * (z * z - 1) / 6 + g2 * (z ** 3 - 3 * z) / 24 - g1 * g1 * (2 * z ** 3 - 5 * z) / 36
+
+
 def _cornish_fisher_z(k: tuple[float, ...], xi: float) -> tuple[float, float, float] | None:
     """(z, z_lo, z_hi): the increasing branch [z_lo, z_hi] of q through 0 and z on it with
     q(z) = ξ, clamped to the branch ends when ξ lies beyond them; None without a branch."""
     g1, g2 = k[2] / k[1] ** 1.5, k[3] / k[1] ** 2
-    q = lambda z: z + g1 * (z * z - 1) / 6 + g2 * (z ** 3 - 3 * z) / 24 - g1 * g1 * (2 * z ** 3 - 5 * z) / 36
+    q = lambda z: _cornish_fisher_q(k, z)
     a, b, c = g2 / 8 - g1 * g1 / 6, g1 / 3, 1 - g2 / 8 + 5 * g1 * g1 / 36     # q′(z) = a z² + b z + c
     if c <= 0:
         return None
@@ -141,8 +147,7 @@ def log_upper_tail(kappa: Tensor | tuple[float, ...], x: float, method: str = "c
     z, _, hi = found
     if z < hi:
         return _log_normal_tail(z)
-    g1, g2 = k[2] / k[1] ** 1.5, k[3] / k[1] ** 2
-    x_hi = k[0] + sd * (hi + g1 * (hi * hi - 1) / 6 + g2 * (hi ** 3 - 3 * hi) / 24 - g1 * g1 * (2 * hi ** 3 - 5 * hi) / 36)
+    x_hi = k[0] + sd * _cornish_fisher_q(k, hi)
     edge = _log_normal_tail(hi)
     return min(edge, edge + _saddlepoint_log_tail(k, x) - _saddlepoint_log_tail(k, x_hi))
 

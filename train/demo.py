@@ -55,7 +55,8 @@ def default_events() -> dict[str, Event]:
 def run(reference: int = 5 * 10 ** 7, seed: int = 0, methods: tuple[str, ...] = METHODS) -> list[Row]:
     model = default_model()
     D = Gaussian.standard(DEFAULT_WIDTHS[0])
-    pis = {method: explain(model, D, method.partition("@")[0]) for method in methods}
+    built = {name: explain(model, D, name) for name in dict.fromkeys(m.partition("@")[0] for m in methods)}
+    pis = {method: built[method.partition("@")[0]] for method in methods}
     budgets = {method: int(method.partition("@")[2]) if "@" in method else None for method in methods}
     graph, distribution = pis[methods[0]].graph, pis[methods[0]].distribution
     events = default_events()
