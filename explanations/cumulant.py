@@ -31,22 +31,27 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
+from .activations import ACTIVATIONS
 from .base import Explanation
 from .design import is_far
 from .distributions import Gaussian
+from .edgeworth import corrected_mean
 from .estimate import Estimate
 from .events import Event
 from .gaussian import GaussianExplanation, clause_rows, observed
-from .graph import Act, Affine, Graph
+from .graph import Act, Affine, Chain, Graph
 from .guided import guided_probability
 from .hermite_cumulants import hermite_cumulants
 from .moments import hermite_coefficients, split_deterministic
 from .mvn import OrthantResult, log_union
-from .propagate import GaussianState, propagate
+from .propagate import (GaussianState, propagate, propagate_skewed, skewed_activation,
+                        sources_through_affine)
+from .skew import third_fourth
 from .structured import design_estimate
 from .tails import copula_probability
 
@@ -151,14 +156,53 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
         x = self.distribution.to(dtype=dtype)
         state = GaussianState(x.mean, x.cov, x.cov)
         self.last = None
+        self.mean_flops = None
         if len(chain) >= 2 and isinstance(chain[-1], Affine) and isinstance(chain[-2], Act):
-            z = propagate(chain[:-2], state, self.flops)
+            if order >= 3 and len(chain) >= 3 and isinstance(chain[-3], Affine):
+                z, h = self._skewed_hidden(chain, state, x.factor)
+            else:
+                z = propagate(chain[:-2], state, self.flops)
+                h = propagate(chain[-2:-1], z, self.flops)
             self.last = chain[-1]
             self._last_layer(chain[-2].kind, z)
-            state = propagate(chain[-2:], z, self.flops)
+            state = propagate(chain[-1:], h, self.flops)
         else:
             state = propagate(chain, state, self.flops)
+        mean = self.mean if self.mean_flops is not None else None
         self._finish(state)
+        if mean is not None:
+            self.mean = mean
+
+    def _skewed_hidden(self, chain: Chain, state: GaussianState,
+                       input_factor: Tensor) -> tuple[GaussianState, GaussianState]:
+        """Propagate with skew (`propagate_skewed`) to the last activation's output, in two
+        separate computations: the mean of y, which needs only the per-unit κ3, κ4 and
+        variances of the last pre-activation z (its cost is `mean_flops`); then z's full
+        covariance with the Edgeworth-corrected Cov(f(z)). Returns the states of z and f(z)."""
+        hidden, act, out = chain[-3], chain[-2], chain[-1]
+        h, sources, pending = propagate_skewed(chain[:-3], state, self.flops, input_factor)
+        weight = hidden.weight
+        sources_through_affine(weight, sources, pending, self.flops)
+        weighted = weight @ h.cov
+        mean_z, var_z = weight @ h.mean + hidden.bias, (weighted * weight).sum(dim=1)
+        third, fourth, cost = third_fourth(sources, mean_z, full=False)
+        deterministic = var_z <= 1e-24 * var_z.max().clamp_min(1e-300)
+        sd = torch.where(deterministic, torch.ones_like(var_z), var_z).sqrt()
+        mean_h, cost_mean = corrected_mean(act.kind, mean_z, sd, third, fourth)
+        mean_h = torch.where(deterministic, ACTIVATIONS[act.kind].fn(mean_z), mean_h)
+        m, n = weight.shape
+        self.mean = out.weight @ mean_h + out.bias
+        self.flops["skew mean"] += 2 * m * n * n + 4 * m * n + cost + cost_mean + 2 * out.weight.numel()
+        self.mean_flops = self.build_flops
+        z = propagate(chain[-3:-2], h, self.flops)
+        return z, skewed_activation(act.kind, z, sources, self.flops)
+
+    def _expectation(self) -> Estimate:
+        """μ_y; its cost is `mean_flops` where the skew path computed the mean separately."""
+        estimate = super()._expectation()
+        if self.mean_flops is None:
+            return estimate
+        return replace(estimate, flops=self.mean_flops, details={**estimate.details, "build_flops": self.build_flops})
 
     def _last_layer(self, kind: str, z: GaussianState) -> None:
         """Hermite coefficients and unit directions of the last hidden layer."""

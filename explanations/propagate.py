@@ -19,7 +19,9 @@ import torch
 from torch import Tensor
 
 from .graph import Act, Affine, Chain
-from .moments import activation_moments
+from .edgeworth import corrected_moments
+from .moments import activation_moments, split_deterministic
+from .skew import Source, start_source, third_fourth, through_activation, through_affine
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,64 @@ def _residual(branches: tuple[Chain, ...], state: GaussianState, flops: Counter)
             cov = cov + between + between.T
     flops["residual"] += 2 * len(branches) * cov.numel()
     return GaussianState(mean, cov, sum(out.cross[:r] for out in outs))
+
+
+def propagate_skewed(chain: Chain, state: GaussianState, flops: Counter,
+                     input_factor: Tensor | None = None) -> tuple[GaussianState, list[Source], tuple | None]:
+    """Like `propagate`, but each activation's moments carry the Edgeworth correction from
+    the third and fourth cumulants that earlier activations put into its input (`skew`,
+    `edgeworth`). Returns the state, the sources seen by the last layer, and the pending
+    source (a final activation's input, for `sources_through_affine`; None otherwise).
+    Chains with residual sums are propagated as Gaussian (branches would mix sources).
+    `input_factor` F with Cov(x) = F Fᵀ lets the first layers keep a low-rank correlation."""
+    if any(not isinstance(op, (Affine, Act)) for op in chain):
+        return propagate(chain, state, flops), [], None
+    sources: list[Source] = []
+    pending = None                     # (kind, mean, cov, sd, factor) of the last activation's input
+    factor = input_factor              # F with cov = F Fᵀ while that is low-rank
+    for op in chain:
+        if isinstance(op, Affine):
+            weight = op.weight.to(state.mean.dtype)
+            sources_through_affine(weight, sources, pending, flops)
+            pending = None
+            if factor is not None and 2 * factor.shape[1] <= weight.shape[0]:
+                factor = weight @ factor
+                flops["skew sources"] += 2 * factor.numel() * weight.shape[1]
+            else:
+                factor = None
+            state = _affine(op, state, flops)
+        else:
+            sd, deterministic, _ = split_deterministic(state.mean, state.cov)
+            pending = None if bool(deterministic.any()) else (op.kind, state.mean, state.cov, sd, factor)
+            factor = None
+            state = skewed_activation(op.kind, state, sources, flops)
+    return state, sources, pending
+
+
+def sources_through_affine(weight: Tensor, sources: list[Source], pending: tuple | None, flops: Counter) -> None:
+    """The sources as seen after the affine map `weight`, a pending one started there."""
+    for source in sources:
+        flops["skew sources"] += through_affine(source, weight)
+    if pending is not None:
+        source, cost = start_source(*pending, weight)
+        sources.append(source)
+        flops["skew sources"] += cost
+
+
+def skewed_activation(kind: str, state: GaussianState, sources: list[Source], flops: Counter) -> GaussianState:
+    """One activation with the Edgeworth correction from the cumulants that `sources` put
+    into its input (none if a unit is deterministic); the sources then see the layer
+    through its slopes."""
+    base = activation_moments(kind, state.mean, state.cov)
+    flops["activation moments"] += base.flops
+    deterministic = split_deterministic(state.mean, state.cov)[1]
+    if sources and not bool(deterministic.any()):
+        third, fourth, cost = third_fourth(sources, state.mean, full=True)
+        flops["skew cumulants"] += cost
+        corrected = corrected_moments(kind, state.mean, state.cov, third, fourth, base)
+        flops["edgeworth"] += corrected.flops - base.flops
+        base = corrected
+    for source in sources:
+        flops["skew sources"] += through_activation(source, base.slope)
+    flops["cross-covariance"] += state.cross.numel()
+    return GaussianState(base.mean, base.cov, state.cross * base.slope)
