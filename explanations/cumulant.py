@@ -155,7 +155,8 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
             z = propagate(chain[:-2], state, self.flops)
             self.last = chain[-1]
             self._last_layer(chain[-2].kind, z)
-            state = propagate(chain[-2:], z, self.flops)
+            self.penultimate = propagate(chain[-2:-1], z, self.flops)
+            state = propagate(chain[-1:], self.penultimate, self.flops)
         else:
             state = propagate(chain, state, self.flops)
         self._finish(state)
