@@ -189,3 +189,20 @@ def test_a_reader_follows_a_run_while_it_is_written(tmp_path):
                 break
     os.close(read)
     assert len(run.refresh()) == 40 and len(seen) > 2
+
+
+def test_replay_prints_a_table_and_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from train.cli import main
+
+    path = tmp_path / "run.h5"
+    tracked_run(path, steps=20, check_samples=5_000)
+    main(["replay", str(path), "--png", str(tmp_path / "plot.png")])
+    table = capsys.readouterr().out
+    assert "y0 high" in table and "(MC " in table and len(table.splitlines()) >= 4
+    assert (tmp_path / "plot.png").stat().st_size > 10_000
+    main(["inspect", str(path)])
+    summary = capsys.readouterr().out
+    assert "checkpoints:   2 (steps 10…20)" in summary and "ratio" in summary
+    with pytest.raises(SystemExit):
+        main(["inspect", str(tmp_path / "missing.h5")])
