@@ -1,6 +1,7 @@
 import json
 import os
 import socket
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,17 @@ STEPS = 10
 
 
 def worker(rank: int, port: int, folder: str) -> None:
+    """One rank; leaves by os._exit, skipping interpreter teardown, where gloo's worker
+    threads can abort the process (pytorch/pytorch#179291)."""
+    try:
+        train_rank(rank, port, folder)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def train_rank(rank: int, port: int, folder: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -41,6 +53,7 @@ def worker(rank: int, port: int, folder: str) -> None:
         with open(os.path.join(folder, f"rank{rank}.json"), "w") as out:
             json.dump({"training_flops": tr.ledger.training_flops, "steps": tr.step,
                        "has_explanation": tr.explanation is not None}, out)
+        dist.barrier()            # no rank exits while another still talks to it (gloo aborts)
     finally:
         dist.destroy_process_group()
 
