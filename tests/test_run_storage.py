@@ -51,11 +51,12 @@ def tracked_run(path, steps=30, every=10, method="gaussian", check_samples=0):
     return tr, model, D
 
 
-def test_checkpoints_restore_the_explanation_without_the_model(tmp_path):
+@pytest.mark.parametrize("method", ["gaussian", "auto"])       # auto: polynomial on this 2-layer net
+def test_checkpoints_restore_the_explanation_without_the_model(tmp_path, method):
     path = tmp_path / "run.h5"
-    tr, model, D = tracked_run(path, check_samples=20_000)
+    tr, model, D = tracked_run(path, method=method, check_samples=20_000)
     run = open_run(path)
-    assert run.steps == [10, 20, 30] and run.method == "gaussian" and len(run) == 3
+    assert run.steps == [10, 20, 30] and run.method == method and len(run) == 3
     ck = run.at(30)
     pi = ck.explanation
     assert torch.allclose(pi.expectation().value, tr.explanation.expectation().value, atol=1e-8)

@@ -130,6 +130,8 @@ def test_resume_continues_the_file(tmp_path):
 def test_bad_arguments_are_named():
     model, D, _ = setting()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="baseline"):
+        Tracker(model, optimizer, D, method="sampling")
     with pytest.raises(ValueError, match="every"):
         Tracker(model, optimizer, D, every=0)
     with pytest.raises(ValueError, match="dimensions"):

@@ -96,6 +96,9 @@ class Tracker:
             raise ValueError(f"every must be a positive number of steps, got {every!r}")
         if not isinstance(check_samples, int) or check_samples < 0:
             raise ValueError(f"check_samples must be a non-negative integer, got {check_samples!r}")
+        if method == "sampling":
+            raise ValueError("method 'sampling' is the baseline π is checked against: track an explanation "
+                             "(gaussian, cumulant, polynomial, auto) and pass check_samples=N to sample beside it")
         self.module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.optimizer, self.distribution = optimizer, distribution
         self.method, self.options = method, dict(options or {})
