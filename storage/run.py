@@ -91,6 +91,9 @@ class Checkpoint:
     @cached_property
     def explained(self) -> Graph:
         """The parameters π explains (equal to `model` when π was fresh)."""
+        if "explained" not in self.group:
+            raise LookupError(f"no π at step {self.step} of {self.run.path}: the budget had not yet "
+                              f"allowed building it")
         return read_graph(self.group["explained"])
 
     @cached_property
