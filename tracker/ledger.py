@@ -7,7 +7,8 @@ refuses to break it. A step on which π was not refreshed counts as stale.
 Work whose cost is only known once done (an event's probability) is paid by `charge`,
 after the caller checked `afford` on a prediction; a prediction that fell short is
 recorded in `overruns` instead of being hidden. Sampling checks of π (verification,
-not explanation) are counted apart in `check_flops`, outside the ratio.
+not explanation) are counted apart in `check_flops`, outside the ratio. Wall times are
+recorded beside the FLOPs, never instead of them.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class Ledger:
     incremental_updates: int = 0 # π's head updated on a stale body
     overruns: int = 0            # charges that broke the ratio (a cost prediction fell short)
     check_flops: float = 0.0     # sampling checks of π, outside the ratio
+    training_seconds: float = 0.0  # wall time of the user's loop between step hooks (reported, not budgeted)
+    tracking_seconds: float = 0.0  # wall time inside the Tracker's step hooks and saves
 
     def __post_init__(self) -> None:
         if not self.budget > 0:

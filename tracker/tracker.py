@@ -129,7 +129,7 @@ class Tracker:
         self.last_step_flops = 0.0
         self.saved_step: int | None = None
         self._rows = 0
-        self.started = time.perf_counter()
+        self.started = self._left = time.perf_counter()
         if self.path is not None and self.rank == 0:
             self._open_file(resume)
         self._hooks = [self.module.register_forward_pre_hook(self._count_rows),
@@ -141,6 +141,15 @@ class Tracker:
             self._rows += args[0].shape[0] if args[0].dim() > 1 else 1
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        entered = time.perf_counter()
+        self.ledger.training_seconds += entered - self._left
+        try:
+            self._step()
+        finally:
+            self._left = time.perf_counter()
+            self.ledger.tracking_seconds += self._left - entered
+
+    def _step(self) -> None:
         rows, self._rows = self._rows, 0
         if self.world > 1:
             total = torch.tensor([rows], dtype=torch.float64)
@@ -300,9 +309,11 @@ class Tracker:
             hook.remove()
         self._hooks = []
         if self.rank == 0 and self.path is not None and self.step > 0 and self.saved_step != self.step:
+            entered = time.perf_counter()
             with torch.no_grad():
                 if self.last_update != "full":
                     self._update(save=True, stale_counts=False)
+                self.ledger.tracking_seconds += time.perf_counter() - entered
                 self._save()
 
     def __enter__(self) -> "Tracker":

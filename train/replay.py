@@ -131,5 +131,7 @@ def inspect(path: str | os.PathLike) -> str:
                       f"{ledger['explanation_flops']:.4g} (ratio {ledger['ratio']:.3f}), {ledger['steps']} steps, "
                       f"{ledger['full_updates']} rebuilds, {ledger['incremental_updates']} head updates, "
                       f"{ledger['stale_steps']} stale, {ledger['overruns']} overruns, checks "
-                      f"{ledger['check_flops']:.4g} FLOPs"]
+                      f"{ledger['check_flops']:.4g} FLOPs",
+                      f"wall time:     training loop {ledger.get('training_seconds', float('nan')):.3g} s, "
+                      f"inside the Tracker {ledger.get('tracking_seconds', float('nan')):.3g} s (not budgeted)"]
     return "\n".join(lines)
