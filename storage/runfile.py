@@ -10,7 +10,7 @@ Layout (docs/FORMAT.md has the full, versioned description):
         meta               JSON: step, explained_step, update, ledger, expectation,
                            estimates of every tracked event, sampling checks, times
         model/             the parameters at this step (`write_graph`)
-        explained/         the parameters π explains (equal to model/ when π is fresh)
+        explained/         the parameters π explains (a soft link to model/ when π is fresh)
         state/<name>       π's state arrays (output mean, cov, cross-covariance, …)
 
 Durability: every save writes a complete new file next to the old one and swaps it in:
@@ -113,9 +113,10 @@ def create_run(path: str | os.PathLike, meta: dict, mean: np.ndarray, cov: np.nd
         file.create_group("checkpoints")
 
 
-def append_checkpoint(path: str | os.PathLike, step: int, meta: dict, graphs: dict[str, Graph],
+def append_checkpoint(path: str | os.PathLike, step: int, meta: dict, graphs: dict[str, Graph | str],
                       state: dict[str, np.ndarray]) -> None:
-    """Add checkpoint `step` atomically (module docstring); an existing one is replaced."""
+    """Add checkpoint `step` atomically (module docstring); an existing one is replaced.
+    A graph given as the name of another key is stored as an HDF5 soft link to it."""
     path = Path(path)
     with _replacing(path, copy=True) as file:
         checkpoints = file["checkpoints"]
@@ -126,5 +127,8 @@ def append_checkpoint(path: str | os.PathLike, step: int, meta: dict, graphs: di
         group.attrs["step"] = step
         write_json(group, "meta", {**meta, "step": step})
         for key, graph in graphs.items():
-            write_graph(group.create_group(key), graph, compression=COMPRESSION)
+            if isinstance(graph, str):
+                group[key] = h5py.SoftLink(f"{group.name}/{graph}")
+            else:
+                write_graph(group.create_group(key), graph, compression=COMPRESSION)
         write_arrays(group.create_group("state"), state)

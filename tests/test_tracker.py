@@ -132,6 +132,8 @@ def test_bad_arguments_are_named():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="baseline"):
         Tracker(model, optimizer, D, method="sampling")
+    with pytest.raises(ValueError, match="unknown method"):
+        Tracker(model, optimizer, D, method="magic")
     with pytest.raises(ValueError, match="every"):
         Tracker(model, optimizer, D, every=0)
     with pytest.raises(ValueError, match="dimensions"):

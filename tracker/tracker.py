@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from explanations import Explanation, Gaussian, Graph, compile_model, explain
+from explanations import METHODS, Explanation, Gaussian, Graph, compile_model, explain
 from explanations.events import Event
 from explanations.montecarlo import Z95, mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
@@ -99,6 +99,10 @@ class Tracker:
         if method == "sampling":
             raise ValueError("method 'sampling' is the baseline π is checked against: track an explanation "
                              "(gaussian, cumulant, polynomial, auto) and pass check_samples=N to sample beside it")
+        if method != "auto" and method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; available: auto, {', '.join(sorted(METHODS))}")
+        if not isinstance(distribution, Gaussian):
+            raise TypeError(f"the input distribution must be an explanations.Gaussian, got {type(distribution).__name__}")
         self.module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.optimizer, self.distribution = optimizer, distribution
         self.method, self.options = method, dict(options or {})
@@ -112,6 +116,7 @@ class Tracker:
             if not isinstance(name, str) or not isinstance(event, Event):
                 raise TypeError(f"events maps names (str) to Events, got {name!r}: {event!r}")
             event.check(self.graph.n_outputs)
+            event.dnf()                        # fails now, not inside a training step
         if distribution.dim != self.graph.n_inputs:
             raise ValueError(f"the distribution has {distribution.dim} dimensions, the model takes "
                              f"{self.graph.n_inputs} inputs")
@@ -296,9 +301,10 @@ class Tracker:
         else:
             meta["expectation"] = meta["output_sd"] = [math.nan] * self.graph.n_outputs
         meta["ledger"] = self.ledger.to_plain()
-        graphs = {"model": current}
+        graphs: dict[str, Graph | str] = {"model": current}
         if self.explained is not None:
-            graphs["explained"] = self.explained
+            fresh = self.last_update == "full" and self.explained_step == self.step
+            graphs["explained"] = "model" if fresh else self.explained
         append_checkpoint(self.path, self.step, meta, graphs, explanation_state(pi) if pi is not None else {})
         self.saved_step = self.step
 
