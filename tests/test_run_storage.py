@@ -39,7 +39,9 @@ def tracked_run(path, steps=30, every=10, method="gaussian", check_samples=0):
     task = RegressionTask(D, 2, seed=1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(0)
-    events = {"y0 high": Above(0, 1.0), "y1 low": Below(1, -1.0)}
+    torch.manual_seed(0)
+    events = {"y0 high": Above(0, 1.0), "y1 low": Below(1, -1.0),
+              "flagged": Detector(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)), threshold=0.5)}
     with Tracker(model, optimizer, D, method=method, events=events, path=path, every=every,
                  check_samples=check_samples) as tr:
         for _ in range(steps):
@@ -66,6 +68,11 @@ def test_checkpoints_restore_the_explanation_without_the_model(tmp_path, method)
     fresh = All(Above(0, 0.2), Above(1, 0.2))                           # not a tracked event
     assert pi.probability(fresh).log10 == pytest.approx(tr.explanation.probability(fresh).log10, abs=1e-6)
     assert torch.equal(ck.model.forward(x), compile_model(model).forward(x))
+    y = torch.randn(1000, 2) * 2
+    assert torch.equal(run.events["flagged"].evaluate(y), tr.events["flagged"].evaluate(y))
+    flagged = run.series("flagged")                     # NaN where the budget deferred it
+    assert np.isfinite(flagged.log10[-1]) and all(ck.estimates["flagged"] is None
+                                                  for ck, v in zip(run, flagged.value) if np.isnan(v))
     series = run.series("y0 high")
     assert series.steps.tolist() == [10, 20, 30] and np.all(np.isfinite(series.log10))
     assert np.all((series.check_lo <= series.check_value) & (series.check_value <= series.check_hi))
