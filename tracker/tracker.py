@@ -20,9 +20,11 @@ headroom H = budget·training - explanation):
   at a save step   rebuild if H ≥ full, else head update if H ≥ head, else stay stale;
                    then each tracked event's probability if H ≥ its predicted query
                    (otherwise recorded as deferred), π's expectation, and the file.
-  other steps      the same choice, but only spending what leaves the next save its
-                   reserve: H - cost + budget·(training FLOPs of the last step)·(steps
-                   to the next save) ≥ full + Σ queries.
+  other steps      the same choice, but saving for the next save at an even pace, so
+                   that rebuilds spread over the interval: spend only if
+                   H - cost ≥ (k / every)·R, k the steps since the last save and
+                   R = full + Σ queries the save's reserve. At the save H ≥ R whenever
+                   the training of one step affords R / every.
   stale            when neither fits: π keeps its state, `ledger.stale_steps` grows.
 Costs are charged as measured (`Ledger.charge`); a prediction that fell short is
 counted in `ledger.overruns`, so tests can assert the ratio held at every step.
@@ -131,7 +133,6 @@ class Tracker:
         self.last_update = "stale"
         self.predicted_full = PRIOR_BUILD * self.graph.flops_per_sample
         self.query_costs: dict[str, float] = {}
-        self.last_step_flops = 0.0
         self.saved_step: int | None = None
         self._rows = 0
         self.started = self._left = time.perf_counter()
@@ -160,8 +161,7 @@ class Tracker:
             total = torch.tensor([rows], dtype=torch.float64)
             dist.all_reduce(total)
             rows = int(total.item())
-        self.last_step_flops = training_step_flops(self.graph, rows)
-        self.ledger.train(self.last_step_flops)
+        self.ledger.train(training_step_flops(self.graph, rows))
         self.step += 1
         if self.rank != 0:
             return
@@ -185,9 +185,8 @@ class Tracker:
     def _may_spend(self, cost: float, save: bool) -> bool:
         if save or self.path is None:
             return self.ledger.afford(cost)
-        ahead = self.every - self.step % self.every
-        accrual = self.ledger.budget * self.last_step_flops * ahead
-        return self.ledger.afford(cost) and self.ledger.headroom - cost + accrual >= self._reserve()
+        saved = (self.step % self.every) / self.every     # the share of the reserve put by so far
+        return self.ledger.afford(cost) and self.ledger.headroom - cost >= saved * self._reserve()
 
     def _update(self, save: bool, stale_counts: bool = True) -> None:
         """Rebuild, head update or stay stale (module docstring); `stale_counts` is False
