@@ -101,7 +101,8 @@ def track(steps: int = 300, path: str | Path = "out/demo_run.h5", png: str | Pat
             worst = max(worst, deviation_in_sds(torch.tensor(ck.meta["expectation"]), fresh))
         print(f"freshness: at every checkpoint ({len(run)}), max |E_π - E_fresh| = {worst:.2e} output sds "
               f"(fresh explain() on the saved parameters); between checkpoints, over all {len(drift)} steps "
-              f"with a π: max {max(drift):.3f} sd, median {sorted(drift)[len(drift) // 2]:.4f} sd\n")
+              f"with a π: max {max(drift):.3f} sd, median {sorted(drift)[len(drift) // 2]:.4f} sd, "
+              f"{sum(d > 0.01 for d in drift)} steps above 0.01 sd\n")
         print(replay_table(run))
         print(f"\nreplay plot: {replay_plot(run, png)}\n")
     return model
