@@ -218,3 +218,43 @@ def test_replay_prints_a_table_and_plots(tmp_path, capsys):
     assert "checkpoints:   2 (steps 10…20)" in summary and "ratio" in summary
     with pytest.raises(SystemExit):
         main(["inspect", str(tmp_path / "missing.h5")])
+
+
+def test_a_killed_tracker_resumes_from_its_last_checkpoint(tmp_path):
+    path = tmp_path / "run.h5"
+    D = Gaussian.standard(4)
+    task = RegressionTask(D, 2, seed=2)
+
+    def fit(model, steps, seed):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.02)
+        generator = torch.Generator().manual_seed(seed)
+        with Tracker(model, optimizer, D, events={"high": Above(0, 1.0)}, path=path, every=3) as tr:
+            for _ in range(steps):
+                x, y = task.sample(512, generator)
+                loss = nn.functional.mse_loss(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return tr
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fit(mlp([4, 16, 2], "relu", seed=3), 10_000, 0)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not path.exists() or len(open_run(path)) < 3):
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    last = open_run(path).last
+    assert last is not None and last.step >= 9
+    model = mlp([4, 16, 2], "relu", seed=3)
+    model.load_state_dict(last.state_dict())
+    tr = fit(model, 6, 1)
+    run = open_run(path)
+    assert tr.step == last.step + 6 and run.last.step == tr.step
+    assert run.steps[-3:] == [last.step, last.step + 3, last.step + 6]
+    assert not list(tmp_path.glob(".run.h5.*.tmp"))
+    assert run.last.ledger["training_flops"] > last.ledger["training_flops"]
