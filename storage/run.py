@@ -31,7 +31,7 @@ from explanations.events import Event
 
 from .events import event_from_plain
 from .graphs import read_graph
-from .runfile import FORMAT, VERSION, RunFileError, checkpoint_name
+from .runfile import FORMAT, VERSION, RunFileError
 
 
 def read_json(group: h5py.Group, name: str) -> dict:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import copy
 from collections import Counter
 
-import torch
-
 from explanations import Explanation, Graph
 from explanations.graph import Affine
 from explanations.propagate import GaussianState

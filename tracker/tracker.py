@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from explanations import METHODS, Explanation, Gaussian, Graph, compile_model, explain
 from explanations.events import Event
-from explanations.montecarlo import Z95, mean_estimate, probability_estimate, tally
+from explanations.montecarlo import mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
 from storage.run import open_run
 from storage.runfile import append_checkpoint, create_run, remove_stale_temporaries
