@@ -9,7 +9,9 @@
 Attachment: a forward pre-hook on the model counts the rows of every forward pass made
 with gradients in training mode; an optimizer step post-hook then records the step's
 training FLOPs (`costs.training_step_flops`, summed over ranks under torch.distributed)
-and updates π. Nothing in the user's loop changes.
+and updates π. Nothing in the user's loop changes. A step that is skipped (GradScaler on
+an overflow) fires no hook: its rows are counted with the next step; several forward
+passes per step (gradient accumulation) are all counted.
 
 Update policy, at every step, after the step's training FLOPs are recorded (ledger L,
 headroom H = budget·training - explanation):
@@ -35,7 +37,8 @@ close (`storage.runfile`), atomic and readable while training runs. An existing 
 resumed: steps, ledger and π continue from its last checkpoint (load the parameters
 with `open_run(path).last.state_dict()` first if the model was restarted).
 Distributed: every rank counts its rows and the step's FLOPs are all-reduced; rank 0
-alone builds π and writes (`explanation` is None on the other ranks).
+alone builds π and writes (`explanation` is None on the other ranks; on resume only
+rank 0 restores the step count and ledger).
 """
 from __future__ import annotations
 
