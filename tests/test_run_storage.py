@@ -98,9 +98,10 @@ def test_foreign_truncated_and_newer_files_are_refused(tmp_path):
     with pytest.raises(RunFileError, match="not a readable HDF5"):
         open_run(tmp_path / "text.h5")
     data = path.read_bytes()
-    (tmp_path / "truncated.h5").write_bytes(data[: len(data) // 2])
-    with pytest.raises(RunFileError):
-        open_run(tmp_path / "truncated.h5")
+    for fraction in (0.1, 0.5, 0.99):
+        (tmp_path / "truncated.h5").write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(RunFileError, match="truncated"):
+            open_run(tmp_path / "truncated.h5")
     newer = tmp_path / "newer.h5"
     newer.write_bytes(data)
     with h5py.File(newer, "a") as f:
