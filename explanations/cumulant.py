@@ -165,6 +165,7 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
                 h = propagate(chain[-2:-1], z, self.flops)
             self.last = chain[-1]
             self._last_layer(chain[-2].kind, z)
+            self.penultimate = h
             state = propagate(chain[-1:], h, self.flops)
         else:
             state = propagate(chain, state, self.flops)

@@ -24,7 +24,7 @@ from .base import Explanation
 from .distributions import Gaussian
 from .estimate import Estimate
 from .events import Clause, Event
-from .graph import Graph
+from .graph import Affine, Graph
 from .mvn import log_union
 from .propagate import GaussianState, propagate
 
@@ -72,13 +72,21 @@ class GaussianExplanation(Explanation):
     """Mean/covariance propagation (module docstring)."""
 
     method = "gaussian"
+    penultimate: GaussianState | None = None   # the state entering a final affine map (the head)
 
     def __init__(self, graph: Graph, distribution: Gaussian, *, dtype: torch.dtype = torch.float64,
                  seed: int = 0) -> None:
         super().__init__(graph, distribution, seed=seed)
         self.dtype = dtype
         x = self.distribution.to(dtype=dtype)
-        self._finish(propagate(graph.to(dtype=dtype).chain, GaussianState(x.mean, x.cov, x.cov), self.flops))
+        chain = graph.to(dtype=dtype).chain
+        state = GaussianState(x.mean, x.cov, x.cov)
+        if chain and isinstance(chain[-1], Affine):     # keep the state before the head
+            self.penultimate = propagate(chain[:-1], state, self.flops)
+            state = propagate(chain[-1:], self.penultimate, self.flops)
+        else:
+            state = propagate(chain, state, self.flops)
+        self._finish(state)
 
     def _finish(self, state: GaussianState) -> None:
         """Keep the output state; set up predict's regression on the input."""

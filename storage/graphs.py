@@ -15,13 +15,15 @@ import numpy as np
 from explanations.graph import Graph
 
 
-def write_graph(group: h5py.Group, graph: Graph) -> None:
-    """Store `graph` under `group` (which must not already hold one)."""
+def write_graph(group: h5py.Group, graph: Graph, compression: str | None = None) -> None:
+    """Store `graph` under `group` (which must not already hold one); `compression`
+    ("gzip") compresses the weight datasets (with the shuffle filter)."""
     meta, arrays = graph.to_plain()
     group.create_dataset("meta", data=json.dumps(meta), dtype=h5py.string_dtype())
     store = group.create_group("arrays")
     for name, array in arrays.items():
-        store.create_dataset(name, data=array)
+        store.create_dataset(name, data=array, compression=compression,
+                             shuffle=compression is not None and array.size > 1)
 
 
 def read_graph(group: h5py.Group, device: str | None = None) -> Graph:

@@ -1,4 +1,5 @@
 """The Tracker: keeps π up to date during training within a FLOP budget."""
-from .ledger import Ledger
+from .ledger import BudgetExceeded, Ledger
+from .tracker import Tracker
 
-__all__ = ["Ledger"]
+__all__ = ["BudgetExceeded", "Ledger", "Tracker"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -10,6 +11,15 @@ def main(argv: list[str] | None = None) -> None:
     demo = commands.add_parser("demo", help="π vs sampling at equal FLOPs on the embedded default model")
     demo.add_argument("--reference", type=int, default=5 * 10 ** 7, help="samples in the reference run")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--steps", type=int, default=300, help="training steps tracked by π")
+    demo.add_argument("--run-file", default="out/demo_run.h5", help="where the tracked run is written")
+    demo.add_argument("--untrained", action="store_true",
+                      help="skip training: compare π and sampling on the untrained default's fixed events")
+    replay = commands.add_parser("replay", help="a run file's estimates over training: table and PNG plot")
+    replay.add_argument("path")
+    replay.add_argument("--png", help="plot file (default: the run file with .png)")
+    inspect = commands.add_parser("inspect", help="summarise a run file")
+    inspect.add_argument("path")
     bench = commands.add_parser("bench", help="benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True)
     expectation = benches.add_parser("expectation", help="π's E[y] vs a sampling reference")
@@ -26,7 +36,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
-        run(reference=args.reference, seed=args.seed)
+        if args.untrained:
+            run(reference=args.reference, seed=args.seed)
+        else:
+            from .demo_tracked import track, tracked_events
+            model = track(steps=args.steps, path=args.run_file, png=str(Path(args.run_file).with_suffix(".png")))
+            print("final estimates of the trained model against sampling:")
+            run(reference=args.reference, seed=args.seed, model=model, events=tracked_events())
+    elif args.command in ("replay", "inspect"):
+        from .replay import inspect, replay
+        try:
+            replay(args.path, args.png) if args.command == "replay" else print(inspect(args.path))
+        except (OSError, ValueError) as error:     # RunFileError is a ValueError
+            parser.error(str(error))
     elif args.bench == "expectation":
         from .bench_expectation import run as bench_run
         bench_run(reference=args.reference, seed=args.seed, setting=args.setting,

@@ -52,14 +52,17 @@ def default_events() -> dict[str, Event]:
     }
 
 
-def run(reference: int = 5 * 10 ** 7, seed: int = 0, methods: tuple[str, ...] = METHODS) -> list[Row]:
-    model = default_model()
+def run(reference: int = 5 * 10 ** 7, seed: int = 0, methods: tuple[str, ...] = METHODS,
+        model: torch.nn.Module | None = None, events: dict[str, Event] | None = None) -> list[Row]:
+    """The comparison table for `model` and `events` (the untrained default and its three
+    fixed events unless given)."""
+    model = model if model is not None else default_model()
     D = Gaussian.standard(DEFAULT_WIDTHS[0])
     built = {name: explain(model, D, name) for name in dict.fromkeys(m.partition("@")[0] for m in methods)}
     pis = {method: built[method.partition("@")[0]] for method in methods}
     budgets = {method: int(method.partition("@")[2]) if "@" in method else None for method in methods}
     graph, distribution = pis[methods[0]].graph, pis[methods[0]].distribution
-    events = default_events()
+    events = events if events is not None else default_events()
     unit = graph.flops_per_sample
     per_sample = draw_cost(graph, distribution)
 

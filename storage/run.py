@@ -1,0 +1,234 @@
+"""Reading a run file: `open_run(path)` → `Run` of `Checkpoint`s, no torch model needed.
+
+    run = open_run("run.h5")
+    for ck in run: ...                  # checkpoints in step order
+    ck = run.at(step=500)               # exactly that step (KeyError naming the steps there)
+    ck.explanation                      # π restored: explain(ck's explained graph, D, method)
+    run.series("overshoot")             # that event's estimates over training, as arrays
+    run.refresh()                       # see checkpoints written since opening
+
+A checkpoint's π is the one the tracker held at that step: π is always
+explain(explained graph, D, method, **options) (a head update is the explanation of the
+graph whose head is new and whose body is stale, see tracker/incremental.py), so
+rebuilding it from the stored graph gives the same state; the stored state arrays let a
+plain h5py reader see it without rebuilding.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import torch
+
+from explanations import Explanation, Gaussian, Graph, explain
+from explanations.events import Event
+
+from .events import event_from_plain
+from .graphs import read_graph
+from .runfile import FORMAT, VERSION, RunFileError
+
+
+def read_json(group: h5py.Group, name: str) -> dict:
+    try:
+        return json.loads(group[name].asstr()[()])
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
+        raise RunFileError(f"'{group.name}/{name}' in {group.file.filename} is missing or corrupt: {error}") from None
+
+
+@dataclass
+class Series:
+    """One tracked quantity over training: row i belongs to steps[i].
+
+    For an event: value, log10 (π's probability), flops (its cost), and where sampling
+    checks were recorded check_value, check_lo, check_hi (NaN where none).
+    For "expectation": value and sd are [steps, outputs], check_* likewise.
+    """
+    name: str
+    steps: np.ndarray
+    value: np.ndarray
+    log10: np.ndarray | None
+    flops: np.ndarray | None
+    sd: np.ndarray | None
+    check_value: np.ndarray
+    check_lo: np.ndarray
+    check_hi: np.ndarray
+
+
+class Checkpoint:
+    """One saved step: metadata, parameters, and π restored on demand."""
+
+    def __init__(self, run: "Run", group: h5py.Group) -> None:
+        self.run = run
+        self.meta = read_json(group, "meta")
+        self.step: int = int(self.meta["step"])
+        self.group = group
+
+    @property
+    def update(self) -> str:
+        """How π was brought to this step: "full", "incremental" or "stale"."""
+        return self.meta["update"]
+
+    @property
+    def ledger(self) -> dict:
+        return self.meta["ledger"]
+
+    @property
+    def estimates(self) -> dict[str, dict]:
+        """The tracked events' estimates recorded at this step, by name."""
+        return self.meta["estimates"]
+
+    @cached_property
+    def model(self) -> Graph:
+        """The network's parameters at this step, as a formal graph."""
+        return read_graph(self.group["model"])
+
+    @cached_property
+    def explained(self) -> Graph:
+        """The parameters π explains (equal to `model` when π was fresh)."""
+        if "explained" not in self.group:
+            raise LookupError(f"no π at step {self.step} of {self.run.path}: the budget had not yet "
+                              f"allowed building it")
+        return read_graph(self.group["explained"])
+
+    @cached_property
+    def state(self) -> dict[str, np.ndarray]:
+        """π's stored state arrays by name (mean, cov, cross, …)."""
+        return {name: np.asarray(data[()]) for name, data in self.group["state"].items()}
+
+    @cached_property
+    def explanation(self) -> Explanation:
+        """π at this step, rebuilt from the explained graph without the torch model."""
+        return explain(self.explained, self.run.distribution, self.run.method, **self.run.options)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The parameters at this step keyed like the model's state_dict ("0.weight", …),
+        for `model.load_state_dict(ck.state_dict())` when resuming."""
+        from explanations.graph import Affine, iter_ops
+        out = {}
+        for op in iter_ops(self.model.chain):
+            if isinstance(op, Affine):
+                out[f"{op.path}.weight"], out[f"{op.path}.bias"] = op.weight, op.bias
+        return out
+
+    def __repr__(self) -> str:
+        return f"Checkpoint(step={self.step}, update={self.update!r})"
+
+
+class Run:
+    """A run file opened for reading (module docstring)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.file: h5py.File | None = None
+        self.refresh()
+
+    def refresh(self) -> "Run":
+        """Reopen the file: the latest complete snapshot the writer has swapped in."""
+        self.close()
+        if not self.path.exists():
+            raise FileNotFoundError(f"no run file at {self.path}")
+        try:
+            self.file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise RunFileError(f"{self.path} is not a readable HDF5 file (truncated or foreign?): {error}") from None
+        attrs = self.file.attrs
+        found = attrs.get("format")
+        if found != FORMAT:
+            self.close()
+            raise RunFileError(f"{self.path} is not a π-tracker run file (format attribute: {found!r})")
+        version = int(attrs.get("version", -1))
+        if version > VERSION:
+            self.close()
+            raise RunFileError(f"{self.path} was written in run format version {version}; this π-tracker "
+                               f"reads up to version {VERSION}: upgrade π-tracker to read it")
+        if version < 1 or "run" not in self.file or "checkpoints" not in self.file:
+            self.close()
+            raise RunFileError(f"{self.path} has a malformed π-tracker layout (version {version})")
+        self.meta = read_json(self.file["run"], "meta")
+        distribution = self.file["run/distribution"]
+        self.distribution = Gaussian(torch.as_tensor(distribution["mean"][()]),
+                                     torch.as_tensor(distribution["cov"][()]))
+        detectors = self.file["run/detectors"]
+        graphs = [read_graph(detectors[str(i)]) for i in range(len(detectors))]
+        self.events: dict[str, Event] = {name: event_from_plain(plain, graphs)
+                                         for name, plain in self.meta["events"].items()}
+        self._checkpoints = {int(g.attrs["step"]): g for g in self.file["checkpoints"].values()}
+        self._cache: dict[int, Checkpoint] = {}
+        return self
+
+    @property
+    def method(self) -> str:
+        return self.meta["method"]
+
+    @property
+    def options(self) -> dict:
+        return self.meta["options"]
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self._checkpoints)
+
+    def at(self, step: int) -> Checkpoint:
+        """The checkpoint saved at `step`."""
+        if step not in self._checkpoints:
+            raise KeyError(f"no checkpoint at step {step} in {self.path}; saved steps: {self.steps}")
+        if step not in self._cache:
+            self._cache[step] = Checkpoint(self, self._checkpoints[step])
+        return self._cache[step]
+
+    @property
+    def last(self) -> Checkpoint | None:
+        return self.at(self.steps[-1]) if self._checkpoints else None
+
+    def __iter__(self) -> Iterator[Checkpoint]:
+        return (self.at(step) for step in self.steps)
+
+    def __len__(self) -> int:
+        return len(self._checkpoints)
+
+    def series(self, name: str) -> Series:
+        """A tracked event's estimates over the saved steps (or name="expectation")."""
+        if name != "expectation" and name not in self.events:
+            raise KeyError(f"no tracked event {name!r} in {self.path}; tracked: {sorted(self.events)}")
+        checkpoints = list(self)
+        steps = np.array([ck.step for ck in checkpoints], dtype=np.int64)
+        nan = float("nan")
+        if name == "expectation":
+            outputs = len(checkpoints[0].meta["expectation"]) if checkpoints else 0
+            value = np.array([ck.meta["expectation"] for ck in checkpoints], dtype=float).reshape(-1, outputs)
+            sd = np.array([ck.meta["output_sd"] for ck in checkpoints], dtype=float).reshape(-1, outputs)
+            checks = [ck.meta.get("checks", {}).get("expectation") for ck in checkpoints]
+            pick = lambda key: np.array([c[key] if c else [nan] * outputs for c in checks],
+                                        dtype=float).reshape(-1, outputs)
+            return Series(name, steps, value, None, None, sd, pick("value"), pick("lo"), pick("hi"))
+        rows = [ck.estimates.get(name) or {} for ck in checkpoints]
+        get = lambda key: np.array([nan if row.get(key) is None else row[key] for row in rows], dtype=float)
+        checks = [ck.meta.get("checks", {}).get("events", {}).get(name) for ck in checkpoints]
+        pick = lambda key: np.array([c[key] if c else nan for c in checks], dtype=float)
+        return Series(name, steps, get("value"), get("log10"), get("flops"), None,
+                      pick("value"), pick("lo"), pick("hi"))
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, method={self.method!r}, checkpoints={len(self)})"
+
+
+def open_run(path: str | os.PathLike) -> Run:
+    """Open a run file for reading (see `Run`); RunFileError if it is not one."""
+    return Run(path)

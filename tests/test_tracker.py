@@ -1,0 +1,144 @@
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from explanations import Gaussian, compile_model, explain
+from explanations.events import Above, All, Below
+from storage import open_run
+from tracker import Tracker
+from tracker.costs import training_step_flops
+from tracker.incremental import head_update, hybrid_graph
+from train.models import mlp
+from train.tasks import RegressionTask
+
+
+def train(model, optimizer, task, steps, generator, check=None, batch=64):
+    for _ in range(steps):
+        x, y = task.sample(batch, generator)
+        loss = nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if check is not None:
+            check()
+
+
+def setting(seed=0, widths=(6, 32, 32, 2)):
+    model = mlp(list(widths), "relu", seed=seed, bias_std=0.1)
+    D = Gaussian.standard(widths[0])
+    return model, D, RegressionTask(D, widths[-1], seed=seed)
+
+
+@pytest.mark.parametrize("method,budget,batch", [("gaussian", 1.0, 64), ("cumulant", 0.3, 256), ("auto", 0.2, 512)])
+def test_budget_holds_at_every_step(tmp_path, method, budget, batch):
+    model, D, task = setting()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    events = {"high": Above(0, 1.5), "both": All(Above(0, 1.0), Below(1, -1.0))}
+    ratios = []
+    with Tracker(model, optimizer, D, method=method, events=events, budget=budget,
+                 path=tmp_path / "run.h5", every=20) as tr:
+        def check():
+            assert tr.ledger.explanation_flops <= budget * tr.ledger.training_flops
+            ratios.append(tr.ledger.ratio)
+        train(model, optimizer, task, 60, torch.Generator().manual_seed(1), check, batch)
+    assert tr.ledger.overruns == 0 and tr.ledger.steps == 60 and len(ratios) == 60
+    assert tr.ledger.ratio <= budget
+    assert tr.ledger.full_updates >= 1 and tr.explanation is not None
+    assert tr.ledger.stale_steps == 60 - tr.ledger.full_updates
+    run = open_run(tmp_path / "run.h5")
+    assert run.steps == [20, 40, 60]
+    assert all(ck.ledger["explanation_flops"] <= budget * ck.ledger["training_flops"] for ck in run)
+
+
+def test_training_flops_agree_with_torch_flop_counter():
+    model, D, task = setting()
+    x, y = task.sample(64, torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.mse_loss(model(x), y).backward()
+    ours = training_step_flops(compile_model(model), 64)
+    # torch counts matrix products only and no input gradient for the first layer
+    assert 1.0 <= ours / counter.get_total_flops() <= 1.25
+
+
+def test_forward_without_gradients_is_not_training():
+    model, D, task = setting()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with Tracker(model, optimizer, D) as tr:
+        with torch.no_grad():
+            model(torch.randn(1000, 6))
+        train(model, optimizer, task, 1, torch.Generator().manual_seed(0), batch=32)
+    assert tr.ledger.training_flops == training_step_flops(tr.graph, 32)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "cumulant"])
+def test_head_update_is_the_explanation_of_the_hybrid_graph(method):
+    model, D, task = setting()
+    pi = explain(model, D, method)
+    old = compile_model(model)
+    train(model, torch.optim.SGD(model.parameters(), lr=0.05), task, 3, torch.Generator().manual_seed(0))
+    new = compile_model(model)
+    updated = head_update(pi, new)
+    reference = explain(hybrid_graph(old, new), D, method)
+    assert torch.allclose(updated.expectation().value, reference.expectation().value, atol=1e-9)
+    assert torch.allclose(updated.cov, reference.cov, atol=1e-9)
+    x = torch.randn(5, 6)
+    assert torch.allclose(updated.predict(x), reference.predict(x), atol=1e-6)
+    event = Above(0, 1.0)
+    assert updated.probability(event).log10 == pytest.approx(reference.probability(event).log10, abs=1e-6)
+
+
+def test_small_budget_uses_head_updates_and_records_staleness():
+    model, D, task = setting()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with Tracker(model, optimizer, D, method="gaussian", budget=0.05) as tr:
+        train(model, optimizer, task, 80, torch.Generator().manual_seed(2),
+              lambda: tr.ledger.afford(0) or pytest.fail("ratio above budget"), batch=512)
+    ledger = tr.ledger
+    assert ledger.full_updates >= 1 and ledger.incremental_updates >= 1
+    assert ledger.stale_steps == 80 - ledger.full_updates and ledger.overruns == 0
+
+
+def test_resume_continues_the_file(tmp_path):
+    path = tmp_path / "run.h5"
+    model, D, task = setting()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    events = {"high": Above(0, 1.5)}
+    with Tracker(model, optimizer, D, events=events, path=path, every=10) as tr:
+        train(model, optimizer, task, 25, torch.Generator().manual_seed(3))
+    first = tr.ledger
+    last = open_run(path).last
+    assert last.step == 25
+
+    restarted, _, _ = setting(seed=5)
+    restarted.load_state_dict(last.state_dict())
+    assert torch.equal(compile_model(restarted).forward(torch.ones(2, 6)), last.model.forward(torch.ones(2, 6)))
+    optimizer = torch.optim.Adam(restarted.parameters(), lr=3e-3)
+    with Tracker(restarted, optimizer, D, events=events, path=path, every=10) as tr:
+        assert tr.step == 25 and tr.ledger.training_flops == first.training_flops
+        assert torch.allclose(tr.explanation.expectation().value, last.explanation.expectation().value)
+        train(restarted, optimizer, task, 10, torch.Generator().manual_seed(4))
+    assert open_run(path).steps == [10, 20, 25, 30, 35]
+    assert tr.ledger.steps == 35 and tr.ledger.training_flops > first.training_flops
+
+    with pytest.raises(ValueError, match="method"):
+        Tracker(restarted, optimizer, D, method="cumulant", events=events, path=path)
+    with pytest.raises(FileExistsError):
+        Tracker(restarted, optimizer, D, events=events, path=path, resume=False)
+
+
+def test_bad_arguments_are_named():
+    model, D, _ = setting()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="baseline"):
+        Tracker(model, optimizer, D, method="sampling")
+    with pytest.raises(ValueError, match="unknown method"):
+        Tracker(model, optimizer, D, method="magic")
+    with pytest.raises(ValueError, match="every"):
+        Tracker(model, optimizer, D, every=0)
+    with pytest.raises(ValueError, match="dimensions"):
+        Tracker(model, optimizer, Gaussian.standard(3))
+    with pytest.raises(ValueError, match="JSON"):
+        Tracker(model, optimizer, D, options={"dtype": torch.float32})
+    with pytest.raises(Exception, match="out of range"):
+        Tracker(model, optimizer, D, events={"bad": Above(7, 1.0)})

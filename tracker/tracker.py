@@ -1,0 +1,335 @@
+"""`Tracker`: keeps π current while a model trains, inside a FLOP budget, and saves it.
+
+    with Tracker(model, optimizer, D, method="cumulant", events={"overshoot": Above(0, 4.0)},
+                 budget=1.0, path="run.h5", every=50) as tr:
+        for x, y in loader:
+            ...; loss.backward(); optimizer.step()     # the step hook updates π
+    tr.explanation, tr.ledger
+
+Attachment: a forward pre-hook on the model counts the rows of every forward pass made
+with gradients in training mode; an optimizer step post-hook then records the step's
+training FLOPs (`costs.training_step_flops`, summed over ranks under torch.distributed)
+and updates π. Nothing in the user's loop changes. A step that is skipped (GradScaler on
+an overflow) fires no hook: its rows are counted with the next step; several forward
+passes per step (gradient accumulation) are all counted.
+
+Update policy, at every step, after the step's training FLOPs are recorded (ledger L,
+headroom H = budget·training - explanation):
+  predicted costs  full = the last rebuild's build FLOPs (they depend on shapes only;
+                   before the first one, PRIOR_BUILD sample-equivalents), ×1.1 margin;
+                   head = `incremental.head_update_cost` (exact); an event's query =
+                   1.5× the most it has cost, PRIOR_QUERY sample-equivalents before that.
+  at a save step   rebuild if H ≥ full, else head update if H ≥ head, else stay stale;
+                   then each tracked event's probability if H ≥ its predicted query
+                   (otherwise recorded as deferred), π's expectation, and the file.
+  other steps      the same choice, but saving for the next save at an even pace, so
+                   that rebuilds spread over the interval: spend only if
+                   H - cost ≥ (k / every)·R, k the steps since the last save and
+                   R = full + Σ queries the save's reserve. At the save H ≥ R whenever
+                   the training of one step affords R / every.
+  stale            when neither fits: π keeps its state, `ledger.stale_steps` grows.
+Costs are charged as measured (`Ledger.charge`); a prediction that fell short is
+counted in `ledger.overruns`, so tests can assert the ratio held at every step.
+Restoring π on resume is not charged: that π was paid for when it was built.
+
+Storage (path given): a header at the start, a checkpoint every `every` steps and at
+close (`storage.runfile`), atomic and readable while training runs. An existing file is
+resumed: steps, ledger and π continue from its last checkpoint (load the parameters
+with `open_run(path).last.state_dict()` first if the model was restarted).
+Distributed: every rank counts its rows and the step's FLOPs are all-reduced; rank 0
+alone builds π and writes (`explanation` is None on the other ranks; on resume only
+rank 0 restores the step count and ledger).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from explanations import METHODS, Explanation, Gaussian, Graph, compile_model, explain
+from explanations.events import Event
+from explanations.montecarlo import mean_estimate, probability_estimate, tally
+from storage.events import event_to_plain
+from storage.run import open_run
+from storage.runfile import append_checkpoint, create_run, remove_stale_temporaries
+
+from .costs import training_step_flops
+from .incremental import head_update, head_update_cost, supports_head_update
+from .ledger import Ledger
+
+PRIOR_BUILD = 4_000       # sample-equivalents assumed for a first rebuild (measured: 320–3,600)
+PRIOR_QUERY = 6_000       # … and for an event's first probability (design points: ~5,000)
+MARGIN_BUILD, MARGIN_QUERY = 1.1, 1.5
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def explanation_state(pi: Explanation) -> dict[str, np.ndarray]:
+    """π's tensors by attribute name (the state a plain h5py reader sees)."""
+    state = {name: value for name, value in vars(pi).items() if isinstance(value, Tensor)}
+    if getattr(pi, "penultimate", None) is not None:
+        for field in ("mean", "cov", "cross"):
+            state[f"penultimate_{field}"] = getattr(pi.penultimate, field)
+    return {name: tensor.detach().cpu().numpy() for name, tensor in state.items()}
+
+
+def _plain_estimate(estimate) -> dict:
+    lo, hi = estimate.interval if estimate.interval is not None else (None, None)
+    return {"value": float(estimate.value), "log10": estimate.log10, "flops": float(estimate.flops),
+            "samples": estimate.samples, "method": estimate.method, "lo": lo, "hi": hi}
+
+
+class Tracker:
+    """Tracks π during training (module docstring)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, distribution: Gaussian,
+                 method: str = "gaussian", events: dict[str, Event] | None = None, budget: float = 1.0,
+                 path: str | os.PathLike | None = None, every: int = 50, *, options: dict | None = None,
+                 check_samples: int = 0, resume: bool = True) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive number of steps, got {every!r}")
+        if not isinstance(check_samples, int) or check_samples < 0:
+            raise ValueError(f"check_samples must be a non-negative integer, got {check_samples!r}")
+        if method == "sampling":
+            raise ValueError("method 'sampling' is the baseline π is checked against: track an explanation "
+                             "(gaussian, cumulant, polynomial, auto) and pass check_samples=N to sample beside it")
+        if method != "auto" and method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; available: auto, {', '.join(sorted(METHODS))}")
+        if not isinstance(distribution, Gaussian):
+            raise TypeError(f"the input distribution must be an explanations.Gaussian, got {type(distribution).__name__}")
+        self.module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.optimizer, self.distribution = optimizer, distribution
+        self.method, self.options = method, dict(options or {})
+        try:
+            json.dumps(self.options)
+        except TypeError as error:
+            raise ValueError(f"options must be plain JSON values (they are stored in the run file): {error}") from None
+        self.events = dict(events or {})
+        self.graph = compile_model(self.module)
+        for name, event in self.events.items():
+            if not isinstance(name, str) or not isinstance(event, Event):
+                raise TypeError(f"events maps names (str) to Events, got {name!r}: {event!r}")
+            event.check(self.graph.n_outputs)
+            event.dnf()                        # fails now, not inside a training step
+        if distribution.dim != self.graph.n_inputs:
+            raise ValueError(f"the distribution has {distribution.dim} dimensions, the model takes "
+                             f"{self.graph.n_inputs} inputs")
+        self.every, self.check_samples = every, check_samples
+        self.path = Path(path) if path is not None else None
+        self.rank, self.world = _rank_and_world()
+        self.ledger = Ledger(budget=budget)
+        self.step = 0
+        self.explanation: Explanation | None = None
+        self.explained: Graph | None = None       # the graph π explains
+        self.explained_step: int | None = None     # the step of π's body (its last rebuild)
+        self.last_update = "stale"
+        self.predicted_full = PRIOR_BUILD * self.graph.flops_per_sample
+        self.query_costs: dict[str, float] = {}
+        self.saved_step: int | None = None
+        self._rows = 0
+        self.started = self._left = time.perf_counter()
+        if self.path is not None and self.rank == 0:
+            self._open_file(resume)
+        self._hooks = [self.module.register_forward_pre_hook(self._count_rows),
+                       optimizer.register_step_post_hook(self._after_step)]
+
+    # ---- hooks -------------------------------------------------------------------------
+    def _count_rows(self, module: nn.Module, args: tuple) -> None:
+        if torch.is_grad_enabled() and module.training and args and isinstance(args[0], Tensor):
+            self._rows += args[0].shape[0] if args[0].dim() > 1 else 1
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        entered = time.perf_counter()
+        self.ledger.training_seconds += entered - self._left
+        try:
+            self._step()
+        finally:
+            self._left = time.perf_counter()
+            self.ledger.tracking_seconds += self._left - entered
+
+    def _step(self) -> None:
+        rows, self._rows = self._rows, 0
+        if self.world > 1:
+            total = torch.tensor([rows], dtype=torch.float64)
+            dist.all_reduce(total)
+            rows = int(total.item())
+        self.ledger.train(training_step_flops(self.graph, rows))
+        self.step += 1
+        if self.rank != 0:
+            return
+        with torch.no_grad():
+            save = self.path is not None and self.step % self.every == 0
+            self._update(save)
+            if save:
+                self._save()
+
+    # ---- policy ------------------------------------------------------------------------
+    def _reserve(self) -> float:
+        """FLOPs the next save needs: a rebuild and every tracked event's query."""
+        if self.path is None:
+            return 0.0
+        return self.predicted_full + sum(self._predicted_query(name) for name in self.events)
+
+    def _predicted_query(self, name: str) -> float:
+        known = self.query_costs.get(name)
+        return MARGIN_QUERY * known if known is not None else PRIOR_QUERY * self.graph.flops_per_sample
+
+    def _may_spend(self, cost: float, save: bool) -> bool:
+        if save or self.path is None:
+            return self.ledger.afford(cost)
+        saved = (self.step % self.every) / self.every     # the share of the reserve put by so far
+        return self.ledger.afford(cost) and self.ledger.headroom - cost >= saved * self._reserve()
+
+    def _update(self, save: bool, stale_counts: bool = True) -> None:
+        """Rebuild, head update or stay stale (module docstring); `stale_counts` is False
+        for the refresh at close, which is no training step."""
+        current = compile_model(self.module)
+        if self._may_spend(self.predicted_full, save):
+            pi = explain(current, self.distribution, self.method, **self.options)
+            self.ledger.charge(pi.build_flops)
+            self.predicted_full = MARGIN_BUILD * pi.build_flops
+            self.explanation, self.explained, self.explained_step = pi, current, self.step
+            self.ledger.full_updates += 1
+            self.last_update = "full"
+        elif supports_head_update(self.explanation) and self._may_spend(head_update_cost(self.explanation), save):
+            self.ledger.charge(head_update_cost(self.explanation))
+            self.explanation = head_update(self.explanation, current)
+            self.explained = self.explanation.graph
+            self.ledger.incremental_updates += 1
+            self.last_update = "incremental"
+        else:
+            self.last_update = "stale"
+        if stale_counts and self.last_update != "full":
+            self.ledger.skip()              # π's body is behind the model at this step
+
+    # ---- saving ------------------------------------------------------------------------
+    def _open_file(self, resume: bool) -> None:
+        remove_stale_temporaries(self.path)
+        if self.path.exists():
+            if not resume:
+                raise FileExistsError(f"{self.path} exists; pass resume=True to continue it or choose another path")
+            self._resume()
+            return
+        graphs: list[Graph] = []
+        events = {name: event_to_plain(event, graphs) for name, event in self.events.items()}
+        meta = {"method": self.method, "options": self.options, "events": events, "every": self.every,
+                "budget": self.ledger.budget, "world_size": self.world, "n_inputs": self.graph.n_inputs,
+                "n_outputs": self.graph.n_outputs, "flops_per_sample": self.graph.flops_per_sample,
+                "training_flops": "3 x rows x flops_per_sample (forward + 2x backward), from the formal graph",
+                "check_samples": self.check_samples}
+        D = self.distribution
+        create_run(self.path, meta, D.mean.double().cpu().numpy(), D.cov.double().cpu().numpy(), graphs)
+
+    def _resume(self) -> None:
+        """Continue a run file from its last checkpoint: step, ledger, π."""
+        with open_run(self.path) as run:
+            mismatches = [what for what, same in (
+                ("method", run.method == self.method), ("options", run.options == self.options),
+                ("events", sorted(run.events) == sorted(self.events)),
+                ("distribution", run.distribution.dim == self.distribution.dim and bool(
+                    torch.allclose(run.distribution.mean, self.distribution.mean.double().cpu()) and
+                    torch.allclose(run.distribution.cov, self.distribution.cov.double().cpu())))) if not same]
+            if mismatches:
+                raise ValueError(f"cannot resume {self.path}: its {', '.join(mismatches)} differ from this "
+                                 f"Tracker's; choose another path")
+            last = run.last
+            if last is None:
+                return
+            if last.model.n_inputs != self.graph.n_inputs or last.model.n_outputs != self.graph.n_outputs:
+                raise ValueError(f"cannot resume {self.path}: it tracks a model with {last.model.n_inputs} "
+                                 f"inputs and {last.model.n_outputs} outputs")
+            self.step = self.saved_step = last.step
+            self.ledger = Ledger.from_plain({**last.ledger, "budget": self.ledger.budget})
+            self.explanation, self.explained = last.explanation, last.explained
+            self.explained_step = last.meta.get("explained_step")
+            self.last_update = last.update
+            self.predicted_full = MARGIN_BUILD * self.explanation.build_flops
+            self.query_costs = {name: row["query_flops"] for name, row in last.estimates.items()
+                                if row is not None and row.get("query_flops") is not None}
+
+    def _estimates(self) -> dict[str, dict | None]:
+        out: dict[str, dict | None] = {}
+        pi = self.explanation
+        for name, event in self.events.items():
+            if pi is None or not self.ledger.afford(self._predicted_query(name)):
+                out[name] = None                  # deferred: the budget does not cover it yet
+                continue
+            estimate = pi.probability(event)
+            query = max(estimate.flops - pi.build_flops, 0.0)
+            self.ledger.charge(query)
+            self.query_costs[name] = max(query, self.query_costs.get(name, 0.0))
+            out[name] = {**_plain_estimate(estimate), "query_flops": query}
+        return out
+
+    def _checks(self, graph: Graph) -> dict:
+        """Plain sampling of the current model: the run's independent check of π."""
+        counts = tally(graph, self.distribution, self.check_samples, list(self.events.values()), seed=self.step)
+        self.ledger.check_flops += counts.flops
+        unit = graph.flops_per_sample
+        mean = mean_estimate(counts, unit)
+        lo, hi = mean.interval
+        events = {}
+        for i, name in enumerate(self.events):
+            p = probability_estimate(counts.hits[i], counts, unit)
+            events[name] = {"value": p.value, "lo": p.interval[0], "hi": p.interval[1], "hits": counts.hits[i]}
+        return {"samples": self.check_samples, "flops": counts.flops, "events": events,
+                "expectation": {"value": mean.value.tolist(), "lo": lo.tolist(), "hi": hi.tolist(),
+                                "sd": mean.details["std"].tolist()}}
+
+    def _save(self) -> None:
+        """Write this step's checkpoint (π's estimates first, so the ledger is final)."""
+        current = compile_model(self.module)
+        pi = self.explanation
+        estimates = self._estimates()
+        meta = {"update": self.last_update, "explained_step": self.explained_step,
+                "estimates": estimates, "wall_time": time.perf_counter() - self.started, "time": time.time()}
+        if self.check_samples:
+            meta["checks"] = self._checks(current)
+        if pi is not None:
+            expectation = pi.expectation()
+            meta["expectation"] = expectation.value.tolist()
+            meta["output_sd"] = pi.cov.diagonal().clamp_min(0).sqrt().tolist()
+        else:
+            meta["expectation"] = meta["output_sd"] = [math.nan] * self.graph.n_outputs
+        meta["ledger"] = self.ledger.to_plain()
+        graphs: dict[str, Graph | str] = {"model": current}
+        if self.explained is not None:
+            fresh = self.last_update == "full" and self.explained_step == self.step
+            graphs["explained"] = "model" if fresh else self.explained
+        append_checkpoint(self.path, self.step, meta, graphs, explanation_state(pi) if pi is not None else {})
+        self.saved_step = self.step
+
+    # ---- lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Detach the hooks and save a last checkpoint (refreshing π if affordable)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        if self.rank == 0 and self.path is not None and self.step > 0 and self.saved_step != self.step:
+            entered = time.perf_counter()
+            with torch.no_grad():
+                if self.last_update != "full":
+                    self._update(save=True, stale_counts=False)
+                self.ledger.tracking_seconds += time.perf_counter() - entered
+                self._save()
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Tracker(step={self.step}, method={self.method!r}, ratio={self.ledger.ratio:.3g}/"
+                f"{self.ledger.budget}, stale_steps={self.ledger.stale_steps})")
