@@ -1,8 +1,17 @@
-"""method="cumulant": Gaussian propagation plus the output's third and fourth cumulants.
+"""method="cumulant": skew-corrected propagation plus the output's third and fourth cumulants.
 
-Up to the last hidden pre-activation z the network is propagated as in `gaussian`
-(π treats z as jointly Gaussian, N(μ_z, Σ_z)). The last nonlinearity is where most of the
-output's skew and kurtosis is made, so it is treated exactly under that model: with
+Up to the last hidden pre-activation z, π propagates means and covariances with the
+third and fourth cumulants that the earlier activations create (`skew`), correcting every
+activation's mean and covariance by the Edgeworth expansion (`edgeworth`; order ≥ 3, for
+chains of affine maps and activations; residual networks are propagated as in
+`gaussian`). Measured on 16 → 128³ → 1 (He init, x ~ N(0, I), 10⁷-sample references):
+the mean's error drops from 0.0004–0.027 output sds (Gaussian) to 0.0003–0.0046 (ReLU),
+at 887 sample-equivalents for the mean. The mean needs only the last pre-activation's
+per-unit variance, κ3 and κ4, so it is computed apart from that layer's covariance (whose
+cost the build adds); `mean_flops` is its cost.
+
+The last nonlinearity is where most of the output's skew and kurtosis is made, so it is
+treated exactly under π's Gaussian model of z, N(μ_z, Σ_z): with
 u_j = (z_j - μ_j)/σ_j, correlation R = v vᵀ (rows of v unit vectors) and the Hermite
 expansion f(μ_j + σ_j u) = Σ_k c_jk h_k(u), any combination s = a·y = Σ_j (a W_L)_j f(z_j)
 + a·b_L has joint cumulants given by the diagram formula (`hermite_cumulants`). π keeps
@@ -22,9 +31,9 @@ pre-activations are exactly Gaussian): κ3 within 1–4% at degree 4–8 for wid
 (tanh, ReLU); κ4 is poor (20–100% off): the truncated series gives the cumulants of the
 degree-K polynomial surrogate, whose fourth moment on coincident units drifts away from
 the activation's as K grows (it diverges for K ≳ 10), and its diagrams cost O(n⁴) (the
-tetrahedra). So the default order is 3 (κ4 = 0); order=4 adds κ4. Deeper networks add skew that the
-last layer alone does not see (on 16 → 128³ → 1 ReLU: π's skew -0.03, sampling's 0.24).
-A network that does not end in activation → affine has no last-layer non-Gaussianity to
+tetrahedra). So the default order is 3 (κ4 = 0); order=4 adds κ4. The skew that deeper
+layers carry into the output is not added to the output's κ3 (on 16 → 128³ → 1 ReLU:
+π's output skew -0.03, sampling's 0.24). A network that does not end in activation → affine has no last-layer non-Gaussianity to
 add: its κ3 = κ4 = 0 (e.g. linear networks, exact).
 """
 from __future__ import annotations
