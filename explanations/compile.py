@@ -21,6 +21,13 @@ from .errors import InvalidModel, UnsupportedModule
 from .graph import Act, Affine, Chain, Graph, Residual, first_width
 
 _LEAF_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+ACTIVATION_MODULES = {                        # activation kind → the torch module computing it
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
 _FUNCTION_ACTIVATIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh", F.tanh: "tanh",
                          torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid"}
 _METHOD_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
@@ -139,3 +146,21 @@ def _residual(left: Chain, right: Chain, path: str) -> Chain:
     while shared < min(len(left), len(right)) and left[shared] is right[shared]:
         shared += 1
     return left[:shared] + (Residual((left[shared:], right[shared:]), path),)
+
+
+def graph_module(graph: Graph) -> nn.Sequential:
+    """A torch module computing `graph` (affine maps and activations only): compile_model's
+    inverse, so that compile_model(graph_module(g)) reproduces g."""
+    layers: list[nn.Module] = []
+    for op in graph.chain:
+        if isinstance(op, Affine):
+            linear = nn.Linear(op.n_in, op.n_out, dtype=op.weight.dtype, device=op.weight.device)
+            with torch.no_grad():
+                linear.weight.copy_(op.weight)
+                linear.bias.copy_(op.bias)
+            layers.append(linear)
+        elif isinstance(op, Act):
+            layers.append(ACTIVATION_MODULES[op.kind]())
+        else:
+            raise ValueError(f"cannot rebuild a module from the residual sum '{op.path}'")
+    return nn.Sequential(*layers)

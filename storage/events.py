@@ -11,19 +11,10 @@ which compiles back to the same graph. Detectors with residual sums are refused.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
+from explanations.compile import graph_module
 from explanations.events import Above, All, Any, ArgMax, Below, Detector, Event
-from explanations.graph import Act, Affine, Graph
+from explanations.graph import Graph
 
-ACTIVATION_MODULES = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-}
 
 
 def event_to_plain(event: Event, graphs: list[Graph]) -> dict:
@@ -62,18 +53,3 @@ def event_from_plain(plain: dict, graphs: list[Graph]) -> Event:
     raise ValueError(f"unknown stored event kind {kind!r}")
 
 
-def graph_module(graph: Graph) -> nn.Sequential:
-    """A torch module computing `graph` (affine maps and activations only)."""
-    layers: list[nn.Module] = []
-    for op in graph.chain:
-        if isinstance(op, Affine):
-            linear = nn.Linear(op.n_in, op.n_out, dtype=op.weight.dtype, device=op.weight.device)
-            with torch.no_grad():
-                linear.weight.copy_(op.weight)
-                linear.bias.copy_(op.bias)
-            layers.append(linear)
-        elif isinstance(op, Act):
-            layers.append(ACTIVATION_MODULES[op.kind]())
-        else:
-            raise ValueError(f"cannot rebuild a module from the residual sum '{op.path}'")
-    return nn.Sequential(*layers)

@@ -17,7 +17,7 @@ from storage.events import event_from_plain, event_to_plain
 from storage.runfile import append_checkpoint, create_run, remove_stale_temporaries
 from tracker import Tracker
 from train.models import mlp
-from train.tasks import RegressionTask
+from train.tasks import RegressionTask, train_steps
 
 
 def test_events_round_trip_through_json():
@@ -44,12 +44,7 @@ def tracked_run(path, steps=30, every=10, method="gaussian", check_samples=0):
               "flagged": Detector(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)), threshold=0.5)}
     with Tracker(model, optimizer, D, method=method, events=events, path=path, every=every,
                  check_samples=check_samples) as tr:
-        for _ in range(steps):
-            x, y = task.sample(512, generator)
-            loss = nn.functional.mse_loss(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        train_steps(model, optimizer, task, steps, 512, generator)
     return tr, model, D
 
 
@@ -233,12 +228,7 @@ def test_a_killed_tracker_resumes_from_its_last_checkpoint(tmp_path):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.02)
         generator = torch.Generator().manual_seed(seed)
         with Tracker(model, optimizer, D, events={"high": Above(0, 1.0)}, path=path, every=3) as tr:
-            for _ in range(steps):
-                x, y = task.sample(512, generator)
-                loss = nn.functional.mse_loss(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            train_steps(model, optimizer, task, steps, 512, generator)
         return tr
 
     pid = os.fork()

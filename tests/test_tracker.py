@@ -10,18 +10,11 @@ from tracker import Tracker
 from tracker.costs import training_step_flops
 from tracker.incremental import head_update, hybrid_graph
 from train.models import mlp
-from train.tasks import RegressionTask
+from train.tasks import RegressionTask, train_steps
 
 
 def train(model, optimizer, task, steps, generator, check=None, batch=64):
-    for _ in range(steps):
-        x, y = task.sample(batch, generator)
-        loss = nn.functional.mse_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if check is not None:
-            check()
+    train_steps(model, optimizer, task, steps, batch, generator, check)
 
 
 def setting(seed=0, widths=(6, 32, 32, 2)):

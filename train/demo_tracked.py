@@ -28,7 +28,7 @@ from tracker import Tracker
 
 from .demo import DEFAULT_WIDTHS, default_model
 from .replay import replay_plot, replay_table
-from .tasks import RegressionTask
+from .tasks import RegressionTask, train_steps
 
 METHOD, BUDGET, EVERY, BATCH, LR = "auto", 1.0, 50, 256, 3e-3
 
@@ -44,17 +44,15 @@ def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, after
     task = RegressionTask(D, DEFAULT_WIDTHS[-1], seed=0)
     generator = torch.Generator().manual_seed(0)
     outside = 0.0
+
+    def timed_after_step() -> None:
+        nonlocal outside
+        tic = time.perf_counter()
+        after_step()
+        outside += time.perf_counter() - tic
+
     started = time.perf_counter()
-    for _ in range(steps):
-        x, y = task.sample(BATCH, generator)
-        loss = nn.functional.mse_loss(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if after_step is not None:
-            tic = time.perf_counter()
-            after_step()
-            outside += time.perf_counter() - tic
+    train_steps(model, optimizer, task, steps, BATCH, generator, timed_after_step if after_step else None)
     return time.perf_counter() - started - outside
 
 

@@ -4,13 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ACTIVATION_MODULES = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-}
+from explanations.compile import ACTIVATION_MODULES
 
 
 def mlp(widths: list[int], activation: str = "relu", *, seed: int = 0, bias_std: float = 0.0,

@@ -16,6 +16,7 @@ on the mean squared error.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -54,12 +55,10 @@ class RegressionTask:
         return x.float(), y.float()
 
 
-def fit_regression(model: nn.Module, task: RegressionTask, steps: int = 1500, lr: float = 3e-3,
-                   batch: int = 256, seed: int = 0) -> list[float]:
-    """Train `model` in place by Adam on the mean squared error over fresh draws from `task`;
-    returns the loss of every step."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, task: RegressionTask, steps: int,
+                batch: int, generator: torch.Generator, after_step: Callable[[], None] | None = None) -> list[float]:
+    """`steps` optimizer steps on the mean squared error over fresh draws from `task`,
+    calling `after_step` after each; returns the loss of every step."""
     losses = []
     for _ in range(steps):
         x, y = task.sample(batch, generator)
@@ -68,4 +67,14 @@ def fit_regression(model: nn.Module, task: RegressionTask, steps: int = 1500, lr
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if after_step is not None:
+            after_step()
     return losses
+
+
+def fit_regression(model: nn.Module, task: RegressionTask, steps: int = 1500, lr: float = 3e-3,
+                   batch: int = 256, seed: int = 0) -> list[float]:
+    """Train `model` in place by Adam on the mean squared error over fresh draws from `task`;
+    returns the loss of every step."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    return train_steps(model, optimizer, task, steps, batch, torch.Generator().manual_seed(seed))
