@@ -2,8 +2,9 @@
 
 expectation(samples=None) and probability(event, samples=None) answer from π's own
 state; with samples=N they spend N forward passes through the compiled graph instead:
-plain Monte Carlo here, importance sampling around design points in cumulant
-explanations (`guided`). predict(x) is π's prediction of M(x).
+for the mean, Monte Carlo with π.predict as a control variate (`control`; plain for the
+sampling explanation); for events, plain Monte Carlo here, importance sampling around
+design points in cumulant explanations (`guided`). predict(x) is π's prediction of M(x).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections import Counter
 import torch
 from torch import Tensor
 
+from .control import controlled_mean
 from .distributions import Gaussian
 from .errors import InvalidDistribution
 from .estimate import Estimate
@@ -48,12 +50,18 @@ class Explanation(ABC):
         """FLOPs of one forward pass of M: the unit 'sample-equivalent'."""
         return self.graph.flops_per_sample
 
+    @property
+    @abstractmethod
+    def predict_flops(self) -> int:
+        """FLOPs of predict(x) per input row."""
+
     def expectation(self, samples: int | None = None) -> Estimate:
         """Estimate of E_D[M(x)], one entry per output."""
-        if samples is not None:
-            return mean_estimate(tally(self.graph, self.distribution, samples, seed=self.seed),
-                                 self.flops_per_sample)
-        return self._expectation()
+        if samples is None:
+            return self._expectation()
+        if self.predict_flops < self.flops_per_sample:
+            return controlled_mean(self, samples)
+        return mean_estimate(tally(self.graph, self.distribution, samples, seed=self.seed), self.flops_per_sample)
 
     def probability(self, event: Event, samples: int | None = None) -> Estimate:
         """Estimate of P_D[event]; the event is checked against the model first."""

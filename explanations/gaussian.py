@@ -100,6 +100,12 @@ class GaussianExplanation(Explanation):
             n = x.dim
             self.flops["predict setup"] += 10 * n ** 3 + 2 * n * n * self.graph.n_outputs
 
+    @property
+    def predict_flops(self) -> int:
+        """μ_y + (x - μ_x) Σ_x⁺ C: 2 d m + d + m per row."""
+        d, m = self.regression.shape
+        return 2 * d * m + d + m
+
     def predict(self, x: Tensor) -> Tensor:
         x = self._inputs(x)
         y = self.mean + (x.to(self.dtype) - self.input_mean) @ self.regression

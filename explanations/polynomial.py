@@ -118,6 +118,12 @@ class PolynomialExplanation(CumulantExplanation):
             self.readout = torch.linalg.pinv(x.factor).T @ self.directions.T   # u = (x - μ) (v L⁺)ᵀ
             self.flops["predict setup"] += 10 * d ** 3 + 2 * n * d * d
 
+    @property
+    def predict_flops(self) -> int:
+        """The surrogate per row: readout 2dn, Hermite recurrence and sum 6Kn, head 2nm."""
+        d, n = self.readout.shape
+        return d + 2 * d * n + 6 * self.degree * n + 2 * n * self.w2.shape[0] + self.w2.shape[0]
+
     def predict(self, x: Tensor) -> Tensor:
         x = self._inputs(x)
         u = (x.to(self.dtype) - self.input_mean) @ self.readout                      # [batch, n]

@@ -19,6 +19,11 @@ class SamplingExplanation(Explanation):
         super().__init__(graph, distribution, seed=seed)
         self.samples = samples
 
+    @property
+    def predict_flops(self) -> int:
+        """predict runs the model: one forward pass (so no control variate)."""
+        return self.graph.flops_per_sample
+
     def predict(self, x: Tensor) -> Tensor:
         return self.graph.forward(self._inputs(x).to(self.graph.dtype))
 
