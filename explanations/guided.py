@@ -7,7 +7,9 @@ In whitened input space (x = μ + F ξ, ξ ~ N(0, I)) draw from the defensive mi
 component N(0, s²I) reaches failure regions the search missed. The weight
     w(ξ) = φ(ξ)/q(ξ) = 1 / (α0 + α_b s^{-d} e^{|ξ|²(1 - 1/s²)/2} + Σ_k α_k e^{ξ*_k·ξ - |ξ*_k|²/2}) ≤ 1/α0
 is computed in log space, and p̂ = (1/N) Σ_i 1_C(ξ_i) w_i with its standard error from
-the sample variance and the interval p̂ ± 1.96 se (clipped at 0). The defensive component
+the sample variance and the interval p̂ ± 1.96 se (clipped at 0). The effective number of
+hits (Σ_hits w)² / Σ_hits w² (Kong 1992) is reported; fewer than 10, or one weight
+carrying over half of p̂, flags the estimate as degenerate (details["degenerate"]). The defensive component
 bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain sampling's; near the
 design points it is orders of magnitude smaller (a halfspace at distance β: relative
 variance O(β) per draw instead of 1/p).
@@ -40,7 +42,7 @@ def guided_probability(pi: GaussianExplanation, event: Event, samples: int, batc
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          points.new_full((k,), math.log((1 - DEFENSIVE - BROAD) / k))])
     generator = torch.Generator().manual_seed(pi.seed)
-    total = total_squares = 0.0
+    total = total_squares = largest = 0.0
     done = 0
     with torch.no_grad():
         while done < samples:
@@ -58,13 +60,17 @@ def guided_probability(pi: GaussianExplanation, event: Event, samples: int, batc
             w = torch.where(hit, log_w.exp(), torch.zeros_like(log_w))
             total += float(w.sum())
             total_squares += float((w * w).sum())
+            largest = max(largest, float(w.max()))
             done += size
     p = total / samples
     se = math.sqrt(max(total_squares / samples - p * p, 0.0) / max(samples - 1, 1))
     unit = pi.graph.flops_per_sample
     flops = found.flops + samples * (unit + d + 2 * k * d + 4 * k)
     log_p = math.log(p) if p > 0 else -math.inf
+    effective_hits = total * total / total_squares if total_squares > 0 else 0.0
+    degenerate = effective_hits < 10 or largest > total / 2
     return Estimate.probability(log_p, interval=(max(p - Z95 * se, 0.0), p + Z95 * se), flops=flops,
                                 samples=samples, method=f"{pi.method}+design-IS", flops_per_sample=unit,
                                 details={"standard_error": se, "modes": [m.beta for m in found.modes],
-                                         "search_flops": found.flops})
+                                         "search_flops": found.flops, "effective_hits": effective_hits,
+                                         "degenerate": degenerate})

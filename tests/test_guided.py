@@ -22,6 +22,9 @@ def test_rare_linear_tail_is_estimated_within_its_standard_error():
     assert abs(est.value - truth) <= 4 * se and se < 0.1 * truth
     assert est.interval[0] <= truth <= est.interval[1] or abs(est.value - truth) <= 4 * se
     assert est.flops > est.details["search_flops"] > 0
+    assert est.details["effective_hits"] > 100 and not est.details["degenerate"]
+    few = pi.probability(Above(0, t), samples=8)                  # at most 8 hits: flagged
+    assert few.details["effective_hits"] <= 8 and few.details["degenerate"]
 
 
 def test_two_failure_modes_and_a_nonlinear_network():
