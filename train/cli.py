@@ -33,6 +33,13 @@ def main(argv: list[str] | None = None) -> None:
     tails.add_argument("--cache", default=".pitrack-cache/bench-tails", help="ground-truth cache folder")
     tails.add_argument("--csv", default="out/bench_tails.csv")
     tails.add_argument("--png", default="out/bench_tails.png")
+    sampling = benches.add_parser("sampling", help="π-guided sampling vs plain sampling at equal FLOPs, repeated")
+    sampling.add_argument("--repeats", type=int, default=20)
+    sampling.add_argument("--budget", type=int, default=10_000, help="sample-equivalents per estimate")
+    sampling.add_argument("--quick", action="store_true", help="the three small cases of bench tails --quick")
+    sampling.add_argument("--cache", default=".pitrack-cache/bench-tails", help="ground-truth cache folder")
+    sampling.add_argument("--csv", default="out/bench_sampling.csv")
+    sampling.add_argument("--png", default="out/bench_sampling.png")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
@@ -57,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         from .bench_tails import run as tails_run
         tails_run(quick=args.quick, methods=args.methods.split(",") if args.methods else None,
                   cache=args.cache, csv_path=args.csv, png_path=args.png)
+    elif args.bench == "sampling":
+        from .bench_sampling import run as sampling_run
+        sampling_run(repeats=args.repeats, budget=args.budget, quick=args.quick, cache=args.cache,
+                     csv_path=args.csv, png_path=args.png)
 
 
 if __name__ == "__main__":
