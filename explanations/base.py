@@ -14,13 +14,13 @@ from collections import Counter
 import torch
 from torch import Tensor
 
-from .control import controlled_mean
+from .control import control_draw_cost, controlled_mean
 from .distributions import Gaussian
 from .errors import InvalidDistribution
 from .estimate import Estimate
 from .events import Event
 from .graph import Graph
-from .montecarlo import mean_estimate, probability_estimate, tally
+from .montecarlo import draw_cost, draws_within, mean_estimate, probability_estimate, tally
 from .mvn import OrthantResult
 
 
@@ -55,25 +55,36 @@ class Explanation(ABC):
     def predict_flops(self) -> int:
         """FLOPs of predict(x) per input row."""
 
-    def expectation(self, samples: int | None = None) -> Estimate:
-        """Estimate of E_D[M(x)], one entry per output."""
+    def expectation(self, samples: int | None = None, *, flops: float | None = None) -> Estimate:
+        """Estimate of E_D[M(x)], one entry per output; with a budget of `samples` draws or of
+        `flops` in all (π's part counted first, the rest buys draws)."""
+        controlled = self.predict_flops < self.flops_per_sample
+        if flops is not None:
+            fixed = self.expectation().flops if controlled else 0
+            per_draw = control_draw_cost(self) if controlled else draw_cost(self.graph, self.distribution)
+            samples = draws_within(flops, fixed, per_draw, samples)
         if samples is None:
             return self._expectation()
-        if self.predict_flops < self.flops_per_sample:
+        if controlled:
             return controlled_mean(self, samples)
         return mean_estimate(tally(self.graph, self.distribution, samples, seed=self.seed), self.flops_per_sample)
 
-    def probability(self, event: Event, samples: int | None = None) -> Estimate:
-        """Estimate of P_D[event]; the event is checked against the model first."""
+    def probability(self, event: Event, samples: int | None = None, *, flops: float | None = None) -> Estimate:
+        """Estimate of P_D[event]; the event is checked against the model first. With a budget
+        of `samples` draws, or of `flops` in all (any search π makes is paid first)."""
         if not isinstance(event, Event):
             raise TypeError(f"probability expects an Event, got {type(event).__name__}")
         event.check(self.graph.n_outputs)
-        if samples is not None:
-            return self._sampled_probability(event, samples)
+        if samples is not None and flops is not None:
+            raise ValueError("give either samples or flops, not both")
+        if samples is not None or flops is not None:
+            return self._sampled_probability(event, samples, flops)
         return self._probability(event)
 
-    def _sampled_probability(self, event: Event, samples: int) -> Estimate:
-        """P(event) with a budget of `samples` forward passes: plain Monte Carlo here."""
+    def _sampled_probability(self, event: Event, samples: int | None, flops: float | None) -> Estimate:
+        """P(event) with a budget of `samples` forward passes (or `flops`): plain Monte Carlo here."""
+        if samples is None:
+            samples = draws_within(flops, 0, draw_cost(self.graph, self.distribution))
         counts = tally(self.graph, self.distribution, samples, [event], seed=self.seed)
         return probability_estimate(counts.hits[0], counts, self.flops_per_sample)
 

@@ -21,6 +21,11 @@ from .estimate import Estimate
 from .montecarlo import PROGRESS_FROM, Z95, draw_cost
 
 
+def control_draw_cost(pi) -> int:
+    """FLOPs per draw: the draw and forward pass, π.predict, and the running sums (10 per output)."""
+    return draw_cost(pi.graph, pi.distribution) + pi.predict_flops + 10 * pi.graph.n_outputs
+
+
 def controlled_mean(pi, samples: int, batch: int = 1 << 16) -> Estimate:
     """Ê of the module docstring for explanation `pi` with `samples` draws."""
     if not isinstance(samples, int) or samples < 3:
@@ -54,7 +59,7 @@ def controlled_mean(pi, samples: int, batch: int = 1 << 16) -> Estimate:
     residual = ((var_y - 2 * beta * cov_yc + beta * beta * var_c) * (n - 1) / (n - 2)).clamp_min(0)
     value = shift_y + mean_y - beta * (shift_c + mean_c - centre)
     half = Z95 * torch.sqrt(residual / n)
-    flops = n * (draw_cost(graph, distribution) + pi.predict_flops) + 10 * n * centre.numel() + target.flops
+    flops = n * control_draw_cost(pi) + target.flops
     return Estimate(value, None, (value - half, value + half), flops, n, f"{pi.method}+control",
                     pi.flops_per_sample, {"std": var_y.clamp_min(0).sqrt(), "beta": beta,
                                           "variance_ratio": residual / var_y.clamp_min(1e-300),

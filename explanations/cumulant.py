@@ -112,14 +112,14 @@ class CumulantExplanation(Explanation):
         rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
         return mean, cov, rows, log_union(mean, cov, rows, seed=self.seed), flops
 
-    def _sampled_probability(self, event: Event, samples: int) -> Estimate:
+    def _sampled_probability(self, event: Event, samples: int | None, flops: float | None) -> Estimate:
         """With a sampling budget: importance sampling around the design points (`guided`)
         for events π's Gaussian summary puts below 5e-2, plain sampling otherwise."""
         if self.design and is_far(self._bulk(event)[3].log_p):
-            guided = guided_probability(self, event, samples)
+            guided = guided_probability(self, event, samples, flops)
             if guided is not None:
                 return guided
-        return super()._sampled_probability(event, samples)
+        return super()._sampled_probability(event, samples, flops)
 
     def _probability(self, event: Event) -> Estimate:
         """If π's Gaussian summary puts the event below 5e-2, the design-point estimate of

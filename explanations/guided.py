@@ -25,20 +25,25 @@ import torch
 from .estimate import Estimate
 from .events import Event
 from .gaussian import GaussianExplanation
-from .montecarlo import Z95
+from .montecarlo import Z95, draws_within
 from .structured import search
 
 DEFENSIVE, BROAD, BROAD_SCALE = 0.2, 0.1, 2.0
 
 
-def guided_probability(pi: GaussianExplanation, event: Event, samples: int, batch: int = 1 << 14) -> Estimate | None:
-    """P(event) by importance sampling around the design points; None without any."""
+def guided_probability(pi: GaussianExplanation, event: Event, samples: int | None, flops: float | None = None,
+                       batch: int = 1 << 14) -> Estimate | None:
+    """P(event) by importance sampling around the design points; None without any. With a
+    FLOP budget instead of `samples`, the search is paid first and the rest buys draws."""
     found = search(pi, event)
     if not found.modes:
         return None
     points = torch.stack([m.point for m in found.modes])                    # [K, d]
     half_norms = (points * points).sum(1) / 2
     k, d = points.shape
+    per_draw = pi.graph.flops_per_sample + d + 2 * k * d + 4 * k
+    if samples is None:
+        samples = draws_within(flops, found.flops, per_draw)
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          points.new_full((k,), math.log((1 - DEFENSIVE - BROAD) / k))])
     generator = torch.Generator().manual_seed(pi.seed)
@@ -65,7 +70,7 @@ def guided_probability(pi: GaussianExplanation, event: Event, samples: int, batc
     p = total / samples
     se = math.sqrt(max(total_squares / samples - p * p, 0.0) / max(samples - 1, 1))
     unit = pi.graph.flops_per_sample
-    flops = found.flops + samples * (unit + d + 2 * k * d + 4 * k)
+    flops = found.flops + samples * per_draw
     log_p = math.log(p) if p > 0 else -math.inf
     effective_hits = total * total / total_squares if total_squares > 0 else 0.0
     degenerate = effective_hits < 10 or largest > total / 2

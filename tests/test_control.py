@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from explanations import Gaussian, explain
+from explanations.events import Above
 from explanations.montecarlo import draw_cost
 from train.models import mlp
 
@@ -63,3 +64,24 @@ def test_too_few_samples_is_a_clear_error():
     pi = explain(mlp([4, 8, 1], "relu"), Gaussian.standard(4), "gaussian")
     with pytest.raises(ValueError, match="≥ 3"):
         pi.expectation(samples=2)
+
+
+def test_flop_budgets_pay_the_explanation_first_and_never_overspend():
+    model = mlp([8, 32, 32, 1], "relu", seed=4)
+    D = Gaussian.standard(8)
+    pi = explain(model, D, "cumulant")
+    unit = pi.flops_per_sample
+    mean = pi.expectation(flops=5_000 * unit)
+    assert mean.flops <= 5_000 * unit and mean.samples > 3_000 and mean.method == "cumulant+control"
+    threshold = float(pi.expectation().value[0]) + 6 * float(pi.cov[0, 0]) ** 0.5
+    rare = pi.probability(Above(0, threshold), flops=20_000 * unit)
+    assert rare.method == "cumulant+design-IS"
+    assert rare.details["search_flops"] < rare.flops <= 20_000 * unit
+    common = pi.probability(Above(0, float(pi.expectation().value[0])), flops=2_000 * unit)
+    assert common.method == "sampling" and common.flops <= 2_000 * unit
+    with pytest.raises(ValueError, match="buys no draw"):
+        pi.probability(Above(0, threshold), flops=10 * unit)
+    with pytest.raises(ValueError, match="not both"):
+        pi.probability(Above(0, threshold), samples=10, flops=1e9)
+    with pytest.raises(ValueError, match="positive"):
+        pi.expectation(flops=-1.0)
