@@ -18,7 +18,6 @@ coefficients c of `moments.hermite_coefficients`).
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 from torch.special import ndtr
