@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -60,9 +61,9 @@ class Explanation(ABC):
         `flops` in all (π's part counted first, the rest buys draws)."""
         controlled = self.predict_flops < self.flops_per_sample
         if flops is not None:
-            fixed = self.expectation().flops if controlled else 0
+            fixed = self.build_flops if controlled else 0
             per_draw = control_draw_cost(self) if controlled else draw_cost(self.graph, self.distribution)
-            samples = draws_within(flops, fixed, per_draw, samples)
+            samples = draws_within(flops, fixed, per_draw, samples, minimum=3 if controlled else 1)
         if samples is None:
             return self._expectation()
         if controlled:
@@ -81,12 +82,15 @@ class Explanation(ABC):
             return self._sampled_probability(event, samples, flops)
         return self._probability(event)
 
-    def _sampled_probability(self, event: Event, samples: int | None, flops: float | None) -> Estimate:
-        """P(event) with a budget of `samples` forward passes (or `flops`): plain Monte Carlo here."""
+    def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,
+                             spent: int = 0) -> Estimate:
+        """P(event) with a budget of `samples` forward passes (or `flops`, after the `spent`
+        FLOPs a subclass charged before choosing plain sampling): plain Monte Carlo here."""
         if samples is None:
-            samples = draws_within(flops, 0, draw_cost(self.graph, self.distribution))
+            samples = draws_within(flops, spent, draw_cost(self.graph, self.distribution))
         counts = tally(self.graph, self.distribution, samples, [event], seed=self.seed)
-        return probability_estimate(counts.hits[0], counts, self.flops_per_sample)
+        estimate = probability_estimate(counts.hits[0], counts, self.flops_per_sample)
+        return replace(estimate, flops=estimate.flops + spent) if spent else estimate
 
     def _inputs(self, x: Tensor) -> Tensor:
         x = torch.as_tensor(x)

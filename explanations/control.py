@@ -10,7 +10,8 @@ Financial Engineering", §4.1). Unbiased for a fixed β; fitting β adds a bias 
 π's mean error drops out: it only moves the control's centre, which is known. The 95%
 interval is Ê ± 1.96 se with se² = V̂ar(y - β c) / N, the residual variance taken with
 N - 2 degrees of freedom (one fitted coefficient). Cost: N draws and forward passes, N
-evaluations of π.predict (`Explanation.predict_flops`), and π's mean.
+evaluations of π.predict (`Explanation.predict_flops`), and building π (its mean and the
+regression behind predict).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def controlled_mean(pi, samples: int, batch: int = 1 << 16) -> Estimate:
     residual = ((var_y - 2 * beta * cov_yc + beta * beta * var_c) * (n - 1) / (n - 2)).clamp_min(0)
     value = shift_y + mean_y - beta * (shift_c + mean_c - centre)
     half = Z95 * torch.sqrt(residual / n)
-    flops = n * control_draw_cost(pi) + target.flops
+    flops = n * control_draw_cost(pi) + pi.build_flops
     return Estimate(value, None, (value - half, value + half), flops, n, f"{pi.method}+control",
                     pi.flops_per_sample, {"std": var_y.clamp_min(0).sqrt(), "beta": beta,
                                           "variance_ratio": residual / var_y.clamp_min(1e-300),

@@ -56,12 +56,12 @@ from .gaussian import GaussianExplanation, clause_rows, observed
 from .graph import Act, Affine, Chain, Graph
 from .guided import guided_probability
 from .hermite_cumulants import hermite_cumulants
-from .moments import hermite_coefficients, split_deterministic
+from .moments import hermite_coefficients, split_deterministic, split_sd
 from .mvn import OrthantResult, log_union
 from .propagate import (GaussianState, propagate, propagate_skewed, skewed_activation,
                         sources_through_affine)
 from .skew import third_fourth
-from .structured import design_estimate
+from .structured import design_estimate, search
 from .tails import copula_probability
 
 DEFAULT_DEGREE = 6
@@ -112,14 +112,19 @@ class CumulantExplanation(Explanation):
         rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
         return mean, cov, rows, log_union(mean, cov, rows, seed=self.seed), flops
 
-    def _sampled_probability(self, event: Event, samples: int | None, flops: float | None) -> Estimate:
+    def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,
+                             spent: int = 0) -> Estimate:
         """With a sampling budget: importance sampling around the design points (`guided`)
-        for events π's Gaussian summary puts below 5e-2, plain sampling otherwise."""
-        if self.design and is_far(self._bulk(event)[3].log_p):
-            guided = guided_probability(self, event, samples, flops)
-            if guided is not None:
-                return guided
-        return super()._sampled_probability(event, samples, flops)
+        for events π's Gaussian summary puts below 5e-2, plain sampling otherwise. π's part
+        (its build, the bulk test, the search) is charged to the estimate."""
+        bulk = self._bulk(event)
+        spent += self.build_flops + bulk[4] + bulk[3].flops
+        if self.design and is_far(bulk[3].log_p):
+            found = search(self, event)
+            spent += found.flops
+            if found.modes:
+                return guided_probability(self, event, found, samples, flops, spent)
+        return super()._sampled_probability(event, samples, flops, spent)
 
     def _probability(self, event: Event) -> Estimate:
         """If π's Gaussian summary puts the event below 5e-2, the design-point estimate of
@@ -196,8 +201,7 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
         weighted = weight @ h.cov
         mean_z, var_z = weight @ h.mean + hidden.bias, (weighted * weight).sum(dim=1)
         third, fourth, cost = third_fourth(sources, mean_z, full=False)
-        deterministic = var_z <= 1e-24 * var_z.max().clamp_min(1e-300)
-        sd = torch.where(deterministic, torch.ones_like(var_z), var_z).sqrt()
+        _, deterministic, sd = split_sd(mean_z, var_z)
         mean_h, cost_mean = corrected_mean(act.kind, mean_z, sd, third, fourth)
         mean_h = torch.where(deterministic, ACTIVATIONS[act.kind].fn(mean_z), mean_h)
         m, n = weight.shape

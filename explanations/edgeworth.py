@@ -23,7 +23,8 @@ from torch import Tensor
 from torch.special import ndtr
 
 from .activations import ACTIVATIONS, normal_pdf
-from .moments import HERMITE_DEGREE, ActivationMoments, hermite_basis, hermite_coefficients, quadrature
+from .moments import (HERMITE_DEGREE, ActivationMoments, hermite_basis, hermite_coefficients, quadrature,
+                      split_deterministic)
 
 _RHO_LIMIT = 1 - 1e-9
 
@@ -87,9 +88,12 @@ def _mehler(left: Tensor, right: Tensor, rho: Tensor, start: int) -> Tensor:
 
 def corrected_moments(kind: str, mean: Tensor, cov: Tensor, third: Tensor, fourth: Tensor,
                       base: ActivationMoments) -> ActivationMoments:
-    """`base` (Gaussian moments of f(z)) plus the Edgeworth corrections of the module docstring."""
+    """`base` (Gaussian moments of f(z)) plus the Edgeworth corrections of the module docstring
+    (none on deterministic units, `moments.split_deterministic`)."""
     n = mean.shape[0]
-    sd = cov.diagonal().clamp_min(1e-300).sqrt()
+    _, deterministic, sd = split_deterministic(mean, cov)
+    keep = (~deterministic).to(mean.dtype)
+    third, fourth = third * torch.outer(keep, keep), fourth * keep
     kappa3 = third.diagonal()
     f, square, coefficients, flops = _derivative_expectations(kind, mean, sd)
     shift, square_shift = _mean_shifts(f, square, kappa3, fourth)
@@ -114,7 +118,7 @@ def corrected_moments(kind: str, mean: Tensor, cov: Tensor, third: Tensor, fourt
         curvature_slope = _mehler(d2, d1, rho, 0)                     # E[f″_i f′_j]
         skew_pair = _mehler(d3_, d0, rho, 1)                          # E[f‴_i f_j] - E[f‴_i] E[f_j]
         flops += 6 * HERMITE_DEGREE * n * n
-    pair_shift = third * curvature_slope / 2 + kappa3[:, None] / 6 * skew_pair
+    pair_shift = (third * curvature_slope / 2 + kappa3[:, None] / 6 * skew_pair) * keep[None, :]
     pair_shift = pair_shift + pair_shift.T
     pair_shift.diagonal().copy_(variance_shift)
     cov_out = base.cov + pair_shift

@@ -13,8 +13,9 @@ carrying over half of p̂, flags the estimate as degenerate (details["degenerate
 bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain sampling's; near the
 design points it is orders of magnitude smaller (a halfspace at distance β: relative
 variance O(β) per draw instead of 1/p).
-Cost: the search, plus per draw d normal variates, K d-dimensional dot products for the
-weight, and one forward pass.
+Cost: what π spent before (its build, the bulk test, the search: `spent`), plus per
+draw d normal variates, the input map and one forward pass (and the detectors), and K
+d-dimensional dot products for the weight.
 """
 from __future__ import annotations
 
@@ -26,24 +27,22 @@ from .estimate import Estimate
 from .events import Event
 from .gaussian import GaussianExplanation
 from .montecarlo import Z95, draws_within
-from .structured import search
+from .structured import Search
 
 DEFENSIVE, BROAD, BROAD_SCALE = 0.2, 0.1, 2.0
 
 
-def guided_probability(pi: GaussianExplanation, event: Event, samples: int | None, flops: float | None = None,
-                       batch: int = 1 << 14) -> Estimate | None:
-    """P(event) by importance sampling around the design points; None without any. With a
-    FLOP budget instead of `samples`, the search is paid first and the rest buys draws."""
-    found = search(pi, event)
-    if not found.modes:
-        return None
+def guided_probability(pi: GaussianExplanation, event: Event, found: Search, samples: int | None,
+                       flops: float | None, spent: int, batch: int = 1 << 14) -> Estimate:
+    """P(event) by importance sampling around the design points `found` (at least one).
+    With a FLOP budget instead of `samples`, `spent` (π's part, the search included) is
+    paid first and the rest buys draws."""
     points = torch.stack([m.point for m in found.modes])                    # [K, d]
     half_norms = (points * points).sum(1) / 2
     k, d = points.shape
-    per_draw = pi.graph.flops_per_sample + d + 2 * k * d + 4 * k
+    per_draw = found.observe_flops + d + 2 * k * d + 4 * k
     if samples is None:
-        samples = draws_within(flops, found.flops, per_draw)
+        samples = draws_within(flops, spent, per_draw)
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          points.new_full((k,), math.log((1 - DEFENSIVE - BROAD) / k))])
     generator = torch.Generator().manual_seed(pi.seed)
@@ -70,7 +69,7 @@ def guided_probability(pi: GaussianExplanation, event: Event, samples: int | Non
     p = total / samples
     se = math.sqrt(max(total_squares / samples - p * p, 0.0) / max(samples - 1, 1))
     unit = pi.graph.flops_per_sample
-    flops = found.flops + samples * per_draw
+    flops = spent + samples * per_draw
     log_p = math.log(p) if p > 0 else -math.inf
     effective_hits = total * total / total_squares if total_squares > 0 else 0.0
     degenerate = effective_hits < 10 or largest > total / 2

@@ -86,7 +86,12 @@ def hermite_basis(u: Tensor, degree: int) -> Tensor:
 
 def split_deterministic(mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """σ, a boolean mask of (numerically) deterministic units, and a safe σ for division."""
-    sd = cov.diagonal().clamp_min(0).sqrt()
+    return split_sd(mean, cov.diagonal())
+
+
+def split_sd(mean: Tensor, variance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`split_deterministic` from the variances alone: σ ≤ 1e-12 max(σ, |μ|) is deterministic."""
+    sd = variance.clamp_min(0).sqrt()
     scale = torch.maximum(sd.max(), mean.abs().max()).clamp_min(1e-300)
     deterministic = sd <= 1e-12 * scale
     return sd, deterministic, torch.where(deterministic, torch.ones_like(sd), sd)

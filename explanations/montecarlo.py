@@ -42,17 +42,17 @@ def draw_cost(graph: Graph, distribution: Gaussian) -> int:
     return graph.flops_per_sample + distribution.sample_flops()
 
 
-def draws_within(flops: float, fixed: float, per_draw: float, samples: int | None = None) -> int:
+def draws_within(flops: float, fixed: float, per_draw: float, samples: int | None = None, minimum: int = 1) -> int:
     """How many draws a budget of `flops` buys after `fixed` FLOPs: ⌊(flops - fixed)/per_draw⌋.
-    Give a FLOP budget or a sample count, not both; a budget that buys no draw is an error."""
+    Give a FLOP budget or a sample count, not both; fewer than `minimum` draws is an error."""
     if samples is not None:
         raise ValueError("give either samples or flops, not both")
     if not isinstance(flops, (int, float)) or not math.isfinite(flops) or flops <= 0:
         raise ValueError(f"flops must be a positive number, got {flops!r}")
     draws = int((flops - fixed) // per_draw)
-    if draws < 1:
-        raise ValueError(f"a budget of {flops:.3g} FLOPs buys no draw: the explanation's part costs {fixed:.3g} "
-                         f"and one draw {per_draw:.3g}")
+    if draws < minimum:
+        raise ValueError(f"a budget of {flops:.3g} FLOPs buys {max(draws, 0)} draws, this estimate needs "
+                         f"{minimum}: the explanation's part costs {fixed:.3g} and one draw {per_draw:.3g}")
     return draws
 
 

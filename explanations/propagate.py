@@ -105,8 +105,8 @@ def propagate_skewed(chain: Chain, state: GaussianState, flops: Counter,
                 factor = None
             state = _affine(op, state, flops)
         else:
-            sd, deterministic, _ = split_deterministic(state.mean, state.cov)
-            pending = None if bool(deterministic.any()) else (op.kind, state.mean, state.cov, sd, factor)
+            _, deterministic, sd = split_deterministic(state.mean, state.cov)
+            pending = (op.kind, state.mean, state.cov, sd, deterministic, factor)
             factor = None
             state = skewed_activation(op.kind, state, sources, flops)
     return state, sources, pending
@@ -124,12 +124,11 @@ def sources_through_affine(weight: Tensor, sources: list[Source], pending: tuple
 
 def skewed_activation(kind: str, state: GaussianState, sources: list[Source], flops: Counter) -> GaussianState:
     """One activation with the Edgeworth correction from the cumulants that `sources` put
-    into its input (none if a unit is deterministic); the sources then see the layer
-    through its slopes."""
+    into its input (none on deterministic units); the sources then see the layer through
+    its slopes."""
     base = activation_moments(kind, state.mean, state.cov)
     flops["activation moments"] += base.flops
-    deterministic = split_deterministic(state.mean, state.cov)[1]
-    if sources and not bool(deterministic.any()):
+    if sources:
         third, fourth, cost = third_fourth(sources, state.mean, full=True)
         flops["skew cumulants"] += cost
         corrected = corrected_moments(kind, state.mean, state.cov, third, fourth, base)

@@ -113,19 +113,22 @@ def quadrature_terms(kind: str, mean: Tensor, sd: Tensor) -> UnitTerms:
                      (square * square) @ w - 3 * variance ** 2, flops)
 
 
-def start_source(kind: str, mean: Tensor, cov: Tensor, sd: Tensor, factor: Tensor | None,
-                 weight: Tensor) -> tuple[Source, int]:
+def start_source(kind: str, mean: Tensor, cov: Tensor, sd: Tensor, deterministic: Tensor,
+                 factor: Tensor | None, weight: Tensor) -> tuple[Source, int]:
     """The source made by activation `kind` on z ~ N(mean, cov), seen after the next affine
-    map `weight` [n′, n]: J = W, C = W diag(b_1) ρ. `factor` F with cov = F Fᵀ (or None)
-    keeps ρ low-rank (first layers of networks wider than their input)."""
+    map `weight` [n′, n]: J = W, C = W diag(b_1) ρ. `sd` is safe for division (1 where a unit
+    is `deterministic`: such units add nothing). `factor` F with cov = F Fᵀ (or None) keeps
+    ρ low-rank (first layers of networks wider than their input)."""
     terms = relu_terms(mean, sd) if kind == "relu" else quadrature_terms(kind, mean, sd)
+    keep = (~deterministic).to(mean.dtype)
+    b1, b2, b3 = terms.b1 * keep, terms.b2 * keep, terms.b3 * keep
     correlation = cov / torch.outer(sd, sd) if factor is None else factor / sd[:, None]
-    pair = terms.pair_exact - 4 * terms.b1 * terms.b2
-    single3 = (terms.kappa3 - 6 * terms.b1 ** 2 * terms.b2 - 3 * pair * terms.b1) / 3
-    single4 = terms.kappa4 - 24 * terms.b1 ** 3 * terms.b3 - 48 * (terms.b1 * terms.b2) ** 2
+    pair = (terms.pair_exact - 4 * terms.b1 * terms.b2) * keep
+    single3 = (terms.kappa3 - 6 * b1 ** 2 * b2 - 3 * pair * b1) / 3 * keep
+    single4 = (terms.kappa4 - 24 * b1 ** 3 * b3 - 48 * (b1 * b2) ** 2) * keep
     n = mean.shape[0]
-    source = Source(weight, weight, terms.b2, terms.b3, pair, single3, single4, correlation)
-    source.covariance, flops = source.correlate(weight * terms.b1)
+    source = Source(weight, weight, b2, b3, pair, single3, single4, correlation)
+    source.covariance, flops = source.correlate(weight * b1)
     return source, terms.flops + flops + 4 * n * n + 20 * n
 
 

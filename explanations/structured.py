@@ -45,6 +45,7 @@ class Search:
     flops: int
     forwards: int
     backwards: int
+    observe_flops: int                      # one ξ → v: the input map, the network, the detectors
 
 
 def search(pi: GaussianExplanation, event: Event) -> Search:
@@ -69,7 +70,8 @@ def search(pi: GaussianExplanation, event: Event) -> Search:
         modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype,
                                                 device=like.device, guesses=guesses)
     unit = graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)
-    return Search(modes, observe, clauses, D, (forwards + 2 * backwards) * unit, forwards, backwards)
+    observe_flops = unit + 2 * D.dim * D.dim + D.dim
+    return Search(modes, observe, clauses, D, (forwards + 2 * backwards) * unit, forwards, backwards, observe_flops)
 
 
 def linear_guesses(pi: GaussianExplanation, clauses: list[tuple[Tensor, Tensor]], D: Gaussian

@@ -56,7 +56,7 @@ def test_cost_counts_draws_forward_passes_predictions_and_the_mean():
     D = Gaussian.standard(8)
     pi = explain(model, D, "gaussian")
     estimate = pi.expectation(samples=1000)
-    expected = 1000 * (draw_cost(pi.graph, D) + pi.predict_flops) + 10 * 1000 * 2 + pi.expectation().flops
+    expected = 1000 * (draw_cost(pi.graph, D) + pi.predict_flops) + 10 * 1000 * 2 + pi.build_flops
     assert estimate.flops == expected and estimate.samples == 1000
 
 
@@ -79,9 +79,24 @@ def test_flop_budgets_pay_the_explanation_first_and_never_overspend():
     assert rare.details["search_flops"] < rare.flops <= 20_000 * unit
     common = pi.probability(Above(0, float(pi.expectation().value[0])), flops=2_000 * unit)
     assert common.method == "sampling" and common.flops <= 2_000 * unit
-    with pytest.raises(ValueError, match="buys no draw"):
+    with pytest.raises(ValueError, match="buys 0 draws"):
         pi.probability(Above(0, threshold), flops=10 * unit)
     with pytest.raises(ValueError, match="not both"):
         pi.probability(Above(0, threshold), samples=10, flops=1e9)
     with pytest.raises(ValueError, match="positive"):
         pi.expectation(flops=-1.0)
+    with pytest.raises(ValueError, match="needs 3"):
+        pi.expectation(flops=pi.build_flops + 2.5 * (mean.flops - pi.build_flops) / mean.samples)
+
+
+def test_a_search_that_finds_nothing_is_still_paid_for():
+    """An event beyond what the network can reach: the design search fails, plain sampling
+    spends what is left of the budget, and the estimate's FLOPs include the search."""
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    pi = explain(model, Gaussian.standard(4), "cumulant")
+    bound = float(model[4].weight.detach().abs().sum() + model[4].bias.detach().abs().sum())   # |y| ≤ Σ|w|+|b|
+    budget = 5_000 * pi.flops_per_sample
+    estimate = pi.probability(Above(0, bound + 1.0), flops=budget)
+    assert estimate.method == "sampling" and estimate.value == 0.0
+    assert pi.build_flops < estimate.flops <= budget
+    assert estimate.samples < (budget - pi.build_flops) / pi.flops_per_sample

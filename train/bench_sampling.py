@@ -3,8 +3,8 @@
 On the tail zoo of `bench_tails` (its networks, events and cached ground truth), for each
 event with 1e-8 ≤ p ≤ 1e-2: R independent repeats of `explain(model, D, "auto",
 seed=r).probability(event, samples=N)` (design-guided importance sampling where π's
-Gaussian puts the event below 5e-2, plain sampling otherwise), N chosen so that the
-whole estimate, design search included, costs about the budget B in sample-equivalents.
+Gaussian puts the event below 5e-2, plain sampling otherwise) with a budget of B
+sample-equivalents in FLOPs (`flops=`: π's build, the search and the draws all paid from it).
 Per event:
     MSE_hybrid = mean_r (p̂_r - p)²                         (includes the truth's own error²)
     MSE_plain  = p (1 - p) / N_eq,  N_eq = mean_r flops_r / (FLOPs of one draw)
@@ -35,18 +35,11 @@ COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_e
            "plain_mse", "mse_ratio", "relative_rmse", "covered", "methods"]
 
 
-def _repeats(model, D, event, repeats: int, samples: int) -> list:
-    return [explain(model, D, "auto", seed=r).probability(event, samples=samples) for r in range(repeats)]
-
-
 def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats: int, budget: int) -> dict:
     """One row of the module docstring's figures for one event."""
     unit = draw_cost(graph, D)
-    probe = _repeats(model, D, event, 1, max(budget // 2, 100))[0]       # learns the search's cost
-    search = probe.details.get("search_flops", 0)
-    per_draw = (probe.flops - search) / probe.samples
-    samples = max(int((budget * graph.flops_per_sample - search) // per_draw), 100)
-    estimates = _repeats(model, D, event, repeats, samples)
+    estimates = [explain(model, D, "auto", seed=r).probability(event, flops=budget * graph.flops_per_sample)
+                 for r in range(repeats)]
     p = entry["p"]
     values = [e.value for e in estimates]
     hybrid = statistics.fmean((v - p) ** 2 for v in values)
@@ -54,7 +47,7 @@ def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats:
     plain = p * (1 - p) / equal_draws
     covered = sum(e.interval is not None and e.interval[0] <= p <= e.interval[1] for e in estimates)
     return {"case": case_name, "event": repr(event), "true_p": p, "true_se": entry["se"], "repeats": repeats,
-            "samples": samples, "sample_equivalents": statistics.fmean(e.sample_equivalents for e in estimates),
+            "samples": round(statistics.fmean(e.samples for e in estimates)), "sample_equivalents": statistics.fmean(e.sample_equivalents for e in estimates),
             "hybrid_mse": hybrid, "plain_mse": plain, "mse_ratio": plain / hybrid if hybrid > 0 else math.inf,
             "relative_rmse": math.sqrt(hybrid) / p, "covered": covered,
             "methods": ",".join(sorted({e.method for e in estimates}))}
