@@ -11,8 +11,9 @@ Formulae", 2004, ch. 7; Guarniero, Johansen & Lee, JASA 2017, for the twist):
 
 the central-limit approximation of each constraint's remaining sum, constraints taken as
 independent given x_{≤j}, with the continuity correction h_ij = ±½ min_{l>j, a_il≠0} |a_il|
-(+ for ≥, - for >; exact half a lattice step for ±1 clauses). When σ_ij = 0 the factor
-is the exact indicator, so G_n = 1[x in the intersection] and G_0 is the
+(+ for ≥, - for >). A constraint with at most EXACT_SUPPORT unset coordinates gets its
+exact conditional probability instead (CNF clauses from their first touch on, dense rows
+near the end). When σ_ij = 0 the factor is the exact indicator, so G_n = 1[x in the intersection] and G_0 is the
 independent-Gaussian guess. Each of N particles draws x_{j+1} = ±1 with probability
 ∝ G_{j+1}(x_{≤j}, ±1) (the locally optimal proposal) and carries the incremental weight
 w = ½ (G_{j+1}(x, +1) + G_{j+1}(x, -1)) / G_j(x). Then
@@ -25,10 +26,12 @@ show up only as weight variance. Coordinates go in order of decreasing column no
 Σ_i a_il² (decisive coordinates first). `replicates` independent runs give the spread
 behind the interval (±1.96 standard errors of their mean, in linear space).
 
-Cost, in the convention of `mvn`: per particle and coordinate l touching r_l constraints,
-≈ 12 r_l + 30 FLOPs (two trial updates, their Φ terms, the choice), plus resampling;
-so ≈ 12 nnz(A) + 30 n per particle (sparse clauses are cheap), while a forward pass of
-Linear → Step costs 2nk + 2k.
+Cost, in the convention of `mvn` (one FLOP per elementwise operation, Φ included): per
+particle and coordinate l touching r_l constraints, two trial updates and their terms,
+2 r_l (6 + 2w) FLOPs with w the width of the exact tables in use (0 for normal tails),
+plus 6 r_l + 40 for the sums, the weights, the choice and resampling; so about
+12 nnz(A) per particle when tails are normal (sparse clauses are cheap), while a forward
+pass of Linear → Step costs 2nk + 2k.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from torch.special import log_ndtr
 from .halfspaces import Halfspaces
 
 LOG_HALF = -math.log(2.0)
+EXACT_SUPPORT = 3    # constraints with at most this many unset coordinates use exact tails
 
 
 @dataclass(frozen=True)
@@ -65,86 +69,123 @@ class CubeResult:
         return (max(0.0, p * (1 - half)), p * (1 + half))
 
 
-def smc_flops(halfspaces: Halfspaces, particles: int) -> int:
-    """FLOPs of one run with `particles` particles (module docstring)."""
-    nnz = int((halfspaces.weight != 0).sum())
-    return particles * (12 * nnz + 36 * halfspaces.n) + 8 * halfspaces.k * halfspaces.n
-
-
-def cube_log_probability(halfspaces: Halfspaces, *, particles: int = 512, replicates: int = 4,
-                         seed: int = 0) -> CubeResult:
-    """log P[x ∈ halfspaces] for x uniform on {-1, 1}^n by twisted SMC (module docstring)."""
-    if particles < 2 or replicates < 2:
-        raise ValueError(f"need particles >= 2 and replicates >= 2, got {particles} and {replicates}")
+def cube_log_probability(halfspaces: Halfspaces, *, particles: int | None = None, flops: float | None = None,
+                         replicates: int = 4, seed: int = 0) -> CubeResult:
+    """log P[x ∈ halfspaces] for x uniform on {-1, 1}^n by twisted SMC (module docstring),
+    with `particles` per run, or as many as a total of `flops` affords (at least 16)."""
+    if replicates < 2:
+        raise ValueError(f"need replicates >= 2, got {replicates}")
     if halfspaces.empty:
-        return CubeResult(-math.inf, (-math.inf,) * replicates, 0, particles)
+        return CubeResult(-math.inf, (-math.inf,) * replicates, 0, 0)
     if halfspaces.k == 0:
-        return CubeResult(0.0, (0.0,) * replicates, 0, particles)
+        return CubeResult(0.0, (0.0,) * replicates, 0, 0)
     a = halfspaces.weight.to(torch.float64)
     order = torch.argsort((a * a).sum(dim=0), descending=True, stable=True)
-    a = a[:, order]
+    lookahead = Lookahead(a[:, order], halfspaces.offset.to(torch.float64), halfspaces.strict)
+    if particles is None:
+        if flops is None:
+            raise ValueError("pass particles or flops")
+        particles = max(16, int((flops - lookahead.build_flops) / (replicates * lookahead.particle_flops)))
+    if particles < 2:
+        raise ValueError(f"need particles >= 2, got {particles}")
     generator = torch.Generator(device=a.device).manual_seed(seed)
-    runs = [_run(a, halfspaces.offset.to(torch.float64), halfspaces.strict, particles, generator)
-            for _ in range(replicates)]
+    runs = [_run(lookahead, particles, generator) for _ in range(replicates)]
     log_p = float(torch.logsumexp(torch.tensor(runs, dtype=torch.float64), 0)) - math.log(replicates)
-    return CubeResult(log_p, tuple(runs), replicates * smc_flops(halfspaces, particles), particles)
+    spent = lookahead.build_flops + replicates * particles * lookahead.particle_flops
+    return CubeResult(log_p, tuple(runs), spent, particles)
 
 
-def _remaining(a: Tensor, strict: Tensor) -> tuple[Tensor, Tensor]:
-    """σ_ij and the continuity corrections h_ij once the first j coordinates are set,
-    j = 0..n: both [n + 1, k]."""
-    k = a.shape[0]
-    squares = (a * a).flip(1).cumsum(1).flip(1)                     # Σ_{l≥j} a_il²
-    squares = torch.cat([squares, squares.new_zeros(k, 1)], dim=1)
-    magnitude = torch.where(a != 0, a.abs(), math.inf).flip(1).cummin(1).values.flip(1)
-    magnitude = torch.cat([magnitude, magnitude.new_full((k, 1), math.inf)], dim=1)
-    half_step = torch.where(torch.isfinite(magnitude), magnitude / 2, 0.0)
-    sign = torch.where(strict, -1.0, 1.0).to(a)[:, None]
-    return squares.clamp_min(0).sqrt().T.contiguous(), (sign * half_step).T.contiguous()
+class Lookahead:
+    """log G_j, constraint by constraint: exact tails where few coordinates remain, else
+    the continuity-corrected normal tail (module docstring).
+
+    A constraint with r ≤ EXACT_SUPPORT unset coordinates gets the exact
+    P(Σ_{l>j} a_il x_l ≥ -s) = #{sign patterns with sum ≥ -s} / 2^r from the table of
+    its 2^r achievable sums (a ±1 clause is exact from its first touch on).
+    Coordinates are the columns of `a` in the order given.
+    """
+
+    def __init__(self, a: Tensor, c: Tensor, strict: Tensor) -> None:
+        self.a, self.c, self.strict = a, c, strict
+        k, n = a.shape
+        squares = (a * a).flip(1).cumsum(1).flip(1)                     # Σ_{l≥j} a_il²
+        squares = torch.cat([squares, squares.new_zeros(k, 1)], dim=1)
+        magnitude = torch.where(a != 0, a.abs(), math.inf).flip(1).cummin(1).values.flip(1)
+        magnitude = torch.cat([magnitude, magnitude.new_full((k, 1), math.inf)], dim=1)
+        sign = torch.where(strict, -1.0, 1.0).to(a)[:, None]
+        self.sigma = squares.clamp_min(0).sqrt().T.contiguous()           # [n + 1, k]
+        self.shift = (sign * torch.where(torch.isfinite(magnitude), magnitude / 2, 0.0)).T.contiguous()
+        self.rows_of = [torch.nonzero(a[:, j]).flatten() for j in range(n)]
+        self.tables = [self._table(0, torch.arange(k, device=a.device))] + \
+            [self._table(j + 1, rows) for j, rows in enumerate(self.rows_of)]
+        widths = [t[0].shape[1] if t is not None else 0 for t in self.tables[1:]]
+        self.particle_flops = sum(len(rows) * (2 * (2 * w + 6) + 6) + 40
+                                  for rows, w in zip(self.rows_of, widths) if len(rows))
+        self.build_flops = 8 * k * n + sum(t[0].numel() * 8 for t in self.tables if t is not None)
+
+    def _table(self, j: int, rows: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(sorted sums [rows, 2^R] padded with NaN, r [rows]) of the coordinates ≥ j of
+        each row, for rows with r ≤ EXACT_SUPPORT (others NaN, r = -1); None if none."""
+        tail = self.a[rows, j:]
+        counts = (tail != 0).sum(dim=1)
+        small = counts <= EXACT_SUPPORT
+        if not bool(small.any()):
+            return None
+        width = 1 << int(counts[small].max())
+        values = tail.new_full((len(rows), width), math.nan)
+        for i in small.nonzero().flatten().tolist():
+            entries = tail[i][tail[i] != 0]
+            patterns = ((torch.arange(1 << len(entries))[:, None] >> torch.arange(len(entries))) & 1) * 2 - 1
+            values[i, :1 << len(entries)] = patterns.to(entries) @ entries
+        return values, torch.where(small, counts, -1)
+
+    def terms(self, j: int, rows: Tensor, s: Tensor, table: int) -> Tensor:
+        """log P̃(constraint | partial sums s [particles, rows]) with j coordinates set."""
+        strict = self.strict[rows]
+        exact = torch.where(torch.where(strict, s > 0, s >= 0), 0.0, -math.inf)
+        sigma = self.sigma[j, rows]
+        result = torch.where(sigma > 0, log_ndtr((s + self.shift[j, rows]) / sigma.clamp_min(1e-300)), exact)
+        found = self.tables[table]
+        if found is None:
+            return result
+        values, counts = found
+        reach = -s[..., None]
+        hits = torch.where(strict[:, None], values > reach, values >= reach).sum(dim=-1)
+        log_exact = torch.log(hits.to(s.dtype)) - counts.clamp_min(0) * math.log(2.0)
+        return torch.where((counts >= 0) & (sigma > 0), log_exact, result)
 
 
-def _log_terms(s: Tensor, sigma: Tensor, shift: Tensor, strict: Tensor) -> Tensor:
-    """log Φ((s + h)/σ), or the exact log 1[s ≥ 0] (s > 0 where strict) where σ = 0."""
-    exact = torch.where(torch.where(strict, s > 0, s >= 0), 0.0, -math.inf)
-    approx = log_ndtr((s + shift) / sigma.clamp_min(1e-300))
-    return torch.where(sigma > 0, approx, exact)
-
-
-def _run(a: Tensor, c: Tensor, strict: Tensor, particles: int, generator: torch.Generator) -> float:
-    """One SMC run over the columns of `a` (already ordered): log p̂."""
-    k, n = a.shape
-    sigma, shift = _remaining(a, strict)
-    terms0 = _log_terms(c, sigma[0], shift[0], strict)
+def _run(look: Lookahead, particles: int, generator: torch.Generator) -> float:
+    """One SMC run: log p̂."""
+    k, n = look.a.shape
+    device = look.a.device
+    terms0 = look.terms(0, torch.arange(k, device=device), look.c[None], 0)[0]
     log_z = float(terms0.sum())
     if log_z == -math.inf:
         return log_z
-    s = c.expand(particles, k).clone()
+    s = look.c.expand(particles, k).clone()
     terms = terms0.expand(particles, k).clone()
     log_g = terms.sum(dim=1)
-    log_w = torch.zeros(particles, dtype=torch.float64, device=a.device)
-    rows_of = [torch.nonzero(a[:, j]).flatten() for j in range(n)]
-    for j in range(n):
-        rows = rows_of[j]
+    log_w = torch.zeros(particles, dtype=torch.float64, device=device)
+    for j, rows in enumerate(look.rows_of):
         if len(rows) == 0:
             continue
-        column = a[rows, j]
+        column = look.a[rows, j]
         s_rows, old = s[:, rows], terms[:, rows].sum(dim=1)
-        plus = _log_terms(s_rows + column, sigma[j + 1, rows], shift[j + 1, rows], strict[rows])
-        minus = _log_terms(s_rows - column, sigma[j + 1, rows], shift[j + 1, rows], strict[rows])
+        plus = look.terms(j + 1, rows, s_rows + column, j + 1)
+        minus = look.terms(j + 1, rows, s_rows - column, j + 1)
         base = log_g - old
-        g_plus, g_minus = base + plus.sum(dim=1), base + minus.sum(dim=1)
         alive = log_g > -math.inf
-        g_plus = torch.where(alive, g_plus, -math.inf)
-        g_minus = torch.where(alive, g_minus, -math.inf)
+        g_plus = torch.where(alive, base + plus.sum(dim=1), -math.inf)
+        g_minus = torch.where(alive, base + minus.sum(dim=1), -math.inf)
         g_both = torch.logaddexp(g_plus, g_minus)
         increment = torch.where(alive & (g_both > -math.inf), g_both + LOG_HALF - log_g, -math.inf)
         normalised = log_w - torch.logsumexp(log_w, 0)
-        step = float(torch.logsumexp(normalised + increment, 0))
-        log_z += step
+        log_z += float(torch.logsumexp(normalised + increment, 0))
         if log_z == -math.inf:
             return log_z
         log_w = log_w + increment
-        choose_plus = torch.rand(particles, generator=generator, dtype=torch.float64, device=a.device).log() \
+        choose_plus = torch.rand(particles, generator=generator, dtype=torch.float64, device=device).log() \
             < (g_plus - g_both)
         s[:, rows] = s_rows + torch.where(choose_plus[:, None], column, -column)
         terms[:, rows] = torch.where(choose_plus[:, None], plus, minus)

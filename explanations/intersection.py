@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .base import Explanation
-from .cube_smc import CubeResult, cube_log_probability, smc_flops
+from .cube_smc import CubeResult, cube_log_probability
 from .distributions import BooleanCube, Gaussian
 from .errors import InvalidModel
 from .estimate import Estimate
@@ -84,9 +84,7 @@ class HalfspaceExplanation(Explanation):
         """log P[x ∈ halfspaces] spending about `budget` sample-equivalents."""
         flops = budget * self.flops_per_sample
         if self.cube:
-            per_particle = max(1, smc_flops(halfspaces, 1))
-            particles = max(16, int(flops / (REPLICATES * per_particle)))
-            return _as_orthant(cube_log_probability(halfspaces, particles=particles, replicates=REPLICATES,
+            return _as_orthant(cube_log_probability(halfspaces, flops=flops, replicates=REPLICATES,
                                                     seed=self.seed))
         if self.gaussian == "hermite":
             return hermite_log_probability(halfspaces, self.distribution)
