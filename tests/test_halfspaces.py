@@ -174,3 +174,15 @@ def test_cnf_network_is_the_formula():
     estimate = explain(formula.network(), BooleanCube(10), method="auto").probability(formula.event())
     assert estimate.value == pytest.approx(exact, rel=0.15)
     assert estimate.sample_equivalents < 1e4
+
+
+def test_step_graph_round_trips_through_storage(tmp_path):
+    import h5py
+    from storage import read_graph, write_graph
+    graph = compile_model(step_net(torch.randn(3, 4), torch.randn(3)))
+    with h5py.File(tmp_path / "g.h5", "w") as handle:
+        write_graph(handle.create_group("g"), graph)
+    with h5py.File(tmp_path / "g.h5", "r") as handle:
+        back = read_graph(handle["g"])
+    x = torch.randn(20, 4, dtype=torch.float64)
+    assert back.chain[1].kind == "step" and torch.equal(back.forward(x), graph.forward(x))
