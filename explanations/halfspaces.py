@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.special import log_ndtr
 from tqdm.auto import tqdm
 
-from .distributions import BooleanCube, Gaussian
+from .distributions import Gaussian
 from .errors import InvalidEvent
 from .events import Event, Halfspace
 from .graph import Act, Affine, Graph
@@ -209,8 +209,9 @@ def hermite_log_probability(halfspaces: Halfspaces, distribution: Gaussian) -> O
     docstring); -inf when the projection's constant term is ≤ 0."""
     if halfspaces.empty:
         return OrthantResult(-math.inf, 0.0, 0)
-    a = halfspaces.weight @ distribution.factor.to(halfspaces.weight)    # a_i·x = (Fᵀa_i)·z
-    shift = halfspaces.weight @ distribution.mean.to(a) + halfspaces.offset
+    standard = distribution.is_standard
+    a = halfspaces.weight if standard else halfspaces.weight @ distribution.factor.to(halfspaces.weight)
+    shift = halfspaces.weight @ distribution.mean.to(a) + halfspaces.offset    # a_i·x = (Fᵀa_i)·z + a_i·μ
     norms = a.norm(dim=1)
     h0, h = 1.0, torch.zeros(halfspaces.n, dtype=torch.float64, device=a.device)
     for row, norm, s in zip(a, norms, shift):
@@ -222,7 +223,7 @@ def hermite_log_probability(halfspaces: Halfspaces, distribution: Gaussian) -> O
         hv = float(h @ v)
         h0, h = h0 * q + hv * phi, q * h + phi * (h0 + beta * hv) * v
     n, k = halfspaces.n, halfspaces.k
-    flops = 2 * n * n * k + 3 * n * k + k * (8 * n + 20)
+    flops = (0 if standard else 2 * n * n * k) + 3 * n * k + k * (8 * n + 20)
     return OrthantResult(math.log(h0) if h0 > 0 else -math.inf, math.nan, flops)
 
 
@@ -244,8 +245,3 @@ def exact_cube_log_probability(halfspaces: Halfspaces, chunk: int = 1 << 16,
             count += int(halfspaces.contains(x).sum())
             bar.update(len(index))
     return math.log(count) - n * math.log(2) if count else -math.inf
-
-
-def check_distribution(halfspaces: Halfspaces, distribution: Gaussian | BooleanCube) -> None:
-    if distribution.dim != halfspaces.n:
-        raise ValueError(f"the distribution has {distribution.dim} dimensions, the halfspaces {halfspaces.n}")
