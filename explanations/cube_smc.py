@@ -26,12 +26,13 @@ show up only as weight variance. Coordinates go in order of decreasing column no
 Σ_i a_il² (decisive coordinates first). `replicates` independent runs give the spread
 behind the interval (±1.96 standard errors of their mean, in linear space).
 
-Cost, in the convention of `mvn` (one FLOP per elementwise operation, Φ included): per
-particle and coordinate l touching r_l constraints, two trial updates and their terms,
-2 r_l (6 + 2w) FLOPs with w the width of the exact tables in use (0 for normal tails),
-plus 6 r_l + 40 for the sums, the weights, the choice and resampling; so about
-12 nnz(A) per particle when tails are normal (sparse clauses are cheap), while a forward
-pass of Linear → Step costs 2nk + 2k.
+Cost, in the convention of `mvn` (one FLOP per elementwise operation or reduced element,
+Φ included): per particle and coordinate l touching r_l constraints, two trial updates
+and their terms, r_l (22 + 4w) FLOPs with w the width of the exact tables in use (0 for
+normal tails), plus 7 r_l + 35 for the sums, the weights, the choice, the state update
+and resampling; so about 29 nnz(A) per particle with normal tails (sparse clauses are
+cheap), while a forward pass of Linear → Step costs 2nk + 2k: one particle of a dense
+problem costs about 15 sample-equivalents.
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class Lookahead:
         self.tables = [self._table(0, torch.arange(k, device=a.device))] + \
             [self._table(j + 1, rows) for j, rows in enumerate(self.rows_of)]
         widths = [t[0].shape[1] if t is not None else 0 for t in self.tables[1:]]
-        self.particle_flops = sum(len(rows) * (2 * (2 * w + 6) + 6) + 40
+        self.particle_flops = sum(len(rows) * (4 * w + 29) + 35
                                   for rows, w in zip(self.rows_of, widths) if len(rows))
         self.build_flops = 8 * k * n + sum(t[0].numel() * 8 for t in self.tables if t is not None)
 
