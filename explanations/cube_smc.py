@@ -13,14 +13,14 @@ the central-limit approximation of each constraint's remaining sum, constraints 
 independent given x_{≤j}, with the continuity correction h_ij = ±½ min_{l>j, a_il≠0} |a_il|
 (+ for ≥, - for >). A constraint with at most EXACT_SUPPORT unset coordinates gets its
 exact conditional probability instead (CNF clauses from their first touch on, dense rows
-near the end). When σ_ij = 0 the factor is the exact indicator, so G_n = 1[x in the intersection] and G_0 is the
-independent-Gaussian guess. Each of N particles draws x_{j+1} = ±1 with probability
+near the end). When σ_ij = 0 the factor is the exact indicator, so G_n = 1[x in the
+intersection] and G_0 is the independent-Gaussian guess. Each of N particles draws x_{j+1} = ±1 with probability
 ∝ G_{j+1}(x_{≤j}, ±1) (the locally optimal proposal) and carries the incremental weight
 w = ½ (G_{j+1}(x, +1) + G_{j+1}(x, -1)) / G_j(x). Then
 
     p̂ = G_0 Π_j (Σ_p W_p w_p),   W the normalised weights before step j,
 
-is unbiased for p (Del Moral 2004, Thm 7.4.2), resampling (systematic) whenever the
+is unbiased for p (Del Moral 2004, ch. 7), resampling (systematic) whenever the
 effective sample size drops below N/2. Correlations between constraints that G ignores
 show up only as weight variance. Coordinates go in order of decreasing column norm
 Σ_i a_il² (decisive coordinates first). `replicates` independent runs give the spread
