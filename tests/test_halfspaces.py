@@ -51,6 +51,10 @@ def test_step_and_cube_compile_and_sample():
         explain(model, cube, method="gaussian")
     assert explain(model, cube, method="auto").method == "auto:halfspaces"
     assert explain(model, Gaussian.standard(5), method="auto").method == "auto:halfspaces"
+    relu = nn.Sequential(nn.Linear(5, 2), nn.ReLU())
+    assert explain(relu, cube, method="auto").method == "auto:sampling"
+    with pytest.raises(Exception, match="Linear → Step"):
+        explain(relu, cube, method="halfspaces")
 
 
 def test_gaussian_closed_forms():
