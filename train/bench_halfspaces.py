@@ -7,7 +7,7 @@ answered through the public API: explain(net, D, method="auto", budget=B).probab
   variables with 2^14 points × 16 replicates and an independent seed (its three standard
   errors are recorded), checked against plain sampling (2·10⁵ draws) where p ≥ 1e-3;
   scipy's multivariate_normal.cdf (Genz's Fortran code; relative tolerance 1e-3) beside
-  it when scipy is installed (`pip install pi-tracker[bench]`) and k ≤ 20.
+  it when scipy is installed (`pip install pi-tracker[bench]`), k ≤ 20 and not --quick.
   Also compared with `mvn.log_orthant` (Genz with the Cholesky factor of A Aᵀ, separate
   code; it rejects some k > n sets). The degree-1 Hermite projection (the reference
   structured method) is run beside.
@@ -124,7 +124,7 @@ def truth(case: Case, h: Halfspaces, big_budget_flops: float) -> tuple[float, st
     return r.log_p, "smc x16", (r.interval[1] - p) / 1.96 / p if p > 0 else 0.0
 
 
-def evaluate(case: Case, repeats: int, budget: float) -> dict:
+def evaluate(case: Case, repeats: int, budget: float, scipy: bool = True) -> dict:
     h = halfspaces_of(case)
     model = network(h)
     D = Gaussian.standard(h.n) if case.family == "gaussian" else BooleanCube(h.n)
@@ -154,11 +154,11 @@ def evaluate(case: Case, repeats: int, budget: float) -> dict:
            "seconds": statistics.fmean(seconds), "mse": mse, "mse_sampling_equal_flops": mse_sampling,
            "mse_gain": mse_sampling / mse if mse > 0 else math.inf, "equal_flops_samples": n_equal}
     if case.family == "gaussian":
-        row.update(gaussian_extras(h, log_p))
+        row.update(gaussian_extras(h, log_p, scipy))
     return row
 
 
-def gaussian_extras(h: Halfspaces, log_p: float) -> dict:
+def gaussian_extras(h: Halfspaces, log_p: float, scipy: bool) -> dict:
     """The Hermite reference method, plain sampling and scipy (when installed) beside the truth."""
     extras = {}
     try:   # an independent implementation: Genz's Cholesky-based orthant integral of A Aᵀ
@@ -180,6 +180,8 @@ def gaussian_extras(h: Halfspaces, log_p: float) -> dict:
         from scipy.stats import multivariate_normal
     except ImportError:
         return extras
+    if not scipy:
+        return extras
     if h.k <= 20:   # P(Ax + c ≥ 0) = P(-Ax ≤ c), -Ax ~ N(0, A Aᵀ); relative tolerance 1e-3
         value = multivariate_normal.cdf(h.offset.numpy(), mean=np.zeros(h.k), cov=(h.weight @ h.weight.T).numpy(),
                                         allow_singular=True, abseps=1e-300, releps=1e-3, maxpts=200_000 * h.k,
@@ -196,7 +198,8 @@ def scaling(quick: bool, budget: float, repeats: int) -> list[dict]:
     for family in ("gaussian", "cube"):
         for axis, n, k in tqdm(grid, desc=f"scaling {family}", leave=False):
             b = float(torch.special.ndtri(torch.tensor(1 - 1e-4 ** (1 / k), dtype=torch.float64)))
-            rows.append({**evaluate(Case(family, n, k, b, "sphere", seed=3), repeats, budget), "scaling": axis})
+            rows.append({**evaluate(Case(family, n, k, b, "sphere", seed=3), repeats, budget, scipy=not quick),
+                         "scaling": axis})
     return rows
 
 
@@ -328,8 +331,8 @@ def scaling_lines(rows: list[dict]) -> list[str]:
 def run(quick: bool = False, repeats: int = 5, budget: float = 3000, csv_path: Path = Path("out/bench_halfspaces.csv"),
         png_path: Path = Path("out/bench_halfspaces.png"), progress: bool = True) -> list[dict]:
     repeats = min(repeats, 2) if quick else repeats
-    rows = [evaluate(case, repeats, budget) for case in tqdm(cases(quick), desc="bench halfspaces",
-                                                             unit="case", disable=not progress)]
+    rows = [evaluate(case, repeats, budget, scipy=not quick)
+            for case in tqdm(cases(quick), desc="bench halfspaces", unit="case", disable=not progress)]
     scale_rows = scaling(quick, budget, repeats)
     perm_rows = permanents(quick, repeats, draws=50 if quick else 200)
     write_csv(rows + scale_rows + perm_rows, Path(csv_path))
