@@ -328,7 +328,7 @@ def scaling_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def run(quick: bool = False, repeats: int = 5, budget: float = 3000, csv_path: Path = Path("out/bench_halfspaces.csv"),
+def run(quick: bool = False, repeats: int = 10, budget: float = 3000, csv_path: Path = Path("out/bench_halfspaces.csv"),
         png_path: Path = Path("out/bench_halfspaces.png"), progress: bool = True) -> list[dict]:
     repeats = min(repeats, 2) if quick else repeats
     rows = [evaluate(case, repeats, budget, scipy=not quick)

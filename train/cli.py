@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     tails.add_argument("--png", default="out/bench_tails.png")
     halfspaces = benches.add_parser("halfspaces", help="halfspace intersections, 3-CNF and permanents vs exact answers")
     halfspaces.add_argument("--quick", action="store_true", help="a few small cases (about a minute)")
-    halfspaces.add_argument("--repeats", type=int, default=5, help="seeds per case (MSE over repeats)")
+    halfspaces.add_argument("--repeats", type=int, default=10, help="seeds per case (MSE over repeats)")
     halfspaces.add_argument("--budget", type=float, default=3000, help="sample-equivalents per estimate")
     halfspaces.add_argument("--csv", default="out/bench_halfspaces.csv")
     halfspaces.add_argument("--png", default="out/bench_halfspaces.png")
