@@ -196,10 +196,13 @@ def row_sov_factor(a: Tensor, c: Tensor) -> tuple[list[_Step], int]:
     return steps, flops
 
 
-def sov_points(k: int, flops: float, replicates: int = 8) -> int:
-    """QMC points per replicate that spend about `flops` on a k-constraint orthant
-    (≈ k² + 47k FLOPs per point), a power of two between 64 and 2^16."""
-    per_point = k * k + 47 * k
+def sov_points(k: int, n: int, flops: float, replicates: int = 8) -> int:
+    """QMC points per replicate that spend about `flops` on k constraints in n dimensions,
+    a power of two between 64 and 2^16. With r = min(k, n) pivots a point costs
+    ≈ r² + 2(k - r) r + 46r (`mvn._step_flops`: the k - r dependent rows are bounds at
+    the last pivot)."""
+    r = min(k, n)
+    per_point = r * r + 2 * (k - r) * r + 46 * r
     points = max(64, int(flops / (replicates * per_point)))
     return min(1 << 16, 1 << (points.bit_length() - 1))
 

@@ -96,7 +96,7 @@ class HalfspaceExplanation(Explanation):
                                                     seed=self.seed))
         if self.gaussian == "hermite":
             return hermite_log_probability(halfspaces, self.distribution)
-        points = sov_points(max(halfspaces.k, 1), flops)
+        points = sov_points(max(halfspaces.k, 1), halfspaces.n, flops)
         return gaussian_log_probability(halfspaces, self.distribution, points=points, seed=self.seed)
 
 
