@@ -29,10 +29,13 @@ class Explanation(ABC):
     """An explanation π of a compiled model `graph` on inputs x ~ `distribution`."""
 
     method: str = ""
+    distributions: tuple[type, ...] = (Gaussian,)   # the input distributions this method accepts
 
     def __init__(self, graph: Graph, distribution: Gaussian, *, seed: int = 0) -> None:
-        if not isinstance(distribution, Gaussian):
-            raise InvalidDistribution(f"expected a Gaussian input distribution, got {type(distribution).__name__}")
+        if not isinstance(distribution, self.distributions):
+            names = " or ".join(d.__name__ for d in self.distributions)
+            raise InvalidDistribution(f"method {self.method!r} expects a {names} input distribution, "
+                                      f"got {type(distribution).__name__}")
         if distribution.dim != graph.n_inputs:
             raise InvalidDistribution(
                 f"the distribution has {distribution.dim} dimensions but the model takes {graph.n_inputs} inputs")

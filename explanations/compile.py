@@ -1,6 +1,6 @@
 """`compile_model`: a torch module → its formal `Graph`.
 
-Leaves: nn.Linear, nn.ReLU, nn.GELU (both approximations), nn.Tanh, nn.Sigmoid,
+Leaves: nn.Linear, nn.ReLU, nn.GELU (both approximations), nn.Tanh, nn.Sigmoid, Step,
 nn.Identity, nn.Flatten, nn.Dropout in eval mode; nn.Sequential nests. A subclass that
 overrides forward is traced like any custom module, never taken for its base. Any other module is traced with torch.fx
 and accepted when its forward is built from supported submodules, the matching
@@ -17,16 +17,18 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from .activations import Step
 from .errors import InvalidModel, UnsupportedModule
 from .graph import Act, Affine, Chain, Graph, Residual, first_width
 
-_LEAF_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+_LEAF_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", Step: "step"}
 ACTIVATION_MODULES = {                        # activation kind → the torch module computing it
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
+    "step": Step,
 }
 _FUNCTION_ACTIVATIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh", F.tanh: "tanh",
                          torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid"}

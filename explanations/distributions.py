@@ -1,4 +1,4 @@
-"""Input distributions: `Gaussian(mean, cov)`.
+"""Input distributions: `Gaussian(mean, cov)` and `BooleanCube(n)`.
 
 Validation: a 1-D finite mean; a square, finite, symmetric covariance (|Σ - Σᵀ| ≤
 1e-8·max|Σ|) whose smallest eigenvalue is ≥ -1e-8·(largest). Sampling uses
@@ -92,3 +92,49 @@ class Gaussian:
     def __repr__(self) -> str:
         kind = "standard" if self.is_standard else "general"
         return f"Gaussian(dim={self.dim}, {kind}, dtype={self.mean.dtype})"
+
+
+class BooleanCube:
+    """The uniform distribution on {-1, +1}^n: independent signs, mean 0, covariance I.
+
+    Halfspaces {a·x ≥ b} and CNF clauses live here (`halfspaces`, `cnf`); only the
+    halfspace and sampling explanations accept it (Gaussian propagation would not know
+    the inputs are discrete).
+    """
+
+    def __init__(self, n: int, *, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidDistribution(f"dimension must be a positive integer, got {n!r}")
+        self.n, self.dtype = n, dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    @property
+    def dim(self) -> int:
+        return self.n
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.zeros(self.n, dtype=self.dtype, device=self.device)
+
+    @property
+    def cov(self) -> Tensor:
+        return torch.eye(self.n, dtype=self.dtype, device=self.device)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "BooleanCube":
+        """The same distribution on another device or dtype."""
+        return BooleanCube(self.n, dtype=dtype or self.dtype, device=device or self.device)
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               dtype: torch.dtype | None = None) -> Tensor:
+        """n independent uniform sign vectors, shape [n, dim]."""
+        device = generator.device if generator is not None else self.device
+        bits = torch.randint(0, 2, (n, self.n), generator=generator, device=device)
+        return (2 * bits - 1).to(dtype or self.dtype)
+
+    def sample_flops(self) -> int:
+        """FLOPs of one draw: one random bit per coordinate."""
+        return self.n
+
+    def __repr__(self) -> str:
+        return f"BooleanCube(dim={self.n}, dtype={self.dtype})"

@@ -1,8 +1,10 @@
 """`explain(model, D, method)`: build an explanation π of a model on an input distribution.
 
-method="auto" picks by structure: a 2-layer network (affine → activation → affine) gets
-"polynomial" (its Hermite surrogate is exact in structure), anything else "cumulant";
-the estimates then say "auto:<method>".
+method="auto" picks by structure: a Linear → Step network gets "halfspaces" (events are
+intersections of halfspaces), a 2-layer network (affine → activation → affine)
+"polynomial" (its Hermite surrogate is exact in structure), anything else "cumulant"
+(on Boolean-cube inputs, where only those two apply, anything else "sampling"); the
+estimates then say "auto:<method>".
 """
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from torch import nn
 from .base import Explanation
 from .compile import compile_model
 from .cumulant import CumulantPropagation
-from .distributions import Gaussian
+from .distributions import BooleanCube, Gaussian
 from .gaussian import GaussianExplanation
 from .graph import Act, Affine, Graph
+from .halfspaces import is_step_network
+from .intersection import HalfspaceExplanation
 from .polynomial import PolynomialExplanation
 from .sampling import SamplingExplanation
 
@@ -22,6 +26,7 @@ METHODS: dict[str, type[Explanation]] = {
     "cumulant": CumulantPropagation,
     "polynomial": PolynomialExplanation,
     "sampling": SamplingExplanation,
+    "halfspaces": HalfspaceExplanation,
 }
 
 
@@ -31,7 +36,7 @@ def is_two_layer(graph: Graph) -> bool:
     return kinds == [Affine, Act, Affine]
 
 
-def explain(model: nn.Module | Graph, distribution: Gaussian, method: str = "gaussian",
+def explain(model: nn.Module | Graph, distribution: Gaussian | BooleanCube, method: str = "gaussian",
             **options: object) -> Explanation:
     """π for `model` (a torch module, compiled here, or a compiled Graph) on inputs from
     `distribution`, by `method` (see METHODS, or "auto"); options go to the method's
@@ -41,6 +46,12 @@ def explain(model: nn.Module | Graph, distribution: Gaussian, method: str = "gau
     graph = model if isinstance(model, Graph) else compile_model(model)
     if method != "auto":
         return METHODS[method](graph, distribution, **options)
-    chosen = METHODS["polynomial" if is_two_layer(graph) else "cumulant"](graph, distribution, **options)
+    if is_step_network(graph):
+        name = "halfspaces"
+    elif not isinstance(distribution, Gaussian):
+        name = "sampling"
+    else:
+        name = "polynomial" if is_two_layer(graph) else "cumulant"
+    chosen = METHODS[name](graph, distribution, **options)
     chosen.method = f"auto:{chosen.method}"
     return chosen

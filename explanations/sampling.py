@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .base import Explanation
-from .distributions import Gaussian
+from .distributions import BooleanCube, Gaussian
 from .estimate import Estimate
 from .events import Event
 from .graph import Graph
@@ -14,6 +14,7 @@ class SamplingExplanation(Explanation):
     """π = the empirical distribution of `samples` draws; predict(x) runs the model."""
 
     method = "sampling"
+    distributions = (Gaussian, BooleanCube)
 
     def __init__(self, graph: Graph, distribution: Gaussian, *, samples: int = 100_000, seed: int = 0) -> None:
         super().__init__(graph, distribution, seed=seed)

@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     sampling.add_argument("--cache", default=".pitrack-cache/bench-tails", help="ground-truth cache folder")
     sampling.add_argument("--csv", default="out/bench_sampling.csv")
     sampling.add_argument("--png", default="out/bench_sampling.png")
+    halfspaces = benches.add_parser("halfspaces", help="halfspace intersections, 3-CNF and permanents vs exact answers")
+    halfspaces.add_argument("--quick", action="store_true", help="a few small cases (about a minute)")
+    halfspaces.add_argument("--repeats", type=int, default=10, help="seeds per case (MSE over repeats)")
+    halfspaces.add_argument("--budget", type=float, default=3000, help="sample-equivalents per estimate")
+    halfspaces.add_argument("--csv", default="out/bench_halfspaces.csv")
+    halfspaces.add_argument("--png", default="out/bench_halfspaces.png")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
@@ -68,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         from .bench_sampling import run as sampling_run
         sampling_run(repeats=args.repeats, budget=args.budget, quick=args.quick, cache=args.cache,
                      csv_path=args.csv, png_path=args.png)
+    elif args.bench == "halfspaces":
+        from .bench_halfspaces import run as halfspaces_run
+        halfspaces_run(quick=args.quick, repeats=args.repeats, budget=args.budget, csv_path=args.csv,
+                       png_path=args.png)
 
 
 if __name__ == "__main__":
