@@ -120,3 +120,15 @@ class Explanation(ABC):
 
     @abstractmethod
     def _probability(self, event: Event) -> Estimate: ...
+
+
+class RunsTheModel:
+    """Mixin for explanations whose predict(x) is M(x) itself: one forward pass per row (so
+    `expectation(samples=N)` uses no control variate)."""
+
+    @property
+    def predict_flops(self) -> int:
+        return self.graph.flops_per_sample
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.graph.forward(self._inputs(x).to(self.graph.dtype))

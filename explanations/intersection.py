@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
 
-from .base import Explanation
+from .base import Explanation, RunsTheModel
 from .cube_marginals import cube_marginal_log_probabilities
 from .cube_smc import CubeResult, cube_log_probability
 from .distributions import BooleanCube, Gaussian
@@ -34,7 +33,7 @@ from .mvn import OrthantResult
 REPLICATES = 4
 
 
-class HalfspaceExplanation(Explanation):
+class HalfspaceExplanation(RunsTheModel, Explanation):
     """π of a Linear → Step network on Gaussian or Boolean-cube inputs (module docstring)."""
 
     method = "halfspaces"
@@ -51,14 +50,6 @@ class HalfspaceExplanation(Explanation):
         super().__init__(graph, distribution, seed=seed)
         self.budget, self.gaussian = float(budget), gaussian
         self.cube = isinstance(distribution, BooleanCube)
-
-    @property
-    def predict_flops(self) -> int:
-        """predict runs the model: one forward pass (so no control variate)."""
-        return self.graph.flops_per_sample
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.graph.forward(self._inputs(x).to(self.graph.dtype))
 
     def _expectation(self) -> Estimate:
         affine = self.graph.chain[0]

@@ -1,16 +1,14 @@
 """method="sampling": the plain Monte Carlo baseline behind the common interface."""
 from __future__ import annotations
 
-from torch import Tensor
-
-from .base import Explanation
+from .base import Explanation, RunsTheModel
 from .distributions import BooleanCube, Gaussian
 from .estimate import Estimate
 from .events import Event
 from .graph import Graph
 
 
-class SamplingExplanation(Explanation):
+class SamplingExplanation(RunsTheModel, Explanation):
     """π = the empirical distribution of `samples` draws; predict(x) runs the model."""
 
     method = "sampling"
@@ -19,14 +17,6 @@ class SamplingExplanation(Explanation):
     def __init__(self, graph: Graph, distribution: Gaussian, *, samples: int = 100_000, seed: int = 0) -> None:
         super().__init__(graph, distribution, seed=seed)
         self.samples = samples
-
-    @property
-    def predict_flops(self) -> int:
-        """predict runs the model: one forward pass (so no control variate)."""
-        return self.graph.flops_per_sample
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.graph.forward(self._inputs(x).to(self.graph.dtype))
 
     def _expectation(self) -> Estimate:
         return self.expectation(samples=self.samples)
