@@ -115,11 +115,13 @@ class CumulantExplanation(Explanation):
     def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,
                              spent: int = 0) -> Estimate:
         """With a sampling budget: importance sampling around the design points (`guided`)
-        for events π's Gaussian summary puts below 5e-2, plain sampling otherwise. π's part
-        (its build, the bulk test, the search) is charged to the estimate."""
+        for events π's Gaussian summary puts below 5e-2, plain sampling otherwise (also when a
+        FLOP budget is more than half spent on π's build and the bulk test). π's part (its
+        build, the bulk test, the search) is charged to the estimate."""
         bulk = self._bulk(event)
         spent += self.build_flops + bulk[4] + bulk[3].flops
-        if self.design and is_far(bulk[3].log_p):
+        affordable = flops is None or spent <= flops / 2       # else the budget goes to draws
+        if self.design and affordable and is_far(bulk[3].log_p):
             found = search(self, event)
             spent += found.flops
             if found.modes:

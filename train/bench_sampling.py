@@ -32,14 +32,18 @@ DEFAULT_CSV = Path("out/bench_sampling.csv")
 DEFAULT_PNG = Path("out/bench_sampling.png")
 RANGE = (1e-8, 1e-2)
 COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_equivalents", "hybrid_mse",
-           "plain_mse", "mse_ratio", "relative_rmse", "covered", "methods"]
+           "plain_mse", "mse_ratio", "relative_rmse", "covered", "methods", "note"]
 
 
 def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats: int, budget: int) -> dict:
     """One row of the module docstring's figures for one event."""
     unit = draw_cost(graph, D)
-    estimates = [explain(model, D, "auto", seed=r).probability(event, flops=budget * graph.flops_per_sample)
-                 for r in range(repeats)]
+    try:
+        estimates = [explain(model, D, "auto", seed=r).probability(event, flops=budget * graph.flops_per_sample)
+                     for r in range(repeats)]
+    except ValueError as error:            # π's part (build, search) did not leave a draw
+        return {"case": case_name, "event": repr(event), "true_p": entry["p"], "true_se": entry["se"],
+                "repeats": repeats, "note": str(error)}
     p = entry["p"]
     values = [e.value for e in estimates]
     hybrid = statistics.fmean((v - p) ** 2 for v in values)
@@ -77,6 +81,10 @@ def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Pat
 def report(rows: list[dict], budget: int, csv_path: Path, png_path: Path) -> str:
     lines = [f"{'case':<5} {'true p':>9} {'samples':>8} {'cost':>7} {'MSE plain/hybrid':>17} {'rel RMSE':>9} "
              f"{'covered':>8}  method"]
+    failed = [r for r in rows if r.get("note")]
+    for r in failed:
+        lines.append(f"{r['case']:<5} {r['true_p']:>9.2e}  over budget: {r['note']}")
+    rows = [r for r in rows if not r.get("note")]
     for r in rows:
         lines.append(f"{r['case']:<5} {r['true_p']:>9.2e} {r['samples']:>8,} {r['sample_equivalents']:>7,.0f} "
                      f"{r['mse_ratio']:>17.3g} {r['relative_rmse']:>9.3f} {r['covered']:>3}/{r['repeats']:<4}  "
@@ -84,7 +92,8 @@ def report(rows: list[dict], budget: int, csv_path: Path, png_path: Path) -> str
     if rows:
         rare = [r for r in rows if r["true_p"] <= 1e-5]
         pairs = sum(r["repeats"] for r in rows)
-        lines += ["", f"budget {budget:,} sample-equivalents; {len(rows)} events, {pairs} (event, repeat) pairs",
+        lines += ["", f"budget {budget:,} sample-equivalents; {len(rows)} events, {pairs} (event, repeat) pairs"
+                  f" ({len(failed)} events over budget)",
                   f"MSE ratio plain/hybrid: min {min(r['mse_ratio'] for r in rows):.3g}, "
                   f"median {statistics.median(r['mse_ratio'] for r in rows):.3g}; "
                   f"events with ratio < 1: {sum(r['mse_ratio'] < 1 for r in rows)}",
@@ -102,7 +111,7 @@ def report(rows: list[dict], budget: int, csv_path: Path, png_path: Path) -> str
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
+        writer = csv.DictWriter(handle, COLUMNS, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -115,6 +124,7 @@ def plot(rows: list[dict], path: Path, budget: int) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    rows = [r for r in rows if not r.get("note")]
     p = np.array([r["true_p"] for r in rows])
     left.scatter(p, [r["mse_ratio"] for r in rows], s=20)
     left.axhline(1, color="0.4", linewidth=1, label="equal MSE")
