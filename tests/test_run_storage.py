@@ -219,34 +219,37 @@ def test_replay_prints_a_table_and_plots(tmp_path, capsys):
         main(["inspect", str(tmp_path / "missing.h5")])
 
 
+def fit(path, model, steps, seed):
+    """Train a small regression model under a Tracker writing to `path`."""
+    D = Gaussian.standard(4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02)
+    generator = torch.Generator().manual_seed(seed)
+    with Tracker(model, optimizer, D, events={"high": Above(0, 1.0)}, path=path, every=3) as tr:
+        train_steps(model, optimizer, RegressionTask(D, 2, seed=2), steps, 512, generator)
+    return tr
+
+
+def fit_until_killed(path: str) -> None:
+    """A spawned child (not forked: a fork of a process whose torch thread pool has run can
+    deadlock in its first parallel operation)."""
+    torch.set_num_threads(1)
+    fit(path, mlp([4, 16, 2], "relu", seed=3), 10_000, 0)
+
+
 def test_a_killed_tracker_resumes_from_its_last_checkpoint(tmp_path):
     path = tmp_path / "run.h5"
-    D = Gaussian.standard(4)
-    task = RegressionTask(D, 2, seed=2)
-
-    def fit(model, steps, seed):
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.02)
-        generator = torch.Generator().manual_seed(seed)
-        with Tracker(model, optimizer, D, events={"high": Above(0, 1.0)}, path=path, every=3) as tr:
-            train_steps(model, optimizer, task, steps, 512, generator)
-        return tr
-
-    pid = os.fork()
-    if pid == 0:
-        try:
-            fit(mlp([4, 16, 2], "relu", seed=3), 10_000, 0)
-        finally:
-            os._exit(0)
-    deadline = time.monotonic() + 60
+    child = torch.multiprocessing.get_context("spawn").Process(target=fit_until_killed, args=(str(path),))
+    child.start()
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not path.exists() or len(open_run(path)) < 3):
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
     last = open_run(path).last
     assert last is not None and last.step >= 9
     model = mlp([4, 16, 2], "relu", seed=3)
     model.load_state_dict(last.state_dict())
-    tr = fit(model, 6, 1)
+    tr = fit(path, model, 6, 1)
     run = open_run(path)
     assert tr.step == last.step + 6 and run.last.step == tr.step
     assert run.steps[-3:] == [last.step, last.step + 3, last.step + 6]
