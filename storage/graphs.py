@@ -7,19 +7,19 @@ pickled or evaluated: a foreign or corrupt group raises ValueError naming the pr
 """
 from __future__ import annotations
 
-import json
-
 import h5py
 import numpy as np
 
 from explanations.graph import Graph
+
+from .plain import read_json, write_json
 
 
 def write_graph(group: h5py.Group, graph: Graph, compression: str | None = None) -> None:
     """Store `graph` under `group` (which must not already hold one); `compression`
     ("gzip") compresses the weight datasets (with the shuffle filter)."""
     meta, arrays = graph.to_plain()
-    group.create_dataset("meta", data=json.dumps(meta), dtype=h5py.string_dtype())
+    write_json(group, "meta", meta)
     store = group.create_group("arrays")
     for name, array in arrays.items():
         store.create_dataset(name, data=array, compression=compression,
@@ -30,9 +30,6 @@ def read_graph(group: h5py.Group, device: str | None = None) -> Graph:
     """The graph stored by `write_graph`; ValueError if the group holds something else."""
     if "meta" not in group or "arrays" not in group:
         raise ValueError(f"HDF5 group '{group.name}' in {group.file.filename} holds no π-tracker graph")
-    try:
-        meta = json.loads(group["meta"].asstr()[()])
-    except (TypeError, ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"graph metadata in '{group.name}' is corrupt: {error}") from None
+    meta = read_json(group, "meta")
     arrays = {name: np.asarray(dataset[()]) for name, dataset in group["arrays"].items()}
     return Graph.from_plain(meta, arrays, device=device)

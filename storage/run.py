@@ -15,7 +15,6 @@ plain h5py reader see it without rebuilding.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,14 +30,8 @@ from explanations.events import Event
 
 from .events import event_from_plain
 from .graphs import read_graph
+from .plain import read_json
 from .runfile import FORMAT, VERSION, RunFileError
-
-
-def read_json(group: h5py.Group, name: str) -> dict:
-    try:
-        return json.loads(group[name].asstr()[()])
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
-        raise RunFileError(f"'{group.name}/{name}' in {group.file.filename} is missing or corrupt: {error}") from None
 
 
 @dataclass
@@ -65,7 +58,7 @@ class Checkpoint:
 
     def __init__(self, run: "Run", group: h5py.Group) -> None:
         self.run = run
-        self.meta = read_json(group, "meta")
+        self.meta = read_json(group, "meta", RunFileError)
         self.step: int = int(self.meta["step"])
         self.group = group
 
@@ -150,7 +143,7 @@ class Run:
         if version < 1 or "run" not in self.file or "checkpoints" not in self.file:
             self.close()
             raise RunFileError(f"{self.path} has a malformed π-tracker layout (version {version})")
-        self.meta = read_json(self.file["run"], "meta")
+        self.meta = read_json(self.file["run"], "meta", RunFileError)
         distribution = self.file["run/distribution"]
         self.distribution = Gaussian(torch.as_tensor(distribution["mean"][()]),
                                      torch.as_tensor(distribution["cov"][()]))

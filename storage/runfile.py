@@ -24,7 +24,6 @@ Nothing is pickled: JSON in datasets (attributes over ~64 KB fail), arrays as da
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -38,6 +37,7 @@ import numpy as np
 from explanations.graph import Graph
 
 from .graphs import write_graph
+from .plain import write_json
 
 FORMAT = "pi-tracker run"
 VERSION = 1
@@ -50,10 +50,6 @@ class RunFileError(ValueError):
 
 def checkpoint_name(step: int) -> str:
     return f"{step:010d}"
-
-
-def write_json(group: h5py.Group, name: str, value: object) -> None:
-    group.create_dataset(name, data=json.dumps(value), dtype=h5py.string_dtype())
 
 
 def write_arrays(group: h5py.Group, arrays: dict[str, np.ndarray]) -> None:
