@@ -59,6 +59,7 @@ from torch import Tensor
 from torch.special import log_ndtr
 
 from .halfspaces import Halfspaces
+from .montecarlo import Z95
 
 LOG_HALF = -math.log(2.0)
 EXACT_SUPPORT = 8    # constraints with at most this many unset coordinates use exact tails
@@ -81,7 +82,7 @@ class CubeResult:
         if self.log_p == -math.inf:
             return (0.0, 0.0)
         relative = torch.exp(values - self.log_p)
-        half = 1.959963984540054 * float(relative.std()) / math.sqrt(len(values))
+        half = Z95 * float(relative.std()) / math.sqrt(len(values))
         p = math.exp(self.log_p)
         return (max(0.0, p * (1 - half)), p * (1 + half))
 

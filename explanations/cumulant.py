@@ -58,7 +58,7 @@ from .guided import guided_probability
 from .hermite_cumulants import hermite_cumulants
 from .moments import hermite_coefficients, split_deterministic, split_sd
 from .mvn import OrthantResult, log_union
-from .propagate import (GaussianState, propagate, propagate_skewed, skewed_activation,
+from .propagate import (GaussianState, finish_affine, propagate, propagate_skewed, skewed_activation,
                         sources_through_affine)
 from .skew import third_fourth
 from .structured import design_estimate, search
@@ -210,7 +210,7 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
         self.mean = out.weight @ mean_h + out.bias
         self.flops["skew mean"] += 2 * m * n * n + 4 * m * n + cost + cost_mean + 2 * out.weight.numel()
         self.mean_flops = self.build_flops
-        z = propagate(chain[-3:-2], h, self.flops)
+        z = finish_affine(hidden, h, weighted, self.flops)         # W Σ_h is reused, not recomputed
         return z, skewed_activation(act.kind, z, sources, self.flops)
 
     def _expectation(self) -> Estimate:

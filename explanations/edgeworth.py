@@ -23,8 +23,7 @@ from torch import Tensor
 from torch.special import ndtr
 
 from .activations import ACTIVATIONS, normal_pdf
-from .moments import (HERMITE_DEGREE, ActivationMoments, hermite_basis, hermite_coefficients, quadrature,
-                      split_deterministic)
+from .moments import HERMITE_DEGREE, ActivationMoments, hermite_basis, quadrature, split_deterministic
 
 _RHO_LIMIT = 1 - 1e-9
 
@@ -47,11 +46,13 @@ def _derivative_expectations(kind: str, mean: Tensor, sd: Tensor) -> tuple[Tenso
         f = torch.stack([first, cdf] + [delta(k) for k in range(5)], dim=1)               # relu, H, δ, δ′, …
         square = torch.stack([second, 2 * first, 2 * cdf] + [2 * delta(k) for k in range(4)], dim=1)
         return f, square, first[:, None], 60 * n
-    coefficients, _, flops = hermite_coefficients(kind, mean, sd, HERMITE_DEGREE)
-    u, w = quadrature(mean)
+    u, w = quadrature(mean)                      # f evaluated once for both series
     values = ACTIVATIONS[kind].fn(mean[:, None] + sd[:, None] * u[None, :])
-    square = (values * values * w) @ hermite_basis(u, 6).T                        # [n, 7]
-    flops += n * u.shape[0] * (ACTIVATIONS[kind].flops + 16)
+    weighted = values * w
+    basis = hermite_basis(u, HERMITE_DEGREE)
+    coefficients = weighted @ basis.T                                             # [n, K+1]
+    square = (values * weighted) @ basis[:7].T                                    # [n, 7]
+    flops = n * u.shape[0] * (ACTIVATIONS[kind].flops + 2 * HERMITE_DEGREE + 20)
     scale = torch.exp(torch.lgamma(orders + 1)).sqrt() / sd[:, None] ** orders
     return coefficients[:, :7] * scale, square * scale, coefficients, flops
 

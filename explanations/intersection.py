@@ -28,6 +28,7 @@ from .events import Event
 from .graph import Graph
 from .halfspaces import (Halfspaces, from_network, gaussian_log_probability, hermite_log_probability,
                          is_step_network, sov_points)
+from .montecarlo import Z95
 from .mvn import OrthantResult
 
 REPLICATES = 4
@@ -73,7 +74,7 @@ class HalfspaceExplanation(RunsTheModel, Explanation):
         halfspaces = from_network(self.graph, event)
         result = self._solve(halfspaces, self.budget)
         p = math.exp(result.log_p)
-        half = 1.959963984540054 / 3 * result.abs_error   # abs_error is three standard errors
+        half = Z95 / 3 * result.abs_error   # abs_error is three standard errors
         interval = (max(0.0, p - half), p + half) if math.isfinite(half) else None
         return Estimate.probability(result.log_p, interval=interval, flops=result.flops, samples=0,
                                     method=self.method, flops_per_sample=self.flops_per_sample,
@@ -99,4 +100,4 @@ class HalfspaceExplanation(RunsTheModel, Explanation):
 def _as_orthant(result: CubeResult) -> OrthantResult:
     """The SMC result with three standard errors of the replicate mean as abs_error."""
     p = math.exp(result.log_p)
-    return OrthantResult(result.log_p, 3 / 1.959963984540054 * (result.interval[1] - p), result.flops)
+    return OrthantResult(result.log_p, 3 / Z95 * (result.interval[1] - p), result.flops)

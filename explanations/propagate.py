@@ -47,11 +47,20 @@ def propagate(chain: Chain, state: GaussianState, flops: Counter) -> GaussianSta
 
 
 def _affine(op: Affine, state: GaussianState, flops: Counter) -> GaussianState:
+    weight = op.weight.to(state.mean.dtype)
+    m, n = weight.shape
+    flops["affine"] += 2 * m * n * n
+    return finish_affine(op, state, weight @ state.cov, flops)
+
+
+def finish_affine(op: Affine, state: GaussianState, weighted: Tensor, flops: Counter) -> GaussianState:
+    """The state after `op` given W Σ (`weighted`, already paid for): μ ↦ Wμ + b,
+    Σ ↦ (WΣ) Wᵀ, C ↦ C Wᵀ."""
     w, b = op.weight.to(state.mean.dtype), op.bias.to(state.mean.dtype)
     m, n = w.shape
     r = state.cross.shape[0]
-    cov = w @ state.cov @ w.T
-    flops["affine"] += 2 * m * n + m + 2 * m * n * n + 2 * m * m * n + 2 * r * n * m
+    cov = weighted @ w.T
+    flops["affine"] += 2 * m * n + m + 2 * m * m * n + 2 * r * n * m
     return GaussianState(w @ state.mean + b, (cov + cov.T) / 2, state.cross @ w.T)
 
 
