@@ -31,7 +31,6 @@ permanents) and a printed summary over 1e-8 ≤ p ≤ 1e-2.
 """
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 import time
@@ -52,6 +51,8 @@ from explanations.halfspaces import (Halfspaces, exact_cube_log_probability, gau
 from explanations.montecarlo import draw_cost
 from explanations.mvn import log_orthant
 from explanations.permanent import godsil_gutman, ryser, sinkhorn_sis, uniform_permutations
+
+from .tables import write_csv
 
 SUMMARY_RANGE = (1e-8, 1e-2)
 LN10 = math.log(10.0)
@@ -230,14 +231,6 @@ COLUMNS = ["family", "case", "n", "k", "b", "weights", "true_p", "truth", "truth
            "uniform_permutations_rel_rmse", "uniform_permutations_flops"]
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        writer.writeheader()
-        writer.writerows({c: row.get(c, "") for c in COLUMNS} for row in rows)
-
-
 def plot(rows: list[dict], scale_rows: list[dict], perm_rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -335,7 +328,7 @@ def run(quick: bool = False, repeats: int = 10, budget: float = 3000, csv_path: 
             for case in tqdm(cases(quick), desc="bench halfspaces", unit="case", disable=not progress)]
     scale_rows = scaling(quick, budget, repeats)
     perm_rows = permanents(quick, repeats, draws=50 if quick else 200)
-    write_csv(rows + scale_rows + perm_rows, Path(csv_path))
+    write_csv(rows + scale_rows + perm_rows, Path(csv_path), COLUMNS)
     plot(rows, scale_rows, perm_rows, Path(png_path))
     lines = [f"{'case':<42} {'p':>9} {'truth':<12} {'med err':>7} {'max err':>7} {'cost':>7} {'MSE gain':>9}"
              f" {'hermite':>7} {'check':>7} {'scipy':>7}"]

@@ -15,7 +15,6 @@ intervals hold p. With R repeats the ratio itself is uncertain by a factor of ab
 """
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from pathlib import Path
@@ -27,6 +26,7 @@ from explanations import compile_model, explain
 from explanations.montecarlo import draw_cost
 
 from .bench_tails import DEFAULT_CACHE, QUICK, Settings, build, ground_truth, zoo
+from .tables import write_csv
 
 DEFAULT_CSV = Path("out/bench_sampling.csv")
 DEFAULT_PNG = Path("out/bench_sampling.png")
@@ -72,7 +72,7 @@ def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Pat
                 continue
             event = spec.event(entry["level"], truth["mean"], truth["sd"])
             rows.append(evaluate_event(case.name, model, graph, D, event, entry, repeats, budget))
-    write_csv(rows, Path(csv_path))
+    write_csv(rows, Path(csv_path), COLUMNS)
     plot(rows, Path(png_path), budget)
     print(report(rows, budget, Path(csv_path), Path(png_path)))
     return rows
@@ -106,14 +106,6 @@ def report(rows: list[dict], budget: int, csv_path: Path, png_path: Path) -> str
                   f"({sum(r['covered'] for r in rows) / pairs:.1%})"]
     lines += [f"CSV: {csv_path}", f"PNG: {png_path}"]
     return "\n".join(lines)
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def plot(rows: list[dict], path: Path, budget: int) -> None:

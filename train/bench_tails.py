@@ -57,7 +57,6 @@ Per case, method and event: p̂ (from Estimate.log10), the truth and its interva
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -80,6 +79,7 @@ from explanations.graph import Graph
 from explanations.montecarlo import Z95, draw_cost, tally, wilson_interval
 
 from .models import mlp
+from .tables import write_csv
 from .tasks import RegressionTask, fit_regression
 
 CACHE_VERSION = 1
@@ -644,14 +644,6 @@ def summarise(rows: list[dict]) -> list[dict]:
     return table
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: ("" if row.get(k) is None else row.get(k, "")) for k in COLUMNS} for row in rows)
-
-
 def plot(rows: list[dict], path: Path) -> None:
     """Estimated against true p, log-log, the diagonal and a ±0.5 dex band, a marker per method."""
     import matplotlib
@@ -717,7 +709,7 @@ def run(quick: bool = False, methods: list[str] | None = None, cache: Path = DEF
                          f"{graph.flops_per_sample:>10,} {len(case.specs):>3} "
                          f"{sum(truth['draws'].values()):>13,} {truth['seconds']:>8.1f}"
                          + ("" if measured else "  (cached)"))
-    write_csv(rows, Path(csv_path))
+    write_csv(rows, Path(csv_path), COLUMNS)
     plot(rows, Path(png_path))
     summary = summarise(rows)
     print(format_report(zoo_lines, truths, summary, notes, Path(csv_path), Path(png_path)))
