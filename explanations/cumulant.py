@@ -52,23 +52,22 @@ from .distributions import Gaussian
 from .edgeworth import corrected_mean
 from .estimate import Estimate
 from .events import Event
-from .gaussian import GaussianExplanation, clause_rows, observed
+from .gaussian import GaussianExplanation
 from .graph import Act, Affine, Chain, Graph
-from .guided import guided_probability
+from .guided import GuidedSampling
 from .hermite_cumulants import hermite_cumulants
 from .moments import hermite_coefficients, split_deterministic, split_sd
-from .mvn import OrthantResult, log_union
 from .propagate import (GaussianState, finish_affine, propagate, propagate_skewed, skewed_activation,
                         sources_through_affine)
 from .skew import third_fourth
-from .structured import design_estimate, search
+from .structured import design_estimate
 from .tails import copula_probability
 
 DEFAULT_DEGREE = 6
 CUMULANT_BUDGET = 2000   # sample-equivalents one cumulant marginal may cost; beyond, κ3 = κ4 = 0
 
 
-class CumulantExplanation(Explanation):
+class CumulantExplanation(GuidedSampling, Explanation):
     """An explanation that knows κ1..κ4 of any linear combination of the outputs.
 
     Subclasses set `mean`, `cov` (π's Gaussian summary of y), `dtype`, count their build in
@@ -78,7 +77,6 @@ class CumulantExplanation(Explanation):
 
     mean: Tensor
     cov: Tensor
-    design: bool = True      # use the input-space structure for events far from the bulk
 
     def cumulants(self, direction: Tensor) -> Tensor:
         """κ1..κ4 of direction·y under π: a [4] tensor."""
@@ -103,30 +101,6 @@ class CumulantExplanation(Explanation):
         """π's Gaussian model (mean, cov, Cov(x, y), build_flops) under another input
         distribution: the design-point estimate rebuilds it at each mode."""
         return GaussianExplanation(self.graph, distribution, dtype=self.dtype, seed=self.seed)
-
-    def _bulk(self, event: Event) -> tuple[Tensor, Tensor, list, OrthantResult, int]:
-        """π's Gaussian summary of v = (y, detector scores), the event's clause rows, the
-        event's probability under that Gaussian, and the FLOPs of the summary."""
-        detectors = event.detectors()
-        mean, cov, flops = observed(self.mean, self.cov, detectors)
-        rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
-        return mean, cov, rows, log_union(mean, cov, rows, seed=self.seed), flops
-
-    def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,
-                             spent: int = 0) -> Estimate:
-        """With a sampling budget: importance sampling around the design points (`guided`)
-        for events π's Gaussian summary puts below 5e-2, plain sampling otherwise (also when a
-        FLOP budget is more than half spent on π's build and the bulk test). π's part (its
-        build, the bulk test, the search) is charged to the estimate."""
-        bulk = self._bulk(event)
-        spent += self.build_flops + bulk[4] + bulk[3].flops
-        affordable = flops is None or spent <= flops / 2       # else the budget goes to draws
-        if self.design and affordable and is_far(bulk[3].log_p):
-            found = search(self, event)
-            spent += found.flops
-            if found.modes:
-                return guided_probability(self, event, found, samples, flops, spent)
-        return super()._sampled_probability(event, samples, flops, spent)
 
     def _probability(self, event: Event) -> Estimate:
         """If π's Gaussian summary puts the event below 5e-2, the design-point estimate of

@@ -1,52 +1,87 @@
-"""Design-guided importance sampling: the `samples=N` budget of cumulant explanations.
+"""Design-guided sampling: the `samples=N` / `flops=F` budget of cumulant explanations.
 
-In whitened input space (x = μ + F ξ, ξ ~ N(0, I)) draw from the defensive mixture
-(Hesterberg 1995)
+Importance sampling. In whitened input space (x = μ + F ξ, ξ ~ N(0, I)) draw from the
+defensive mixture (Hesterberg 1995)
     q = α0 N(0, I) + α_b N(0, s²I) + (1 - α0 - α_b)/K Σ_k N(ξ*_k, I),
 α0 = 0.2, α_b = 0.1, s = 2, ξ*_k the design points of `structured.search`; the broad
 component N(0, s²I) reaches failure regions the search missed. The weight
     w(ξ) = φ(ξ)/q(ξ) = 1 / (α0 + α_b s^{-d} e^{|ξ|²(1 - 1/s²)/2} + Σ_k α_k e^{ξ*_k·ξ - |ξ*_k|²/2}) ≤ 1/α0
 is computed in log space, and p̂ = (1/N) Σ_i 1_C(ξ_i) w_i with its standard error from
-the sample variance and the interval p̂ ± 1.96 se (clipped at 0). The effective number of
-hits (Σ_hits w)² / Σ_hits w² (Kong 1992) is reported; fewer than 10, or one weight
-carrying over half of p̂, flags the estimate as degenerate (details["degenerate"]). The defensive component
-bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain sampling's; near the
-design points it is orders of magnitude smaller (a halfspace at distance β: relative
-variance O(β) per draw instead of 1/p).
+the sample variance. The effective number of hits n = p̂²/se² (for equal weights and
+small p, the number of hits) gives the interval, Garwood's for n counts scaled to p̂
+(`montecarlo.effective_count_interval`): the small-sample correction that p̂ ± 1.96 se
+lacks when few weights carry the estimate. Kong's (Σ_hits w)²/Σ_hits w² (1992) is
+reported as details["effective_hits"]; fewer than 10, or one weight
+carrying over half of p̂, flags the estimate as degenerate (details["degenerate"]). The
+defensive component bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain
+sampling's; near the design points it is orders of magnitude smaller (a halfspace at
+distance β: relative variance O(β) per draw instead of 1/p).
+
+Choosing the sampler. A pilot of PILOT_SHARE of the draws (at least PILOT_MIN; none below
+2·PILOT_MIN draws, where importance sampling takes them all) runs the importance sampler first. Where its effective number of hits reaches PILOT_HITS, the
+rest of the draws run it again and make the estimate; otherwise, or without a design
+point, the failure region is not where the design points say (scattered islands in
+rough, deep networks) and the rest of the budget runs subset simulation (`splitting`),
+which needs no picture of the region. The pilot only chooses: it is charged but not
+pooled, so the estimate that follows is unbiased for importance sampling.
 Cost: what π spent before (its build, the bulk test, the search: `spent`), plus per
-draw d normal variates, the input map and one forward pass (and the detectors), and K
-d-dimensional dot products for the weight.
+draw d normal variates, the input map and one forward pass (and the detectors), and for
+importance sampling K d-dimensional dot products for the weight.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from torch import Tensor
+
+from .design import is_far
 from .estimate import Estimate
 from .events import Event
-from .gaussian import GaussianExplanation
-from .montecarlo import Z95, draws_within
-from .structured import Search
+from .montecarlo import draws_within, effective_count_interval
+from .mvn import OrthantResult, log_union
+from .observed import clause_rows, observed
+from .splitting import LEVEL_PROBABILITY, clause_margin, subset_simulation
+from .structured import Search, search
 
 DEFENSIVE, BROAD, BROAD_SCALE = 0.2, 0.1, 2.0
+PILOT_SHARE, PILOT_MIN, PILOT_HITS = 0.1, 200, 3.0
+MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4)
 
 
-def guided_probability(pi: GaussianExplanation, event: Event, found: Search, samples: int | None,
-                       flops: float | None, spent: int, batch: int = 1 << 14) -> Estimate:
-    """P(event) by importance sampling around the design points `found` (at least one).
-    With a FLOP budget instead of `samples`, `spent` (π's part, the search included) is
-    paid first and the rest buys draws."""
+@dataclass
+class Weighted:
+    """Sums of one importance-sampling run."""
+    samples: int
+    total: float            # Σ 1_C w
+    total_squares: float    # Σ 1_C w²
+    largest: float
+
+    @property
+    def p(self) -> float:
+        return self.total / self.samples
+
+    @property
+    def standard_error(self) -> float:
+        p = self.p
+        return math.sqrt(max(self.total_squares / self.samples - p * p, 0.0) / max(self.samples - 1, 1))
+
+    @property
+    def effective_hits(self) -> float:
+        return self.total * self.total / self.total_squares if self.total_squares > 0 else 0.0
+
+
+def importance_sampling(event: Event, found: Search, samples: int, generator: torch.Generator,
+                        n_outputs: int, batch: int = 1 << 14) -> Weighted:
+    """Σ 1_C w and Σ 1_C w² over `samples` draws from the defensive mixture (module docstring)."""
     points = torch.stack([m.point for m in found.modes])                    # [K, d]
     half_norms = (points * points).sum(1) / 2
     k, d = points.shape
-    per_draw = found.observe_flops + d + 2 * k * d + 4 * k
-    if samples is None:
-        samples = draws_within(flops, spent, per_draw)
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          points.new_full((k,), math.log((1 - DEFENSIVE - BROAD) / k))])
-    generator = torch.Generator().manual_seed(pi.seed)
-    total = total_squares = largest = 0.0
+    run = Weighted(samples, 0.0, 0.0, 0.0)
     done = 0
     with torch.no_grad():
         while done < samples:
@@ -60,21 +95,85 @@ def guided_probability(pi: GaussianExplanation, event: Event, found: Search, sam
             broad = (xi * xi).sum(1) * (1 - BROAD_SCALE ** -2) / 2 - d * math.log(BROAD_SCALE)
             exponents = torch.cat([xi.new_zeros(size, 1), broad[:, None], xi @ points.T - half_norms], dim=1)
             log_w = -torch.logsumexp(exponents + log_mix, dim=1)
-            hit = event.evaluate(found.observe(xi)[:, :pi.graph.n_outputs])
+            hit = event.evaluate(found.observe(xi)[:, :n_outputs])
             w = torch.where(hit, log_w.exp(), torch.zeros_like(log_w))
-            total += float(w.sum())
-            total_squares += float((w * w).sum())
-            largest = max(largest, float(w.max()))
+            run.total += float(w.sum())
+            run.total_squares += float((w * w).sum())
+            run.largest = max(run.largest, float(w.max()))
             done += size
-    p = total / samples
-    se = math.sqrt(max(total_squares / samples - p * p, 0.0) / max(samples - 1, 1))
+    return run
+
+
+def guided_probability(pi: "GuidedSampling", event: Event, found: Search, samples: int | None,
+                       flops: float | None, spent: int, log_guess: float) -> Estimate:
+    """P(event) by importance sampling around the design points `found`, or by subset
+    simulation where a pilot finds that proposal useless (module docstring). With a FLOP
+    budget instead of `samples`, `spent` (π's part, the search included) is paid first and
+    the rest buys draws; `log_guess` (π's log P) sizes the subset-simulation levels."""
+    d = found.distribution.dim
+    k = len(found.modes)
+    importance_draw = found.observe_flops + d + 2 * k * d + 4 * k
+    if samples is None:
+        samples = draws_within(flops, spent, importance_draw if k else found.observe_flops + d)
+    generator = torch.Generator().manual_seed(pi.seed)
     unit = pi.graph.flops_per_sample
-    flops = spent + samples * per_draw
-    log_p = math.log(p) if p > 0 else -math.inf
-    effective_hits = total * total / total_squares if total_squares > 0 else 0.0
-    degenerate = effective_hits < 10 or largest > total / 2
-    return Estimate.probability(log_p, interval=(max(p - Z95 * se, 0.0), p + Z95 * se), flops=flops,
-                                samples=samples, method=f"{pi.method}+design-IS", flops_per_sample=unit,
-                                details={"standard_error": se, "modes": [m.beta for m in found.modes],
-                                         "search_flops": found.flops, "effective_hits": effective_hits,
-                                         "degenerate": degenerate})
+    details = {"modes": [m.beta for m in found.modes], "search_flops": found.flops}
+    pilot = max(PILOT_MIN, round(PILOT_SHARE * samples)) if k and samples >= 2 * PILOT_MIN else 0
+    if k:
+        trial = importance_sampling(event, found, pilot, generator, pi.graph.n_outputs)
+        spent += pilot * importance_draw
+        details["pilot_effective_hits"] = trial.effective_hits
+        if trial.effective_hits >= PILOT_HITS or not pilot:
+            run = importance_sampling(event, found, samples - pilot, generator, pi.graph.n_outputs)
+            p, se = run.p, run.standard_error
+            effective = run.effective_hits
+            return Estimate.probability(
+                math.log(p) if p > 0 else -math.inf,
+                interval=effective_count_interval(p, p * p / (se * se) if se > 0 else effective),
+                flops=spent + run.samples * importance_draw, samples=pilot + run.samples,
+                method=f"{pi.method}+design-IS", flops_per_sample=unit,
+                details={**details, "standard_error": se, "effective_hits": effective,
+                         "degenerate": effective < 10 or run.largest > run.total / 2})
+        if trial.p > 0:
+            log_guess = min(log_guess, math.log(trial.p))
+    levels = max(MIN_LEVELS, math.ceil(log_guess / math.log(LEVEL_PROBABILITY)))
+    result = subset_simulation(clause_margin(found.observe, found.clauses), d, samples - pilot, levels,
+                               generator, found.distribution.mean.dtype, found.distribution.mean.device)
+    p = result.p
+    return Estimate.probability(
+        math.log(p) if p > 0 else -math.inf, interval=result.interval,
+        flops=spent + result.evaluations * (found.observe_flops + d), samples=pilot + result.evaluations,
+        method=f"{pi.method}+subset-simulation", flops_per_sample=unit,
+        details={**details, "coefficient_of_variation": result.cov, "levels": result.levels,
+                 "reached": result.reached, "degenerate": not result.reached})
+
+
+class GuidedSampling:
+    """Mixin for explanations with a Gaussian summary of the outputs (`mean`, `cov`, `dtype`,
+    and `cross` = Cov(x, y) where known): the bulk test and the sampled probabilities."""
+
+    mean: Tensor
+    cov: Tensor
+    design: bool = True      # use the input-space structure for events far from the bulk
+
+    def _bulk(self, event: Event) -> tuple[Tensor, Tensor, list, OrthantResult, int]:
+        """π's Gaussian summary of v = (y, detector scores), the event's clause rows, the
+        event's probability under that Gaussian, and the FLOPs of the summary."""
+        detectors = event.detectors()
+        mean, cov, flops = observed(self.mean, self.cov, detectors)
+        rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
+        return mean, cov, rows, log_union(mean, cov, rows, seed=self.seed), flops
+
+    def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,
+                             spent: int = 0) -> Estimate:
+        """With a sampling budget: `guided_probability` (module docstring) for events π's
+        Gaussian summary puts below 5e-2; plain sampling otherwise, and when a FLOP budget is
+        more than half spent on π's build and the bulk test. π's part (its build, the bulk
+        test, the search) is charged to the estimate."""
+        bulk = self._bulk(event)
+        spent += self.build_flops + bulk[4] + bulk[3].flops
+        affordable = flops is None or spent <= flops / 2       # else the budget goes to draws
+        if self.design and affordable and is_far(bulk[3].log_p):
+            found = search(self, event)
+            return guided_probability(self, event, found, samples, flops, spent + found.flops, bulk[3].log_p)
+        return super()._sampled_probability(event, samples, flops, spent)

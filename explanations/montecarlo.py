@@ -7,7 +7,11 @@ Cost: N · (FLOPs of one forward pass + FLOPs of one draw), counted exactly.
 
 Intervals (95%): for a mean, ȳ ± 1.96 s/√N (normal approximation); for a probability,
 Wilson's score interval  (k + z²/2)/(N + z²) ± z/(N + z²) · √(k(N-k)/N + z²/4),
-which stays inside [0, 1] and is informative at k = 0.
+which stays inside [0, 1] and is informative at k = 0. Weighted estimates (importance
+sampling, subset simulation) whose relative variance is 1/n (n their effective number of
+hits) get Garwood's Poisson interval for n counts, scaled: p̂ · [G⁻¹_n(0.025), G⁻¹_{n+1}(0.975)]/n
+with G_a the Gamma(a, 1) law (Garwood, Biometrika 28, 1936). At small n it is wider than
+p̂(1 ± 1.96/√n), most on the upper side, where a missed part of the event puts p̂.
 """
 from __future__ import annotations
 
@@ -104,6 +108,29 @@ def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     centre = (hits + z * z / 2) / (n + z * z)
     half = z / (n + z * z) * math.sqrt(hits * (n - hits) / n + z * z / 4)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def gamma_quantile(shape: float, q: float) -> float:
+    """x with P(Gamma(shape, 1) ≤ x) = q, by bisection on torch.special.gammainc."""
+    a = torch.tensor(shape, dtype=torch.float64)
+    lo, hi = 0.0, shape + 20 * math.sqrt(shape) + 50
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if float(torch.special.gammainc(a, torch.tensor(mid, dtype=torch.float64))) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def effective_count_interval(p: float, effective: float) -> tuple[float, float]:
+    """Garwood's 95% interval for a weighted estimate p with `effective` hits (module docstring)."""
+    if effective <= 0 or p <= 0:
+        return 0.0, 0.0
+    if math.isinf(effective):
+        return p, p
+    return (p * gamma_quantile(effective, 0.025) / effective,
+            min(p * gamma_quantile(effective + 1, 0.975) / effective, 1.0))
 
 
 def probability_estimate(hits: int, counts: Tally, flops_per_sample: float) -> Estimate:

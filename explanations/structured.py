@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -19,8 +19,11 @@ from torch import Tensor
 from .design import Mode, find_modes, shifted, whitened_cross
 from .distributions import Gaussian
 from .events import Event
-from .gaussian import GaussianExplanation, clause_rows, observed
 from .mvn import OrthantResult, log_union
+from .observed import clause_rows, observed
+
+if TYPE_CHECKING:
+    from .gaussian import GaussianExplanation
 
 QMC_POINTS, QMC_REPLICATES = 1024, 4   # per cell integral: its error is far below the model's
 

@@ -90,13 +90,16 @@ def test_flop_budgets_pay_the_explanation_first_and_never_overspend():
 
 
 def test_a_search_that_finds_nothing_is_still_paid_for():
-    """An event beyond what the network can reach: the design search fails, plain sampling
-    spends what is left of the budget, and the estimate's FLOPs include the search."""
+    """An event beyond what the network can reach: the design search fails, subset
+    simulation spends what is left of the budget without reaching it, and the estimate's
+    FLOPs include the search."""
     model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1)).double()
     pi = explain(model, Gaussian.standard(4), "cumulant")
     bound = float(model[4].weight.detach().abs().sum() + model[4].bias.detach().abs().sum())   # |y| ≤ Σ|w|+|b|
     budget = 5_000 * pi.flops_per_sample
     estimate = pi.probability(Above(0, bound + 1.0), flops=budget)
-    assert estimate.method == "sampling" and estimate.value == 0.0
-    assert pi.build_flops < estimate.flops <= budget
+    assert estimate.method == "cumulant+subset-simulation" and estimate.value == 0.0
+    assert not estimate.details["reached"] and estimate.details["degenerate"]
+    assert estimate.details["search_flops"] > 0
+    assert pi.build_flops + estimate.details["search_flops"] < estimate.flops <= budget
     assert estimate.samples < (budget - pi.build_flops) / pi.flops_per_sample

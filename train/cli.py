@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     sampling.add_argument("--repeats", type=int, default=20)
     sampling.add_argument("--budget", type=int, default=10_000, help="sample-equivalents per estimate")
     sampling.add_argument("--quick", action="store_true", help="the three small cases of bench tails --quick")
+    sampling.add_argument("--cases", help="comma-separated zoo case names (default: all)")
     sampling.add_argument("--cache", default=".pitrack-cache/bench-tails", help="ground-truth cache folder")
     sampling.add_argument("--csv", default="out/bench_sampling.csv")
     sampling.add_argument("--png", default="out/bench_sampling.png")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.bench == "sampling":
         from .bench_sampling import run as sampling_run
         sampling_run(repeats=args.repeats, budget=args.budget, quick=args.quick, cache=args.cache,
-                     csv_path=args.csv, png_path=args.png)
+                     csv_path=args.csv, png_path=args.png, cases=args.cases.split(",") if args.cases else None)
     elif args.bench == "halfspaces":
         from .bench_halfspaces import run as halfspaces_run
         halfspaces_run(quick=args.quick, repeats=args.repeats, budget=args.budget, csv_path=args.csv,
