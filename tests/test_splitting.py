@@ -59,8 +59,9 @@ def test_clause_margin_is_positive_exactly_on_the_event():
 
 def test_rough_network_switches_to_subset_simulation_and_stays_in_budget():
     """A deep tanh network at large gain has scattered failure islands: the pilot's
-    importance sampler finds few hits and the budget goes to subset simulation; the
-    estimate is within a factor 3 of a 2·10⁶-sample reference and its FLOPs within budget."""
+    importance sampler finds few hits and the budget goes to subset simulation. Over four
+    seeds, the median estimate is within a factor 2 of a 2·10⁶-sample reference, each
+    within a factor 5, and the FLOPs within budget."""
     torch.manual_seed(4)
     layers = []
     for n_in, n_out in ((4, 64), (64, 64), (64, 64)):
@@ -74,10 +75,13 @@ def test_rough_network_switches_to_subset_simulation_and_stays_in_budget():
         y = model(x)[:, 0]
     t = torch.quantile(y[:500_000], 1 - 2e-4).item()
     truth = float((y > t).double().mean())
-    pi = explain(model, D, "gaussian")
-    budget = 8_000 * pi.flops_per_sample
-    estimate = pi.probability(Above(0, t), flops=budget)
-    assert estimate.flops <= budget
-    assert estimate.method == "gaussian+subset-simulation"
-    assert estimate.details["pilot_effective_hits"] < 3
-    assert truth / 3 < estimate.value < 3 * truth
+    ratios = []
+    for seed in range(4):
+        pi = explain(model, D, "gaussian", seed=seed)
+        budget = 8_000 * pi.flops_per_sample
+        estimate = pi.probability(Above(0, t), flops=budget)
+        assert estimate.flops <= budget
+        assert estimate.method == "gaussian+subset-simulation"
+        assert estimate.details["pilot_effective_hits"] < 3
+        ratios.append(estimate.value / truth)
+    assert 0.5 < statistics.median(ratios) < 2 and all(0.2 < r < 5 for r in ratios)
