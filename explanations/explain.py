@@ -5,6 +5,14 @@ intersections of halfspaces), a 2-layer network (affine → activation → affin
 "polynomial" (its Hermite surrogate is exact in structure), anything else "cumulant"
 (on Boolean-cube inputs, where only those two apply, anything else "sampling"); the
 estimates then say "auto:<method>".
+
+method="guide" picks the cheapest explanation that guides sampled estimates
+(`probability(event, flops=F)`, `expectation(flops=F)`), where π's part is paid from the
+budget and only its Gaussian summary and input cross-covariance are used (the bulk test,
+the design search's starting points, the control variate): "polynomial" for 2-layer
+networks (its build is about half of "gaussian"'s there), "gaussian" otherwise ("cumulant"
+costs 2–6 times more on deep networks and guides no better); Linear → Step networks and
+Boolean-cube inputs as auto. The estimates say "guide:<method>".
 """
 from __future__ import annotations
 
@@ -39,19 +47,21 @@ def is_two_layer(graph: Graph) -> bool:
 def explain(model: nn.Module | Graph, distribution: Gaussian | BooleanCube, method: str = "gaussian",
             **options: object) -> Explanation:
     """π for `model` (a torch module, compiled here, or a compiled Graph) on inputs from
-    `distribution`, by `method` (see METHODS, or "auto"); options go to the method's
-    constructor."""
-    if method != "auto" and method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; available: auto, {', '.join(sorted(METHODS))}")
+    `distribution`, by `method` (see METHODS, "auto" or "guide"); options go to the
+    method's constructor."""
+    if method not in ("auto", "guide") and method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available: auto, guide, {', '.join(sorted(METHODS))}")
     graph = model if isinstance(model, Graph) else compile_model(model)
-    if method != "auto":
+    if method in METHODS:
         return METHODS[method](graph, distribution, **options)
     if is_step_network(graph):
         name = "halfspaces"
     elif not isinstance(distribution, Gaussian):
         name = "sampling"
+    elif is_two_layer(graph):
+        name = "polynomial"
     else:
-        name = "polynomial" if is_two_layer(graph) else "cumulant"
+        name = "cumulant" if method == "auto" else "gaussian"
     chosen = METHODS[name](graph, distribution, **options)
-    chosen.method = f"auto:{chosen.method}"
+    chosen.method = f"{method}:{chosen.method}"
     return chosen

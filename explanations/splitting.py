@@ -96,12 +96,28 @@ def subset_simulation(margin: Callable[[Tensor], Tensor], dim: int, budget: int,
     def normal(rows: int) -> Tensor:
         return torch.randn(rows, dim, generator=generator, dtype=dtype).to(device)
 
+    def walk(start: Tensor, start_values: Tensor, threshold: float, steps: int, scale: float
+             ) -> tuple[Tensor, Tensor, float]:
+        """`steps` pCN moves of every chain from `start` within {g > threshold}: the states
+        [steps, chains, dim], their margins [steps, chains] and the acceptance rate."""
+        states, values, accepted = [start], [start_values], 0
+        rho = math.sqrt(1 - scale * scale)
+        with torch.no_grad():
+            for _ in range(steps):
+                proposal = rho * states[-1] + scale * normal(len(start))
+                proposed = margin(proposal)
+                accept = proposed > threshold
+                accepted += int(accept.sum())
+                states.append(torch.where(accept[:, None], proposal, states[-1]))
+                values.append(torch.where(accept, proposed, values[-1]))
+        return torch.stack(states[1:]), torch.stack(values[1:]), accepted / max(steps * len(start), 1)
+
     with torch.no_grad():
         points = normal(per_level)
         values = margin(points)
     spent, estimate, cov2, levels = per_level, 1.0, 0.0, []
     scale = 0.6                                # √(1 - ρ²): the pCN step
-    gamma = 0.0
+    chain_states = chain_values = None         # the current level's chains, [steps, chains, ...]
     while True:
         chains = max(round(p0 * per_level), 1)
         order = torch.argsort(values, descending=True)
@@ -111,29 +127,32 @@ def subset_simulation(margin: Callable[[Tensor], Tensor], dim: int, budget: int,
                      else levels_hint - len(levels))
         length = (left // (max(remaining, 1) + 1)) // chains
         if threshold > 0 or length < 2:                                   # the last level: g > 0
+            if chain_states is not None and left >= chain_values.shape[1]:
+                # what is left lengthens the chains that estimate P(g > 0 | g > c_{L-1})
+                more_states, more_values, _ = walk(chain_states[-1], chain_values[-1], levels[-1],
+                                                   left // chain_values.shape[1], scale)
+                spent += more_values.numel()
+                chain_values = torch.cat([chain_values, more_values])
+                values = chain_values.reshape(-1)
+                per_level = values.numel()
             hits = int((values > 0).sum())
             level_p = hits / per_level
             levels.append(0.0)
             if hits:
+                gamma = _indicator_gamma(chain_values > 0) if chain_values is not None else 0.0
                 cov2 += (1 - level_p) / (level_p * per_level) * (1 + gamma)
             return SplittingResult(estimate * level_p, math.sqrt(cov2), levels, spent, hits > 0, per_level)
+        if chain_values is not None:      # this level's P = p0 from the previous level's chains
+            cov2 += (1 - p0) / (p0 * per_level) * (1 + _indicator_gamma(chain_values > threshold))
+        else:
+            cov2 += (1 - p0) / (p0 * per_level)
         levels.append(threshold)
-        level_p = chains / per_level
-        estimate *= level_p
-        cov2 += (1 - level_p) / (level_p * per_level) * (1 + gamma)
-        states, state_values, accepted = [points[order[:chains]]], [values[order[:chains]]], 0
-        rho = math.sqrt(1 - scale * scale)
-        with torch.no_grad():
-            for _ in range(length - 1):
-                proposal = rho * states[-1] + scale * normal(chains)
-                proposed = margin(proposal)
-                accept = proposed > threshold
-                accepted += int(accept.sum())
-                states.append(torch.where(accept[:, None], proposal, states[-1]))
-                state_values.append(torch.where(accept, proposed, state_values[-1]))
-        spent += chains * (length - 1)
-        scale = min(max(scale * math.exp(accepted / (chains * (length - 1)) - TARGET_ACCEPTANCE), 0.05), 1.0)
-        points, values = torch.cat(states), torch.cat(state_values)
-        per_level = chains * length
-        following = float(torch.sort(values, descending=True).values[max(round(p0 * per_level), 1) - 1])
-        gamma = _indicator_gamma(torch.stack(state_values) > min(following, 0.0))   # the next level's indicator
+        estimate *= chains / per_level
+        seeds, seed_values = points[order[:chains]], values[order[:chains]]
+        moved_states, moved_values, rate = walk(seeds, seed_values, threshold, length - 1, scale)
+        spent += moved_values.numel()
+        scale = min(max(scale * math.exp(rate - TARGET_ACCEPTANCE), 0.05), 1.0)
+        chain_states = torch.cat([seeds[None], moved_states])
+        chain_values = torch.cat([seed_values[None], moved_values])
+        points, values = chain_states.reshape(-1, dim), chain_values.reshape(-1)
+        per_level = values.numel()

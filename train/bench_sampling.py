@@ -5,10 +5,11 @@ event with 1e-8 ≤ p ≤ 1e-2: R independent repeats of `explain(model, D, meth
 seed=r).probability(event, flops=B)` (design-guided importance sampling or subset
 simulation where π's Gaussian puts the event below 5e-2, plain sampling otherwise, see
 `explanations.guided`) with a budget of B sample-equivalents in FLOPs: π's build, the
-search and the draws are all paid from it. The budget split: π's build may take at most a
-quarter of B, so `method` is "auto" where auto's build fits (its cost depends only on
-the architecture and is measured once per network), else "gaussian" where that fits,
-else "sampling".
+search and the draws are all paid from it. The budget split: π only guides the draws
+here (the bulk test, the design search's starting points, the levels of subset
+simulation), so the hybrid is `explain(model, D, "guide")`, the cheapest explanation
+that does (see `explain`); the estimator itself sends the whole budget to plain draws
+where π's part would take more than half of it.
 Per event:
     MSE_hybrid = mean_r (p̂_r - p)²                         (includes the truth's own error²)
     MSE_plain  = p (1 - p) / N_eq,  N_eq = mean_r flops_r / (FLOPs of one draw)
@@ -35,22 +36,12 @@ from .tables import write_csv
 DEFAULT_CSV = Path("out/bench_sampling.csv")
 DEFAULT_PNG = Path("out/bench_sampling.png")
 RANGE = (1e-8, 1e-2)
-BUILD_SHARE = 0.25      # of the budget, at most, for π's build
 COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_equivalents", "hybrid_mse",
            "plain_mse", "mse_ratio", "relative_rmse", "covered", "methods", "note"]
 
 
-def budget_method(graph, D, budget: int) -> str:
-    """The richest method whose build takes at most a quarter of `budget` sample-equivalents
-    (module docstring)."""
-    for method in ("auto", "gaussian"):
-        if explain(graph, D, method).build_flops <= BUILD_SHARE * budget * graph.flops_per_sample:
-            return method
-    return "sampling"
-
-
 def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats: int, budget: int,
-                   method: str = "auto") -> dict:
+                   method: str = "guide") -> dict:
     """One row of the module docstring's figures for one event."""
     unit = draw_cost(graph, D)
     try:
@@ -83,13 +74,12 @@ def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Pat
     for case in tqdm(chosen, desc="bench sampling", unit="case", disable=not progress):
         model, D, _ = build(case)
         graph = compile_model(model)
-        method = budget_method(graph, D, budget)
         truth, _ = ground_truth(case, graph, D, settings, Path(cache))
         for spec, entry in zip(case.specs, truth["events"]):
             if not RANGE[0] <= entry["p"] <= RANGE[1]:
                 continue
             event = spec.event(entry["level"], truth["mean"], truth["sd"])
-            rows.append(evaluate_event(case.name, model, graph, D, event, entry, repeats, budget, method))
+            rows.append(evaluate_event(case.name, model, graph, D, event, entry, repeats, budget))
     write_csv(rows, Path(csv_path), COLUMNS)
     plot(rows, Path(png_path), budget)
     print(report(rows, budget, Path(csv_path), Path(png_path)))

@@ -573,6 +573,18 @@ def agreement(entry: dict) -> float | None:
     return (s["p"] - i["p"]) / combined if combined > 0 else math.inf
 
 
+def parse_method(method: str, flops_per_sample: int) -> tuple[str, int | None, float | None]:
+    """"auto" → zero-sample; "auto@3000" → probability(event, samples=3000); "auto@10000se" →
+    probability(event, flops=10000 sample-equivalents), everything (π's build too) paid
+    from it. Returns (method, samples, flops)."""
+    name, _, budget = method.partition("@")
+    if not budget:
+        return name, None, None
+    if budget.endswith("se"):
+        return name, None, float(budget[:-2]) * flops_per_sample
+    return name, int(budget), None
+
+
 def evaluate(case: Case, model: nn.Module, graph: Graph, D: Gaussian, truth: dict, methods: list[str],
              settings: Settings, trained_loss: float | None) -> tuple[list[dict], list[str]]:
     """One CSV row per (event, method) and notes on skipped methods."""
@@ -582,8 +594,7 @@ def evaluate(case: Case, model: nn.Module, graph: Graph, D: Gaussian, truth: dic
     events = [spec.event(entry["level"], truth["mean"], truth["sd"])
               for spec, entry in zip(case.specs, truth["events"])]
     for method in methods:
-        name, _, budget_text = method.partition("@")     # "auto@3000": probability(event, samples=3000)
-        samples = int(budget_text) if budget_text else None
+        name, samples, flops = parse_method(method, graph.flops_per_sample)
         try:
             pi = explain(model, D, method=name)
         except ValueError as error:
@@ -601,7 +612,7 @@ def evaluate(case: Case, model: nn.Module, graph: Graph, D: Gaussian, truth: dic
                    "agreement_z": agreement(entry), "method": method}
             started = time.perf_counter()
             try:
-                estimate = pi.probability(event, samples=samples)
+                estimate = pi.probability(event, samples=samples, flops=flops)
             except (ValueError, NotImplementedError) as error:
                 rows.append(dict(row, note=f"failed: {error}"))
                 continue
@@ -689,9 +700,9 @@ def run(quick: bool = False, methods: list[str] | None = None, cache: Path = DEF
     """Build the zoo, measure (or load) ground truth, query every method, write and print."""
     if methods is None:
         methods = [m for m in METHODS if m != "sampling"] + ["auto"]
-    unknown = [m for m in methods if m.partition("@")[0] not in METHODS and m.partition("@")[0] != "auto"]
+    unknown = [m for m in methods if m.partition("@")[0] not in (*METHODS, "auto", "guide")]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: auto, {', '.join(sorted(METHODS))}")
+        raise ValueError(f"unknown methods {unknown}; available: auto, guide, {', '.join(sorted(METHODS))}")
     settings = QUICK if quick else Settings()
     cache, rows, notes, truths, truth_draws, zoo_lines = Path(cache), [], [], {}, 0, []
     for case in tqdm(zoo(quick), desc="bench tails", unit="case", disable=not progress):

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     expectation.add_argument("--methods", default="gaussian", help="comma-separated methods")
     tails = benches.add_parser("tails", help="tail-probability estimators vs ground truth over a zoo of networks")
     tails.add_argument("--quick", action="store_true", help="three small cases (under a minute)")
-    tails.add_argument("--methods", help="comma-separated methods (default: every method but sampling)")
+    tails.add_argument("--methods", help="comma-separated methods (default: every method but sampling); "
+                       "M@N adds N samples to M, M@Nse caps M's whole cost at N sample-equivalents")
     tails.add_argument("--cache", default=".pitrack-cache/bench-tails", help="ground-truth cache folder")
     tails.add_argument("--csv", default="out/bench_tails.csv")
     tails.add_argument("--png", default="out/bench_tails.png")
