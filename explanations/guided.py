@@ -1,4 +1,5 @@
-"""Design-guided sampling: the `samples=N` / `flops=F` budget of cumulant explanations.
+"""Design-guided sampling: the `samples=N` / `flops=F` budget of explanations with a
+Gaussian summary of the outputs (gaussian, cumulant, polynomial).
 
 Importance sampling. In whitened input space (x = μ + F ξ, ξ ~ N(0, I)) draw from the
 defensive mixture (Hesterberg 1995)
@@ -18,11 +19,12 @@ sampling's; near the design points it is orders of magnitude smaller (a halfspac
 distance β: relative variance O(β) per draw instead of 1/p).
 
 Choosing the sampler. A pilot of PILOT_SHARE of the draws (at least PILOT_MIN; none below
-2·PILOT_MIN draws, where importance sampling takes them all) runs the importance sampler first. Where its effective number of hits reaches PILOT_HITS, the
-rest of the draws run it again and make the estimate; otherwise, or without a design
-point, the failure region is not where the design points say (scattered islands in
-rough, deep networks) and the rest of the budget runs subset simulation (`splitting`),
-which needs no picture of the region. The pilot only chooses: it is charged but not
+2·PILOT_MIN draws, where importance sampling takes them all) runs the importance sampler
+first. Where its effective number of hits reaches PILOT_HITS, the rest of the draws run
+it again and make the estimate; otherwise, or without a design point, the failure region
+is not where the design points say (scattered islands in rough, deep networks) and the
+rest of the budget runs subset simulation (`splitting`), which needs no picture of the
+region. The pilot only chooses: it is charged but not
 pooled, so the estimate that follows is unbiased for importance sampling.
 Cost: what π spent before (its build, the bulk test, the search: `spent`), plus per
 draw d normal variates, the input map and one forward pass (and the detectors), and for
@@ -34,7 +36,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
 from torch import Tensor
 
 from .design import is_far
@@ -157,13 +158,16 @@ class GuidedSampling:
     cov: Tensor
     design: bool = True      # use the input-space structure for events far from the bulk
 
-    def _bulk(self, event: Event) -> tuple[Tensor, Tensor, list, OrthantResult, int]:
+    def _bulk(self, event: Event, points: int = 4096, replicates: int = 8
+              ) -> tuple[Tensor, Tensor, list, OrthantResult, int]:
         """π's Gaussian summary of v = (y, detector scores), the event's clause rows, the
-        event's probability under that Gaussian, and the FLOPs of the summary."""
+        event's probability under that Gaussian (intersections by `points` × `replicates`
+        quasi-random points), and the FLOPs of the summary."""
         detectors = event.detectors()
         mean, cov, flops = observed(self.mean, self.cov, detectors)
         rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
-        return mean, cov, rows, log_union(mean, cov, rows, seed=self.seed), flops
+        return mean, cov, rows, log_union(mean, cov, rows, points=points, replicates=replicates,
+                                          seed=self.seed), flops
 
     def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,
                              spent: int = 0) -> Estimate:
@@ -174,10 +178,7 @@ class GuidedSampling:
         magnitude, not digits: intersections get BULK_POINTS × BULK_REPLICATES quasi-random
         points instead of the zero-sample estimate's 4096 × 8 (on a 4 → 32 → 2 network the
         full integral costs 4,600 sample-equivalents)."""
-        detectors = event.detectors()
-        mean, cov, summary = observed(self.mean, self.cov, detectors)
-        rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
-        bulk = log_union(mean, cov, rows, points=BULK_POINTS, replicates=BULK_REPLICATES, seed=self.seed)
+        *_, bulk, summary = self._bulk(event, BULK_POINTS, BULK_REPLICATES)
         spent += self.build_flops + summary + bulk.flops
         affordable = flops is None or spent <= flops / 2       # else the budget goes to draws
         if self.design and affordable and is_far(bulk.log_p):
