@@ -108,7 +108,7 @@ def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Pat
         ot_png = Path(png_path).with_name(Path(png_path).stem + "_openturns.png")
         plot_openturns(rows, ot_png, budget)
         print(report_openturns(rows, budget, ot_png))
-    print(f"{time.perf_counter() - started:.0f} s")
+    print(f"wall time {time.perf_counter() - started:.0f} s")
     return rows
 
 
