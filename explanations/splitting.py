@@ -55,13 +55,16 @@ class SplittingResult:
         return effective_count_interval(self.p, self.cov ** -2 if self.cov > 0 else math.inf)
 
 
+def event_margin(v: Tensor, clauses: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """max over clauses {v : A v > b} of min over rows of A v - b, for v [batch, ·]: positive
+    exactly where the event holds."""
+    return torch.stack([(v @ a.T - b).min(dim=1).values for a, b in clauses], dim=1).max(dim=1).values
+
+
 def clause_margin(observe: Callable[[Tensor], Tensor], clauses: list[tuple[Tensor, Tensor]]
                   ) -> Callable[[Tensor], Tensor]:
-    """g(ξ) of the module docstring: positive exactly where the event holds."""
-    def margin(xi: Tensor) -> Tensor:
-        v = observe(xi)
-        return torch.stack([(v @ a.T - b).min(dim=1).values for a, b in clauses], dim=1).max(dim=1).values
-    return margin
+    """g(ξ) of the module docstring: the event margin of v(ξ) = observe(ξ)."""
+    return lambda xi: event_margin(observe(xi), clauses)
 
 
 def _indicator_gamma(inside: Tensor) -> float:

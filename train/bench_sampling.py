@@ -17,11 +17,20 @@ the exact mean squared error of plain sampling with the same FLOPs (binomial: no
 simulate it), their ratio, the hybrid's relative RMSE √MSE/p and how many of its 95%
 intervals hold p. With R repeats the ratio itself is uncertain by a factor of about
 1 ± 2√(2/R) (the spread of a mean of R squared errors). Writes a CSV and a PNG.
+
+With `openturns=True` (`--openturns`; needs `pip install -e .[openturns]`), the same events
+also go to OpenTURNS' FORM, SORM, subset sampling and cross-entropy importance sampling at
+a budget of B model evaluations each (`train.openturns_methods`; the stochastic ones with
+R_OT repeats, by default R): the CSV gains their relative errors (relative RMSE for the
+stochastic ones) and evaluations, the best of them per event, and the ratio
+best OpenTURNS error / hybrid relative RMSE (> 1: the hybrid wins); the report gains a
+table and the win/loss count; a second PNG (`<png>_openturns.png`) plots them.
 """
 from __future__ import annotations
 
 import math
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +51,7 @@ COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_e
 
 def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats: int, budget: int,
                    method: str = "guide") -> dict:
-    """One row of the module docstring's figures for one event."""
+    """One row of the module docstring's figures for one event (the hybrid's part)."""
     unit = draw_cost(graph, D)
     try:
         estimates = [explain(model, D, method, seed=r).probability(event, flops=budget * graph.flops_per_sample)
@@ -63,13 +72,31 @@ def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats:
             "methods": ",".join(sorted({e.method for e in estimates}))}
 
 
+def versus_openturns(row: dict, graph, D, event, budget: int, repeats: int) -> dict:
+    """The row with OpenTURNS' methods on the same event and the ratio of the best one's
+    relative error to the hybrid's relative RMSE (module docstring)."""
+    from .openturns_methods import compare
+
+    row = dict(row, **compare(graph, D, event, row["true_p"], budget, repeats))
+    if row.get("relative_rmse") is not None and row.get("best_ot_rel_error") is not None:
+        row["best_ot_over_hybrid"] = (row["best_ot_rel_error"] / row["relative_rmse"] if row["relative_rmse"] > 0
+                                      else math.inf)
+    return row
+
+
 def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Path = DEFAULT_CACHE,
         csv_path: Path = DEFAULT_CSV, png_path: Path = DEFAULT_PNG, progress: bool = True,
-        cases: list[str] | None = None) -> list[dict]:
+        cases: list[str] | None = None, openturns: bool = False, openturns_repeats: int | None = None
+        ) -> list[dict]:
     """Every zoo event in RANGE (module docstring), or those of the named `cases`; prints a
-    table and a summary."""
+    table and a summary. With `openturns`, OpenTURNS' methods beside (`openturns_repeats`
+    runs of the stochastic ones, default `repeats`)."""
     settings = QUICK if quick else Settings()
+    ot_repeats = repeats if openturns_repeats is None else openturns_repeats
+    if openturns:             # fails here, before the hybrid's runs, if the extra is not installed
+        from .openturns_methods import COLUMNS as OT_COLUMNS
     rows = []
+    started = time.perf_counter()
     chosen = [c for c in zoo(quick) if cases is None or c.name in cases]
     for case in tqdm(chosen, desc="bench sampling", unit="case", disable=not progress):
         model, D, _ = build(case)
@@ -79,10 +106,16 @@ def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Pat
             if not RANGE[0] <= entry["p"] <= RANGE[1]:
                 continue
             event = spec.event(entry["level"], truth["mean"], truth["sd"])
-            rows.append(evaluate_event(case.name, model, graph, D, event, entry, repeats, budget))
-    write_csv(rows, Path(csv_path), COLUMNS)
+            row = evaluate_event(case.name, model, graph, D, event, entry, repeats, budget)
+            rows.append(versus_openturns(row, graph, D, event, budget, ot_repeats) if openturns else row)
+    write_csv(rows, Path(csv_path), COLUMNS + (OT_COLUMNS + ["best_ot_over_hybrid"] if openturns else []))
     plot(rows, Path(png_path), budget)
     print(report(rows, budget, Path(csv_path), Path(png_path)))
+    if openturns:
+        ot_png = Path(png_path).with_name(Path(png_path).stem + "_openturns.png")
+        plot_openturns(rows, ot_png, budget)
+        print(report_openturns(rows, budget, ot_png))
+    print(f"wall time {time.perf_counter() - started:.0f} s")
     return rows
 
 
@@ -136,6 +169,120 @@ def plot(rows: list[dict], path: Path, budget: int) -> None:
     right.axhline(0.3, color="0.6", linestyle="--", linewidth=1, label="0.3 (target)")
     right.set(xscale="log", yscale="log", xlabel="true p", ylabel="relative RMSE of the hybrid",
               title="hybrid: relative root-mean-squared error")
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+OT_LABELS = {"form": "FORM", "sorm": "SORM", "subset": "subset", "cross_entropy": "CE-IS"}
+CLEAR = 1.5       # a ratio of relative errors past this is counted as a clear win or loss
+
+
+def ot_error(row: dict, method: str) -> float | None:
+    """An OpenTURNS method's relative error on the row's event (RMSE for the stochastic ones)."""
+    return row.get(f"{method}_rel_error", row.get(f"{method}_rel_rmse"))
+
+
+def hybrid_wins(row: dict) -> bool:
+    """The hybrid's relative RMSE is below the best OpenTURNS method's relative error (a
+    hybrid without an estimate loses; OpenTURNS without any estimate loses)."""
+    if row.get("relative_rmse") is None:
+        return False
+    return row.get("best_ot_rel_error") is None or row["relative_rmse"] < row["best_ot_rel_error"]
+
+
+def report_openturns(rows: list[dict], budget: int, png_path: Path) -> str:
+    """Per event the hybrid's relative RMSE beside each OpenTURNS method's relative error
+    and the best of them; win/loss counts and medians."""
+    from .openturns_methods import METHODS
+
+    def cell(value: float | None) -> str:
+        return f"{value:>8.3g}" if value is not None else f"{'failed':>8}"
+
+    lines = ["", f"OpenTURNS at equal model evaluations (budget {budget:,}; FORM and SORM one run, |p̂-p|/p; "
+             f"subset sampling and CE-IS relative RMSE over {rows[0]['ot_repeats'] if rows else 0} runs; the hybrid's "
+             f"relative RMSE over {rows[0]['repeats'] if rows else 0} runs):",
+             f"{'case':<5} {'true p':>9} {'hybrid':>8} " + " ".join(f"{OT_LABELS[m]:>8}" for m in METHODS)
+             + f"  {'best OT':<7} {'OT/hybrid':>9}  verdict"]
+    for r in rows:
+        ratio = r.get("best_ot_over_hybrid")
+        lines.append(f"{r['case']:<5} {r['true_p']:>9.2e} {cell(r.get('relative_rmse'))} "
+                     + " ".join(cell(ot_error(r, m)) for m in METHODS)
+                     + f"  {OT_LABELS.get(r.get('best_ot'), '-'):<7} "
+                     + (f"{ratio:>9.3g}" if ratio is not None else f"{'-':>9}")
+                     + f"  {'wins' if hybrid_wins(r) else 'LOSES'}")
+    if not rows:
+        return "\n".join(lines)
+    wins = [r for r in rows if hybrid_wins(r)]
+    losses = [r for r in rows if not hybrid_wins(r)]
+    hybrid = [r["relative_rmse"] for r in rows if r.get("relative_rmse") is not None]
+    best = [r["best_ot_rel_error"] for r in rows if r.get("best_ot_rel_error") is not None]
+    ratios = [r["best_ot_over_hybrid"] for r in rows if r.get("best_ot_over_hybrid") is not None]
+    lines += ["", f"hybrid vs the best OpenTURNS method per event (picked with the truth): wins on {len(wins)}, "
+              f"loses on {len(losses)} of {len(rows)} events; by more than {CLEAR}×: wins on "
+              f"{sum(x > CLEAR for x in ratios)}, loses on {sum(x < 1 / CLEAR for x in ratios)}",
+              f"median relative error: hybrid {statistics.median(hybrid):.3g}, best OpenTURNS "
+              f"{statistics.median(best):.3g}; median ratio best OpenTURNS / hybrid {statistics.median(ratios):.3g}"
+              if hybrid and best and ratios else "no medians: no estimates"]
+    decades: dict[int, list[dict]] = {}
+    for r in rows:
+        decades.setdefault(round(math.log10(r["true_p"])), []).append(r)
+    cases: dict[str, list[dict]] = {}
+    for r in rows:
+        cases.setdefault(r["case"], []).append(r)
+    lines += ["hybrid wins / events by true p: " + ", ".join(
+                  f"~1e{k}: {sum(map(hybrid_wins, v))}/{len(v)}" for k, v in sorted(decades.items(), reverse=True)),
+              "by case: " + ", ".join(f"{k} {sum(map(hybrid_wins, v))}/{len(v)}" for k, v in cases.items())]
+    for method in METHODS:
+        done = [(r, ot_error(r, method)) for r in rows if ot_error(r, method) is not None]
+        spent = [r[f"{method}_evaluations"] / budget for r, _ in done]
+        beaten = sum(r.get("relative_rmse") is not None and r["relative_rmse"] < e for r, e in done)
+        lines.append(f"  {OT_LABELS[method]:<6} median relative error "
+                     f"{statistics.median(e for _, e in done) if done else math.nan:.3g}, failed on "
+                     f"{len(rows) - len(done)}, best on {sum(r.get('best_ot') == method for r in rows)}; "
+                     f"evaluations / budget where it returned: median "
+                     f"{statistics.median(spent) if spent else math.nan:.2f}, range "
+                     f"{min(spent, default=math.nan):.2f}–{max(spent, default=math.nan):.2f}; the hybrid beats it on "
+                     f"{beaten + len(rows) - len(done)} of {len(rows)}")
+    notes = [f"  {r['case']} {r['event']}: {r['ot_note']}" for r in rows if r.get("ot_note")]
+    if notes:
+        lines += [f"OpenTURNS notes ({len(notes)} events):"] + notes
+    lines.append(f"PNG: {png_path}")
+    return "\n".join(lines)
+
+
+def plot_openturns(rows: list[dict], path: Path, budget: int) -> None:
+    """Left: the hybrid's relative RMSE against the best OpenTURNS method's relative error
+    per event; right: every method's relative error against the true p."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .openturns_methods import METHODS
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    both = [r for r in rows if r.get("relative_rmse") is not None and r.get("best_ot_rel_error") is not None]
+    for method, marker in zip(METHODS, "osD^"):
+        shown = [r for r in both if r["best_ot"] == method]
+        left.scatter([r["best_ot_rel_error"] for r in shown], [r["relative_rmse"] for r in shown], s=22,
+                     marker=marker, alpha=0.8, label=f"best: {OT_LABELS[method]} ({len(shown)})")
+    values = [v for r in both for v in (r["best_ot_rel_error"], r["relative_rmse"]) if v > 0]
+    if values:
+        line = np.logspace(math.log10(min(values)) - 0.2, math.log10(max(values)) + 0.2, 10)
+        left.plot(line, line, color="0.4", linewidth=1, label="equal (below: the hybrid wins)")
+    left.set(xscale="log", yscale="log", xlabel="best OpenTURNS method: relative error",
+             ylabel="hybrid: relative RMSE", title=f"per event, at ~{budget:,} model evaluations")
+    left.legend(fontsize=8)
+    p = [r["true_p"] for r in rows]
+    for method, marker in zip(METHODS, "osD^"):
+        right.scatter(p, [ot_error(r, method) or math.nan for r in rows], s=16, marker=marker, alpha=0.6,
+                      label=OT_LABELS[method])
+    right.scatter(p, [r.get("relative_rmse") or math.nan for r in rows], s=26, color="k", zorder=3,
+                  label="hybrid (π-guided)")
+    right.set(xscale="log", yscale="log", xlabel="true p", ylabel="relative error (RMSE for sampling methods)",
+              title="every method against the true p")
     right.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

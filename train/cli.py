@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     sampling.add_argument("--cache", default=".pitrack-cache/bench-tails", help="ground-truth cache folder")
     sampling.add_argument("--csv", default="out/bench_sampling.csv")
     sampling.add_argument("--png", default="out/bench_sampling.png")
+    sampling.add_argument("--openturns", action="store_true",
+                          help="also OpenTURNS' FORM, SORM, subset sampling and cross-entropy IS at equal "
+                               "model evaluations (needs the extra: pip install -e '.[openturns]')")
+    sampling.add_argument("--openturns-repeats", type=int,
+                          help="runs of OpenTURNS' stochastic methods per event (default: --repeats)")
     halfspaces = benches.add_parser("halfspaces", help="halfspace intersections, 3-CNF and permanents vs exact answers")
     halfspaces.add_argument("--quick", action="store_true", help="a few small cases (about a minute)")
     halfspaces.add_argument("--repeats", type=int, default=10, help="seeds per case (MSE over repeats)")
@@ -74,8 +80,11 @@ def main(argv: list[str] | None = None) -> None:
                   cache=args.cache, csv_path=args.csv, png_path=args.png)
     elif args.bench == "sampling":
         from .bench_sampling import run as sampling_run
+        if args.openturns and importlib.util.find_spec("openturns") is None:
+            parser.error("--openturns needs OpenTURNS: pip install -e '.[openturns]' (or pip install 'openturns>=1.20')")
         sampling_run(repeats=args.repeats, budget=args.budget, quick=args.quick, cache=args.cache,
-                     csv_path=args.csv, png_path=args.png, cases=args.cases.split(",") if args.cases else None)
+                     csv_path=args.csv, png_path=args.png, openturns=args.openturns,
+                     openturns_repeats=args.openturns_repeats, cases=args.cases.split(",") if args.cases else None)
     elif args.bench == "halfspaces":
         from .bench_halfspaces import run as halfspaces_run
         halfspaces_run(quick=args.quick, repeats=args.repeats, budget=args.budget, csv_path=args.csv,
