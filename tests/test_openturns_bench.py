@@ -85,7 +85,7 @@ def test_form_is_exact_on_a_linear_network_and_is_charged_what_it_used():
 
     model, exact = _linear_case(5.0)
     limit = Spy(compile_model(model), Gaussian.standard(4), Above(0, 5.0))
-    run = ot_methods.form(limit, budget=1000)
+    run = ot_methods.approximation("form", limit, budget=1000)
     assert run.note == ""
     assert abs(run.p - exact) / exact < 1e-6
     assert limit.gradients > 0

@@ -136,23 +136,15 @@ def _convergence(result: ot.OptimizationResult) -> str:
         f"design search: {result.getStatusMessage() or 'status ' + str(result.getStatus())}"
 
 
-def form(limit: LimitState, budget: int) -> Run:
-    """FORM at the SLSQP design point (module docstring)."""
+def approximation(kind: str, limit: LimitState, budget: int) -> Run:
+    """FORM at the SLSQP design point, or SORM by Breitung's formula with its FORM search
+    charged to it (module docstring); `kind` is "form" or "sorm"."""
     def body(event: ot.ThresholdEvent) -> tuple[float, str]:
-        algorithm = ot.FORM(_solver(limit.dim, budget), event)
+        algorithm = (ot.FORM if kind == "form" else ot.SORM)(_solver(limit.dim, budget), event)
         algorithm.run()
         result = algorithm.getResult()
-        return result.getEventProbability(), _convergence(result.getOptimizationResult())
-    return _charged(limit, budget, body)
-
-
-def sorm(limit: LimitState, budget: int) -> Run:
-    """SORM, Breitung's formula (module docstring); its FORM search is charged to it."""
-    def body(event: ot.ThresholdEvent) -> tuple[float, str]:
-        algorithm = ot.SORM(_solver(limit.dim, budget), event)
-        algorithm.run()
-        result = algorithm.getResult()
-        return result.getEventProbabilityBreitung(), _convergence(result.getOptimizationResult())
+        p = result.getEventProbability() if kind == "form" else result.getEventProbabilityBreitung()
+        return p, _convergence(result.getOptimizationResult())
     return _charged(limit, budget, body)
 
 
@@ -195,8 +187,8 @@ def compare(graph: Graph, distribution: Gaussian, event: Event, p: float, budget
     limit = LimitState(graph, distribution, event)
     row: dict = {"ot_repeats": repeats}
     errors, notes = {}, []
-    for name, method in (("form", form), ("sorm", sorm)):
-        run = method(limit, budget)
+    for name in ANALYTICAL:
+        run = approximation(name, limit, budget)
         row[f"{name}_p"], row[f"{name}_evaluations"] = run.p, run.evaluations
         if run.p is not None:
             errors[name] = row[f"{name}_rel_error"] = abs(run.p - p) / p
