@@ -17,8 +17,10 @@ an acceptance rate of 0.44 (Papaioannou et al., Probabilistic Engineering Mechan
 Its squared coefficient of variation is δ² = Σ_l (1 - P_l)/(P_l N) · (1 + γ_l), γ_l the
 lag-weighted autocorrelation of the level indicator along the chains (Au & Beck, eqs.
 27–29; γ_1 = 0 for independent draws). The 95% interval is Garwood's for 1/δ² effective
-counts, scaled to p̂ (`montecarlo.effective_count_interval`). p̂ is biased by O(1/N) and δ ignores the correlation between
-levels, so the interval is approximate. If the budget runs out before c_l reaches 0,
+counts, scaled to p̂ (`montecarlo.effective_count_interval`). p̂ is biased by O(1/N) and δ
+ignores the correlation between levels, so the interval is approximate: on rough
+networks, where chains do not reach every failure island, it covers less than 95%.
+Budget left once c_l reaches 0 lengthens the last level's chains. If the budget runs out before c_l reaches 0,
 p̂ = 0 with the upper end p0^{L-1}·3/N, details["reached"] = False.
 Cost: per point one margin evaluation (the input map, the network, the detectors) plus d
 normal variates.
@@ -132,7 +134,7 @@ def subset_simulation(margin: Callable[[Tensor], Tensor], dim: int, budget: int,
         if threshold > 0 or length < 2:                                   # the last level: g > 0
             if chain_states is not None and left >= chain_values.shape[1]:
                 # what is left lengthens the chains that estimate P(g > 0 | g > c_{L-1})
-                more_states, more_values, _ = walk(chain_states[-1], chain_values[-1], levels[-1],
+                _, more_values, _ = walk(chain_states[-1], chain_values[-1], levels[-1],
                                                    left // chain_values.shape[1], scale)
                 spent += more_values.numel()
                 chain_values = torch.cat([chain_values, more_values])
