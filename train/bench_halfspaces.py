@@ -52,6 +52,7 @@ from explanations.montecarlo import draw_cost
 from explanations.mvn import log_orthant
 from explanations.permanent import godsil_gutman, ryser, sinkhorn_sis, uniform_permutations
 
+from .figures import save, subplots
 from .tables import write_csv
 
 SUMMARY_RANGE = (1e-8, 1e-2)
@@ -232,12 +233,7 @@ COLUMNS = ["family", "case", "n", "k", "b", "weights", "true_p", "truth", "truth
 
 
 def plot(rows: list[dict], scale_rows: list[dict], perm_rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, ((ax_est, ax_gain), (ax_scale, ax_perm)) = plt.subplots(2, 2, figsize=(12, 10))
+    figure, ((ax_est, ax_gain), (ax_scale, ax_perm)) = subplots(path, 2, 2, figsize=(12, 10))
     shown = [r for r in rows if r["true_p"] > 0]
     for family, marker in (("gaussian", "o"), ("cube", "s"), ("cnf", "^")):
         part = [r for r in shown if r["family"] == family]
@@ -277,9 +273,7 @@ def plot(rows: list[dict], scale_rows: list[dict], perm_rows: list[dict], path: 
     ax_perm.set(yscale="log", xlabel="n", ylabel="relative RMSE (capped at 10)",
                 title="permanent of random {0,1} matrices at equal FLOPs (truth: Ryser)")
     ax_perm.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save(figure, path, dpi=110)
 
 
 def summary(rows: list[dict]) -> list[str]:

@@ -40,6 +40,7 @@ from explanations import compile_model, explain
 from explanations.montecarlo import draw_cost
 
 from .bench_tails import DEFAULT_CACHE, QUICK, Settings, build, ground_truth, zoo
+from .figures import save, subplots
 from .tables import write_csv
 
 DEFAULT_CSV = Path("out/bench_sampling.csv")
@@ -151,12 +152,7 @@ def report(rows: list[dict], budget: int, csv_path: Path, png_path: Path) -> str
 
 def plot(rows: list[dict], path: Path, budget: int) -> None:
     """MSE ratio (plain / hybrid) and the hybrid's relative RMSE against the true p."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure, (left, right) = subplots(path, 1, 2, figsize=(11, 4.5))
     rows = [r for r in rows if not r.get("note")]
     p = np.array([r["true_p"] for r in rows])
     left.scatter(p, [r["mse_ratio"] for r in rows], s=20)
@@ -170,9 +166,7 @@ def plot(rows: list[dict], path: Path, budget: int) -> None:
     right.set(xscale="log", yscale="log", xlabel="true p", ylabel="relative RMSE of the hybrid",
               title="hybrid: relative root-mean-squared error")
     right.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save(figure, path)
 
 
 OT_LABELS = {"form": "FORM", "sorm": "SORM", "subset": "subset", "cross_entropy": "CE-IS"}
@@ -255,14 +249,9 @@ def report_openturns(rows: list[dict], budget: int, png_path: Path) -> str:
 def plot_openturns(rows: list[dict], path: Path, budget: int) -> None:
     """Left: the hybrid's relative RMSE against the best OpenTURNS method's relative error
     per event; right: every method's relative error against the true p."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .openturns_methods import METHODS
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    figure, (left, right) = subplots(path, 1, 2, figsize=(12, 5))
     both = [r for r in rows if r.get("relative_rmse") is not None and r.get("best_ot_rel_error") is not None]
     for method, marker in zip(METHODS, "osD^"):
         shown = [r for r in both if r["best_ot"] == method]
@@ -284,6 +273,4 @@ def plot_openturns(rows: list[dict], path: Path, budget: int) -> None:
     right.set(xscale="log", yscale="log", xlabel="true p", ylabel="relative error (RMSE for sampling methods)",
               title="every method against the true p")
     right.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save(figure, path)

@@ -78,6 +78,7 @@ from explanations.events import Above, All, Any, Below, Event, Halfspace
 from explanations.graph import Graph
 from explanations.montecarlo import Z95, draw_cost, tally, wilson_interval
 
+from .figures import save, subplots
 from .models import mlp
 from .tables import write_csv
 from .tasks import RegressionTask, fit_regression
@@ -657,12 +658,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Estimated against true p, log-log, the diagonal and a ±0.5 dex band, a marker per method."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(figsize=(6.5, 6))
+    figure, axes = subplots(path, figsize=(6.5, 6))
     truths = [r["true_p"] for r in rows if r["true_p"] > 0]
     if truths:
         line = np.logspace(math.log10(min(truths)) - 0.5, math.log10(max(truths)) + 0.5, 50)
@@ -678,9 +674,7 @@ def plot(rows: list[dict], path: Path) -> None:
     axes.set(xscale="log", yscale="log", xlabel="true p (sampling or IS reference)", ylabel="estimated p̂",
              title="tail probabilities: estimate vs ground truth")
     axes.legend(loc="upper left", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save(figure, path)
 
 
 # ---------------------------------------------------------------------------------------

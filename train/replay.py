@@ -18,6 +18,8 @@ import numpy as np
 from storage import Run, open_run
 from storage.runfile import VERSION
 
+from .figures import save, subplots
+
 
 def _probability(value: float | None, log10: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -56,13 +58,8 @@ def replay_table(run: Run) -> str:
 
 def replay_plot(run: Run, png: str | os.PathLike) -> Path:
     """E[y] and log10 P[event] over training (module docstring); returns the PNG's path."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    figure, (top, bottom) = subplots(png, 2, 1, figsize=(8, 7), sharex=True)
     mean = run.series("expectation")
     for k in range(mean.value.shape[1]):
         line, = top.plot(mean.steps, mean.value[:, k], marker="o", ms=3, label=f"π: E[y{k}]")
@@ -86,9 +83,7 @@ def replay_plot(run: Run, png: str | os.PathLike) -> Path:
     bottom.set_xlabel("training step")
     bottom.legend(fontsize=8)
     figure.suptitle(f"{run.path.name}: method {run.method}, budget {run.meta.get('budget')}")
-    figure.tight_layout()
-    figure.savefig(png, dpi=110)
-    plt.close(figure)
+    save(figure, png, dpi=110)
     return png
 
 
