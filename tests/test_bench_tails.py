@@ -61,7 +61,7 @@ def test_quick_run_writes_outputs_and_reuses_cache(tmp_path, monkeypatch):
         "estimate_method", "estimate_p", "estimate_log10", "abs_log10_ratio", "sample_equivalents", "equal_flops_n",
         "equal_flops_drawn", "equal_flops_hits", "equal_flops_p", "seconds", "note"]
     assert len(rows) == sum(len(case.specs) for case in bench_tails.zoo(quick=True))
-    assert {row["truth_source"] for row in rows} == {"sampling", "importance"}
+    assert {"sampling", "importance"} <= {row["truth_source"] for row in rows} <= {"sampling", "importance", "combined"}
     for row in rows:
         assert 0 < float(row["true_lo"]) <= float(row["true_p"]) <= float(row["true_hi"])
         assert 0.1 < float(row["true_p"]) / float(row["target_p"]) < 10
@@ -90,3 +90,20 @@ def test_quick_run_writes_outputs_and_reuses_cache(tmp_path, monkeypatch):
 def test_unknown_method_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown methods"):
         bench_tails.run(quick=True, methods=["gausian"], cache=tmp_path, progress=False)
+
+
+def test_truth_combines_agreeing_references_and_keeps_sampling_otherwise():
+    settings = bench_tails.Settings()
+    sampling = {"p": 1.0e-4, "se": 2e-6, "hits": 4000, "interval": [0.96e-4, 1.04e-4]}
+    agreeing = {"p": 1.02e-4, "se": 1e-6, "replicate_z": 0.5}
+    truth = bench_tails._truth({"sampling": sampling, "importance": agreeing}, settings)
+    precision = 2e-6 ** -2 + 1e-6 ** -2
+    assert truth["source"] == "combined"
+    assert truth["p"] == pytest.approx((1.0e-4 * 2e-6 ** -2 + 1.02e-4 * 1e-6 ** -2) / precision, rel=1e-12)
+    assert truth["se"] == pytest.approx(precision ** -0.5, rel=1e-12)
+    disagreeing = dict(agreeing, p=1.2e-4)                     # 8.9 standard errors apart
+    assert bench_tails._truth({"sampling": sampling, "importance": disagreeing}, settings)["source"] == "sampling"
+    unsteady = dict(agreeing, replicate_z=4.0)                 # the IS runs disagree with each other
+    assert bench_tails._truth({"sampling": sampling, "importance": unsteady}, settings)["source"] == "sampling"
+    few = dict(sampling, hits=10)
+    assert bench_tails._truth({"sampling": few, "importance": agreeing}, settings)["source"] == "importance"
