@@ -31,7 +31,7 @@ sampling: T_ij = κ(z_i, z_i, z_j) within 7–13% at the first skewed layer, 20�
 layers later; κ4 within 20–40%.
 
 Costs: a source costs 2·n·m·m to start (C) and 4·n·n′·m per later affine map (J, C);
-T for all pairs costs 3 matmuls per source (6 n² m), per-unit κ3 and κ4 cost 2 m² n
+T for all pairs costs 2 matmuls per source (4 n² m), per-unit κ3 and κ4 cost 2 m² n
 (the chain term) plus O(n m).
 """
 from __future__ import annotations
@@ -158,11 +158,12 @@ def third_fourth(sources: list[Source], like: Tensor, full: bool) -> tuple[Tenso
         m = J.shape[1]
         w_path = 2 * s.b2
         if full:
-            # Σ_k w_k (A_ik² B_jk + 2 A_ik B_ik A_jk) over the three families, grouped by left factor
-            left_jj = s.pair[:, None] * C.T + 3 * s.single3[:, None] * J.T
-            left_cj = 2 * w_path[:, None] * C.T + 2 * s.pair[:, None] * J.T
-            third = third + (J * J) @ left_jj + (C * J) @ left_cj + ((C * C) * w_path) @ J.T
-            flops += 6 * n * n * m + 12 * n * m
+            # Σ_k w_k (A_ik² B_jk + 2 A_ik B_ik A_jk) over the three families, grouped by right factor
+            jj, cj = J * J, C * J
+            to_c = jj * s.pair + cj * (2 * w_path)
+            to_j = jj * (3 * s.single3) + cj * (2 * s.pair) + (C * C) * w_path
+            third = third + to_c @ C.T + to_j @ J.T
+            flops += 4 * n * n * m + 12 * n * m
         else:
             third = third + ((C * C * J) * (3 * w_path) + (J * J * C) * (3 * s.pair)
                              + J ** 3 * (3 * s.single3)).sum(1)
