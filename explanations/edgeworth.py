@@ -71,13 +71,6 @@ def corrected_mean(kind: str, mean: Tensor, sd: Tensor, kappa3: Tensor, kappa4: 
     return coefficients[:, 0] + _mean_shifts(f, square, kappa3, kappa4)[0], flops + 10 * mean.shape[0]
 
 
-def expected_curvature(kind: str, mean: Tensor, cov: Tensor) -> tuple[Tensor, int]:
-    """γ_i = E[f″(z_i)] for z ~ N(mean, cov) (ReLU: φ(a_i)/σ_i), 0 on deterministic units; and FLOPs."""
-    _, deterministic, sd = split_deterministic(mean, cov)
-    f, _, _, flops = _derivative_expectations(kind, mean, sd)
-    return f[:, 2] * (~deterministic).to(mean.dtype), flops + mean.shape[0]
-
-
 def _shifted(coefficients: Tensor, sd: Tensor, p: int) -> Tensor:
     """D^p_ik = c_{i,k+p} √((k+p)!/k!) / σ_i^p, k = 0..K-p."""
     k = torch.arange(coefficients.shape[1] - p, dtype=sd.dtype, device=sd.device)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .graph import Act, Affine, Chain
-from .edgeworth import corrected_moments, expected_curvature
+from .edgeworth import corrected_moments
 from .moments import activation_moments, split_deterministic
 from .skew import Source, start_source, third_fourth, through_activation, through_affine
 
@@ -143,9 +143,7 @@ def skewed_activation(kind: str, state: GaussianState, sources: list[Source], fl
         corrected = corrected_moments(kind, state.mean, state.cov, third, fourth, base)
         flops["edgeworth"] += corrected.flops - base.flops
         base = corrected
-        curvature, cost = expected_curvature(kind, state.mean, state.cov)
-        flops["skew sources"] += cost
     for source in sources:
-        flops["skew sources"] += through_activation(source, base.slope, curvature)
+        flops["skew sources"] += through_activation(source, base.slope)
     flops["cross-covariance"] += state.cross.numel()
     return GaussianState(base.mean, base.cov, state.cross * base.slope)

@@ -58,7 +58,6 @@ class Source:
     single3: Tensor       # ε [m]
     single4: Tensor       # [m]
     correlation: Tensor   # ρ [m, m], or a factor V [m, r] with ρ = V Vᵀ when r < m
-    curved: Tensor | None = None   # [3, n, m] curvature legs (G_JJ, G_CC, G_JC), None before any
 
     def correlate(self, x: Tensor) -> tuple[Tensor, int]:
         """x ρ for x [n, m], and its FLOPs (through the factor when ρ is low-rank)."""
@@ -134,30 +133,18 @@ def start_source(kind: str, mean: Tensor, cov: Tensor, sd: Tensor, deterministic
 
 
 def through_affine(source: Source, weight: Tensor) -> int:
-    """J ← W J, C ← W C, G ← W G; returns the FLOPs."""
+    """J ← W J, C ← W C; returns the FLOPs."""
     source.jacobian = weight @ source.jacobian
     source.covariance = weight @ source.covariance
     n_out, n = weight.shape
-    legs = 2 if source.curved is None else 5
-    if source.curved is not None:
-        source.curved = weight @ source.curved
-    return 2 * legs * n_out * n * source.jacobian.shape[1]
+    return 4 * n_out * n * source.jacobian.shape[1]
 
 
-def through_activation(source: Source, slope: Tensor, curvature: Tensor) -> int:
-    """Linearised inheritance, J ← diag(s) J, C ← diag(s) C, G ← diag(s) G, plus the third
-    cumulants that the source's fourth cumulants make through the activation's curvature
-    γ = E f″ (module docstring), added to G as diag(γ) times the merged legs."""
-    J, C = source.jacobian, source.covariance
-    jj, cc, jc = J * J, C * C, J * C
-    path = 8 * source.b2 ** 2
-    bent = curvature[:, None] * torch.stack([jj * source.single4 + cc * path,
-                                             jc * (12 * source.b3) + jj * path,
-                                             cc * (6 * source.b3) + jc * (2 * path)])
-    source.jacobian = slope[:, None] * J
-    source.covariance = slope[:, None] * C
-    source.curved = bent if source.curved is None else slope[:, None] * source.curved + bent
-    return 20 * J.numel()
+def through_activation(source: Source, slope: Tensor) -> int:
+    """Linearised inheritance, J ← diag(s) J, C ← diag(s) C."""
+    source.jacobian = slope[:, None] * source.jacobian
+    source.covariance = slope[:, None] * source.covariance
+    return 2 * source.jacobian.numel()
 
 
 def third_fourth(sources: list[Source], like: Tensor, full: bool) -> tuple[Tensor, Tensor, int]:
@@ -175,23 +162,12 @@ def third_fourth(sources: list[Source], like: Tensor, full: bool) -> tuple[Tenso
             jj, cj = J * J, C * J
             to_c = jj * s.pair + cj * (2 * w_path)
             to_j = jj * (3 * s.single3) + cj * (2 * s.pair) + (C * C) * w_path
-            if s.curved is not None:
-                G = s.curved
-                to_c = to_c + C * G[1] + J * G[2]
-                to_j = to_j + J * G[0] + C * G[2]
-                merged = torch.cat([jj, C * C, 2 * cj], dim=1) / 2
-                third = third + merged @ G.transpose(1, 2).reshape(3 * m, n)
-                flops += 6 * n * n * m + 12 * n * m
             third = third + to_c @ C.T + to_j @ J.T
             flops += 4 * n * n * m + 12 * n * m
         else:
             third = third + ((C * C * J) * (3 * w_path) + (J * J * C) * (3 * s.pair)
                              + J ** 3 * (3 * s.single3)).sum(1)
             flops += 16 * n * m
-            if s.curved is not None:
-                G = s.curved
-                third = third + 1.5 * (J * J * G[0] + C * C * G[1] + 2 * J * C * G[2]).sum(1)
-                flops += 10 * n * m
         chain = J * C * s.b2
         linked, cost = s.correlate(chain)
         fourth = fourth + (24 * J * C ** 3 * s.b3 + 48 * linked * chain + J ** 4 * s.single4).sum(1)

@@ -10,7 +10,7 @@ from explanations.activations import ACTIVATIONS
 from explanations.edgeworth import corrected_mean, corrected_moments
 from explanations.moments import activation_moments, quadrature
 from explanations.propagate import GaussianState, propagate_skewed, sources_through_affine
-from explanations.skew import Source, quadrature_terms, relu_terms, third_fourth, through_activation, through_affine
+from explanations.skew import quadrature_terms, relu_terms, third_fourth
 from train.models import mlp
 
 F64 = torch.float64
@@ -148,56 +148,3 @@ def test_skew_path_is_exact_without_hidden_nonlinearity_and_safe_with_dead_units
         dead[2].bias[3] = 0.5                          # a deterministic unit in the second layer
     value = explain(dead, D, "cumulant").expectation().value
     assert torch.isfinite(value).all()
-
-
-def test_curvature_legs_match_the_dense_contraction():
-    """The factored curvature legs against the dense formula on a tiny source: with the mixed κ4
-    of z (one-unit e J⁴, star 6 b₃ JCCC in four positions, path 8 b₂² CCJJ in six patterns),
-    Δκ(h_k, h_l, h_m) = ½[κ(z_k,z_l,z_m,z_m) s_k s_l γ_m + (two more placements of γ)], seen
-    after W′: ΔT_ij = Σ W′_ik W′_il W′_jm Δκ(h_k, h_l, h_m)."""
-    import itertools
-    n, m, out = 5, 4, 3
-    g = torch.Generator().manual_seed(0)
-    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=F64)
-    J, C, weight = rand(n, m), rand(n, m), rand(out, n)
-    slope, curvature = rand(n).abs(), rand(n).abs()
-    source = Source(J.clone(), C.clone(), rand(m), rand(m), rand(m), rand(m), rand(m), torch.eye(m, dtype=F64))
-    families = [([J] * 4, source.single4)]
-    families += [(list(legs), 6 * source.b3) for legs in set(itertools.permutations("JCCC"))]
-    families += [(list(legs), 8 * source.b2 ** 2) for legs in set(itertools.permutations("CCJJ"))]
-    kappa4 = torch.zeros(n, n, n, n, dtype=F64)
-    for legs, w in families:
-        a, b, c, d = ({"J": J, "C": C}.get(leg, leg) if isinstance(leg, str) else leg for leg in legs)
-        kappa4 += torch.einsum("ap,bp,cp,dp,p->abcd", a, b, c, d, w)
-    q = torch.einsum("klmm->klm", kappa4)                       # κ(z_k, z_l, z_m, z_m)
-    bent = (q * torch.einsum("k,l,m->klm", slope, slope, curvature)
-            + q.permute(0, 2, 1) * torch.einsum("k,l,m->klm", slope, curvature, slope)
-            + q.permute(2, 0, 1) * torch.einsum("k,l,m->klm", curvature, slope, slope)) / 2
-    dense = torch.einsum("ik,il,jm,klm->ij", weight, weight, weight, bent)
-    through_activation(source, slope, curvature)
-    through_affine(source, weight)
-    with_legs, _, _ = third_fourth([source], torch.zeros(out, dtype=F64), full=True)
-    diagonal, _, _ = third_fourth([source], torch.zeros(out, dtype=F64), full=False)
-    source.curved = None
-    without, _, _ = third_fourth([source], torch.zeros(out, dtype=F64), full=True)
-    assert torch.allclose(with_legs - without, dense)
-    assert torch.allclose(diagonal, with_legs.diagonal())
-
-
-def test_curvature_legs_bring_the_second_inherited_third_cumulants_closer_to_sampling():
-    """z³ of 12 → 40³ ReLU: T_ij = κ(z_i, z_i, z_j) against 4·10⁵ samples (sampling error ≈ 2%
-    of its norm, from split halves). Measured: 27% off with the linearised inheritance alone,
-    22.5% with the curvature legs (seed 0)."""
-    d, width = 12, 40
-    model = mlp([d, width, width, width, 1], "relu", seed=0).double()
-    chain = compile_model(model).chain
-    state = GaussianState(torch.zeros(d, dtype=F64), torch.eye(d, dtype=F64), torch.eye(d, dtype=F64))
-    _, sources, pending = propagate_skewed(chain[:4], state, Counter(), torch.eye(d, dtype=F64))
-    sources_through_affine(chain[4].weight, sources, pending, Counter())
-    third, _, _ = third_fourth(sources, torch.zeros(width, dtype=F64), full=True)
-    x = torch.randn(400_000, d, generator=torch.Generator().manual_seed(5), dtype=F64)
-    with torch.no_grad():
-        z = model[:5](x)
-    c = z - z.mean(0)
-    sampled = (c * c).T @ c / len(c)
-    assert (third - sampled).norm() / sampled.norm() < 0.25
