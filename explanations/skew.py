@@ -26,7 +26,13 @@ terms, each source contributes
     κ4(z_i) ⊃ Σ_k 24 b_k3 J_ik C_ik³ + 48 Σ_{k,m} (b_k2 J_ik C_ik) ρ_km (b_m2 J_im C_im)
               + Σ_k (κ4(f(z_k)) - 24 b_1³ b_3 - 48 b_1² b_2²) J_ik⁴.
 Dropped: triangles (2, 2, 2) and higher-degree paths (O(n⁴) or small), and the
-interaction of inherited skew with later curvature beyond the slope. Measured against
+interaction of inherited skew with later curvature beyond the slope. That includes the third
+cumulants that inherited fourth cumulants make through a later activation's curvature,
+½ κ(z_k, z_l, z_m, z_m) s_k s_l E f″_m + (2 more). Carried as three factored legs per
+source, they brought κ3 much closer to sampling (36% → 19% off on 16 → 128³ ReLU). But the
+mean got worse on three of four wide seeds and 3.4× worse on the foundation ReLU/GELU, at
++36% cost, because the short κ3 had been cancelling an error in the variance
+(docs/notes/wide-mean.md; commit bfd4db0 holds the code). Measured against
 sampling: T_ij = κ(z_i, z_i, z_j) within 7–13% at the first skewed layer, 20–30% two
 layers later; κ4 within 20–40%.
 
