@@ -26,12 +26,18 @@ terms, each source contributes
     κ4(z_i) ⊃ Σ_k 24 b_k3 J_ik C_ik³ + 48 Σ_{k,m} (b_k2 J_ik C_ik) ρ_km (b_m2 J_im C_im)
               + Σ_k (κ4(f(z_k)) - 24 b_1³ b_3 - 48 b_1² b_2²) J_ik⁴.
 Dropped: triangles (2, 2, 2) and higher-degree paths (O(n⁴) or small), and the
-interaction of inherited skew with later curvature beyond the slope. Measured against
+interaction of inherited skew with later curvature beyond the slope. That includes the third
+cumulants that inherited fourth cumulants make through a later activation's curvature,
+½ κ(z_k, z_l, z_m, z_m) s_k s_l E f″_m + (2 more). Carried as three factored legs per
+source, they brought κ3 much closer to sampling (36% → 19% off on 16 → 128³ ReLU). But the
+mean got worse on three of four wide seeds and 3.4× worse on the foundation ReLU/GELU, at
++36% cost, because the short κ3 had been cancelling an error in the variance
+(docs/notes/wide-mean.md; commit bfd4db0 holds the code). Measured against
 sampling: T_ij = κ(z_i, z_i, z_j) within 7–13% at the first skewed layer, 20–30% two
 layers later; κ4 within 20–40%.
 
 Costs: a source costs 2·n·m·m to start (C) and 4·n·n′·m per later affine map (J, C);
-T for all pairs costs 3 matmuls per source (6 n² m), per-unit κ3 and κ4 cost 2 m² n
+T for all pairs costs 2 matmuls per source (4 n² m), per-unit κ3 and κ4 cost 2 m² n
 (the chain term) plus O(n m).
 """
 from __future__ import annotations
@@ -158,11 +164,12 @@ def third_fourth(sources: list[Source], like: Tensor, full: bool) -> tuple[Tenso
         m = J.shape[1]
         w_path = 2 * s.b2
         if full:
-            # Σ_k w_k (A_ik² B_jk + 2 A_ik B_ik A_jk) over the three families, grouped by left factor
-            left_jj = s.pair[:, None] * C.T + 3 * s.single3[:, None] * J.T
-            left_cj = 2 * w_path[:, None] * C.T + 2 * s.pair[:, None] * J.T
-            third = third + (J * J) @ left_jj + (C * J) @ left_cj + ((C * C) * w_path) @ J.T
-            flops += 6 * n * n * m + 12 * n * m
+            # Σ_k w_k (A_ik² B_jk + 2 A_ik B_ik A_jk) over the three families, grouped by right factor
+            jj, cj = J * J, C * J
+            to_c = jj * s.pair + cj * (2 * w_path)
+            to_j = jj * (3 * s.single3) + cj * (2 * s.pair) + (C * C) * w_path
+            third = third + to_c @ C.T + to_j @ J.T
+            flops += 4 * n * n * m + 12 * n * m
         else:
             third = third + ((C * C * J) * (3 * w_path) + (J * J * C) * (3 * s.pair)
                              + J ** 3 * (3 * s.single3)).sum(1)
