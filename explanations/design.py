@@ -161,7 +161,8 @@ class ClauseSearch:
 def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pilot: int = 384,
                starts: int = 3, seed: int = 0, dtype: torch.dtype = torch.float64,
                device: torch.device | str | None = None,
-               guesses: list[Tensor | None] | None = None) -> tuple[list[Mode], int, int]:
+               guesses: list[Tensor | None] | None = None, max_modes: int = MAX_MODES,
+               effort: float = math.inf) -> tuple[list[Mode], int, int]:
     """Design points of each clause, from the feasible points of a pilot cloud.
 
     Network outputs are far from linear, so a gradient taken in the bulk can point away
@@ -169,7 +170,10 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
     draws from N(0, s²I), s = 1.5, 2.5, 4, in distinct directions (if none is feasible, the
     points of largest margin are pushed in by Newton steps on the margin). `guesses[c]`, if
     given, is one more start for clause c (π's statistically linearised design point),
-    pushed in the same way when infeasible. Returns (modes, forward passes, backward passes).
+    pushed in the same way when infeasible. A descent after a clause's first starts only
+    while the search has spent less than `effort` forward-pass equivalents (a backward pass
+    counts two). Keeps the `max_modes` nearest modes within MODE_BAND of the nearest.
+    Returns (modes, forward passes, backward passes).
     """
     generator = torch.Generator().manual_seed(seed)
     scales = torch.tensor([1.5, 2.5, 4.0], dtype=dtype).repeat_interleave(-(-pilot // 3))[:pilot]
@@ -195,7 +199,9 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
             inside = guess if float(search.margin(guess[None, :])[0]) >= 0 else search.reach(guess)
             if inside is not None:
                 chosen.append(inside)
-        for start in chosen:
+        for i, start in enumerate(chosen):
+            if i and forwards + search.forwards + 2 * (backwards + search.backwards) >= effort:
+                break
             point = search.descend(start)
             if point is None:
                 continue
@@ -206,7 +212,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
         backwards += search.backwards
     modes.sort(key=lambda m: m.beta)
     if modes:
-        modes = [m for m in modes if m.beta <= modes[0].beta + MODE_BAND][:MAX_MODES]
+        modes = [m for m in modes if m.beta <= modes[0].beta + MODE_BAND][:max_modes]
     return modes, forwards, backwards
 
 

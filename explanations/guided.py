@@ -18,6 +18,15 @@ defensive component bounds the variance by p/α0 - p², at most 1/α0 = 5 times 
 sampling's; near the design points it is orders of magnitude smaller (a halfspace at
 distance β: relative variance O(β) per draw instead of 1/p).
 
+The search behind the mixture. A part of the event that no design point describes is
+visited only by the defensive and broad components: the estimate is then low, with an
+interval as narrow as the hits near the known modes make it. A sampling budget therefore
+pays for a wider search than the zero-sample estimate's: SEARCH_STARTS = 6 starts per
+clause (3 there) and up to SEARCH_MODES = 6 modes, a descent after each clause's first
+begun only while the search has spent under SEARCH_SHARE = 30% of the budget. Measured on
+`pitrack bench sampling` (106 events × 20 repeats at 10⁴ sample-equivalents): interval
+coverage 87.0% → 88.7%, events ≥ 100× better than plain sampling at p ≤ 1e-5 42 → 44 of 45.
+
 Choosing the sampler. A pilot of PILOT_SHARE of the draws (at least PILOT_MIN; none below
 2·PILOT_MIN draws, where importance sampling takes them all) runs the importance sampler
 first. Where its effective number of hits reaches PILOT_HITS, the rest of the draws run
@@ -48,6 +57,7 @@ from .splitting import LEVEL_PROBABILITY, clause_margin, subset_simulation
 from .structured import Search, search
 
 DEFENSIVE, BROAD, BROAD_SCALE = 0.2, 0.1, 2.0
+SEARCH_STARTS, SEARCH_MODES, SEARCH_SHARE = 6, 6, 0.3
 PILOT_SHARE, PILOT_MIN, PILOT_HITS = 0.1, 200, 3.0
 MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4)
 BULK_POINTS, BULK_REPLICATES = 256, 2
@@ -182,6 +192,7 @@ class GuidedSampling:
         spent += self.build_flops + summary + bulk.flops
         affordable = flops is None or spent <= flops / 2       # else the budget goes to draws
         if self.design and affordable and is_far(bulk.log_p):
-            found = search(self, event)
+            budget = flops / self.graph.flops_per_sample if flops is not None else samples
+            found = search(self, event, SEARCH_STARTS, SEARCH_MODES, SEARCH_SHARE * budget)
             return guided_probability(self, event, found, samples, flops, spent + found.flops, bulk.log_p)
         return super()._sampled_probability(event, samples, flops, spent)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch import Tensor
 
-from .design import Mode, find_modes, shifted, whitened_cross
+from .design import MAX_MODES, Mode, find_modes, shifted, whitened_cross
 from .distributions import Gaussian
 from .events import Event
 from .mvn import OrthantResult, log_union
@@ -51,8 +51,11 @@ class Search:
     observe_flops: int                      # one ξ → v: the input map, the network, the detectors
 
 
-def search(pi: GaussianExplanation, event: Event) -> Search:
-    """Find the event's design points through the compiled graph and detector graphs."""
+def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: int = MAX_MODES,
+           effort: float = math.inf) -> Search:
+    """Find the event's design points through the compiled graph and detector graphs
+    (`design.find_modes`: `starts` per clause, at most `max_modes`, descents begun while
+    under `effort` forward-pass equivalents)."""
     detectors = event.detectors()
     dtype = pi.dtype
     graph = pi.graph.to(dtype=dtype)
@@ -71,7 +74,8 @@ def search(pi: GaussianExplanation, event: Event) -> Search:
     guesses = linear_guesses(pi, clauses, D)
     with torch.inference_mode(False), torch.enable_grad():      # the search needs autograd
         modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype,
-                                                device=like.device, guesses=guesses)
+                                                device=like.device, guesses=guesses, starts=starts,
+                                                max_modes=max_modes, effort=effort)
     unit = graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)
     observe_flops = unit + 2 * D.dim * D.dim + D.dim
     return Search(modes, observe, clauses, D, (forwards + 2 * backwards) * unit, forwards, backwards, observe_flops)

@@ -107,3 +107,14 @@ def test_saturated_mode_is_capped_by_the_chi_square_tail():
     result, _, details = estimate(nn.Sequential(*model, nn.Identity()), Gaussian.standard(1), Above(0, 0.5))
     assert details["modes"][0] == pytest.approx(20.0, rel=1e-3)
     assert log_normal_tail(20.0) - 1.0 <= result.log_p <= log_normal_tail(20.0) + math.log(2) + 1e-6
+
+
+def test_search_effort_and_mode_cap_bound_the_descents():
+    from explanations.design import find_modes
+    two_sided = [lambda xi: (xi[:, :1].abs() - 4.0)]             # {|ξ_0| > 4}: modes at ±4 e_0
+    both, forwards, backwards = find_modes(two_sided, 3, starts=6, seed=0)
+    assert sorted(round(m.beta, 3) for m in both) == [4.0, 4.0]
+    assert {round(float(m.point[0])) for m in both} == {-4, 4}
+    first, cheap_forwards, cheap_backwards = find_modes(two_sided, 3, starts=6, seed=0, effort=0)
+    assert len(first) == 1 and cheap_forwards + 2 * cheap_backwards < forwards + 2 * backwards
+    assert len(find_modes(two_sided, 3, starts=6, seed=0, max_modes=1)[0]) == 1
