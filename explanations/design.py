@@ -162,7 +162,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
                starts: int = 3, seed: int = 0, dtype: torch.dtype = torch.float64,
                device: torch.device | str | None = None,
                guesses: list[Tensor | None] | None = None, max_modes: int = MAX_MODES,
-               effort: float = math.inf) -> tuple[list[Mode], int, int]:
+               effort: float = math.inf, iterations: int = 10) -> tuple[list[Mode], int, int]:
     """Design points of each clause, from the feasible points of a pilot cloud.
 
     Network outputs are far from linear, so a gradient taken in the bulk can point away
@@ -172,7 +172,8 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
     given, is one more start for clause c (π's statistically linearised design point),
     pushed in the same way when infeasible. A descent after a clause's first starts only
     while the search has spent less than `effort` forward-pass equivalents (a backward pass
-    counts two). Keeps the `max_modes` nearest modes within MODE_BAND of the nearest.
+    counts two); each descent takes at most `iterations` steps. Keeps the `max_modes` nearest
+    modes within MODE_BAND of the nearest.
     Returns (modes, forward passes, backward passes).
     """
     generator = torch.Generator().manual_seed(seed)
@@ -202,7 +203,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
         for i, start in enumerate(chosen):
             if i and forwards + search.forwards + 2 * (backwards + search.backwards) >= effort:
                 break
-            point = search.descend(start)
+            point = search.descend(start, iterations)
             if point is None:
                 continue
             beta = float(point.norm())

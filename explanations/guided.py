@@ -21,15 +21,18 @@ distance β: relative variance O(β) per draw instead of 1/p).
 The search behind the mixture. A part of the event that no design point describes is
 visited only by the defensive and broad components: the estimate is then low, with an
 interval as narrow as the hits near the known modes make it. A sampling budget therefore
-pays for a wider search than the zero-sample estimate's: SEARCH_STARTS = 6 starts per
-clause (3 there) and up to SEARCH_MODES = 6 modes, a descent after each clause's first
-begun only while the search has spent under SEARCH_SHARE = 30% of the budget, for events
-π's bulk model puts below WIDE_SEARCH_BELOW = 1e-2 (nearer the bulk, plain sampling's
-~100 hits in 10⁴ draws leave the wider search's cost unpaid: on r16 at p = 9.6e-3 it
-brought the MSE ratio to plain sampling from 2.2 to 0.9 over 60 repeats). Measured on
-`pitrack bench sampling` (106 events × 20 repeats at 10⁴ sample-equivalents): interval
-coverage 87.0% → 88.8%, events ≥ 100× better than plain sampling at p ≤ 1e-5 42 → 44 of 45,
-relative RMSE ≤ 0.3 on 69 → 70 of 106.
+pays for a wider search than the zero-sample estimate's: SEARCH_STARTS = 10 starts per
+clause (3 there), descents of SEARCH_ITERATIONS = 5 steps (10 there: the mixture needs a
+point near each failure mode, not the exact design point, so more, shorter descents find
+more of the modes at the same cost), up to SEARCH_MODES = 8 modes (4 there), a descent
+after each clause's first begun only while the search has spent under SEARCH_SHARE = 30%
+of the budget, for events π's bulk model puts below WIDE_SEARCH_BELOW = 1e-2 (nearer the
+bulk, plain sampling's ~100 hits in 10⁴ draws leave the wider search's cost unpaid: on r16
+at p = 9.6e-3 a 6-start search brought the MSE ratio to plain sampling from 1.5 to 0.9
+over 60 repeats). Measured on `pitrack bench sampling` (106 events at 10⁴ sample-
+equivalents, seeds 0–19 and 20–39) against 6 starts of 10 steps: median relative RMSE
+0.162 → 0.134 and 0.163 → 0.133; against the zero-sample search, coverage of the
+importance-sampling runs 88.5% → 89–91%.
 
 Choosing the sampler. A pilot of PILOT_SHARE of the draws (at least PILOT_MIN; none below
 2·PILOT_MIN draws, where importance sampling takes them all) runs the importance sampler
@@ -61,7 +64,7 @@ from .splitting import LEVEL_PROBABILITY, clause_margin, subset_simulation
 from .structured import Search, search
 
 DEFENSIVE, BROAD, BROAD_SCALE = 0.2, 0.1, 2.0
-SEARCH_STARTS, SEARCH_MODES, SEARCH_SHARE, WIDE_SEARCH_BELOW = 6, 6, 0.3, 1e-2
+SEARCH_STARTS, SEARCH_MODES, SEARCH_ITERATIONS, SEARCH_SHARE, WIDE_SEARCH_BELOW = 10, 8, 5, 0.3, 1e-2
 PILOT_SHARE, PILOT_MIN, PILOT_HITS = 0.1, 200, 3.0
 MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4)
 BULK_POINTS, BULK_REPLICATES = 256, 2
@@ -160,7 +163,8 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
         math.log(p) if p > 0 else -math.inf, interval=result.interval,
         flops=spent + result.evaluations * (found.observe_flops + d), samples=pilot + result.evaluations,
         method=f"{pi.method}+subset-simulation", flops_per_sample=unit,
-        details={**details, "coefficient_of_variation": result.cov, "levels": result.levels,
+        details={**details, "coefficient_of_variation": result.cov,
+                 "coefficient_of_variation_bound": result.cov_bound, "levels": result.levels,
                  "reached": result.reached, "degenerate": not result.reached})
 
 
@@ -197,7 +201,7 @@ class GuidedSampling:
         affordable = flops is None or spent <= flops / 2       # else the budget goes to draws
         if self.design and affordable and is_far(bulk.log_p):
             budget = flops / self.graph.flops_per_sample if flops is not None else samples
-            found = (search(self, event, SEARCH_STARTS, SEARCH_MODES, SEARCH_SHARE * budget)
+            found = (search(self, event, SEARCH_STARTS, SEARCH_MODES, SEARCH_SHARE * budget, SEARCH_ITERATIONS)
                      if bulk.log_p < math.log(WIDE_SEARCH_BELOW) else search(self, event))
             return guided_probability(self, event, found, samples, flops, spent + found.flops, bulk.log_p)
         return super()._sampled_probability(event, samples, flops, spent)

@@ -52,10 +52,10 @@ class Search:
 
 
 def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: int = MAX_MODES,
-           effort: float = math.inf) -> Search:
+           effort: float = math.inf, iterations: int = 10) -> Search:
     """Find the event's design points through the compiled graph and detector graphs
-    (`design.find_modes`: `starts` per clause, at most `max_modes`, descents begun while
-    under `effort` forward-pass equivalents)."""
+    (`design.find_modes`: `starts` per clause, at most `max_modes`, descents of at most
+    `iterations` steps begun while under `effort` forward-pass equivalents)."""
     detectors = event.detectors()
     dtype = pi.dtype
     graph = pi.graph.to(dtype=dtype)
@@ -75,7 +75,7 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
     with torch.inference_mode(False), torch.enable_grad():      # the search needs autograd
         modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype,
                                                 device=like.device, guesses=guesses, starts=starts,
-                                                max_modes=max_modes, effort=effort)
+                                                max_modes=max_modes, effort=effort, iterations=iterations)
     unit = graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)
     observe_flops = unit + 2 * D.dim * D.dim + D.dim
     return Search(modes, observe, clauses, D, (forwards + 2 * backwards) * unit, forwards, backwards, observe_flops)
