@@ -36,6 +36,8 @@ def test_subset_simulation_on_a_halfspace_is_unbiased_enough_and_covered():
     assert abs(statistics.fmean(values) - 1) < 3 * statistics.stdev(values) / math.sqrt(30)
     assert math.sqrt(statistics.fmean((v - 1) ** 2 for v in values)) < 0.5
     assert sum(r.interval[0] <= truth <= r.interval[1] for r in runs) >= 24
+    # the interval's δ̄ = Σ δ_l bounds δ = √Σ δ_l² and stays within √L of it
+    assert all(r.cov <= r.cov_bound <= math.sqrt(len(r.levels)) * r.cov + 1e-12 for r in runs)
 
 
 def test_an_unreachable_event_gives_zero_within_budget():
