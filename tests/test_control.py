@@ -75,7 +75,9 @@ def test_flop_budgets_pay_the_explanation_first_and_never_overspend():
     assert mean.flops <= 5_000 * unit and mean.samples > 3_000 and mean.method == "cumulant+control"
     threshold = float(pi.expectation().value[0]) + 6 * float(pi.cov[0, 0]) ** 0.5
     rare = pi.probability(Above(0, threshold), flops=20_000 * unit)
-    assert rare.method == "cumulant+design-IS"
+    # the pilot picks design-IS or subset simulation (p ≈ 1e-24 here, the pilot's hits are
+    # borderline); either way the search is paid from the same budget
+    assert rare.method in ("cumulant+design-IS", "cumulant+subset-simulation")
     assert rare.details["search_flops"] < rare.flops <= 20_000 * unit
     common = pi.probability(Above(0, float(pi.expectation().value[0])), flops=2_000 * unit)
     assert common.method == "sampling" and common.flops <= 2_000 * unit
