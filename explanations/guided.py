@@ -106,7 +106,7 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
     form = torch.special.log_ndtr(-torch.tensor([m.beta for m in found.modes], dtype=torch.float64))
     share = MODE_MASS_SHARE * torch.softmax(form, 0) + (1 - MODE_MASS_SHARE) / k     # Σ = 1
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
-                         (math.log(1 - DEFENSIVE - BROAD) + share.log()).to(points.dtype)])
+                         (math.log(1 - DEFENSIVE - BROAD) + share.log()).to(points)])
     run = Weighted(samples, 0.0, 0.0, 0.0)
     done = 0
     with torch.no_grad():
