@@ -208,7 +208,8 @@ class GuidedSampling:
         affordable = flops is None or spent <= flops / 2       # else the budget goes to draws
         if self.design and affordable and is_far(bulk.log_p):
             budget = flops / self.graph.flops_per_sample if flops is not None else samples
-            found = (search(self, event, SEARCH_STARTS, SEARCH_MODES, SEARCH_SHARE * budget, SEARCH_ITERATIONS)
-                     if bulk.log_p < math.log(WIDE_SEARCH_BELOW) else search(self, event))
+            wide = {"starts": SEARCH_STARTS, "max_modes": SEARCH_MODES, "iterations": SEARCH_ITERATIONS,
+                    "effort": SEARCH_SHARE * budget} if bulk.log_p < math.log(WIDE_SEARCH_BELOW) else {}
+            found = search(self, event, **wide)
             return guided_probability(self, event, found, samples, flops, spent + found.flops, bulk.log_p)
         return super()._sampled_probability(event, samples, flops, spent)

@@ -1,12 +1,16 @@
-"""v = (y, detector scores) under a Gaussian model of y: its moments, and an event's clauses as rows on v."""
+"""v = (y, detector scores): its moments under a Gaussian model of y, an event's clauses as
+rows on v, and v itself at whitened inputs."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from .distributions import Gaussian
 from .events import Clause
+from .graph import Graph
 from .propagate import GaussianState, propagate
 
 
@@ -47,3 +51,20 @@ def clause_rows(clause: Clause, detectors: list, n_outputs: int, like: Tensor) -
         for key, coefficient in half.terms:
             a[r, column(key)] += coefficient
     return a, like.new_tensor([half.threshold for half in clause])
+
+
+def observer(graph: Graph, distribution: Gaussian, detectors: list, dtype: torch.dtype
+             ) -> tuple[Callable[[Tensor], Tensor], int]:
+    """ξ ↦ v = (y, detector scores) at x = μ + F ξ (F Fᵀ = Σ) for a batch of whitened inputs
+    [batch, d] → [batch, outputs + detectors], in `dtype` on the graph's device; and the
+    FLOPs of the network and detectors per point."""
+    graph = graph.to(dtype=dtype)
+    detector_graphs = [d.score_graph().to(device=graph.device, dtype=dtype) for d in detectors]
+    D = distribution.to(dtype=dtype)
+    mean, factor = D.mean, D.factor
+
+    def observe(xi: Tensor) -> Tensor:
+        y = graph.forward(mean + xi @ factor.T)
+        return torch.cat([y] + [g.forward(y) for g in detector_graphs], dim=1)
+
+    return observe, graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)

@@ -49,12 +49,21 @@ TARGET_ACCEPTANCE = 0.44
 @dataclass
 class SplittingResult:
     p: float
-    cov: float                  # δ: the coefficient of variation with independent levels
-    cov_bound: float            # δ̄ = Σ_l δ_l: Au & Beck's bound for fully correlated levels
+    level_covs: list[float]     # δ_l of each level that has one
     levels: list[float]         # c_1 … c_L
     evaluations: int            # margin evaluations spent
     reached: bool               # did the last level hold points with g > 0?
     per_level: int              # N
+
+    @property
+    def cov(self) -> float:
+        """δ = √Σ_l δ_l²: the coefficient of variation if the levels were independent."""
+        return math.sqrt(sum(c * c for c in self.level_covs))
+
+    @property
+    def cov_bound(self) -> float:
+        """δ̄ = Σ_l δ_l: Au & Beck's bound for fully correlated levels."""
+        return sum(self.level_covs)
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -127,7 +136,7 @@ def subset_simulation(margin: Callable[[Tensor], Tensor], dim: int, budget: int,
     with torch.no_grad():
         points = normal(per_level)
         values = margin(points)
-    spent, estimate, level_covs2, levels = per_level, 1.0, [], []
+    spent, estimate, level_covs, levels = per_level, 1.0, [], []
     scale = 0.6                                # √(1 - ρ²): the pCN step
     chain_states = chain_values = None         # the current level's chains, [steps, chains, ...]
     while True:
@@ -142,7 +151,7 @@ def subset_simulation(margin: Callable[[Tensor], Tensor], dim: int, budget: int,
             if chain_states is not None and left >= chain_values.shape[1]:
                 # what is left lengthens the chains that estimate P(g > 0 | g > c_{L-1})
                 _, more_values, _ = walk(chain_states[-1], chain_values[-1], levels[-1],
-                                                   left // chain_values.shape[1], scale)
+                                         left // chain_values.shape[1], scale)
                 spent += more_values.numel()
                 chain_values = torch.cat([chain_values, more_values])
                 values = chain_values.reshape(-1)
@@ -152,13 +161,12 @@ def subset_simulation(margin: Callable[[Tensor], Tensor], dim: int, budget: int,
             levels.append(0.0)
             if hits:
                 gamma = _indicator_gamma(chain_values > 0) if chain_values is not None else 0.0
-                level_covs2.append((1 - level_p) / (level_p * per_level) * (1 + gamma))
-            return SplittingResult(estimate * level_p, math.sqrt(sum(level_covs2)),
-                                   sum(math.sqrt(c) for c in level_covs2), levels, spent, hits > 0, per_level)
+                level_covs.append(math.sqrt((1 - level_p) / (level_p * per_level) * (1 + gamma)))
+            return SplittingResult(estimate * level_p, level_covs, levels, spent, hits > 0, per_level)
         if chain_values is not None:      # this level's P = p0 from the previous level's chains
-            level_covs2.append((1 - p0) / (p0 * per_level) * (1 + _indicator_gamma(chain_values > threshold)))
+            level_covs.append(math.sqrt((1 - p0) / (p0 * per_level) * (1 + _indicator_gamma(chain_values > threshold))))
         else:
-            level_covs2.append((1 - p0) / (p0 * per_level))
+            level_covs.append(math.sqrt((1 - p0) / (p0 * per_level)))
         levels.append(threshold)
         estimate *= chains / per_level
         seeds, seed_values = points[order[:chains]], values[order[:chains]]

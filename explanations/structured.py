@@ -20,7 +20,7 @@ from .design import MAX_MODES, Mode, find_modes, shifted, whitened_cross
 from .distributions import Gaussian
 from .events import Event
 from .mvn import OrthantResult, log_union
-from .observed import clause_rows, observed
+from .observed import clause_rows, observed, observer
 
 if TYPE_CHECKING:
     from .gaussian import GaussianExplanation
@@ -58,17 +58,10 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
     `iterations` steps begun while under `effort` forward-pass equivalents)."""
     detectors = event.detectors()
     dtype = pi.dtype
-    graph = pi.graph.to(dtype=dtype)
-    detector_graphs = [d.score_graph().to(device=graph.device, dtype=dtype) for d in detectors]
     like = pi.mean
-    clauses = [clause_rows(c, detectors, graph.n_outputs, like) for c in event.dnf()]
+    clauses = [clause_rows(c, detectors, pi.graph.n_outputs, like) for c in event.dnf()]
     D = pi.distribution.to(dtype=dtype)
-    factor = D.factor
-
-    def observe(xi: Tensor) -> Tensor:
-        """v at a batch of whitened inputs ξ: [batch, dim] → [batch, outputs + detectors]."""
-        y = graph.forward(D.mean + xi @ factor.T)
-        return torch.cat([y] + [g.forward(y) for g in detector_graphs], dim=1)
+    observe, unit = observer(pi.graph, D, detectors, dtype)
 
     batch_margins = [(lambda xi, a=a, b=b: observe(xi) @ a.T - b) for a, b in clauses]
     guesses = linear_guesses(pi, clauses, D)
@@ -76,7 +69,6 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
         modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype,
                                                 device=like.device, guesses=guesses, starts=starts,
                                                 max_modes=max_modes, effort=effort, iterations=iterations)
-    unit = graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)
     observe_flops = unit + 2 * D.dim * D.dim + D.dim
     return Search(modes, observe, clauses, D, (forwards + 2 * backwards) * unit, forwards, backwards, observe_flops)
 

@@ -38,11 +38,11 @@ Ground truth, per event (`Reference`, independent of every explanation method):
   in 8 input dimensions, run-to-run spread matched the reported errors; in 16 it needed
   ≥ 2500 draws per level and input dimension; in 32 (deep ReLU) runs disagreed by far more
   than their errors, so the zoo keeps n ≤ 16 (n ≤ 8 for nets of 3–4 hidden layers).
-- where both ran and agree (1e-5 ≤ target ≤ 1e-4), their inverse-variance weighted mean
-  (`_truth`; derived again from the cached measurements on every load).
   Checked against plain sampling on every event that both cover (1e-5 ≤ target ≤ 1e-4 on
   cheap nets; z = Δ/√(se_s² + se_IS²) reported) and against the closed form of a linear
-  network (tests/test_bench_tails.py).
+  network (tests/test_bench_tails.py);
+- where both ran and agree (1e-5 ≤ target ≤ 1e-4), their inverse-variance weighted mean
+  (`_truth`; derived again from the cached measurements on every load).
   Quantile search: the same iteration on the score of a `Spec`, stopped once the weighted
   tail mass of the top ρN draws is at most the target; the level is then the weighted
   sample quantile P̂(S > γ) ≈ target, with at least ρN draws beyond it.
@@ -555,6 +555,7 @@ def _truth(entry: dict, settings: Settings) -> dict:
 
 
 def _normal_truth(p: float, se: float, source: str) -> dict:
+    """A truth p ± se with the normal 95% interval (clipped at 0)."""
     return {"p": p, "se": se, "interval": [max(p - Z95 * se, 0.0), p + Z95 * se], "source": source}
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from explanations.distributions import Gaussian
 from explanations.events import Event
 from explanations.graph import Graph
-from explanations.observed import clause_rows
+from explanations.observed import clause_rows, observer
 from explanations.splitting import event_margin
 
 BATCH = 1 << 14
@@ -42,20 +42,13 @@ class LimitState:
     def __init__(self, graph: Graph, distribution: Gaussian, event: Event, limit: int | None = None) -> None:
         event.check(graph.n_outputs)
         detectors = event.detectors()
-        self.graph = graph.to(dtype=torch.float64)
-        self.detector_graphs = [d.score_graph().to(dtype=torch.float64) for d in detectors]
         like = torch.zeros(1, dtype=torch.float64)
         self.clauses = [clause_rows(c, detectors, graph.n_outputs, like) for c in event.dnf()]
-        D = distribution.to(dtype=torch.float64)
-        self.mean, self.factor = D.mean, D.factor
-        self.dim = D.dim
+        # v = (y, detector scores) at whitened inputs ξ: [batch, d] → [batch, outputs + detectors]
+        self.observe = observer(graph, distribution, detectors, torch.float64)[0]
+        self.dim = distribution.dim
         self.limit = limit
         self.evaluations = 0
-
-    def observe(self, xi: Tensor) -> Tensor:
-        """v = (y, detector scores) at whitened inputs ξ: [batch, d] → [batch, outputs + detectors]."""
-        y = self.graph.forward(self.mean + xi @ self.factor.T)
-        return torch.cat([y] + [g.forward(y) for g in self.detector_graphs], dim=1)
 
     def margin(self, v: Tensor) -> Tensor:
         """max over clauses of min over rows of A v - b: [batch]."""

@@ -48,12 +48,9 @@ OpenTURNS' favour). OpenTURNS' own work (Markov chains, proposal fits) is not ch
 
 Run: `pip install -e .[openturns]`, then `pitrack bench sampling --openturns` (outputs
 `out/bench_sampling.csv`, `out/bench_sampling_openturns.png`). Measured on the zoo's 106
-events at B = 10⁴, R = 20 (OpenTURNS 1.27; 9–14 minutes with the hybrid, half of it here):
-the hybrid's relative RMSE beats the best of the four per event on 43 and loses on 63 (by
-more than 1.5×: 24 and 39), medians 0.20 and 0.20; it beats cross-entropy IS alone on 55,
-subset sampling on 77, SORM on 82, FORM on 93. Medians: cross-entropy IS 0.23, subset 0.58,
-SORM 0.80 (undefined on 37 events), FORM 4.4. The hybrid wins on trained 2-layer nets and
-at p ≈ 1e-4–1e-5, and loses on wide random nets, tanh nets and at p ≈ 1e-6–1e-7.
+events at B = 10⁴, R = 20 (OpenTURNS 1.27; 7 minutes here): medians of relative error
+cross-entropy IS 0.23, subset 0.58, SORM 0.80 (undefined on 37 events), FORM 4.4; how the
+hybrid compares is in the README ("Against OpenTURNS at equal model evaluations").
 """
 from __future__ import annotations
 
