@@ -77,8 +77,16 @@ def test_quick_run_writes_outputs_and_reuses_cache(tmp_path, monkeypatch):
 
     # bench sampling on the same (warm) truth: repeats of the hybrid against exact plain-sampling MSE
     rows = bench_sampling.run(repeats=2, budget=20_000, quick=True, cache=paths["cache"], progress=False,
-                              csv_path=tmp_path / "out" / "sampling.csv", png_path=tmp_path / "out" / "sampling.png")
+                              csv_path=tmp_path / "out" / "sampling.csv", png_path=tmp_path / "out" / "sampling.png",
+                              runs_path=tmp_path / "out" / "runs.csv", first_seed=3)
     assert len(rows) == sum(1e-8 <= r["true_p"] <= 1e-2 for r in first.rows)
+    with open(tmp_path / "out" / "runs.csv") as handle:
+        runs = list(csv.DictReader(handle))
+    assert len(runs) == 2 * len(rows) and {int(r["seed"]) for r in runs} == {3, 4}
+    for row in rows:                                  # the per-run records add up to the table
+        mine = [r for r in runs if r["event"] == row["event"] and r["case"] == row["case"]]
+        assert sum(r["covered"] == "True" for r in mine) == row["covered"]
+        assert all(r["sampler"] in ("design-IS", "subset-simulation", "plain") for r in mine)
     for row in rows:
         assert row["repeats"] == 2 and 0 <= row["covered"] <= 2 and row["hybrid_mse"] >= 0
         assert 10_000 < row["sample_equivalents"] <= 20_000         # the budget, π's part included

@@ -110,7 +110,7 @@ def test_bench_sampling_with_openturns_fills_its_columns(tmp_path, monkeypatch):
     out = tmp_path / "out"
     rows = bench_sampling.run(repeats=2, budget=3000, quick=True, cache=tmp_path / "cache", progress=False,
                               csv_path=out / "sampling.csv", png_path=out / "sampling.png",
-                              openturns=True, openturns_repeats=2)
+                              runs_path=out / "runs.csv", openturns=True, openturns_repeats=2)
     assert rows
     with open(out / "sampling.csv") as handle:
         table = list(csv.DictReader(handle))

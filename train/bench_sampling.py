@@ -16,7 +16,10 @@ Per event:
 the exact mean squared error of plain sampling with the same FLOPs (binomial: no need to
 simulate it), their ratio, the hybrid's relative RMSE √MSE/p and how many of its 95%
 intervals hold p. With R repeats the ratio itself is uncertain by a factor of about
-1 ± 2√(2/R) (the spread of a mean of R squared errors). Writes a CSV and a PNG.
+1 ± 2√(2/R) (the spread of a mean of R squared errors). Writes a CSV and a PNG, and a
+second CSV with every run (seed, estimate, interval, sampler, effective hits), from which
+the report's coverage by sampler comes. `first_seed` (`--first-seed`) moves the repeats to
+seeds first_seed … first_seed + R - 1: a check on other seeds with the same command.
 
 With `openturns=True` (`--openturns`; needs `pip install -e .[openturns]`), the same events
 also go to OpenTURNS' FORM, SORM, subset sampling and cross-entropy importance sampling at
@@ -45,32 +48,43 @@ from .tables import write_csv
 
 DEFAULT_CSV = Path("out/bench_sampling.csv")
 DEFAULT_PNG = Path("out/bench_sampling.png")
+DEFAULT_RUNS = Path("out/bench_sampling_runs.csv")
 RANGE = (1e-8, 1e-2)
 COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_equivalents", "hybrid_mse",
            "plain_mse", "mse_ratio", "relative_rmse", "covered", "methods", "note"]
+RUN_COLUMNS = ["case", "event", "true_p", "seed", "value", "low", "high", "covered", "sampler", "sample_equivalents",
+               "effective_hits", "pilot_effective_hits", "coefficient_of_variation_bound"]
 
 
 def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats: int, budget: int,
-                   method: str = "guide") -> dict:
-    """One row of the module docstring's figures for one event (the hybrid's part)."""
+                   method: str = "guide", first_seed: int = 0) -> tuple[dict, list[dict]]:
+    """One row of the module docstring's figures for one event (the hybrid's part), and
+    one record per run."""
     unit = draw_cost(graph, D)
+    seeds = range(first_seed, first_seed + repeats)
     try:
         estimates = [explain(model, D, method, seed=r).probability(event, flops=budget * graph.flops_per_sample)
-                     for r in range(repeats)]
+                     for r in seeds]
     except ValueError as error:            # π's part (build, search) did not leave a draw
         return {"case": case_name, "event": repr(event), "true_p": entry["p"], "true_se": entry["se"],
-                "repeats": repeats, "note": str(error)}
+                "repeats": repeats, "note": str(error)}, []
     p = entry["p"]
+    runs = [{"case": case_name, "event": repr(event), "true_p": p, "seed": r, "value": e.value,
+             "low": e.interval[0] if e.interval else None, "high": e.interval[1] if e.interval else None,
+             "covered": e.interval is not None and e.interval[0] <= p <= e.interval[1],
+             "sampler": e.method.rpartition("+")[2] if "+" in e.method else "plain",
+             "sample_equivalents": e.sample_equivalents,
+             **{k: e.details.get(k) for k in RUN_COLUMNS[-3:]}} for r, e in zip(seeds, estimates)]
     values = [e.value for e in estimates]
     hybrid = statistics.fmean((v - p) ** 2 for v in values)
     equal_draws = statistics.fmean(e.flops for e in estimates) / unit
     plain = p * (1 - p) / equal_draws
-    covered = sum(e.interval is not None and e.interval[0] <= p <= e.interval[1] for e in estimates)
+    covered = sum(run["covered"] for run in runs)
     return {"case": case_name, "event": repr(event), "true_p": p, "true_se": entry["se"], "repeats": repeats,
             "samples": round(statistics.fmean(e.samples for e in estimates)), "sample_equivalents": statistics.fmean(e.sample_equivalents for e in estimates),
             "hybrid_mse": hybrid, "plain_mse": plain, "mse_ratio": plain / hybrid if hybrid > 0 else math.inf,
             "relative_rmse": math.sqrt(hybrid) / p, "covered": covered,
-            "methods": ",".join(sorted({e.method for e in estimates}))}
+            "methods": ",".join(sorted({e.method for e in estimates}))}, runs
 
 
 def versus_openturns(row: dict, graph, D, event, budget: int, repeats: int) -> dict:
@@ -87,8 +101,8 @@ def versus_openturns(row: dict, graph, D, event, budget: int, repeats: int) -> d
 
 def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Path = DEFAULT_CACHE,
         csv_path: Path = DEFAULT_CSV, png_path: Path = DEFAULT_PNG, progress: bool = True,
-        cases: list[str] | None = None, openturns: bool = False, openturns_repeats: int | None = None
-        ) -> list[dict]:
+        cases: list[str] | None = None, openturns: bool = False, openturns_repeats: int | None = None,
+        first_seed: int = 0, runs_path: Path = DEFAULT_RUNS) -> list[dict]:
     """Every zoo event in RANGE (module docstring), or those of the named `cases`; prints a
     table and a summary. With `openturns`, OpenTURNS' methods beside (`openturns_repeats`
     runs of the stochastic ones, default `repeats`)."""
@@ -96,7 +110,7 @@ def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Pat
     ot_repeats = repeats if openturns_repeats is None else openturns_repeats
     if openturns:             # fails here, before the hybrid's runs, if the extra is not installed
         from .openturns_methods import COLUMNS as OT_COLUMNS
-    rows = []
+    rows, runs = [], []
     started = time.perf_counter()
     chosen = [c for c in zoo(quick) if cases is None or c.name in cases]
     for case in tqdm(chosen, desc="bench sampling", unit="case", disable=not progress):
@@ -107,11 +121,15 @@ def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Pat
             if not RANGE[0] <= entry["p"] <= RANGE[1]:
                 continue
             event = spec.event(entry["level"], truth["mean"], truth["sd"])
-            row = evaluate_event(case.name, model, graph, D, event, entry, repeats, budget)
+            row, event_runs = evaluate_event(case.name, model, graph, D, event, entry, repeats, budget,
+                                             first_seed=first_seed)
+            runs += event_runs
             rows.append(versus_openturns(row, graph, D, event, budget, ot_repeats) if openturns else row)
     write_csv(rows, Path(csv_path), COLUMNS + (OT_COLUMNS + ["best_ot_over_hybrid"] if openturns else []))
+    write_csv(runs, Path(runs_path), RUN_COLUMNS)
     plot(rows, Path(png_path), budget)
     print(report(rows, budget, Path(csv_path), Path(png_path)))
+    print(report_samplers(runs, Path(runs_path)))
     if openturns:
         ot_png = Path(png_path).with_name(Path(png_path).stem + "_openturns.png")
         plot_openturns(rows, ot_png, budget)
@@ -148,6 +166,16 @@ def report(rows: list[dict], budget: int, csv_path: Path, png_path: Path) -> str
                   f"({sum(r['covered'] for r in rows) / pairs:.1%})"]
     lines += [f"CSV: {csv_path}", f"PNG: {png_path}"]
     return "\n".join(lines)
+
+
+def report_samplers(runs: list[dict], runs_path: Path) -> str:
+    """Runs and interval coverage per sampler (design-IS, subset-simulation, plain)."""
+    lines = ["by sampler:"]
+    for sampler in sorted({r["sampler"] for r in runs}):
+        mine = [r for r in runs if r["sampler"] == sampler]
+        covered = sum(r["covered"] for r in mine)
+        lines.append(f"  {sampler:<18} {len(mine):>5} runs, 95% intervals hold p in {covered} ({covered / len(mine):.1%})")
+    return "\n".join(lines + [f"runs CSV: {runs_path}"])
 
 
 def plot(rows: list[dict], path: Path, budget: int) -> None:

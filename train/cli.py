@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     sampling.add_argument("--budget", type=int, default=10_000, help="sample-equivalents per estimate")
     sampling.add_argument("--quick", action="store_true", help="the three small cases of bench tails --quick")
     sampling.add_argument("--cases", help="comma-separated zoo case names (default: all)")
+    sampling.add_argument("--first-seed", type=int, default=0, help="repeats use seeds first … first + repeats - 1")
+    sampling.add_argument("--runs", default="out/bench_sampling_runs.csv", help="one row per run")
     sampling.add_argument("--cache", default=".pitrack-cache/bench-tails", help="ground-truth cache folder")
     sampling.add_argument("--csv", default="out/bench_sampling.csv")
     sampling.add_argument("--png", default="out/bench_sampling.png")
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--openturns needs OpenTURNS: pip install -e '.[openturns]' (or pip install 'openturns>=1.20')")
         sampling_run(repeats=args.repeats, budget=args.budget, quick=args.quick, cache=args.cache,
                      csv_path=args.csv, png_path=args.png, openturns=args.openturns,
-                     openturns_repeats=args.openturns_repeats, cases=args.cases.split(",") if args.cases else None)
+                     openturns_repeats=args.openturns_repeats, cases=args.cases.split(",") if args.cases else None,
+                     first_seed=args.first_seed, runs_path=args.runs)
     elif args.bench == "halfspaces":
         from .bench_halfspaces import run as halfspaces_run
         halfspaces_run(quick=args.quick, repeats=args.repeats, budget=args.budget, csv_path=args.csv,
