@@ -1,6 +1,7 @@
 """The tail benchmark's ground truth (cross-entropy importance sampling) and its driver."""
 import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,6 +94,18 @@ def test_quick_run_writes_outputs_and_reuses_cache(tmp_path, monkeypatch):
         equal_draws = row["true_p"] * (1 - row["true_p"]) / row["plain_mse"]
         assert 10_000 < equal_draws < 20_000
     assert (tmp_path / "out" / "sampling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_report_counts_misses_and_zero_estimates_per_sampler():
+    runs = [{"sampler": "design-IS", "true_p": 1e-6, "value": 1e-6 * f, "covered": f < 2} for f in (1.0, 1.2, 5.0)]
+    runs.append({"sampler": "subset-simulation", "true_p": 1e-6, "value": 0.0, "covered": False})
+    lines = bench_sampling.report_runs(runs, Path("runs.csv")).splitlines()
+    design, subset, every = (next(line for line in lines if line.split()[:1] == [name])
+                             for name in ("design-IS", "subset-simulation", "all"))
+    assert design.split()[1:3] == ["3", "66.7%"] and design.endswith("33.3%")      # 5× is 0.70 dex
+    assert subset.split()[1:3] == ["1", "0.0%"] and subset.endswith("100.0%")     # p̂ = 0: infinitely far
+    assert every.split()[1] == "4" and every.endswith("50.0%")
+    assert bench_sampling.report_runs([], Path("runs.csv")).splitlines()[-1] == "runs CSV: runs.csv"
 
 
 def test_unknown_method_is_refused(tmp_path):
