@@ -53,8 +53,9 @@ DEFAULT_RUNS = Path("out/bench_sampling_runs.csv")
 RANGE = (1e-8, 1e-2)
 COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_equivalents", "hybrid_mse",
            "plain_mse", "mse_ratio", "relative_rmse", "covered", "methods", "note"]
-RUN_COLUMNS = ["case", "event", "true_p", "seed", "value", "low", "high", "covered", "sampler", "sample_equivalents",
-               "effective_hits", "pilot_effective_hits", "coefficient_of_variation_bound"]
+RUN_DETAILS = ["effective_hits", "pilot_effective_hits", "coefficient_of_variation_bound"]   # from Estimate.details
+RUN_COLUMNS = ["case", "event", "true_p", "seed", "value", "low", "high", "covered", "sampler",
+               "sample_equivalents"] + RUN_DETAILS
 
 
 def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats: int, budget: int,
@@ -75,7 +76,7 @@ def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats:
              "covered": e.interval is not None and e.interval[0] <= p <= e.interval[1],
              "sampler": e.method.rpartition("+")[2] if "+" in e.method else "plain",
              "sample_equivalents": e.sample_equivalents,
-             **{k: e.details.get(k) for k in RUN_COLUMNS[-3:]}} for r, e in zip(seeds, estimates)]
+             **{k: e.details.get(k) for k in RUN_DETAILS}} for r, e in zip(seeds, estimates)]
     values = [e.value for e in estimates]
     hybrid = statistics.fmean((v - p) ** 2 for v in values)
     equal_draws = statistics.fmean(e.flops for e in estimates) / unit
