@@ -97,8 +97,9 @@ def test_quick_run_writes_outputs_and_reuses_cache(tmp_path, monkeypatch):
 
 
 def test_run_report_counts_misses_and_zero_estimates_per_sampler():
-    runs = [{"sampler": "design-IS", "true_p": 1e-6, "value": 1e-6 * f, "covered": f < 2} for f in (1.0, 1.2, 5.0)]
-    runs.append({"sampler": "subset-simulation", "true_p": 1e-6, "value": 0.0, "covered": False})
+    runs = [{"sampler": "design-IS", "true_p": 1e-6, "log10": math.log10(1e-6 * f), "covered": f < 2}
+            for f in (1.0, 1.2, 5.0)]
+    runs.append({"sampler": "subset-simulation", "true_p": 1e-6, "log10": -math.inf, "covered": False})
     lines = bench_sampling.report_runs(runs, Path("runs.csv")).splitlines()
     design, subset, every = (next(line for line in lines if line.split()[:1] == [name])
                              for name in ("design-IS", "subset-simulation", "all"))

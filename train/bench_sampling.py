@@ -54,7 +54,7 @@ RANGE = (1e-8, 1e-2)
 COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_equivalents", "hybrid_mse",
            "plain_mse", "mse_ratio", "relative_rmse", "covered", "methods", "note"]
 RUN_DETAILS = ["effective_hits", "pilot_effective_hits", "coefficient_of_variation_bound"]   # from Estimate.details
-RUN_COLUMNS = ["case", "event", "true_p", "seed", "value", "low", "high", "covered", "sampler",
+RUN_COLUMNS = ["case", "event", "true_p", "seed", "value", "log10", "low", "high", "covered", "sampler",
                "sample_equivalents"] + RUN_DETAILS
 
 
@@ -71,7 +71,7 @@ def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats:
         return {"case": case_name, "event": repr(event), "true_p": entry["p"], "true_se": entry["se"],
                 "repeats": repeats, "note": str(error)}, []
     p = entry["p"]
-    runs = [{"case": case_name, "event": repr(event), "true_p": p, "seed": r, "value": e.value,
+    runs = [{"case": case_name, "event": repr(event), "true_p": p, "seed": r, "value": e.value, "log10": e.log10,
              "low": e.interval[0] if e.interval else None, "high": e.interval[1] if e.interval else None,
              "covered": e.interval is not None and e.interval[0] <= p <= e.interval[1],
              "sampler": e.method.rpartition("+")[2] if "+" in e.method else "plain",
@@ -172,15 +172,15 @@ def report(rows: list[dict], budget: int, csv_path: Path, png_path: Path) -> str
 
 def report_runs(runs: list[dict], runs_path: Path) -> str:
     """Per sampler (design-IS, subset-simulation, plain): runs, interval coverage and the
-    spread of |log10(p̂/p)| over runs (the tail benchmark's error, run by run; p̂ = 0
-    counts as infinitely far)."""
+    spread of |log10(p̂/p)| over runs (the tail benchmark's error, run by run, from the
+    estimate's log10, which survives underflow; p̂ = 0 counts as infinitely far)."""
     lines = ["by sampler: runs, 95% coverage, |log10(p̂/p)| median / 95th / 99th percentile, share > 0.5"]
     for sampler in sorted({r["sampler"] for r in runs}) + ["all"]:
         mine = [r for r in runs if sampler in ("all", r["sampler"])]
         if not mine:
             continue
         covered = sum(r["covered"] for r in mine)
-        dex = np.array([abs(math.log10(r["value"] / r["true_p"])) if r["value"] > 0 else math.inf for r in mine])
+        dex = np.abs(np.array([r["log10"] - math.log10(r["true_p"]) for r in mine]))
         median, high, highest = np.quantile(dex, [0.5, 0.95, 0.99], method="nearest")
         lines.append(f"  {sampler:<18} {len(mine):>5}  {covered / len(mine):6.1%}  {median:.3f} / {high:.2f} / "
                      f"{highest:.2f}  {np.mean(dex > 0.5):.1%}")
