@@ -9,9 +9,10 @@ import torch
 from explanations import compile_model
 from explanations.events import Above
 from explanations.montecarlo import tally
-from train import bench_sampling, bench_tails
+from train import bench_pool, bench_sampling, bench_tails
 from train.bench_tails import Reference, Settings, Spec, input_distribution
 from train.models import mlp
+from train.tables import write_csv
 
 
 @pytest.mark.parametrize("widths, activation, inputs", [((4, 16, 1), "relu", "standard"),
@@ -94,6 +95,13 @@ def test_quick_run_writes_outputs_and_reuses_cache(tmp_path, monkeypatch):
         equal_draws = row["true_p"] * (1 - row["true_p"]) / row["plain_mse"]
         assert 10_000 < equal_draws < 20_000
     assert (tmp_path / "out" / "sampling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pooled = bench_pool.per_event(bench_pool.read_runs([tmp_path / "out" / "runs.csv"]))
+    for row in rows:                                  # one file pooled is the bench's own table
+        mine = pooled[row["case"], row["event"]]
+        assert mine["covered"] == row["covered"] and mine["repeats"] == 2
+        assert math.isclose(mine["relative_rmse"], row["relative_rmse"], rel_tol=1e-9)
+    with pytest.raises(ValueError, match="already in"):
+        bench_pool.read_runs([tmp_path / "out" / "runs.csv"] * 2)
 
 
 def test_run_report_counts_misses_and_zero_estimates_per_sampler():
@@ -107,6 +115,24 @@ def test_run_report_counts_misses_and_zero_estimates_per_sampler():
     assert subset.split()[1:3] == ["1", "0.0%"] and subset.endswith("100.0%")     # p̂ = 0: infinitely far
     assert every.split()[1] == "4" and every.endswith("50.0%")
     assert bench_sampling.report_runs([], Path("runs.csv")).splitlines()[-1] == "runs CSV: runs.csv"
+
+
+def test_pool_joins_seed_sets_per_event(tmp_path):
+    """Two seed sets of one event: relative RMSE over all four runs, coverage summed."""
+    def runs_file(name, seeds, values):
+        rows = [{"case": "r01", "event": "Above(0, 1)", "true_p": 1e-6, "seed": s, "value": v,
+                 "log10": math.log10(v) if v > 0 else -math.inf, "covered": v < 2e-6, "sampler": "design-IS"}
+                for s, v in zip(seeds, values)]
+        write_csv(rows, tmp_path / name, bench_sampling.RUN_COLUMNS)
+        return tmp_path / name
+    first, second = runs_file("a.csv", (0, 1), (1e-6, 3e-6)), runs_file("b.csv", (20, 21), (0.0, 1.5e-6))
+    event = bench_pool.per_event(bench_pool.read_runs([first, second]))["r01", "Above(0, 1)"]
+    assert event["repeats"] == 4 and event["covered"] == 3
+    assert math.isclose(event["relative_rmse"], math.sqrt((0 + 4 + 1 + 0.25) / 4))
+    report = bench_pool.pool([first, second])
+    assert "> 0.3:   1" in report and "coverage 75.0%" in report and "relu" in report    # r01 is a ReLU net
+    with pytest.raises(ValueError, match="not a bench sampling runs CSV"):
+        bench_pool.read_runs([tmp_path / "a.csv", Path(__file__)])
 
 
 def test_unknown_method_is_refused(tmp_path):

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
                                "model evaluations (needs the extra: pip install -e '.[openturns]')")
     sampling.add_argument("--openturns-repeats", type=int,
                           help="runs of OpenTURNS' stochastic methods per event (default: --repeats)")
+    pooled = benches.add_parser("pool", help="the runs CSVs of several bench sampling calls (seed sets) as one")
+    pooled.add_argument("runs", nargs="+", help="runs CSVs written by bench sampling --runs")
     halfspaces = benches.add_parser("halfspaces", help="halfspace intersections, 3-CNF and permanents vs exact answers")
     halfspaces.add_argument("--quick", action="store_true", help="a few small cases (about a minute)")
     halfspaces.add_argument("--repeats", type=int, default=10, help="seeds per case (MSE over repeats)")
@@ -88,6 +90,12 @@ def main(argv: list[str] | None = None) -> None:
                      csv_path=args.csv, png_path=args.png, openturns=args.openturns,
                      openturns_repeats=args.openturns_repeats, cases=args.cases.split(",") if args.cases else None,
                      first_seed=args.first_seed, runs_path=args.runs)
+    elif args.bench == "pool":
+        from .bench_pool import pool
+        try:
+            print(pool([Path(p) for p in args.runs]))
+        except (OSError, ValueError) as error:
+            parser.error(f"bench pool: {error}")
     elif args.bench == "halfspaces":
         from .bench_halfspaces import run as halfspaces_run
         halfspaces_run(quick=args.quick, repeats=args.repeats, budget=args.budget, csv_path=args.csv,

@@ -1,0 +1,81 @@
+"""`pitrack bench pool RUNS.csv [RUNS.csv …]`: the runs of several `bench sampling` calls as one.
+
+Twenty repeats leave an event's relative RMSE uncertain by a factor of about 1 ± 2√(2/R)
+(a mean of R heavy-tailed squared errors), so a count of events above 0.3 moves by several
+between seed sets with nothing changed (29 and 35 at the same commit for seeds 0–19 and 20–39).
+Pooling the runs CSVs of `--first-seed 0` and `--first-seed 20` gives 40 repeats per event.
+Per event, over every pooled run r:
+    relative RMSE = √(mean_r (p̂_r - p)²) / p,    coverage = #{low_r ≤ p ≤ high_r} / #runs,
+and the report gives the counts above 0.3 and 0.5, the median and worst, the coverage, the
+same split by the network's activation (where the case is in the zoo), and the per-sampler
+lines of `bench sampling`. A run (case, event, seed) found in two files is refused: the same
+seed twice would count one draw as two.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from .bench_sampling import report_runs
+from .bench_tails import zoo
+
+REQUIRED = ["case", "event", "seed", "true_p", "value", "log10", "covered", "sampler"]
+
+
+def read_runs(paths: list[Path]) -> list[dict]:
+    """The rows of runs CSVs written by `bench sampling`, typed; ValueError on a run seen twice."""
+    runs, seen = [], {}
+    for path in paths:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: not a bench sampling runs CSV (no column {', '.join(missing)})")
+            for row in reader:
+                key = (row["case"], row["event"], int(row["seed"]))
+                if key in seen:
+                    raise ValueError(f"{path}: run {key} is already in {seen[key]}; pool distinct seed sets "
+                                     "(bench sampling --first-seed)")
+                seen[key] = path
+                runs.append({**row, "seed": key[2], "true_p": float(row["true_p"]), "value": float(row["value"]),
+                             "log10": float(row["log10"]), "covered": row["covered"] == "True"})
+    return runs
+
+
+def per_event(runs: list[dict]) -> dict[tuple[str, str], dict]:
+    """Relative RMSE, coverage and repeats of each (case, event) over its pooled runs."""
+    events: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        events[run["case"], run["event"]].append(run)
+    return {key: {"relative_rmse": math.sqrt(statistics.fmean((r["value"] - r["true_p"]) ** 2 for r in mine))
+                  / mine[0]["true_p"],
+                  "covered": sum(r["covered"] for r in mine), "repeats": len(mine)}
+            for key, mine in events.items()}
+
+
+def summary(label: str, events: dict[tuple[str, str], dict]) -> str:
+    """One line: events, counts above 0.3 and 0.5, median and worst relative RMSE, coverage."""
+    errors = [e["relative_rmse"] for e in events.values()]
+    covered = sum(e["covered"] for e in events.values()) / sum(e["repeats"] for e in events.values())
+    return (f"  {label:<10} {len(errors):>4} events  > 0.3: {sum(x > 0.3 for x in errors):>3}  "
+            f"> 0.5: {sum(x > 0.5 for x in errors):>3}  median {statistics.median(errors):.3f}  "
+            f"worst {max(errors):.2f}  coverage {covered:.1%}")
+
+
+def pool(paths: list[Path]) -> str:
+    """The report of the module docstring for the runs in `paths`."""
+    runs = read_runs(paths)
+    if not runs:
+        return "no runs in " + ", ".join(map(str, paths))
+    events = per_event(runs)
+    repeats = sorted({e["repeats"] for e in events.values()})
+    activation = {case.name: case.activation for case in zoo() + zoo(quick=True)}
+    lines = [f"pooled {len(runs)} runs from {len(paths)} file(s); repeats per event: "
+             f"{', '.join(map(str, repeats))}", "relative RMSE per event, and 95% interval coverage:",
+             summary("all", events)]
+    for kind in sorted({activation.get(case, "other") for case, _ in events}):
+        lines.append(summary(kind, {k: e for k, e in events.items() if activation.get(k[0], "other") == kind}))
+    return "\n".join(lines + [report_runs(runs, paths[0]).rsplit("\n", 1)[0]])
