@@ -19,7 +19,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .bench_sampling import report_runs
+from .bench_sampling import sampler_lines
 from .bench_tails import zoo
 
 REQUIRED = ["case", "event", "seed", "true_p", "value", "log10", "covered", "sampler"]
@@ -78,4 +78,4 @@ def pool(paths: list[Path]) -> str:
              summary("all", events)]
     for kind in sorted({activation.get(case, "other") for case, _ in events}):
         lines.append(summary(kind, {k: e for k, e in events.items() if activation.get(k[0], "other") == kind}))
-    return "\n".join(lines + [report_runs(runs, paths[0]).rsplit("\n", 1)[0]])
+    return "\n".join(lines + sampler_lines(runs))

@@ -171,6 +171,11 @@ def report(rows: list[dict], budget: int, csv_path: Path, png_path: Path) -> str
 
 
 def report_runs(runs: list[dict], runs_path: Path) -> str:
+    """`sampler_lines` and where the runs were written."""
+    return "\n".join(sampler_lines(runs) + [f"runs CSV: {runs_path}"])
+
+
+def sampler_lines(runs: list[dict]) -> list[str]:
     """Per sampler (design-IS, subset-simulation, plain): runs, interval coverage and the
     spread of |log10(p̂/p)| over runs (the tail benchmark's error, run by run, from the
     estimate's log10, which survives underflow; p̂ = 0 counts as infinitely far)."""
@@ -184,7 +189,7 @@ def report_runs(runs: list[dict], runs_path: Path) -> str:
         median, high, highest = np.quantile(dex, [0.5, 0.95, 0.99], method="nearest")
         lines.append(f"  {sampler:<18} {len(mine):>5}  {covered / len(mine):6.1%}  {median:.3f} / {high:.2f} / "
                      f"{highest:.2f}  {np.mean(dex > 0.5):.1%}")
-    return "\n".join(lines + [f"runs CSV: {runs_path}"])
+    return lines
 
 
 def plot(rows: list[dict], path: Path, budget: int) -> None:
