@@ -7,6 +7,7 @@ from torch import nn
 
 from explanations import Gaussian
 from explanations.compile import compile_model
+from explanations.design import find_modes
 from explanations.events import Above, All, Any, Below, Detector
 from explanations.gaussian import GaussianExplanation
 from explanations.structured import design_estimate
@@ -110,7 +111,6 @@ def test_saturated_mode_is_capped_by_the_chi_square_tail():
 
 
 def test_search_effort_and_mode_cap_bound_the_descents():
-    from explanations.design import find_modes
     two_sided = [lambda xi: (xi[:, :1].abs() - 4.0)]             # {|ξ_0| > 4}: modes at ±4 e_0
     both, forwards, backwards = find_modes(two_sided, 3, starts=6, seed=0)
     assert sorted(round(m.beta, 3) for m in both) == [4.0, 4.0]
