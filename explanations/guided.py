@@ -183,16 +183,17 @@ class GuidedSampling:
     cov: Tensor
     design: bool = True      # use the input-space structure for events far from the bulk
 
-    def _bulk(self, event: Event, points: int = 4096, replicates: int = 8
+    def _bulk(self, event: Event, points: int = 4096, replicates: int = 8, bracket: bool = False
               ) -> tuple[Tensor, Tensor, list, OrthantResult, int]:
         """π's Gaussian summary of v = (y, detector scores), the event's clause rows, the
         event's probability under that Gaussian (intersections by `points` × `replicates`
-        quasi-random points), and the FLOPs of the summary."""
+        quasi-random points; with `bracket`, unions too large for inclusion–exclusion get
+        Boole's bracket, `mvn.log_union`), and the FLOPs of the summary."""
         detectors = event.detectors()
         mean, cov, flops = observed(self.mean, self.cov, detectors)
         rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
         return mean, cov, rows, log_union(mean, cov, rows, points=points, replicates=replicates,
-                                          seed=self.seed), flops
+                                          seed=self.seed, bracket_beyond=bracket), flops
 
     def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,
                              spent: int = 0) -> Estimate:
@@ -202,8 +203,9 @@ class GuidedSampling:
         test, the search) is charged to the estimate. The bulk test needs an order of
         magnitude, not digits: intersections get BULK_POINTS × BULK_REPLICATES quasi-random
         points instead of the zero-sample estimate's 4096 × 8 (on a 4 → 32 → 2 network the
-        full integral costs 4,600 sample-equivalents)."""
-        *_, bulk, summary = self._bulk(event, BULK_POINTS, BULK_REPLICATES)
+        full integral costs 4,600 sample-equivalents), and a union of more clauses than
+        inclusion–exclusion takes gets Boole's bracket max_i P(C_i) ≤ P(∪) ≤ Σ_i P(C_i)."""
+        *_, bulk, summary = self._bulk(event, BULK_POINTS, BULK_REPLICATES, bracket=True)
         spent += self.build_flops + summary + bulk.flops
         affordable = flops is None or spent <= flops / 2       # else the budget goes to draws
         if self.design and affordable and is_far(bulk.log_p):

@@ -48,3 +48,18 @@ def test_common_events_use_plain_sampling():
     pi = explain(model, Gaussian.standard(3), method="cumulant")
     est = pi.probability(Above(0, pi.mean[0].item()), samples=1000)
     assert est.method == "sampling" and est.samples == 1000
+
+
+def test_unions_too_large_for_inclusion_exclusion_are_sampled():
+    """13 clauses exceed the zero-sample union (2¹³ - 1 terms); a sampling budget still
+    estimates them. The clauses are nested halfspaces of a linear map, so the union is the
+    widest, P = Φ(-4)."""
+    layer = nn.Linear(6, 1).double()
+    w, b = layer.weight[0].detach(), layer.bias.item()
+    event = Any(*[Above(0, b + (4.0 + 0.05 * i) * w.norm().item()) for i in range(13)])
+    pi = explain(layer, Gaussian.standard(6), method="gaussian")
+    est = pi.probability(event, samples=4000)
+    truth = torch.special.ndtr(torch.tensor(-4.0, dtype=F64)).item()
+    assert est.method == "gaussian+design-IS"
+    assert abs(est.value - truth) <= 4 * est.details["standard_error"]
+

@@ -386,6 +386,16 @@ def test_union_falls_back_to_the_largest_clause_when_cancellation_is_within_erro
     assert result.abs_error == pytest.approx(0.08)
 
 
+def test_union_beyond_max_clauses_gives_boole_bracket_when_asked():
+    """Nested halfspaces {v0 > t_i}: the union is the widest one, P = Φ(-min t) = max_i P(C_i)."""
+    thresholds = [2.0 + 0.1 * i for i in range(13)]
+    clauses = [(t(1.0, 0.0).reshape(1, 2), t(x)) for x in thresholds]
+    result = log_union(torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64), clauses, bracket_beyond=True)
+    singles = [float(torch.special.ndtr(t(-x))) for x in thresholds]
+    assert result.log_p == pytest.approx(math.log(singles[0]), rel=1e-9)
+    assert result.abs_error == pytest.approx(sum(singles) - singles[0], rel=1e-6)
+
+
 def test_union_rejects_too_many_clauses_and_bad_clauses():
     mean, cov = torch.zeros(2, dtype=F64), torch.eye(2, dtype=F64)
     clause = (t(1.0, 0.0).reshape(1, 2), t(0.0))
