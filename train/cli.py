@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     pooled = benches.add_parser("pool", help="the runs CSVs of several bench sampling calls (seed sets) as one")
     pooled.add_argument("runs", nargs="+", help="runs CSVs written by bench sampling --runs")
     halfspaces = benches.add_parser("halfspaces", help="halfspace intersections, 3-CNF and permanents vs exact answers")
-    halfspaces.add_argument("--quick", action="store_true", help="a few small cases (about a minute)")
+    halfspaces.add_argument("--quick", action="store_true", help="a few small cases (under 10 s)")
     halfspaces.add_argument("--repeats", type=int, default=10, help="seeds per case (MSE over repeats)")
     halfspaces.add_argument("--budget", type=float, default=3000, help="sample-equivalents per estimate")
     halfspaces.add_argument("--csv", default="out/bench_halfspaces.csv")
