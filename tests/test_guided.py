@@ -62,4 +62,3 @@ def test_unions_too_large_for_inclusion_exclusion_are_sampled():
     truth = torch.special.ndtr(torch.tensor(-4.0, dtype=F64)).item()
     assert est.method == "gaussian+design-IS"
     assert abs(est.value - truth) <= 4 * est.details["standard_error"]
-
