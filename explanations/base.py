@@ -21,7 +21,7 @@ from .errors import InvalidDistribution
 from .estimate import Estimate
 from .events import Event
 from .graph import Graph
-from .montecarlo import draw_cost, draws_within, mean_estimate, probability_estimate, tally
+from .montecarlo import draw_cost, draws_within, mean_estimate, probability_estimate, sample_count, tally
 from .mvn import OrthantResult
 
 
@@ -81,6 +81,8 @@ class Explanation(ABC):
         event.check(self.graph.n_outputs)
         if samples is not None and flops is not None:
             raise ValueError("give either samples or flops, not both")
+        if samples is not None:
+            samples = sample_count(samples)
         if samples is not None or flops is not None:
             return self._sampled_probability(event, samples, flops)
         return self._probability(event)

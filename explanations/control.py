@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .estimate import Estimate
-from .montecarlo import PROGRESS_FROM, Z95, draw_cost
+from .montecarlo import PROGRESS_FROM, Z95, draw_cost, sample_count
 
 
 def control_draw_cost(pi) -> int:
@@ -29,8 +29,7 @@ def control_draw_cost(pi) -> int:
 
 def controlled_mean(pi, samples: int, batch: int = 1 << 16) -> Estimate:
     """Ê of the module docstring for explanation `pi` with `samples` draws."""
-    if not isinstance(samples, int) or samples < 3:
-        raise ValueError(f"samples must be an integer ≥ 3 for a control-variate mean, got {samples!r}")
+    samples = sample_count(samples, minimum=3, purpose=" for a control-variate mean")
     graph, distribution = pi.graph, pi.distribution
     target = pi.expectation()
     centre = target.value.to(torch.float64)

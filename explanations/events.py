@@ -72,8 +72,8 @@ def _threshold(t: object) -> float:
         value = float(t)
     except (TypeError, ValueError):
         raise InvalidEvent(f"threshold must be a number, got {t!r}") from None
-    if math.isnan(value):
-        raise InvalidEvent("threshold is NaN")
+    if not math.isfinite(value):
+        raise InvalidEvent(f"threshold must be finite, got {value}: such an event is empty or certain")
     return value
 
 

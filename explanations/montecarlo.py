@@ -16,6 +16,7 @@ p̂(1 ± 1.96/√n), most on the upper side, where a missed part of the event pu
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,15 @@ def draw_cost(graph: Graph, distribution: Gaussian) -> int:
     return graph.flops_per_sample + distribution.sample_flops()
 
 
+def sample_count(samples: object, minimum: int = 1, purpose: str = "") -> int:
+    """`samples` as an int, or a ValueError naming it: a bool, a fraction or fewer than
+    `minimum` draws is not a sample count (numpy integers are)."""
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+        raise ValueError(f"samples must be {need}{purpose}, got {samples!r}")
+    return int(samples)
+
+
 def draws_within(flops: float, fixed: float, per_draw: float, samples: int | None = None, minimum: int = 1) -> int:
     """How many draws a budget of `flops` buys after `fixed` FLOPs: ⌊(flops - fixed)/per_draw⌋.
     Give a FLOP budget or a sample count, not both; fewer than `minimum` draws is an error."""
@@ -63,8 +73,7 @@ def draws_within(flops: float, fixed: float, per_draw: float, samples: int | Non
 def tally(graph: Graph, distribution: Gaussian, samples: int, events: list[Event] = (),
           seed: int = 0, batch: int = 1 << 16, progress: bool | None = None) -> Tally:
     """Draw `samples` inputs, run the graph, and count (see module docstring)."""
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    samples = sample_count(samples)
     for event in events:
         event.check(graph.n_outputs)
     device = graph.device

@@ -1,5 +1,6 @@
 """expectation(samples=N): π.predict as a control variate — exactness, variance, coverage, cost."""
 import math
+import numpy as np
 
 import pytest
 import torch
@@ -64,6 +65,22 @@ def test_too_few_samples_is_a_clear_error():
     pi = explain(mlp([4, 8, 1], "relu"), Gaussian.standard(4), "gaussian")
     with pytest.raises(ValueError, match="≥ 3"):
         pi.expectation(samples=2)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "cumulant", "sampling"])
+@pytest.mark.parametrize("samples", [0, -5, 1.5, True])
+def test_a_sample_count_that_is_not_one_is_a_clear_error(method, samples):
+    """Before: samples=0 divided by zero and samples=-5 returned p = 0 on the guided path."""
+    pi = explain(mlp([4, 8, 1], "relu"), Gaussian.standard(4), method)
+    with pytest.raises(ValueError, match="samples must be"):
+        pi.probability(Above(0, 3.0), samples=samples)
+    with pytest.raises(ValueError, match="samples must be"):
+        pi.expectation(samples=samples)
+
+
+def test_numpy_sample_counts_are_accepted():
+    pi = explain(mlp([4, 8, 1], "relu"), Gaussian.standard(4), "sampling")
+    assert pi.probability(Above(0, 0.0), samples=np.int64(100)).samples == 100
 
 
 def test_flop_budgets_pay_the_explanation_first_and_never_overspend():

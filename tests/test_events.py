@@ -43,7 +43,8 @@ def test_structure_is_a_union_of_halfspace_clauses():
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: Above(0, float("nan")), "NaN"),
+    (lambda: Above(0, float("nan")), "finite, got nan"),
+    (lambda: Below(1, float("-inf")), "finite, got -inf"),
     (lambda: Below(-1, 0.0), "non-negative"),
     (lambda: Above(1.5, 0.0), "integer"),
     (lambda: Above(0, "high"), "number"),
