@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from explanations import Gaussian, compile_model
+from explanations.errors import InvalidModel
 from explanations.events import Above, All, Any, ArgMax, Below, Detector
 from storage import RunFileError, open_run
 from storage.events import event_from_plain, event_to_plain
@@ -255,3 +256,39 @@ def test_a_killed_tracker_resumes_from_its_last_checkpoint(tmp_path):
     assert run.steps[-3:] == [last.step, last.step + 3, last.step + 6]
     assert not list(tmp_path.glob(".run.h5.*.tmp"))
     assert run.last.ledger["training_flops"] > last.ledger["training_flops"]
+
+
+def test_a_diverged_model_leaves_pi_stale_and_the_file_intact(tmp_path):
+    """NaN parameters mid-run (a diverged training): the step hook does not raise into the
+    user's loop, π and every earlier checkpoint stay, and tracking resumes once the
+    parameters are finite again. Before: InvalidModel from optimizer.step() and again at close."""
+    path = tmp_path / "run.h5"
+    model = mlp([4, 16, 1], "tanh", seed=1)
+    D = Gaussian.standard(4)
+    task = RegressionTask(D, 1, seed=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    first = model[0].weight
+    with Tracker(model, optimizer, D, events={"high": Above(0, 1.0)}, path=path, every=5, budget=5.0) as tr:
+        train_steps(model, optimizer, task, 10, 512, generator)
+        kept = tr.explanation
+        assert kept is not None
+        saved = first.detach().clone()
+        with torch.no_grad():
+            first[0, 0] = float("nan")
+        with pytest.warns(RuntimeWarning, match="π is left stale.*NaN or infinite"):
+            for _ in range(5):
+                optimizer.step()                   # no gradients: the weights stay NaN
+        assert tr.explanation is kept and tr.step == 15 and tr.unexplainable
+        assert open_run(path).steps == [5, 10]     # no checkpoint of a model that has no π
+        with torch.no_grad():
+            first.copy_(saved)
+        train_steps(model, optimizer, task, 5, 512, generator)
+        assert tr.unexplainable is None and tr.explanation is not kept
+    run = open_run(path)
+    assert run.steps == [5, 10, 20] and run.last.ledger["stale_steps"] >= 5
+    with torch.no_grad():
+        first[0, 0] = float("inf")
+    with pytest.raises(InvalidModel, match="weight of '0' has NaN or infinite"):    # at the start: an error
+        Tracker(model, optimizer, D, events={"high": Above(0, 1.0)}, path=path, every=5)
+    assert open_run(path).steps == [5, 10, 20]

@@ -28,6 +28,11 @@ headroom H = budget·training - explanation):
                    R = full + Σ queries the save's reserve. At the save H ≥ R whenever
                    the training of one step affords R / every.
   stale            when neither fits: π keeps its state, `ledger.stale_steps` grows.
+  not explainable  while a parameter is NaN or infinite (a diverged run) there is no π to
+                   build: π keeps its last state, the step counts as stale, no checkpoint
+                   is written, and a RuntimeWarning names the parameter when it starts.
+                   Training goes on untouched; tracking resumes once the parameters are
+                   finite again, and every earlier checkpoint stays as it was.
 Costs are charged as measured (`Ledger.charge`); a prediction that fell short is
 counted in `ledger.overruns`, so tests can assert the ratio held at every step.
 Restoring π on resume is not charged: that π was paid for when it was built.
@@ -46,6 +51,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +60,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from explanations import METHODS, Explanation, Gaussian, Graph, compile_model, explain
+from explanations.errors import InvalidModel
 from explanations.events import Event
 from explanations.montecarlo import mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
@@ -97,9 +104,9 @@ class Tracker:
                  method: str = "gaussian", events: dict[str, Event] | None = None, budget: float = 1.0,
                  path: str | os.PathLike | None = None, every: int = 50, *, options: dict | None = None,
                  check_samples: int = 0, resume: bool = True) -> None:
-        if not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every!r}")
-        if not isinstance(check_samples, int) or check_samples < 0:
+        if isinstance(check_samples, bool) or not isinstance(check_samples, int) or check_samples < 0:
             raise ValueError(f"check_samples must be a non-negative integer, got {check_samples!r}")
         if method == "sampling":
             raise ValueError("method 'sampling' is the baseline π is checked against: track an explanation "
@@ -137,6 +144,7 @@ class Tracker:
         self.predicted_full = PRIOR_BUILD * self.graph.flops_per_sample
         self.query_costs: dict[str, float] = {}
         self.saved_step: int | None = None
+        self.unexplainable: str | None = None     # why the model cannot be explained now, if it cannot
         self._rows = 0
         self.started = self._left = time.perf_counter()
         if self.path is not None and self.rank == 0:
@@ -169,10 +177,29 @@ class Tracker:
         if self.rank != 0:
             return
         with torch.no_grad():
+            current = self._current()
+            if current is None:
+                self.last_update = "stale"
+                self.ledger.skip()
+                return
             save = self.path is not None and self.step % self.every == 0
-            self._update(save)
+            self._update(current, save)
             if save:
-                self._save()
+                self._save(current)
+
+    def _current(self) -> Graph | None:
+        """The model's formal graph now, or None while its parameters are not finite (module
+        docstring: not explainable), with a warning when that starts."""
+        try:
+            current = compile_model(self.module)
+        except InvalidModel as error:
+            if self.unexplainable is None:
+                warnings.warn(f"step {self.step}: π is left stale until the model is finite again: {error}",
+                              RuntimeWarning, stacklevel=2)
+            self.unexplainable = str(error)
+            return None
+        self.unexplainable = None
+        return current
 
     # ---- policy ------------------------------------------------------------------------
     def _reserve(self) -> float:
@@ -191,10 +218,9 @@ class Tracker:
         saved = (self.step % self.every) / self.every     # the share of the reserve put by so far
         return self.ledger.afford(cost) and self.ledger.headroom - cost >= saved * self._reserve()
 
-    def _update(self, save: bool, stale_counts: bool = True) -> None:
-        """Rebuild, head update or stay stale (module docstring); `stale_counts` is False
-        for the refresh at close, which is no training step."""
-        current = compile_model(self.module)
+    def _update(self, current: Graph, save: bool, stale_counts: bool = True) -> None:
+        """Rebuild, head update or stay stale (module docstring) for the model's graph
+        `current`; `stale_counts` is False for the refresh at close, which is no training step."""
         if self._may_spend(self.predicted_full, save):
             pi = explain(current, self.distribution, self.method, **self.options)
             self.ledger.charge(pi.build_flops)
@@ -287,9 +313,9 @@ class Tracker:
                 "expectation": {"value": mean.value.tolist(), "lo": lo.tolist(), "hi": hi.tolist(),
                                 "sd": mean.details["std"].tolist()}}
 
-    def _save(self) -> None:
-        """Write this step's checkpoint (π's estimates first, so the ledger is final)."""
-        current = compile_model(self.module)
+    def _save(self, current: Graph) -> None:
+        """Write this step's checkpoint of the model's graph `current` (π's estimates first,
+        so the ledger is final)."""
         pi = self.explanation
         estimates = self._estimates()
         meta = {"update": self.last_update, "explained_step": self.explained_step,
@@ -312,17 +338,21 @@ class Tracker:
 
     # ---- lifetime ----------------------------------------------------------------------
     def close(self) -> None:
-        """Detach the hooks and save a last checkpoint (refreshing π if affordable)."""
+        """Detach the hooks and save a last checkpoint (refreshing π if affordable), unless
+        the model cannot be explained now (module docstring)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
         if self.rank == 0 and self.path is not None and self.step > 0 and self.saved_step != self.step:
             entered = time.perf_counter()
             with torch.no_grad():
+                current = self._current()
+                if current is None:
+                    return
                 if self.last_update != "full":
-                    self._update(save=True, stale_counts=False)
+                    self._update(current, save=True, stale_counts=False)
                 self.ledger.tracking_seconds += time.perf_counter() - entered
-                self._save()
+                self._save(current)
 
     def __enter__(self) -> "Tracker":
         return self
