@@ -11,6 +11,7 @@ from explanations.events import Above
 from explanations.montecarlo import tally
 from train import bench_pool, bench_sampling, bench_tails
 from train.bench_tails import Reference, Settings, Spec, input_distribution
+from train.cli import main
 from train.models import mlp
 from train.tables import write_csv
 
@@ -136,8 +137,24 @@ def test_pool_joins_seed_sets_per_event(tmp_path):
 
 
 def test_unknown_method_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown methods"):
+    with pytest.raises(ValueError, match="unknown method 'gausian'"):
         bench_tails.run(quick=True, methods=["gausian"], cache=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())                  # refused before any ground truth
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "tails", "--methods", "auto,guide@-5"], "'guide@-5' is not a positive count"),
+    (["bench", "tails", "--methods", "auto@1e4"], "'auto@1e4' is not a positive count"),
+    (["bench", "tails", "--methods", "foo@3"], "unknown method 'foo'"),
+    (["bench", "sampling", "--cases", "r01,zz"], "unknown cases ['zz']; the zoo has r01"),
+    (["bench", "sampling", "--quick", "--cases", "r01"], "the quick zoo has q1"),
+])
+def test_bad_bench_arguments_are_usage_errors(argv, message, capsys):
+    """Before: a traceback (unknown methods), a matplotlib error after the run (unknown
+    cases) or a run with a negative budget."""
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_truth_combines_agreeing_references_and_keeps_sampling_otherwise():

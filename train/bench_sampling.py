@@ -101,6 +101,19 @@ def versus_openturns(row: dict, graph, D, event, budget: int, repeats: int) -> d
     return row
 
 
+def chosen_cases(quick: bool, names: list[str] | None) -> list:
+    """The zoo's cases (of --quick's zoo if `quick`) named in `names`, all of them for None;
+    a ValueError lists the names it does not know."""
+    cases = zoo(quick)
+    if names is None:
+        return cases
+    unknown = sorted(set(names) - {c.name for c in cases})
+    if unknown:
+        raise ValueError(f"unknown cases {unknown}; the {'quick ' if quick else ''}zoo has "
+                         f"{', '.join(c.name for c in cases)}")
+    return [c for c in cases if c.name in names]
+
+
 def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Path = DEFAULT_CACHE,
         csv_path: Path = DEFAULT_CSV, png_path: Path = DEFAULT_PNG, progress: bool = True,
         cases: list[str] | None = None, openturns: bool = False, openturns_repeats: int | None = None,
@@ -114,7 +127,7 @@ def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Pat
         from .openturns_methods import COLUMNS as OT_COLUMNS
     rows, runs = [], []
     started = time.perf_counter()
-    chosen = [c for c in zoo(quick) if cases is None or c.name in cases]
+    chosen = chosen_cases(quick, cases)
     for case in tqdm(chosen, desc="bench sampling", unit="case", disable=not progress):
         model, D, _ = build(case)
         graph = compile_model(model)

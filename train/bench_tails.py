@@ -594,16 +594,25 @@ def agreement(entry: dict) -> float | None:
     return (s["p"] - i["p"]) / combined if combined > 0 else math.inf
 
 
-def parse_method(method: str, flops_per_sample: int) -> tuple[str, int | None, float | None]:
+def parse_method(method: str, flops_per_sample: int = 1) -> tuple[str, int | None, float | None]:
     """"auto" → zero-sample; "auto@3000" → probability(event, samples=3000); "auto@10000se" →
     probability(event, flops=10000 sample-equivalents), everything (π's build too) paid
-    from it. Returns (method, samples, flops)."""
+    from it. Returns (method, samples, flops); a ValueError names an unknown method or a
+    budget that is not a positive count."""
     name, _, budget = method.partition("@")
+    if name not in (*METHODS, "auto", "guide"):
+        raise ValueError(f"unknown method {name!r}; available: auto, guide, {', '.join(sorted(METHODS))}")
     if not budget:
         return name, None, None
-    if budget.endswith("se"):
-        return name, None, float(budget[:-2]) * flops_per_sample
-    return name, int(budget), None
+    equivalents = budget.endswith("se")
+    try:
+        value = float(budget[:-2]) if equivalents else int(budget)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"the budget in {method!r} is not a positive count: give draws (auto@3000) "
+                         f"or sample-equivalents (auto@10000se)")
+    return (name, None, value * flops_per_sample) if equivalents else (name, value, None)
 
 
 def evaluate(case: Case, model: nn.Module, graph: Graph, D: Gaussian, truth: dict, methods: list[str],
@@ -714,9 +723,8 @@ def run(quick: bool = False, methods: list[str] | None = None, cache: Path = DEF
     """Build the zoo, measure (or load) ground truth, query every method, write and print."""
     if methods is None:
         methods = [m for m in METHODS if m != "sampling"] + ["auto"]
-    unknown = [m for m in methods if m.partition("@")[0] not in (*METHODS, "auto", "guide")]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: auto, guide, {', '.join(sorted(METHODS))}")
+    for method in methods:
+        parse_method(method)                 # a bad name or budget fails before any work
     settings = QUICK if quick else Settings()
     cache, rows, notes, truths, truth_draws, zoo_lines = Path(cache), [], [], {}, 0, []
     for case in tqdm(zoo(quick), desc="bench tails", unit="case", disable=not progress):

@@ -79,11 +79,21 @@ def main(argv: list[str] | None = None) -> None:
         bench_run(reference=args.reference, seed=args.seed, setting=args.setting,
                   methods=tuple(args.methods.split(",")))
     elif args.bench == "tails":
-        from .bench_tails import run as tails_run
-        tails_run(quick=args.quick, methods=args.methods.split(",") if args.methods else None,
+        from .bench_tails import parse_method, run as tails_run
+        methods = args.methods.split(",") if args.methods else None
+        try:
+            for method in methods or []:
+                parse_method(method)
+        except ValueError as error:
+            parser.error(f"bench tails --methods: {error}")
+        tails_run(quick=args.quick, methods=methods,
                   cache=args.cache, csv_path=args.csv, png_path=args.png)
     elif args.bench == "sampling":
-        from .bench_sampling import run as sampling_run
+        from .bench_sampling import chosen_cases, run as sampling_run
+        try:
+            chosen_cases(args.quick, args.cases.split(",") if args.cases else None)
+        except ValueError as error:
+            parser.error(f"bench sampling --cases: {error}")
         if args.openturns and importlib.util.find_spec("openturns") is None:
             parser.error("--openturns needs OpenTURNS: pip install -e '.[openturns]' (or pip install 'openturns>=1.20')")
         sampling_run(repeats=args.repeats, budget=args.budget, quick=args.quick, cache=args.cache,
