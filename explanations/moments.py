@@ -128,7 +128,7 @@ def relu_moments(mean: Tensor, cov: Tensor) -> ActivationMoments:
     rho = _correlation(cov, sd_safe)[i, j]
     s = torch.sqrt((1 - rho) * (1 + rho))
     ai, aj = a[i], a[j]
-    joint = bivariate_normal_cdf(ai, aj, rho)
+    joint = bivariate_normal_cdf(ai, aj, rho).to(mean.dtype)      # computed in float64
     tail = torch.exp(-(ai * ai - 2 * rho * ai * aj + aj * aj) / (2 * s * s))
     pairs = sd_safe[i] * sd_safe[j] * (
         (ai * aj + rho) * joint

@@ -44,7 +44,7 @@ class Search:
     modes: list[Mode]
     observe: Callable[[Tensor], Tensor]     # ξ batch → v = (y, detector scores)
     clauses: list[tuple[Tensor, Tensor]]    # {v : A v > b}
-    distribution: Gaussian                  # D in π's dtype
+    distribution: Gaussian                  # D in float64
     flops: int
     forwards: int
     backwards: int
@@ -57,8 +57,8 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
     (`design.find_modes`: `starts` per clause, at most `max_modes`, descents of at most
     `iterations` steps begun while under `effort` forward-pass equivalents)."""
     detectors = event.detectors()
-    dtype = pi.dtype
-    like = pi.mean
+    dtype = torch.float64          # bisections and finite differences need it, whatever π's dtype
+    like = pi.mean.to(dtype)
     clauses = [clause_rows(c, detectors, pi.graph.n_outputs, like) for c in event.dnf()]
     D = pi.distribution.to(dtype=dtype)
     observe, unit = observer(pi.graph, D, detectors, dtype)
@@ -82,13 +82,14 @@ def linear_guesses(pi: GaussianExplanation, clauses: list[tuple[Tensor, Tensor]]
     n = pi.mean.shape[0]
     if cross is None:
         return [None] * len(clauses)
-    slope = whitened_cross(cross, D).T                                  # Cov(y, ξ): [outputs, d]
+    slope = whitened_cross(cross.to(D.mean.dtype), D).T                 # Cov(y, ξ): [outputs, d]
+    mean = pi.mean.to(D.mean.dtype)
     guesses = []
     for a, b in clauses:
         if a.shape[1] > n and bool(a[:, n:].any()):
             guesses.append(None)
             continue
-        g, h = a[:, :n] @ slope, b - a[:, :n] @ pi.mean
+        g, h = a[:, :n] @ slope, b - a[:, :n] @ mean
         guesses.append(g.T @ torch.linalg.lstsq(g @ g.T, h[:, None]).solution[:, 0])
     return guesses
 
@@ -110,17 +111,18 @@ def design_estimate(pi: GaussianExplanation, event: Event,
     log_probabilities, numerical_error = [], 0.0
     for mode in modes:
         local = rebuild(shifted(D, mode))
-        cross_xi = whitened_cross(local.cross, D)                     # Cov(ξ, y) at the mode
-        mean = local.mean - cross_xi.T @ mode.point                   # the tilted mean
-        v_mean, v_cov, query = observed(mean, local.cov, detectors)
+        local_mean, local_cov = local.mean.to(D.mean.dtype), local.cov.to(D.mean.dtype)   # π's dtype → float64
+        cross_xi = whitened_cross(local.cross.to(D.mean.dtype), D)   # Cov(ξ, y) at the mode
+        mean = local_mean - cross_xi.T @ mode.point                   # the tilted mean
+        v_mean, v_cov, query = observed(mean, local_cov, detectors)
         others = [m.point for m in modes if m is not mode]
         if others:
             # Restrict to mode k's Voronoi cell in ξ: rows (ξ*_k - ξ*_j)·ξ > (|ξ*_k|² - |ξ*_j|²)/2,
             # jointly Gaussian with v under the tilt (ξ ~ N(0, I), Cov(ξ, v) via y).
             d = torch.stack([mode.point - q for q in others])
             h = torch.stack([(mode.point @ mode.point - q @ q) / 2 for q in others])
-            n_y = local.mean.shape[0]
-            cross_wv = d @ cross_xi @ torch.linalg.pinv(local.cov, hermitian=True) @ v_cov[:n_y]
+            n_y = local_mean.shape[0]
+            cross_wv = d @ cross_xi @ torch.linalg.pinv(local_cov, hermitian=True) @ v_cov[:n_y]
             v_mean = torch.cat([v_mean, v_mean.new_zeros(len(others))])
             v_cov = torch.cat([torch.cat([v_cov, cross_wv.T], dim=1),
                                torch.cat([cross_wv, d @ d.T], dim=1)])
