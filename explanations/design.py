@@ -70,6 +70,8 @@ class ClauseSearch:
         values = self.batch(point[None, :])[0]
         self.forwards += 1
         picked = select(values.detach())
+        if not values.requires_grad:       # piecewise-constant networks (Step): zero gradients
+            return values.detach(), picked, point.new_zeros(len(picked), point.shape[0])
         self.backwards += len(picked)
         grads = [torch.autograd.grad(values[r], point, retain_graph=True)[0] for r in picked]
         return values.detach(), picked, torch.stack(grads) if grads else point.new_zeros(0, point.shape[0])
