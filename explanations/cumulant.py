@@ -20,8 +20,10 @@ diagrams, truncated at Hermite degree K (default 6; the truncation drops diagram
 vertex of degree > K). Cost: the Gaussian build plus, per direction queried, the diagram
 contractions (O(n³) for κ3, see `hermite_cumulants`).
 
-Events: if π's Gaussian puts the event below 5e-2, the input-space structure decides
-(design points and tilted Gaussians, `structured`). Otherwise each halfspace atom a·v > t
+Events: if π's Gaussian puts the event below 5e-2, or the event reads a detector whose
+score is nonlinear in y (a moment-matched Gaussian of it can miss the tail by orders of
+magnitude), the input-space structure decides (design points and tilted Gaussians,
+`structured`). Otherwise each halfspace atom a·v > t
 gets a cumulant tail (`tails.log_upper_tail`, Cornish–Fisher) and atoms are joined by the
 Gaussian copula of π (`tails.copula_probability`); atoms involving a learned detector's
 score keep Gaussian marginals.
@@ -103,13 +105,15 @@ class CumulantExplanation(GuidedSampling, Explanation):
         return GaussianExplanation(self.graph, distribution, dtype=self.dtype, seed=self.seed)
 
     def _probability(self, event: Event) -> Estimate:
-        """If π's Gaussian summary puts the event below 5e-2, the design-point estimate of
-        `structured`; otherwise cumulant marginals joined by π's Gaussian copula."""
+        """If π's Gaussian summary puts the event below 5e-2, or the event reads a detector
+        whose score is nonlinear in y, the design-point estimate of `structured`; otherwise
+        cumulant marginals joined by π's Gaussian copula."""
         mean, cov, rows, bulk, flops = self._bulk(event)
         n = self.mean.shape[0]
         spent = [flops + bulk.flops]
         fallback = {}
-        if self.design and is_far(bulk.log_p):
+        nonlinear = any(d.scores_nonlinearly() for d in event.detectors())
+        if self.design and (is_far(bulk.log_p) or nonlinear):
             found = design_estimate(self, event, self._rebuild)
             if found is not None:
                 result, details = found

@@ -237,6 +237,12 @@ class Detector(Event):
             return Graph(chain[:-1], self.graph.n_inputs)
         return self.graph
 
+    def scores_nonlinearly(self) -> bool:
+        """Does `score_graph` pass through an activation? Then the score's law under a
+        Gaussian y is not Gaussian, and moment-matching it can miss its tail by orders."""
+        from .graph import Act, iter_ops
+        return any(isinstance(op, Act) for op in iter_ops(self.score_graph().chain))
+
     def score_threshold(self) -> float:
         """The threshold on `score_graph`'s output; InvalidEvent if the event is certain
         or impossible (a threshold outside the final activation's range)."""

@@ -162,3 +162,18 @@ def test_a_relu_detector_is_tilted_with_the_outputs(quantile):
     estimate = explain(model, D, "cumulant").probability(Detector(scorer, threshold=threshold))
     assert estimate.method == "cumulant+design"
     assert abs(estimate.log10 - math.log10(truth)) <= 0.15
+
+
+def test_an_event_on_a_nonlinear_detector_takes_the_design_path_even_in_the_bulk():
+    """π's bulk Gaussian puts this ReLU-detector event at 9.4e-2 (truth 1.0e-2, 0.97 dex):
+    the score's moment-matched Gaussian has the wrong tail, so the design path decides."""
+    torch.manual_seed(4)
+    D = Gaussian.standard(6)
+    model = nn.Sequential(nn.Linear(6, 8), _Residual(8), nn.ReLU(), nn.Linear(8, 2))
+    scorer = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1), nn.Sigmoid())
+    with torch.no_grad():
+        score = scorer(model(D.sample(1_000_000, generator=torch.Generator().manual_seed(2)).float()))[:, 0]
+    threshold = float(torch.quantile(score, 0.99))
+    estimate = explain(model, D, "cumulant").probability(Detector(scorer, threshold=threshold))
+    assert estimate.method == "cumulant+design" and estimate.details["bulk_log10"] > math.log10(5e-2)
+    assert abs(estimate.log10 - math.log10(float((score > threshold).double().mean()))) <= 0.5
