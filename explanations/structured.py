@@ -10,9 +10,13 @@ moves a Gaussian's mean by its covariance with the tilt direction). Detectors ar
 at the mode, where the event's boundary is, not pushed through from the tilted law:
 a detector's hidden ReLU near its kink has a much heavier upper tail than a
 moment-matched Gaussian of its output (measured: a 2→4→1 ReLU detector on a residual
-net at p = 1e-2 and 1e-3 was put at 3e-4 and 3e-7 that way). FLOPs: every forward pass of the search costs one sample-equivalent and every
-backward pass two (the usual reverse-mode bound), plus the rebuilt explanations and the
-multivariate normal integrals.
+net at p = 1e-2 and 1e-3 was put at 3e-4 and 3e-7 that way). A detector with an
+activation inside is not Gaussian even at the mode (its event can be a band in y), so
+there the event is evaluated exactly on y drawn from π's local model, reweighted by the
+tilt (`_sampled_tilt`; no draws of the network).
+FLOPs: every forward pass of the search costs one sample-equivalent and every backward
+pass two (the usual reverse-mode bound), plus the rebuilt explanations, the regression
+of the scores on y and the multivariate normal integrals.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
+from torch.quasirandom import SobolEngine
+from torch.special import ndtri
 
 from .design import MAX_MODES, Mode, find_modes, shifted, whitened_cross
 from .distributions import Gaussian
@@ -112,44 +118,86 @@ def design_estimate(pi: GaussianExplanation, event: Event,
     found = search(pi, event)
     modes, clauses, D, flops = found.modes, found.clauses, found.distribution, found.flops
     forwards, backwards = found.forwards, found.backwards
-    detectors = event.detectors()
     if not modes:
         return None
+    exact = any(d.scores_nonlinearly() for d in event.detectors())
     log_probabilities, numerical_error = [], 0.0
     for mode in modes:
         local = rebuild(shifted(D, mode))
-        local_mean, local_cov = local.mean.to(D.mean.dtype), local.cov.to(D.mean.dtype)   # π's dtype → float64
-        cross_v = whitened_cross(local.cross.to(D.mean.dtype), D)    # Cov(ξ, y) at the mode
-        v_mean, v_cov, query = observed(local_mean, local_cov, detectors)   # v = (y, scores) at the mode
-        n_y = local_mean.shape[0]
-        if detectors:     # Cov(ξ, score) = Cov(ξ, y) Σ_y⁺ Cov(y, score): exact for jointly Gaussian (ξ, y)
-            regression = cross_v @ torch.linalg.pinv(local_cov, hermitian=True)
-            cross_v = torch.cat([cross_v, regression @ v_cov[:n_y, n_y:]], dim=1)
-        v_mean = v_mean - cross_v.T @ mode.point                      # tilted back to ξ ~ N(0, I)
+        mean, cov = local.mean.to(D.mean.dtype), local.cov.to(D.mean.dtype)        # π's dtype → float64
+        cross = whitened_cross(local.cross.to(D.mean.dtype), D)                    # Cov(ξ, y) at the mode
         others = [m.point for m in modes if m is not mode]
-        if others:
-            # Restrict to mode k's Voronoi cell in ξ: rows (ξ*_k - ξ*_j)·ξ > (|ξ*_k|² - |ξ*_j|²)/2,
-            # jointly Gaussian with v under the tilt (ξ ~ N(0, I)).
-            d = torch.stack([mode.point - q for q in others])
-            h = torch.stack([(mode.point @ mode.point - q @ q) / 2 for q in others])
-            cross_wv = d @ cross_v
-            v_mean = torch.cat([v_mean, v_mean.new_zeros(len(others))])
-            v_cov = torch.cat([torch.cat([v_cov, cross_wv.T], dim=1),
-                               torch.cat([cross_wv, d @ d.T], dim=1)])
-            cell = [(torch.cat([torch.cat([a, a.new_zeros(a.shape[0], len(others))], dim=1),
-                                torch.cat([d.new_zeros(len(others), a.shape[1]), torch.eye(len(others), dtype=d.dtype, device=d.device)], dim=1)]),
-                     torch.cat([b, h])) for a, b in clauses]
-        else:
-            cell = clauses
-        result = log_union(v_mean, v_cov, cell, points=QMC_POINTS, replicates=QMC_REPLICATES, seed=pi.seed)
+        result = _sampled_tilt(event, mode.point, others, mean, cov, cross, pi.seed) if exact else None
+        if result is None or not math.isfinite(result.log_p):
+            flops += result.flops if result is not None else 0        # paid for, then fallen back from
+            result = _gaussian_tilt(event, clauses, mode.point, others, mean, cov, cross, pi.seed)
         log_probabilities.append(result.log_p)
         numerical_error += result.abs_error
-        flops += local.build_flops + query + result.flops
+        flops += local.build_flops + result.flops
     combined = torch.logsumexp(torch.tensor(log_probabilities, dtype=torch.float64), 0).item()
     cap = log_chi2_tail(D.dim, modes[0].beta)
     details = {"modes": [m.beta for m in modes], "mode_log10": [lp / math.log(10) for lp in log_probabilities],
                "chi2_cap_log10": cap / math.log(10), "capped": combined > cap,
                "forward_passes": forwards, "backward_passes": backwards}
     return OrthantResult(min(combined, cap), numerical_error, flops), details
+
+
+def _gaussian_tilt(event: Event, clauses: list[tuple[Tensor, Tensor]], point: Tensor, others: list[Tensor],
+                   mean: Tensor, cov: Tensor, cross: Tensor, seed: int) -> OrthantResult:
+    """P(event ∩ the mode's Voronoi cell) under π's local joint Gaussian of (ξ, v) at the
+    design point ξ* = `point`, v = (y, detector scores), tilted back to ξ ~ N(0, I) (module
+    docstring); the cell's rows (ξ* - ξ*_j)·ξ > (|ξ*|² - |ξ*_j|²)/2 join v. FLOPs included."""
+    detectors = event.detectors()
+    v_mean, v_cov, flops = observed(mean, cov, detectors)                      # v at the mode
+    n_y = mean.shape[0]
+    if detectors:     # Cov(ξ, score) = Cov(ξ, y) Σ_y⁺ Cov(y, score): exact for jointly Gaussian (ξ, y)
+        regression = cross @ torch.linalg.pinv(cov, hermitian=True)
+        cross = torch.cat([cross, regression @ v_cov[:n_y, n_y:]], dim=1)
+        flops += 10 * n_y ** 3 + 2 * point.shape[0] * n_y * (n_y + len(detectors))
+    v_mean = v_mean - cross.T @ point                                          # tilted back
+    cell = clauses
+    if others:
+        d = torch.stack([point - q for q in others])
+        h = torch.stack([(point @ point - q @ q) / 2 for q in others])
+        cross_wv = d @ cross
+        v_mean = torch.cat([v_mean, v_mean.new_zeros(len(others))])
+        v_cov = torch.cat([torch.cat([v_cov, cross_wv.T], dim=1), torch.cat([cross_wv, d @ d.T], dim=1)])
+        eye = torch.eye(len(others), dtype=d.dtype, device=d.device)
+        cell = [(torch.cat([torch.cat([a, a.new_zeros(a.shape[0], len(others))], dim=1),
+                            torch.cat([d.new_zeros(len(others), a.shape[1]), eye], dim=1)]),
+                 torch.cat([b, h])) for a, b in clauses]
+    result = log_union(v_mean, v_cov, cell, points=QMC_POINTS, replicates=QMC_REPLICATES, seed=seed)
+    return OrthantResult(result.log_p, result.abs_error, result.flops + flops)
+
+
+def _sampled_tilt(event: Event, point: Tensor, others: list[Tensor], mean: Tensor, cov: Tensor,
+                  cross: Tensor, seed: int) -> OrthantResult:
+    """The same probability with the event evaluated exactly on y instead of through a
+    Gaussian of the detector scores (for detectors with activations inside). Under π's
+    local model ξ = ξ* + u, y = μ + Bᵀu + e with u ~ N(0, I), e ~ N(0, Σ - BᵀB), B = Cov(ξ, y),
+        P = E[1_E(y) 1_cell(ξ) φ(ξ)/φ(ξ - ξ*)],   φ(ξ)/φ(ξ - ξ*) = exp(-ξ*·u - |ξ*|²/2),
+    over QMC_REPLICATES scrambled Sobol sets of QMC_POINTS (u, e) each. Measured on 54
+    events of 2→4→1 ReLU/tanh/GELU detectors (p = 1e-2..1e-4): median |log10 p̂/p| 0.14 →
+    0.11 and worst 2.7 → 2.0 against `_gaussian_tilt`. FLOPs: per point the detectors'
+    forward passes, the Gaussian map and the weight; -inf if no point lands in the event."""
+    d, n = cross.shape
+    residual = cov - cross.T @ cross
+    values, vectors = torch.linalg.eigh((residual + residual.T) / 2)
+    factor = vectors * values.clamp_min(0).sqrt()
+    logs = []
+    for replicate in range(QMC_REPLICATES):
+        sobol = SobolEngine(d + n, scramble=True, seed=seed + replicate)
+        z = ndtri(sobol.draw(QMC_POINTS, dtype=torch.float64).clamp(1e-15, 1 - 1e-15)).to(point.device)
+        u, e = z[:, :d], z[:, d:]
+        inside = event.evaluate(mean + u @ cross + e @ factor.T)
+        for q in others:
+            inside &= (point + u) @ (point - q) > (point @ point - q @ q) / 2
+        log_w = torch.where(inside, -(u @ point) - point @ point / 2, -math.inf)
+        logs.append(torch.logsumexp(log_w, 0) - math.log(QMC_POINTS))
+    logs = torch.stack(logs)
+    spread = 3 * float(logs.exp().std()) / math.sqrt(QMC_REPLICATES)
+    per_point = sum(g.graph.flops_per_sample for g in event.detectors()) + 2 * (d + n) * n + 4 * d + 2 * d * len(others)
+    return OrthantResult(float(torch.logsumexp(logs, 0)) - math.log(QMC_REPLICATES), spread,
+                         10 * n ** 3 + QMC_REPLICATES * QMC_POINTS * per_point)
 
 
