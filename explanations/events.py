@@ -257,8 +257,9 @@ class Detector(Event):
         return inverse(self.threshold)
 
     def score(self, y: Tensor) -> Tensor:
-        """The detector's score for each row of y: [batch]."""
-        return self.graph.forward(y.to(self.graph.dtype))[:, 0]
+        """The detector's score for each row of y: [batch], on y's device."""
+        graph = self.graph
+        return graph.forward(y.to(device=graph.device, dtype=graph.dtype))[:, 0].to(y.device)
 
     def evaluate(self, y: Tensor) -> Tensor:
         return self.score(y) > self.threshold
