@@ -145,13 +145,11 @@ class _Residual(nn.Module):
         return x + self.block(x)
 
 
-@pytest.mark.parametrize("quantile", [0.99, 0.999])
-def test_a_relu_detector_is_tilted_with_the_outputs(quantile):
-    """A 2 → 4 → 1 ReLU detector on a residual net: its score is taken at each design point
-    and tilted with y (`structured` docstring). Before, the tilted y was pushed through the
-    detector's ReLU, whose moment-matched Gaussian has almost no upper tail: 3e-4 for a
-    1e-2 event, 3e-7 for 1e-3. Truth from 10⁶ draws (≥ 1,000 hits)."""
-    torch.manual_seed(0)
+def _relu_detector_case(seed: int, quantile: float):
+    """A residual net on N(0, I_6), a 2 → 4 → 1 ReLU detector built after it from `seed`,
+    the detector's event at the score's `quantile`, its estimate by `cumulant`, and the
+    truth from 10⁶ draws (≥ 1,000 hits)."""
+    torch.manual_seed(seed)
     D = Gaussian.standard(6)
     model = nn.Sequential(nn.Linear(6, 8), _Residual(8), nn.ReLU(), nn.Linear(8, 2))
     scorer = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1), nn.Sigmoid())
@@ -159,7 +157,15 @@ def test_a_relu_detector_is_tilted_with_the_outputs(quantile):
         score = scorer(model(D.sample(1_000_000, generator=torch.Generator().manual_seed(2)).float()))[:, 0]
     threshold = float(torch.quantile(score, quantile))
     truth = float((score > threshold).double().mean())
-    estimate = explain(model, D, "cumulant").probability(Detector(scorer, threshold=threshold))
+    return explain(model, D, "cumulant").probability(Detector(scorer, threshold=threshold)), truth
+
+
+@pytest.mark.parametrize("quantile", [0.99, 0.999])
+def test_a_relu_detector_is_tilted_with_the_outputs(quantile):
+    """The detector's score is taken at each design point and tilted with y (`structured`
+    docstring). Before, the tilted y was pushed through the detector's ReLU, whose
+    moment-matched Gaussian has almost no upper tail: 3e-4 for a 1e-2 event, 3e-7 for 1e-3."""
+    estimate, truth = _relu_detector_case(0, quantile)
     assert estimate.method == "cumulant+design"
     assert abs(estimate.log10 - math.log10(truth)) <= 0.15
 
@@ -167,28 +173,14 @@ def test_a_relu_detector_is_tilted_with_the_outputs(quantile):
 def test_an_event_on_a_nonlinear_detector_takes_the_design_path_even_in_the_bulk():
     """π's bulk Gaussian puts this ReLU-detector event at 9.4e-2 (truth 1.0e-2, 0.97 dex):
     the score's moment-matched Gaussian has the wrong tail, so the design path decides."""
-    torch.manual_seed(4)
-    D = Gaussian.standard(6)
-    model = nn.Sequential(nn.Linear(6, 8), _Residual(8), nn.ReLU(), nn.Linear(8, 2))
-    scorer = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1), nn.Sigmoid())
-    with torch.no_grad():
-        score = scorer(model(D.sample(1_000_000, generator=torch.Generator().manual_seed(2)).float()))[:, 0]
-    threshold = float(torch.quantile(score, 0.99))
-    estimate = explain(model, D, "cumulant").probability(Detector(scorer, threshold=threshold))
+    estimate, truth = _relu_detector_case(4, 0.99)
     assert estimate.method == "cumulant+design" and estimate.details["bulk_log10"] > math.log10(5e-2)
-    assert abs(estimate.log10 - math.log10(float((score > threshold).double().mean()))) <= 0.5
+    assert abs(estimate.log10 - math.log10(truth)) <= 0.5
 
 
 def test_a_band_shaped_detector_event_is_evaluated_exactly_on_the_local_model():
     """This ReLU detector's event is a band in y (its score rises, then falls as another
     unit turns on), which no Gaussian score can describe: the tilted Gaussian put it at
     8.0e-2 against 9.9e-3. Evaluated exactly on y drawn from π's local model it is 1.1e-2."""
-    torch.manual_seed(5)
-    D = Gaussian.standard(6)
-    model = nn.Sequential(nn.Linear(6, 8), _Residual(8), nn.ReLU(), nn.Linear(8, 2))
-    scorer = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1), nn.Sigmoid())
-    with torch.no_grad():
-        score = scorer(model(D.sample(1_000_000, generator=torch.Generator().manual_seed(2)).float()))[:, 0]
-    threshold = float(torch.quantile(score, 0.99))
-    estimate = explain(model, D, "cumulant").probability(Detector(scorer, threshold=threshold))
-    assert abs(estimate.log10 - math.log10(float((score > threshold).double().mean()))) <= 0.2
+    estimate, truth = _relu_detector_case(5, 0.99)
+    assert abs(estimate.log10 - math.log10(truth)) <= 0.2
