@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from explanations import Gaussian, explain
-from explanations.events import Above, Any, Below
+from explanations.events import Above, Any, Below, Detector
+from train.bench_detectors import setting
 
 F64 = torch.float64
 
@@ -62,3 +63,24 @@ def test_unions_too_large_for_inclusion_exclusion_are_sampled():
     truth = torch.special.ndtr(torch.tensor(-4.0, dtype=F64)).item()
     assert est.method == "gaussian+design-IS"
     assert abs(est.value - truth) <= 4 * est.details["standard_error"]
+
+
+def test_events_on_a_nonlinear_detector_are_sampled_by_what_a_plain_pilot_sees():
+    """π's bulk Gaussian puts this ReLU-detector event (p ≈ 1e-4) above 5e-2; before, its
+    budget went to plain sampling, which saw no hit in 10⁴ draws. A 200-draw plain pilot
+    now finds it rare and design-guided sampling takes the rest; at the median the pilot
+    sees the event common and plain sampling runs. Truth from 2·10⁶ draws (≈ 200 hits)."""
+    model, detectors = setting(5)
+    scorer = detectors["relu"]
+    D = Gaussian.standard(6)
+    with torch.no_grad():
+        score = scorer(model(D.sample(2_000_000, generator=torch.Generator().manual_seed(2)).float()))[:, 0]
+    pi = explain(model, D, "cumulant")
+    threshold = float(torch.quantile(score[:500_000], 0.9999))
+    truth = float((score > threshold).double().mean())
+    rare = pi.probability(Detector(scorer, threshold=threshold), flops=10_000 * pi.flops_per_sample)
+    assert rare.method == "cumulant+design-IS" and rare.flops <= 10_000 * pi.flops_per_sample
+    spread = 3 * (truth / 2_000_000) ** 0.5                      # the truth's own 3 standard errors
+    assert rare.interval[0] - spread <= truth <= rare.interval[1] + spread
+    common = pi.probability(Detector(scorer, threshold=float(score.median())), samples=2_000)
+    assert common.method == "sampling" and common.samples == 1_800

@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> None:
                           help="runs of OpenTURNS' stochastic methods per event (default: --repeats)")
     pooled = benches.add_parser("pool", help="the runs CSVs of several bench sampling calls (seed sets) as one")
     pooled.add_argument("runs", nargs="+", help="runs CSVs written by bench sampling --runs")
+    detectors = benches.add_parser("detectors", help="events on learned detectors vs sampling (about a minute)")
+    detectors.add_argument("--quick", action="store_true", help="two nets, two levels, 10⁶ draws (seconds)")
+    detectors.add_argument("--budget", type=float, default=10_000, help="sample-equivalents of the sampled estimate")
+    detectors.add_argument("--csv", default="out/bench_detectors.csv")
+    detectors.add_argument("--png", default="out/bench_detectors.png")
     halfspaces = benches.add_parser("halfspaces", help="halfspace intersections, 3-CNF and permanents vs exact answers")
     halfspaces.add_argument("--quick", action="store_true", help="a few small cases (under 10 s)")
     halfspaces.add_argument("--repeats", type=int, default=10, help="seeds per case (MSE over repeats)")
@@ -106,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
             print(pool([Path(p) for p in args.runs]))
         except (OSError, ValueError) as error:
             parser.error(f"bench pool: {error}")
+    elif args.bench == "detectors":
+        from .bench_detectors import QUANTILES, run as detectors_run
+        quick = {"seeds": range(2), "quantiles": QUANTILES[:2], "draws": 10 ** 6} if args.quick else {}
+        detectors_run(budget=args.budget, csv_path=Path(args.csv), png_path=Path(args.png), **quick)
     elif args.bench == "halfspaces":
         from .bench_halfspaces import run as halfspaces_run
         halfspaces_run(quick=args.quick, repeats=args.repeats, budget=args.budget, csv_path=args.csv,
