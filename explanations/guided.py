@@ -53,9 +53,12 @@ a 1e-4 event above 5e-2 (`cumulant`), and design-guided sampling is worse than p
 sampling on common events (MSE ratio 0.2–0.9 at p = 0.2–0.5, measured on
 `pitrack bench detectors`' nets). So where the bulk calls the event common, a plain pilot
 of DETECTOR_PILOT = 200 draws decides: fewer than DETECTOR_PILOT_HITS = 4 hits (p̂ < 2%)
-sends the rest of the budget to design-guided sampling, otherwise to plain sampling. The
-pilot is charged, not pooled: each branch's estimate is unbiased given the pilot, so the
-choice adds no bias.
+sends the rest of the budget to design-guided sampling (its search bounded by
+SEARCH_SHARE of the budget, the pilot's rate sizing subset simulation's levels; plain
+sampling if a FLOP budget then buys fewer than 2·PILOT_MIN draws), otherwise to plain
+sampling. The pilot is charged and counted in `samples`, not pooled: each branch keeps
+its own bias given the pilot (none for importance and plain sampling, O(1/N) for subset
+simulation), so the choice adds none. details["detector_pilot_hits"] records it.
 Cost: what π spent before (its build, the bulk test, the search: `spent`), plus per
 draw d normal variates, the input map and one forward pass (and the detectors), and for
 importance sampling K d-dimensional dot products for the weight.
@@ -63,7 +66,7 @@ importance sampling K d-dimensional dot products for the weight.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -219,18 +222,41 @@ class GuidedSampling:
         *_, bulk, summary = self._bulk(event, BULK_POINTS, BULK_REPLICATES, bracket=True)
         spent += self.build_flops + summary + bulk.flops
         affordable = flops is None or spent <= flops / 2       # else the budget goes to draws
-        far = is_far(bulk.log_p)
         pilot_fits = (samples >= 2 * DETECTOR_PILOT if samples is not None else
                       spent + 2 * DETECTOR_PILOT * draw_cost(self.graph, self.distribution) <= flops / 2)
-        if (self.design and affordable and not far and pilot_fits
+        if (self.design and affordable and pilot_fits and not is_far(bulk.log_p)
                 and any(d.scores_nonlinearly() for d in event.detectors())):
-            pilot = tally(self.graph, self.distribution, DETECTOR_PILOT, [event], seed=self.seed + 1)
-            far, spent = pilot.hits[0] < DETECTOR_PILOT_HITS, spent + pilot.flops
-            samples = samples - DETECTOR_PILOT if samples is not None else None
-        if self.design and affordable and far:
-            budget = flops / self.graph.flops_per_sample if flops is not None else samples
-            wide = {"starts": SEARCH_STARTS, "max_modes": SEARCH_MODES, "iterations": SEARCH_ITERATIONS,
-                    "effort": SEARCH_SHARE * budget} if bulk.log_p < math.log(WIDE_SEARCH_BELOW) else {}
-            found = search(self, event, **wide)
-            return guided_probability(self, event, found, samples, flops, spent + found.flops, bulk.log_p)
+            return self._detector_pilot(event, samples, flops, spent)
+        if self.design and affordable and is_far(bulk.log_p):
+            return self._guided(event, samples, flops, spent, bulk.log_p)
         return super()._sampled_probability(event, samples, flops, spent)
+
+    def _guided(self, event: Event, samples: int | None, flops: float | None, spent: int,
+                log_guess: float, bounded: bool = False) -> Estimate:
+        """`guided_probability` after the design search, which is wide for events guessed
+        below WIDE_SEARCH_BELOW and, where wide or `bounded`, starts no descent past
+        SEARCH_SHARE of the budget. Where `bounded` and the search leaves a FLOP budget
+        fewer than 2·PILOT_MIN draws, plain sampling spends what is left."""
+        budget = flops / self.graph.flops_per_sample if flops is not None else samples
+        options = {"effort": SEARCH_SHARE * budget} if bounded else {}
+        if log_guess < math.log(WIDE_SEARCH_BELOW):
+            options = {"starts": SEARCH_STARTS, "max_modes": SEARCH_MODES, "iterations": SEARCH_ITERATIONS,
+                       "effort": SEARCH_SHARE * budget}
+        found = search(self, event, **options)
+        spent += found.flops
+        if bounded and flops is not None and flops - spent < 2 * PILOT_MIN * draw_cost(self.graph, self.distribution):
+            return super()._sampled_probability(event, samples, flops, spent)
+        return guided_probability(self, event, found, samples, flops, spent, log_guess)
+
+    def _detector_pilot(self, event: Event, samples: int | None, flops: float | None, spent: int) -> Estimate:
+        """The plain pilot of the module docstring for an event on a nonlinear detector that
+        π's bulk calls common; its draws are charged and counted, not pooled."""
+        pilot = tally(self.graph, self.distribution, DETECTOR_PILOT, [event], seed=self.seed + 1)
+        hits, spent = pilot.hits[0], spent + pilot.flops
+        rest = samples - DETECTOR_PILOT if samples is not None else None
+        if hits < DETECTOR_PILOT_HITS:
+            estimate = self._guided(event, rest, flops, spent, math.log((hits + 0.5) / DETECTOR_PILOT), bounded=True)
+        else:
+            estimate = super()._sampled_probability(event, rest, flops, spent)
+        return replace(estimate, samples=estimate.samples + DETECTOR_PILOT,
+                       details={**estimate.details, "detector_pilot_hits": hits})

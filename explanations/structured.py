@@ -196,8 +196,12 @@ def _sampled_tilt(event: Event, point: Tensor, others: list[Tensor], mean: Tenso
         logs.append(torch.logsumexp(log_w, 0) - math.log(QMC_POINTS))
     logs = torch.stack(logs)
     spread = 3 * float(logs.exp().std()) / math.sqrt(QMC_REPLICATES)
-    per_point = sum(g.graph.flops_per_sample for g in event.detectors()) + 2 * (d + n) * n + 4 * d + 2 * d * len(others)
+    # per point: d + n normal variates, y (2(d + n)n + n), the weight (2d + 2), the cells
+    # (2d per other mode), the detectors' passes and the event's rows (2n per row)
+    rows = sum(len(clause) for clause in event.dnf())
+    per_point = ((d + n) + 2 * (d + n) * n + n + 2 * d + 2 + 2 * d * len(others)
+                 + sum(g.graph.flops_per_sample for g in event.detectors()) + 2 * n * rows)
     return OrthantResult(float(torch.logsumexp(logs, 0)) - math.log(QMC_REPLICATES), spread,
-                         10 * n ** 3 + QMC_REPLICATES * QMC_POINTS * per_point)
+                         10 * n ** 3 + 2 * d * n * n + QMC_REPLICATES * QMC_POINTS * per_point)
 
 

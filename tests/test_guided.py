@@ -69,7 +69,8 @@ def test_events_on_a_nonlinear_detector_are_sampled_by_what_a_plain_pilot_sees()
     """π's bulk Gaussian puts this ReLU-detector event (p ≈ 1e-4) above 5e-2; before, its
     budget went to plain sampling, which saw no hit in 10⁴ draws. A 200-draw plain pilot
     now finds it rare and design-guided sampling takes the rest; at the median the pilot
-    sees the event common and plain sampling runs. Truth from 2·10⁶ draws (≈ 200 hits)."""
+    sees the event common and plain sampling runs. The threshold comes from 5·10⁵ draws,
+    the truth from 1.5·10⁶ others (≈ 150 hits); the pilot's draws are counted in samples."""
     model, detectors = setting(5)
     scorer = detectors["relu"]
     D = Gaussian.standard(6)
@@ -77,10 +78,13 @@ def test_events_on_a_nonlinear_detector_are_sampled_by_what_a_plain_pilot_sees()
         score = scorer(model(D.sample(2_000_000, generator=torch.Generator().manual_seed(2)).float()))[:, 0]
     pi = explain(model, D, "cumulant")
     threshold = float(torch.quantile(score[:500_000], 0.9999))
-    truth = float((score > threshold).double().mean())
-    rare = pi.probability(Detector(scorer, threshold=threshold), flops=10_000 * pi.flops_per_sample)
+    truth = float((score[500_000:] > threshold).double().mean())
+    event = Detector(scorer, threshold=threshold)
+    assert pi.probability(event).details["bulk_log10"] > math.log10(5e-2)
+    rare = pi.probability(event, flops=10_000 * pi.flops_per_sample)
     assert rare.method == "cumulant+design-IS" and rare.flops <= 10_000 * pi.flops_per_sample
-    spread = 3 * (truth / 2_000_000) ** 0.5                      # the truth's own 3 standard errors
+    assert rare.details["detector_pilot_hits"] < 4
+    spread = 3 * (truth / 1_500_000) ** 0.5                      # the truth's own 3 standard errors
     assert rare.interval[0] - spread <= truth <= rare.interval[1] + spread
     common = pi.probability(Detector(scorer, threshold=float(score.median())), samples=2_000)
-    assert common.method == "sampling" and common.samples == 1_800
+    assert common.method == "sampling" and common.samples == 2_000 and common.details["detector_pilot_hits"] >= 4

@@ -3,6 +3,7 @@ import os
 import random
 import signal
 import time
+import warnings
 
 import h5py
 import numpy as np
@@ -259,9 +260,10 @@ def test_a_killed_tracker_resumes_from_its_last_checkpoint(tmp_path):
 
 
 def test_a_diverged_model_leaves_pi_stale_and_the_file_intact(tmp_path):
-    """NaN parameters mid-run (a diverged training): the step hook does not raise into the
-    user's loop, π and every earlier checkpoint stay, and tracking resumes once the
-    parameters are finite again. Before: InvalidModel from optimizer.step() and again at close."""
+    """NaN parameters mid-run, in the model or in a tracked detector (a diverged training):
+    the step hook does not raise into the user's loop, warns once per streak, keeps π and
+    every earlier checkpoint, and tracking resumes once the parameters are finite again.
+    Before: InvalidModel from optimizer.step() and again at close."""
     path = tmp_path / "run.h5"
     model = mlp([4, 16, 1], "tanh", seed=1)
     D = Gaussian.standard(4)
@@ -269,26 +271,34 @@ def test_a_diverged_model_leaves_pi_stale_and_the_file_intact(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(0)
     first = model[0].weight
-    with Tracker(model, optimizer, D, events={"high": Above(0, 1.0)}, path=path, every=5, budget=5.0) as tr:
+    scorer = nn.Sequential(nn.Linear(1, 3), nn.ReLU(), nn.Linear(3, 1))
+    events = {"high": Above(0, 1.0), "flagged": Detector(scorer, threshold=0.5)}
+    with Tracker(model, optimizer, D, events=events, path=path, every=5, budget=50.0) as tr:
         train_steps(model, optimizer, task, 10, 512, generator)
-        kept = tr.explanation
-        assert kept is not None
-        saved = first.detach().clone()
-        with torch.no_grad():
-            first[0, 0] = float("nan")
-        with pytest.warns(RuntimeWarning, match="π is left stale.*NaN or infinite"):
-            for _ in range(5):
-                optimizer.step()                   # no gradients: the weights stay NaN
-        assert tr.explanation is kept and tr.step == 15 and tr.unexplainable
-        assert open_run(path).steps == [5, 10]     # no checkpoint of a model that has no π
-        with torch.no_grad():
-            first.copy_(saved)
-        train_steps(model, optimizer, task, 5, 512, generator)
-        assert tr.unexplainable is None and tr.explanation is not kept
+        for parameter, owner in ((first, "the model's parameter '0.weight'"),
+                                 (scorer[0].bias, "the detector of 'flagged''s parameter '0.bias'")):
+            kept = tr.explanation
+            assert kept is not None
+            saved = parameter.detach().clone()
+            with torch.no_grad():
+                parameter[0] = float("nan")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                for _ in range(5):
+                    optimizer.step()               # no gradients: the weights stay NaN
+            assert len(caught) == 1 and str(caught[0].message).endswith(f"{owner} has NaN or infinite entries")
+            assert tr.explanation is kept and tr.unexplainable
+            assert open_run(path).steps == [5, 10]     # no checkpoint without a π
+            with torch.no_grad():
+                parameter.copy_(saved)
+            train_steps(model, optimizer, task, 1, 512, generator)
+            assert tr.unexplainable is None
+        train_steps(model, optimizer, task, 3, 512, generator)
+        assert tr.step == 25 and tr.explanation is not kept
     run = open_run(path)
-    assert run.steps == [5, 10, 20] and run.last.ledger["stale_steps"] >= 5
+    assert run.steps == [5, 10, 25] and run.last.ledger["stale_steps"] >= 10
     with torch.no_grad():
         first[0, 0] = float("inf")
     with pytest.raises(InvalidModel, match="weight of '0' has NaN or infinite"):    # at the start: an error
         Tracker(model, optimizer, D, events={"high": Above(0, 1.0)}, path=path, every=5)
-    assert open_run(path).steps == [5, 10, 20]
+    assert open_run(path).steps == [5, 10, 25]

@@ -28,9 +28,10 @@ headroom H = budget·training - explanation):
                    R = full + Σ queries the save's reserve. At the save H ≥ R whenever
                    the training of one step affords R / every.
   stale            when neither fits: π keeps its state, `ledger.stale_steps` grows.
-  not explainable  while a parameter is NaN or infinite (a diverged run) there is no π to
-                   build: π keeps its last state, the step counts as stale, no checkpoint
-                   is written, and a RuntimeWarning names the parameter when it starts.
+  not explainable  while a parameter of the model or of a tracked detector is NaN or
+                   infinite (a diverged run) there is no π to build: π keeps its last
+                   state, the step counts as stale, no checkpoint is written, and a
+                   RuntimeWarning names the parameter when it starts.
                    Training goes on untouched; tracking resumes once the parameters are
                    finite again, and every earlier checkpoint stays as it was.
 Costs are charged as measured (`Ledger.charge`); a prediction that fell short is
@@ -60,7 +61,6 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from explanations import METHODS, Explanation, Gaussian, Graph, compile_model, explain
-from explanations.errors import InvalidModel
 from explanations.events import Event
 from explanations.montecarlo import mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
@@ -188,18 +188,20 @@ class Tracker:
                 self._save(current)
 
     def _current(self) -> Graph | None:
-        """The model's formal graph now, or None while its parameters are not finite (module
-        docstring: not explainable), with a warning when that starts."""
-        try:
-            current = compile_model(self.module)
-        except InvalidModel as error:
-            if self.unexplainable is None:
-                warnings.warn(f"step {self.step}: π is left stale until the model is finite again: {error}",
-                              RuntimeWarning, stacklevel=2)
-            self.unexplainable = str(error)
-            return None
-        self.unexplainable = None
-        return current
+        """The model's formal graph now, or None while a parameter of the model or of a
+        tracked detector is not finite (module docstring: not explainable), with a warning
+        when that starts."""
+        owners = [("the model", self.module)] + [(f"the detector of '{name}'", detector.module)
+                                                 for name, event in self.events.items()
+                                                 for detector in event.detectors()]
+        reason = next((f"{owner}'s parameter '{name}' has NaN or infinite entries"
+                       for owner, module in owners for name, value in module.named_parameters()
+                       if not bool(torch.isfinite(value).all())), None)
+        if reason is not None and self.unexplainable is None:
+            warnings.warn(f"step {self.step}: π is left stale until it is finite again: {reason}",
+                          RuntimeWarning, stacklevel=2)
+        self.unexplainable = reason
+        return compile_model(self.module) if reason is None else None
 
     # ---- policy ------------------------------------------------------------------------
     def _reserve(self) -> float:

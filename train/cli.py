@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
                           help="runs of OpenTURNS' stochastic methods per event (default: --repeats)")
     pooled = benches.add_parser("pool", help="the runs CSVs of several bench sampling calls (seed sets) as one")
     pooled.add_argument("runs", nargs="+", help="runs CSVs written by bench sampling --runs")
-    detectors = benches.add_parser("detectors", help="events on learned detectors vs sampling (about a minute)")
+    detectors = benches.add_parser("detectors", help="events on learned detectors vs sampling (about 20 s)")
     detectors.add_argument("--quick", action="store_true", help="two nets, two levels, 10⁶ draws (seconds)")
     detectors.add_argument("--budget", type=float, default=10_000, help="sample-equivalents of the sampled estimate")
     detectors.add_argument("--csv", default="out/bench_detectors.csv")
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"bench pool: {error}")
     elif args.bench == "detectors":
         from .bench_detectors import QUANTILES, run as detectors_run
+        if not args.budget > 0:
+            parser.error(f"bench detectors --budget: must be a positive number of sample-equivalents, got {args.budget}")
         quick = {"seeds": range(2), "quantiles": QUANTILES[:2], "draws": 10 ** 6} if args.quick else {}
         detectors_run(budget=args.budget, csv_path=Path(args.csv), png_path=Path(args.png), **quick)
     elif args.bench == "halfspaces":
