@@ -21,7 +21,8 @@ from .errors import InvalidDistribution
 from .estimate import Estimate
 from .events import Event
 from .graph import Graph
-from .montecarlo import draw_cost, draws_within, mean_estimate, probability_estimate, sample_count, tally
+from .montecarlo import (detector_flops, draw_cost, draws_within, mean_estimate, probability_estimate,
+                         sample_count, tally)
 from .mvn import OrthantResult
 
 
@@ -92,7 +93,7 @@ class Explanation(ABC):
         """P(event) with a budget of `samples` forward passes (or `flops`, after the `spent`
         FLOPs a subclass charged before choosing plain sampling): plain Monte Carlo here."""
         if samples is None:
-            samples = draws_within(flops, spent, draw_cost(self.graph, self.distribution))
+            samples = draws_within(flops, spent, draw_cost(self.graph, self.distribution) + detector_flops([event]))
         counts = tally(self.graph, self.distribution, samples, [event], seed=self.seed)
         estimate = probability_estimate(counts.hits[0], counts, self.flops_per_sample)
         return replace(estimate, flops=estimate.flops + spent) if spent else estimate

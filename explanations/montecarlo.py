@@ -3,7 +3,8 @@
 One pass draws N inputs in batches, runs the graph, and tallies Σ(y - c), Σ(y - c)²
 (float64, c the first batch's mean, so the variance does not cancel when |E y| ≫ sd) and
 the hit count of each event, so several estimates share the same forward passes.
-Cost: N · (FLOPs of one forward pass + FLOPs of one draw), counted exactly.
+Cost: N · (FLOPs of one forward pass + FLOPs of one draw + the events' detectors),
+counted exactly.
 
 Intervals (95%): for a mean, ȳ ± 1.96 s/√N (normal approximation); for a probability,
 Wilson's score interval  (k + z²/2)/(N + z²) ± z/(N + z²) · √(k(N-k)/N + z²/4),
@@ -45,6 +46,14 @@ class Tally:
 def draw_cost(graph: Graph, distribution: Gaussian) -> int:
     """FLOPs of one sample: a draw from D plus one forward pass."""
     return graph.flops_per_sample + distribution.sample_flops()
+
+
+def detector_flops(events: list[Event]) -> int:
+    """FLOPs per draw of the learned detectors that `events` read, each counted once."""
+    detectors: list = []
+    for event in events:
+        detectors += [d for d in event.detectors() if all(d is not e for e in detectors)]
+    return sum(d.graph.flops_per_sample for d in detectors)
 
 
 def sample_count(samples: object, minimum: int = 1, purpose: str = "") -> int:
@@ -98,7 +107,8 @@ def tally(graph: Graph, distribution: Gaussian, samples: int, events: list[Event
                 hits[i] += event.evaluate(y).sum()
             done += size
             bar.update(size)
-    return Tally(samples, total, squares, [int(h) for h in hits], samples * draw_cost(graph, distribution), shift)
+    cost = draw_cost(graph, distribution) + detector_flops(events)
+    return Tally(samples, total, squares, [int(h) for h in hits], samples * cost, shift)
 
 
 def mean_estimate(counts: Tally, flops_per_sample: float) -> Estimate:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from explanations import Gaussian, explain
-from explanations.events import Above
+from explanations.events import Above, Detector
 from explanations.montecarlo import draw_cost
 from train.models import mlp
 
@@ -122,3 +122,14 @@ def test_a_search_that_finds_nothing_is_still_paid_for():
     assert estimate.details["search_flops"] > 0
     assert pi.build_flops + estimate.details["search_flops"] < estimate.flops <= budget
     assert estimate.samples < (budget - pi.build_flops) / pi.flops_per_sample
+
+
+def test_plain_sampling_charges_the_detectors_it_evaluates():
+    """A detector as large as the model doubles a draw's cost; before, its forward passes
+    were not counted, so a FLOP budget bought twice the draws it paid for."""
+    model = mlp([4, 32, 2], "relu", seed=3)
+    detector = Detector(nn.Sequential(nn.Linear(2, 48), nn.ReLU(), nn.Linear(48, 1)), threshold=0.0)
+    pi = explain(model, Gaussian.standard(4), "sampling")
+    per_draw = draw_cost(pi.graph, pi.distribution) + detector.graph.flops_per_sample
+    estimate = pi.probability(detector, flops=1e6)
+    assert estimate.flops == estimate.samples * per_draw <= 1e6 < (estimate.samples + 1) * per_draw
