@@ -85,6 +85,7 @@ SEARCH_STARTS, SEARCH_MODES, SEARCH_ITERATIONS, SEARCH_SHARE, WIDE_SEARCH_BELOW 
 PILOT_SHARE, PILOT_MIN, PILOT_HITS = 0.1, 200, 3.0
 DETECTOR_PILOT, DETECTOR_PILOT_HITS = 200, 4
 MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4)
+IMPOSSIBLE_LEVELS = 20  # … and for p0^20 where π's log P is -inf
 BULK_POINTS, BULK_REPLICATES = 256, 2
 
 
@@ -175,7 +176,8 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
                          "degenerate": effective < 10 or run.largest > run.total / 2})
         if trial.p > 0:
             log_guess = min(log_guess, math.log(trial.p))
-    levels = max(MIN_LEVELS, math.ceil(log_guess / math.log(LEVEL_PROBABILITY)))
+    wanted = log_guess / math.log(LEVEL_PROBABILITY)      # +inf where π calls the event impossible
+    levels = max(MIN_LEVELS, math.ceil(wanted)) if math.isfinite(wanted) else IMPOSSIBLE_LEVELS
     result = subset_simulation(clause_margin(found.observe, found.clauses), d, samples - pilot, levels,
                                generator, found.distribution.mean.dtype, found.distribution.mean.device)
     p = result.p

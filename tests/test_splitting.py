@@ -6,10 +6,11 @@ import torch
 from torch import nn
 
 from explanations import Gaussian, explain
-from explanations.events import Above, Any, Below
+from explanations.events import All, Above, Any, Below
 from explanations.montecarlo import effective_count_interval, gamma_quantile
 from explanations.splitting import clause_margin, subset_simulation
 from explanations.structured import search
+from train.models import mlp
 
 F64 = torch.float64
 
@@ -87,3 +88,11 @@ def test_rough_network_switches_to_subset_simulation_and_stays_in_budget():
         assert estimate.details["pilot_effective_hits"] < 3
         ratios.append(estimate.value / truth)
     assert 0.5 < statistics.median(ratios) < 2 and all(0.2 < r < 5 for r in ratios)
+
+
+def test_an_event_that_pi_calls_impossible_is_still_sampled():
+    """All(y0 > 1, y0 < 0) is empty and π's bulk says log P = -inf; before, sizing subset
+    simulation's levels from it raised OverflowError. Now p̂ = 0 within the budget."""
+    pi = explain(mlp([4, 16, 16, 2], "tanh", seed=0, bias_std=0.1), Gaussian.standard(4), "cumulant")
+    estimate = pi.probability(All(Above(0, 1.0), Below(0, 0.0)), samples=3_000)
+    assert estimate.value == 0.0 and estimate.interval[0] == 0.0
