@@ -16,12 +16,15 @@ Boolean-cube inputs as auto. The estimates say "guide:<method>".
 """
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 
 from .base import Explanation
 from .compile import compile_model
 from .cumulant import CumulantPropagation
 from .distributions import BooleanCube, Gaussian
+from .errors import InvalidModel
 from .gaussian import GaussianExplanation
 from .graph import Act, Affine, Graph
 from .halfspaces import is_step_network
@@ -44,14 +47,32 @@ def is_two_layer(graph: Graph) -> bool:
     return kinds == [Affine, Act, Affine]
 
 
+def check_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str, options: dict) -> None:
+    """Raise now what `explain(graph, distribution, method, **options)` would raise for the
+    method's name, the network's structure or an option's name, without building π (option
+    values are checked when π is built)."""
+    if method not in ("auto", "guide") and method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; available: auto, guide, {', '.join(sorted(METHODS))}")
+    if method == "polynomial" and not is_two_layer(graph):
+        raise ValueError(f"method 'polynomial' needs Affine → Act → Affine, got {graph}")
+    if method == "halfspaces" and not is_step_network(graph):
+        raise InvalidModel("method 'halfspaces' needs a Linear → Step network (nn.Sequential(nn.Linear, Step()))")
+    classes = [METHODS[method]] if method in METHODS else list(METHODS.values())
+    accepted = {name for cls in classes for name in inspect.signature(cls.__init__).parameters} - {"self", "graph",
+                                                                                                 "distribution"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise TypeError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; "
+                        f"its options: {', '.join(sorted(accepted))}")
+
+
 def explain(model: nn.Module | Graph, distribution: Gaussian | BooleanCube, method: str = "gaussian",
             **options: object) -> Explanation:
     """π for `model` (a torch module, compiled here, or a compiled Graph) on inputs from
     `distribution`, by `method` (see METHODS, "auto" or "guide"); options go to the
     method's constructor."""
-    if method not in ("auto", "guide") and method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; available: auto, guide, {', '.join(sorted(METHODS))}")
     graph = model if isinstance(model, Graph) else compile_model(model)
+    check_method(graph, distribution, method, options)
     if method in METHODS:
         return METHODS[method](graph, distribution, **options)
     if is_step_network(graph):

@@ -4,6 +4,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from explanations import Gaussian, compile_model, explain
+from explanations.errors import InvalidModel
 from explanations.events import Above, All, Below
 from storage import open_run
 from tracker import Tracker
@@ -135,3 +136,10 @@ def test_bad_arguments_are_named():
         Tracker(model, optimizer, D, options={"dtype": torch.float32})
     with pytest.raises(Exception, match="out of range"):
         Tracker(model, optimizer, D, events={"bad": Above(7, 1.0)})
+    # before, these failed at the first optimizer.step(), inside the user's training loop
+    with pytest.raises(TypeError, match="takes no option 'ordre'; its options: .*order"):
+        Tracker(model, optimizer, D, method="cumulant", options={"ordre": 4})
+    with pytest.raises(InvalidModel, match="needs a Linear → Step network"):
+        Tracker(model, optimizer, D, method="halfspaces")
+    with pytest.raises(ValueError, match="'polynomial' needs Affine → Act → Affine"):
+        Tracker(model, optimizer, D, method="polynomial")          # a 3-layer net

@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from explanations import METHODS, Explanation, Gaussian, Graph, compile_model, explain
 from explanations.events import Event
+from explanations.explain import check_method
 from explanations.montecarlo import mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
 from storage.run import open_run
@@ -124,6 +125,7 @@ class Tracker:
             raise ValueError(f"options must be plain JSON values (they are stored in the run file): {error}") from None
         self.events = dict(events or {})
         self.graph = compile_model(self.module)
+        check_method(self.graph, distribution, method, self.options)     # fails now, not in a training step
         for name, event in self.events.items():
             if not isinstance(name, str) or not isinstance(event, Event):
                 raise TypeError(f"events maps names (str) to Events, got {name!r}: {event!r}")
