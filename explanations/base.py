@@ -32,7 +32,13 @@ class Explanation(ABC):
     method: str = ""
     distributions: tuple[type, ...] = (Gaussian,)   # the input distributions this method accepts
 
+    @classmethod
+    def check_structure(cls, graph: Graph) -> None:
+        """Raise if this method cannot explain a network of `graph`'s structure (any, here);
+        `__init__` and `explain.check_method` call it before any work."""
+
     def __init__(self, graph: Graph, distribution: Gaussian, *, seed: int = 0) -> None:
+        self.check_structure(graph)
         if not isinstance(distribution, self.distributions):
             names = " or ".join(d.__name__ for d in self.distributions)
             raise InvalidDistribution(f"method {self.method!r} expects a {names} input distribution, "

@@ -112,8 +112,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
         n = self.mean.shape[0]
         spent = [flops + bulk.flops]
         fallback = {}
-        nonlinear = any(d.scores_nonlinearly() for d in event.detectors())
-        if self.design and (is_far(bulk.log_p) or nonlinear):
+        if self.design and (is_far(bulk.log_p) or event.reads_nonlinear_detector()):
             found = design_estimate(self, event, self._rebuild)
             if found is not None:
                 result, details = found

@@ -58,6 +58,11 @@ class Event(ABC):
         """The learned detectors this event uses, each once, in order of appearance."""
         return []
 
+    def reads_nonlinear_detector(self) -> bool:
+        """Does the event read a detector whose score passes through an activation
+        (`Detector.scores_nonlinearly`)?"""
+        return any(d.scores_nonlinearly() for d in self.detectors())
+
 
 def _index(k: object) -> int:
     if isinstance(k, bool) or not isinstance(k, int):

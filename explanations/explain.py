@@ -24,7 +24,6 @@ from .base import Explanation
 from .compile import compile_model
 from .cumulant import CumulantPropagation
 from .distributions import BooleanCube, Gaussian
-from .errors import InvalidModel
 from .gaussian import GaussianExplanation
 from .graph import Act, Affine, Graph
 from .halfspaces import is_step_network
@@ -53,10 +52,8 @@ def check_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str
     values are checked when π is built)."""
     if method not in ("auto", "guide") and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: auto, guide, {', '.join(sorted(METHODS))}")
-    if method == "polynomial" and not is_two_layer(graph):
-        raise ValueError(f"method 'polynomial' needs Affine → Act → Affine, got {graph}")
-    if method == "halfspaces" and not is_step_network(graph):
-        raise InvalidModel("method 'halfspaces' needs a Linear → Step network (nn.Sequential(nn.Linear, Step()))")
+    if method in METHODS:
+        METHODS[method].check_structure(graph)
     classes = [METHODS[method]] if method in METHODS else list(METHODS.values())
     accepted = {name for cls in classes for name in inspect.signature(cls.__init__).parameters} - {"self", "graph",
                                                                                                  "distribution"}

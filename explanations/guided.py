@@ -227,7 +227,7 @@ class GuidedSampling:
         pilot_fits = (samples >= 2 * DETECTOR_PILOT if samples is not None else
                       spent + 2 * DETECTOR_PILOT * draw_cost(self.graph, self.distribution) <= flops / 2)
         if (self.design and affordable and pilot_fits and not is_far(bulk.log_p)
-                and any(d.scores_nonlinearly() for d in event.detectors())):
+                and event.reads_nonlinear_detector()):
             return self._detector_pilot(event, samples, flops, spent)
         if self.design and affordable and is_far(bulk.log_p):
             return self._guided(event, samples, flops, spent, bulk.log_p)

@@ -40,10 +40,13 @@ class HalfspaceExplanation(RunsTheModel, Explanation):
     method = "halfspaces"
     distributions = (Gaussian, BooleanCube)
 
-    def __init__(self, graph: Graph, distribution: Gaussian | BooleanCube, *, budget: float = 3000,
-                 gaussian: str = "sov", seed: int = 0) -> None:
+    @classmethod
+    def check_structure(cls, graph: Graph) -> None:
         if not is_step_network(graph):
             raise InvalidModel("method 'halfspaces' needs a Linear → Step network (nn.Sequential(nn.Linear, Step()))")
+
+    def __init__(self, graph: Graph, distribution: Gaussian | BooleanCube, *, budget: float = 3000,
+                 gaussian: str = "sov", seed: int = 0) -> None:
         if gaussian not in ("sov", "hermite"):
             raise ValueError(f"gaussian must be 'sov' or 'hermite', got {gaussian!r}")
         if not budget > 0:

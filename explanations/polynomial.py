@@ -59,13 +59,16 @@ class PolynomialExplanation(CumulantExplanation):
 
     method = "polynomial"
 
-    def __init__(self, graph: Graph, distribution: Gaussian, *, degree: int = DEFAULT_DEGREE,
-                 cumulant_degree: int = CUMULANT_DEGREE, tetrahedra_up_to: int = TETRAHEDRA_UP_TO,
-                 design: bool = True, dtype: torch.dtype = torch.float64, seed: int = 0) -> None:
+    @classmethod
+    def check_structure(cls, graph: Graph) -> None:
         ops = graph.chain
         if [type(op) for op in ops] != [Affine, Act, Affine]:
             found = " → ".join(op.kind if isinstance(op, Act) else type(op).__name__ for op in ops)
             raise ValueError(f"method 'polynomial' needs Affine → Act → Affine, got {found or 'an empty chain'}")
+
+    def __init__(self, graph: Graph, distribution: Gaussian, *, degree: int = DEFAULT_DEGREE,
+                 cumulant_degree: int = CUMULANT_DEGREE, tetrahedra_up_to: int = TETRAHEDRA_UP_TO,
+                 design: bool = True, dtype: torch.dtype = torch.float64, seed: int = 0) -> None:
         if not isinstance(degree, int) or degree < 1:
             raise ValueError(f"degree must be a positive integer, got {degree!r}")
         super().__init__(graph, distribution, seed=seed)

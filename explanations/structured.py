@@ -32,6 +32,7 @@ from torch.special import ndtri
 from .design import MAX_MODES, Mode, find_modes, shifted, whitened_cross
 from .distributions import Gaussian
 from .events import Event
+from .montecarlo import detector_flops
 from .mvn import OrthantResult, log_union
 from .observed import clause_rows, observed, observer
 
@@ -120,7 +121,7 @@ def design_estimate(pi: GaussianExplanation, event: Event,
     forwards, backwards = found.forwards, found.backwards
     if not modes:
         return None
-    exact = any(d.scores_nonlinearly() for d in event.detectors())
+    exact = event.reads_nonlinear_detector()
     log_probabilities, numerical_error = [], 0.0
     for mode in modes:
         local = rebuild(shifted(D, mode))
@@ -200,7 +201,7 @@ def _sampled_tilt(event: Event, point: Tensor, others: list[Tensor], mean: Tenso
     # (2d per other mode), the detectors' passes and the event's rows (2n per row)
     rows = sum(len(clause) for clause in event.dnf())
     per_point = ((d + n) + 2 * (d + n) * n + n + 2 * d + 2 + 2 * d * len(others)
-                 + sum(g.graph.flops_per_sample for g in event.detectors()) + 2 * n * rows)
+                 + detector_flops([event]) + 2 * n * rows)
     return OrthantResult(float(torch.logsumexp(logs, 0)) - math.log(QMC_REPLICATES), spread,
                          10 * n ** 3 + 2 * d * n * n + QMC_REPLICATES * QMC_POINTS * per_point)
 
