@@ -1,9 +1,19 @@
-"""The elementwise activations the formal language knows: f, f′ and a FLOP price.
+"""The elementwise activations the formal language knows: f, f′, a FLOP price, a module.
 
+Fixed kinds:
 GELU (erf form)  f(z) = z Φ(z),                   f′ = Φ(z) + z φ(z)
 GELU (tanh form) f(z) = ½ z (1 + tanh(c(z + a z³))), c = √(2/π), a = 0.044715
+SiLU (swish)     f(z) = z σ(z),                   f′ = σ(z)(1 + z(1 - σ(z)))
+Mish             f(z) = z tanh(softplus(z)),      f′ = tanh(sp) + z σ(z)(1 - tanh²(sp))
 tanh, sigmoid σ(z) = 1/(1+e^{-z}) with σ′ = σ(1-σ), ReLU max(z, 0) with f′ = 1[z > 0], and
 the step 1[z ≥ 0] (f′ = 0 almost everywhere; `halfspaces` answers Linear → Step networks).
+Families with a parameter, named "family:value":
+leaky_relu:a     f(z) = max(z, 0) + a min(z, 0) = a z + (1 - a) max(z, 0)   (ReLU is a = 0)
+elu:α            f(z) = z for z > 0, α(e^z - 1) otherwise
+softplus:β       f(z) = log(1 + e^{βz})/β,         f′ = σ(βz)
+(torch's Softplus turns linear past βz > threshold = 20, where the two differ by < 2e-9·|z|.)
+The ReLU family (`Activation.leak` set) has closed-form moments (`moments`, `skew`,
+`edgeworth`); the others go through Gauss–Legendre quadrature and Hermite series.
 `flops` is the price of one evaluation in our FLOP convention: one per arithmetic or
 transcendental operation.
 """
@@ -11,9 +21,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 _C = math.sqrt(2.0 / math.pi)
@@ -40,21 +52,71 @@ def normal_pdf(z: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Activation:
-    name: str
+    name: str                             # the kind, as Act and the file formats spell it
     fn: Callable[[Tensor], Tensor]
     derivative: Callable[[Tensor], Tensor]
     flops: int
+    module: Callable[[], torch.nn.Module]   # a torch module computing fn
+    leak: float | None = None             # ReLU family: f = leak·z + (1 - leak)·max(z, 0)
 
+
+def _leaky_relu(a: float) -> Activation:
+    return Activation(f"leaky_relu:{a!r}", lambda z: F.leaky_relu(z, a),
+                      lambda z: torch.where(z > 0, 1.0, a).to(z.dtype), 2,
+                      lambda: torch.nn.LeakyReLU(a), leak=a)
+
+
+def _elu(alpha: float) -> Activation:
+    return Activation(f"elu:{alpha!r}", lambda z: F.elu(z, alpha),
+                      lambda z: torch.where(z > 0, torch.ones_like(z), alpha * torch.exp(z.clamp_max(0))), 3,
+                      lambda: torch.nn.ELU(alpha))
+
+
+def _softplus(beta: float) -> Activation:
+    if not beta > 0:
+        raise ValueError(f"softplus needs β > 0, got {beta!r}")
+    return Activation(f"softplus:{beta!r}", lambda z: F.softplus(z, beta),
+                      lambda z: torch.sigmoid(beta * z), 4, lambda: torch.nn.Softplus(beta))
+
+
+def _mish_derivative(z: Tensor) -> Tensor:
+    t = torch.tanh(F.softplus(z))
+    return t + z * torch.sigmoid(z) * (1 - t * t)
+
+
+_FAMILIES: dict[str, Callable[[float], Activation]] = {
+    "leaky_relu": _leaky_relu, "elu": _elu, "softplus": _softplus}
+_DEFAULTS = {"leaky_relu": 0.01, "elu": 1.0, "softplus": 1.0}     # torch's, for a bare family name
 
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a for a in (
-        Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype), 1),
-        Activation("gelu", torch.nn.functional.gelu,
-                   lambda z: torch.special.ndtr(z) + z * normal_pdf(z), 4),
-        Activation("gelu_tanh", lambda z: torch.nn.functional.gelu(z, approximate="tanh"),
-                   _gelu_tanh_derivative, 8),
-        Activation("tanh", torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, 4),
-        Activation("sigmoid", torch.sigmoid, lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)), 4),
-        Activation("step", lambda z: (z >= 0).to(z.dtype), torch.zeros_like, 1),
+        Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype), 1, torch.nn.ReLU, leak=0.0),
+        Activation("gelu", F.gelu, lambda z: torch.special.ndtr(z) + z * normal_pdf(z), 4, torch.nn.GELU),
+        Activation("gelu_tanh", lambda z: F.gelu(z, approximate="tanh"), _gelu_tanh_derivative, 8,
+                   lambda: torch.nn.GELU(approximate="tanh")),
+        Activation("tanh", torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, 4, torch.nn.Tanh),
+        Activation("sigmoid", torch.sigmoid, lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)), 4,
+                   torch.nn.Sigmoid),
+        Activation("silu", F.silu, lambda z: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z))), 5,
+                   torch.nn.SiLU),
+        Activation("mish", F.mish, _mish_derivative, 8, torch.nn.Mish),
+        Activation("step", lambda z: (z >= 0).to(z.dtype), torch.zeros_like, 1, Step),
     )
 }
+
+
+@lru_cache(maxsize=None)
+def activation(kind: str) -> Activation:
+    """The activation named `kind`: a fixed name of ACTIVATIONS, "family:value" (module
+    docstring) or a bare family name (torch's default value). ValueError names the kinds known."""
+    if kind in ACTIVATIONS:
+        return ACTIVATIONS[kind]
+    family, colon, value = str(kind).partition(":")
+    try:
+        parameter = float(value) if colon else _DEFAULTS[family]
+    except (ValueError, KeyError):
+        parameter = math.nan
+    if family not in _FAMILIES or not math.isfinite(parameter):
+        raise ValueError(f"unknown activation {kind!r}; known: {', '.join(ACTIVATIONS)}, "
+                         f"and {', '.join(f + ':<value>' for f in _FAMILIES)}")
+    return _FAMILIES[family](parameter)

@@ -1,7 +1,9 @@
 """`compile_model`: a torch module → its formal `Graph`.
 
-Leaves: nn.Linear, nn.ReLU, nn.GELU (both approximations), nn.Tanh, nn.Sigmoid, Step,
-nn.Identity, nn.Flatten, nn.Dropout in eval mode; nn.Sequential nests. A subclass that
+Leaves: nn.Linear, nn.ReLU, nn.LeakyReLU, nn.GELU (both approximations), nn.SiLU, nn.Mish,
+nn.ELU, nn.Softplus (threshold ≥ 20), nn.Tanh, nn.Sigmoid, Step, nn.Identity, nn.Flatten,
+nn.Dropout in eval mode; nn.Sequential nests. Parametrised activations compile to kinds
+"leaky_relu:c", "elu:α", "softplus:β" (`activations.activation`). A subclass that
 overrides forward is traced like any custom module, never taken for its base. Any other module is traced with torch.fx
 and accepted when its forward is built from supported submodules, the matching
 functional activations, and additions of values that share the module's input: the sum
@@ -17,22 +19,19 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import Step
+from .activations import Step, activation
 from .errors import InvalidModel, UnsupportedModule
 from .graph import Act, Affine, Chain, Graph, Residual, first_width
 
-_LEAF_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", Step: "step"}
-ACTIVATION_MODULES = {                        # activation kind → the torch module computing it
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "step": Step,
-}
+_LEAF_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu",
+                     nn.Mish: "mish", Step: "step"}
 _FUNCTION_ACTIVATIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh", F.tanh: "tanh",
-                         torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid"}
+                         torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.silu: "silu", F.mish: "mish"}
 _METHOD_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+# families with a parameter: function → (family, parameter name, its position, default)
+_FUNCTION_FAMILIES = {F.leaky_relu: ("leaky_relu", "negative_slope", 1, 0.01),
+                      F.elu: ("elu", "alpha", 1, 1.0), F.softplus: ("softplus", "beta", 1, 1.0)}
+SOFTPLUS_THRESHOLD = 20.0   # torch's default: below it Softplus is piecewise (linear past βz > threshold)
 _ADDS = {operator.add, torch.add}
 _IDENTITIES = {torch.flatten}
 
@@ -59,6 +58,25 @@ def _gelu_kind(approximate: str, path: str) -> str:
     raise UnsupportedModule(path, "GELU", f"approximate={approximate!r}")
 
 
+def _softplus_kind(beta: float, threshold: float, path: str) -> str:
+    if not beta > 0 or threshold < SOFTPLUS_THRESHOLD:
+        raise UnsupportedModule(path, "Softplus", f"beta={beta!r}, threshold={threshold!r}: needs beta > 0 and "
+                                f"threshold ≥ {SOFTPLUS_THRESHOLD:g} (below, it is piecewise)")
+    return activation(f"softplus:{float(beta)!r}").name
+
+
+def _family_kind(node: torch.fx.Node, path: str) -> str:
+    """The kind of a call to F.leaky_relu, F.elu or F.softplus, with its parameter."""
+    family, name, position, default = _FUNCTION_FAMILIES[node.target]
+    value = node.kwargs.get(name, node.args[position] if len(node.args) > position else default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise UnsupportedModule(path, family, f"{name}={value!r} is not a number")
+    if family == "softplus":
+        threshold = node.kwargs.get("threshold", node.args[2] if len(node.args) > 2 else SOFTPLUS_THRESHOLD)
+        return _softplus_kind(value, threshold, path)
+    return activation(f"{family}:{float(value)!r}").name
+
+
 def _plain(module: nn.Module, base: type) -> bool:
     """An instance of `base` whose forward is base's own (a subclass may override it)."""
     return isinstance(module, base) and type(module).forward is base.forward
@@ -76,6 +94,12 @@ def _compile(module: nn.Module, path: str) -> Chain:
         return (Affine(weight, bias, path),)
     if type(module) in _LEAF_ACTIVATIONS:
         return (Act(_LEAF_ACTIVATIONS[type(module)], path),)
+    if _plain(module, nn.LeakyReLU):
+        return (Act(activation(f"leaky_relu:{float(module.negative_slope)!r}").name, path),)
+    if _plain(module, nn.ELU):
+        return (Act(activation(f"elu:{float(module.alpha)!r}").name, path),)
+    if _plain(module, nn.Softplus):
+        return (Act(_softplus_kind(module.beta, module.threshold, path), path),)
     if _plain(module, nn.GELU):
         return (Act(_gelu_kind(module.approximate, path), path),)
     if _plain(module, nn.Identity) or _plain(module, nn.Flatten):
@@ -131,6 +155,8 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
         return _residual(operand(args[0]), operand(args[1]), f"{path}.{node.name}" if path else node.name)
     if node.op == "call_function" and node.target in _FUNCTION_ACTIVATIONS:
         return operand(args[0]) + (Act(_FUNCTION_ACTIVATIONS[node.target], f"{path}.{node.name}"),)
+    if node.op == "call_function" and node.target in _FUNCTION_FAMILIES:
+        return operand(args[0]) + (Act(_family_kind(node, path), f"{path}.{node.name}"),)
     if node.op == "call_function" and node.target is F.gelu:
         approximate = node.kwargs.get("approximate", args[1] if len(args) > 1 else "none")
         return operand(args[0]) + (Act(_gelu_kind(approximate, path), f"{path}.{node.name}"),)
@@ -162,7 +188,7 @@ def graph_module(graph: Graph) -> nn.Sequential:
                 linear.bias.copy_(op.bias)
             layers.append(linear)
         elif isinstance(op, Act):
-            layers.append(ACTIVATION_MODULES[op.kind]())
+            layers.append(activation(op.kind).module())
         else:
             raise ValueError(f"cannot rebuild a module from the residual sum '{op.path}'")
     return nn.Sequential(*layers)

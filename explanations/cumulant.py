@@ -47,7 +47,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .activations import ACTIVATIONS
+from .activations import activation
 from .base import Explanation
 from .design import is_far
 from .distributions import Gaussian
@@ -182,7 +182,7 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
         third, fourth, cost = third_fourth(sources, mean_z, full=False)
         _, deterministic, sd = split_sd(mean_z, var_z)
         mean_h, cost_mean = corrected_mean(act.kind, mean_z, sd, third, fourth)
-        mean_h = torch.where(deterministic, ACTIVATIONS[act.kind].fn(mean_z), mean_h)
+        mean_h = torch.where(deterministic, activation(act.kind).fn(mean_z), mean_h)
         m, n = weight.shape
         self.mean = out.weight @ mean_h + out.bias
         self.flops["skew mean"] += 2 * m * n * n + 4 * m * n + cost + cost_mean + 2 * out.weight.numel()

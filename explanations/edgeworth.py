@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.special import ndtr
 
-from .activations import ACTIVATIONS, normal_pdf
+from .activations import activation, normal_pdf
 from .moments import HERMITE_DEGREE, ActivationMoments, hermite_basis, quadrature, split_deterministic
 
 _RHO_LIMIT = 1 - 1e-9
@@ -30,29 +30,33 @@ _RHO_LIMIT = 1 - 1e-9
 
 def _derivative_expectations(kind: str, mean: Tensor, sd: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
     """Per unit: E[f^(m)(z)] and E[(f²)^(m)(z)] for m = 0..6 ([n, 7] each, Gaussian z), the
-    normalised Hermite coefficients (ReLU: only c_0 = E f, its series does not converge
-    for f″ = δ) and FLOPs. ReLU: f^(m) = δ^(m-2), E δ^(k)(z) = (-1)^k He_k(a) φ(a)/σ^(k+1);
+    normalised Hermite coefficients (ReLU family: only c_0 = E f, its series does not converge
+    for f″ = δ) and FLOPs. ReLU: f^(m) = δ^(m-2), E δ^(k)(z) = (-1)^k He_k(a) φ(a)/σ^(k+1); leaky
+    ReLU f = c z + (1 - c) z⁺ and f² = (z⁺)² + c²(z⁻)² are combinations of these;
     smooth f: E[g^(m)] = √(m!) g_m / σ^m with g_m the normalised Hermite coefficients of g."""
     n = mean.shape[0]
     orders = torch.arange(7, dtype=mean.dtype, device=mean.device)
-    if kind == "relu":
+    leak = activation(kind).leak
+    if leak is not None:                      # f = c z + (1 - c) z⁺, f² = (z⁺)² + c² (z⁻)²
         a = mean / sd
-        pdf = normal_pdf(a)
+        pdf, cdf = normal_pdf(a), ndtr(a)
         he = hermite_basis(a, 4) * torch.exp(torch.lgamma(orders[:5] + 1)).sqrt()[:, None]    # He_0..He_4 at a
         delta = lambda k: (-1) ** k * he[k] * pdf / sd ** (k + 1)
-        cdf = ndtr(a)
-        first = sd * (a * cdf + pdf)
-        second = sd * sd * ((a * a + 1) * cdf + a * pdf)
-        f = torch.stack([first, cdf] + [delta(k) for k in range(5)], dim=1)               # relu, H, δ, δ′, …
-        square = torch.stack([second, 2 * first, 2 * cdf] + [2 * delta(k) for k in range(4)], dim=1)
-        return f, square, first[:, None], 60 * n
+        up_first, up_second = sd * (a * cdf + pdf), sd * sd * ((a * a + 1) * cdf + a * pdf)
+        down_first, down_second = sd * (pdf - a * (1 - cdf)), sd * sd * ((a * a + 1) * (1 - cdf) - a * pdf)
+        c2 = leak * leak
+        f = torch.stack([leak * mean + (1 - leak) * up_first, leak + (1 - leak) * cdf]
+                        + [(1 - leak) * delta(k) for k in range(5)], dim=1)             # f, f′, f″ = (1 - c)δ, …
+        square = torch.stack([up_second + c2 * down_second, 2 * (up_first - c2 * down_first),
+                              2 * (c2 + (1 - c2) * cdf)] + [2 * (1 - c2) * delta(k) for k in range(4)], dim=1)
+        return f, square, f[:, :1], 80 * n
     u, w = quadrature(mean)                      # f evaluated once for both series
-    values = ACTIVATIONS[kind].fn(mean[:, None] + sd[:, None] * u[None, :])
+    values = activation(kind).fn(mean[:, None] + sd[:, None] * u[None, :])
     weighted = values * w
     basis = hermite_basis(u, HERMITE_DEGREE)
     coefficients = weighted @ basis.T                                             # [n, K+1]
     square = (values * weighted) @ basis[:7].T                                    # [n, 7]
-    flops = n * u.shape[0] * (ACTIVATIONS[kind].flops + 2 * HERMITE_DEGREE + 20)
+    flops = n * u.shape[0] * (activation(kind).flops + 2 * HERMITE_DEGREE + 20)
     scale = torch.exp(torch.lgamma(orders + 1)).sqrt() / sd[:, None] ** orders
     return coefficients[:, :7] * scale, square * scale, coefficients, flops
 
@@ -100,20 +104,26 @@ def corrected_moments(kind: str, mean: Tensor, cov: Tensor, third: Tensor, fourt
     shift, square_shift = _mean_shifts(f, square, kappa3, fourth)
     variance_shift = square_shift - 2 * base.mean * shift - shift ** 2
     rho = (cov / torch.outer(sd, sd)).clamp(-_RHO_LIMIT, _RHO_LIMIT)
-    if kind == "relu":
+    leak = activation(kind).leak
+    if leak is not None:                 # f = c z + (1 - c) z⁺: f″ = (1 - c) δ, f‴ = (1 - c) δ′
         a = mean / sd
         density = normal_pdf(a) / sd                                  # p_i(0)
         density_slope = a * normal_pdf(a) / sd ** 2                   # p_i′(0)
         s = torch.sqrt((1 - rho) * (1 + rho))
         u = (a[None, :] - rho * a[:, None]) / s                       # z_j | z_i = 0, standardised at 0
         above = ndtr(u)
-        curvature_slope = density[:, None] * above                    # E[δ(z_i) 1(z_j > 0)]
+        curvature_slope = (1 - leak) * density[:, None] * (leak + (1 - leak) * above)   # E[f″_i f′_j]
         conditional_mean = sd[None, :] * s * (u * above + normal_pdf(u))
+        relu_mean = sd * (a * ndtr(a) + normal_pdf(a))
         beta = rho * sd[None, :] / sd[:, None]
-        # E[δ′(z_i) relu(z_j)] - E[δ′(z_i)] E[relu(z_j)] = -(p′(0)(m_j(0) - E relu_j) + p(0) m_j′(0))
-        skew_pair = -(density_slope[:, None] * (conditional_mean - base.mean[None, :])
+        # Cov(δ′(z_i), h(z_j)) = -(p′(0)(m_h(0) - E h) + p(0) m_h′(0)), m_h(t) = E[h(z_j) | z_i = t]:
+        # for h = z⁺, m_h(0) is conditional_mean and m_h′(0) = β P(z_j > 0 | z_i = 0); for h = z,
+        # m_h(0) - μ_j = -β μ_i and m_h′ = β
+        relu_pair = -(density_slope[:, None] * (conditional_mean - relu_mean[None, :])
                       + density[:, None] * beta * above)
-        flops += 40 * n * n
+        linear_pair = beta * (density_slope * mean - density)[:, None]
+        skew_pair = (1 - leak) * (leak * linear_pair + (1 - leak) * relu_pair)
+        flops += 50 * n * n
     else:
         d0, d1, d2, d3_ = (_shifted(coefficients, sd, p) for p in range(4))
         curvature_slope = _mehler(d2, d1, rho, 0)                     # E[f″_i f′_j]

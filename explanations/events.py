@@ -16,11 +16,12 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from itertools import product
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 
+from .activations import activation
 from .errors import InvalidEvent
 
 if TYPE_CHECKING:
@@ -238,7 +239,7 @@ class Detector(Event):
         """The graph without a final increasing activation (see the class docstring)."""
         from .graph import Act, Graph
         chain = self.graph.chain
-        if chain and isinstance(chain[-1], Act) and chain[-1].kind in _INVERSES:
+        if chain and isinstance(chain[-1], Act) and final_inverse(chain[-1].kind):
             return Graph(chain[:-1], self.graph.n_inputs)
         return self.graph
 
@@ -253,9 +254,9 @@ class Detector(Event):
         or impossible (a threshold outside the final activation's range)."""
         chain = self.graph.chain
         kind = getattr(chain[-1], "kind", None) if chain else None
-        if kind not in _INVERSES:
+        if not final_inverse(kind):
             return self.threshold
-        valid, inverse, span = _INVERSES[kind]
+        valid, inverse, span = final_inverse(kind)
         if not valid(self.threshold):
             raise InvalidEvent(f"threshold {self.threshold:g} is outside {span}, where the detector's final "
                                f"{kind} can be crossed: the event is certain or impossible")
@@ -285,7 +286,31 @@ class Detector(Event):
 
 # Final activations a detector threshold can be moved through: (valid t, inverse, range).
 _INVERSES = {
-    "relu": (lambda t: t >= 0, lambda t: t, "[0, ∞)"),
     "sigmoid": (lambda t: 0 < t < 1, lambda t: math.log(t / (1 - t)), "(0, 1)"),
     "tanh": (lambda t: -1 < t < 1, math.atanh, "(-1, 1)"),
 }
+
+
+def final_inverse(kind: str | None) -> tuple[Callable[[float], bool], Callable[[float], float], str] | None:
+    """(valid t, f⁻¹, f's range) for an increasing final activation f, so that f(s) > t ⇔
+    s > f⁻¹(t); None for other kinds. ReLU family f = max(s, 0) + c min(s, 0): c = 0 has range
+    [0, ∞) and f⁻¹(t) = t; c > 0 is onto with f⁻¹(t) = t/c below 0. ELU (α > 0):
+    range (-α, ∞), f⁻¹(t) = log(1 + t/α) below 0. Softplus: range (0, ∞),
+    f⁻¹(t) = log(e^{βt} - 1)/β."""
+    if kind in _INVERSES:
+        return _INVERSES[kind]
+    if kind is None:
+        return None
+    family, _, value = kind.partition(":")
+    leak = activation(kind).leak
+    if leak == 0:
+        return (lambda t: t >= 0, lambda t: t, "[0, ∞)")
+    if leak is not None and leak > 0:
+        return (lambda t: True, lambda t: t if t >= 0 else t / leak, "(-∞, ∞)")
+    if family == "elu" and float(value) > 0:
+        alpha = float(value)
+        return (lambda t: t > -alpha, lambda t: t if t >= 0 else math.log1p(t / alpha), f"({-alpha:g}, ∞)")
+    if family == "softplus":
+        beta = float(value)
+        return (lambda t: t > 0, lambda t: (beta * t + math.log(-math.expm1(-beta * t))) / beta, "(0, ∞)")
+    return None

@@ -1,7 +1,7 @@
 """The formal structure of a network: a chain of typed operations on flat vectors.
 
     Affine(W, b)          h ↦ W h + b
-    Act(kind)             h ↦ f(h) elementwise, f from `activations.ACTIVATIONS`
+    Act(kind)             h ↦ f(h) elementwise, f from `activations.activation(kind)`
     Residual(branches)    h ↦ Σ_i branch_i(h); each branch is a chain, () is the skip h ↦ h
 
 Identity and Flatten compile away (the identity on flat [batch, n] inputs). Every op
@@ -17,10 +17,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .activations import ACTIVATIONS
+from .activations import activation
 from .errors import InvalidModel
 
 FORMAT_VERSION = 1
+
+
+def _known_activation(kind: object) -> bool:
+    try:
+        activation(kind)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 @dataclass(eq=False)
@@ -97,7 +105,7 @@ def run_chain(chain: Chain, h: Tensor) -> Tensor:
         if isinstance(op, Affine):
             h = torch.addmm(op.bias.to(h.dtype), h, op.weight.to(h.dtype).T)
         elif isinstance(op, Act):
-            h = ACTIVATIONS[op.kind].fn(h)
+            h = activation(op.kind).fn(h)
         else:
             h = sum(run_chain(branch, h) for branch in op.branches)
     return h
@@ -112,7 +120,7 @@ def chain_flops(chain: Chain, n_in: int) -> int:
             total += 2 * op.n_in * op.n_out + op.n_out
             n = op.n_out
         elif isinstance(op, Act):
-            total += ACTIVATIONS[op.kind].flops * n
+            total += activation(op.kind).flops * n
         else:
             total += sum(chain_flops(branch, n) for branch in op.branches)
             total += (len(op.branches) - 1) * n
@@ -217,7 +225,7 @@ class Graph:
                         raise ValueError(f"graph arrays lack {missing}") from None
                     out.append(Affine(torch.as_tensor(np.asarray(weight), device=device),
                                       torch.as_tensor(np.asarray(bias), device=device), item.get("path", "")))
-                elif kind == "act" and item.get("kind") in ACTIVATIONS:
+                elif kind == "act" and _known_activation(item.get("kind")):
                     out.append(Act(item["kind"], item.get("path", "")))
                 elif kind == "residual":
                     out.append(Residual(tuple(decode(b) for b in item["branches"]), item.get("path", "")))

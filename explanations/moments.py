@@ -8,6 +8,10 @@ ReLU, in closed form. With σ_i = √Σ_ii, a_i = μ_i/σ_i, ρ = corr(z_i, z_j)
                             + s/(2π) exp(-(a_i² - 2ρ a_i a_j + a_j²)/(2s²)) ]
 (truncated bivariate normal moments, Rosenbaum 1961; derived by integrating by parts
 against the conditional law z_j | z_i), with Φ₂ from `mvn.bivariate_normal_cdf`.
+The ReLU family f = c z + (1 - c) z⁺ (leaky ReLU with slope c) follows from these and
+Stein's lemma Cov(z_i, z_j⁺) = Σ_ij Φ(a_j):
+    E f_i = c μ_i + (1 - c) E z_i⁺,
+    Cov(f_i, f_j) = c² Σ_ij + c(1 - c) Σ_ij (Φ(a_i) + Φ(a_j)) + (1 - c)² Cov(z_i⁺, z_j⁺).
 
 Other activations (GELU, tanh, sigmoid) by a Hermite series (Mehler's formula): with
 u ~ N(0,1) and the normalised Hermite polynomials h_k = He_k/√k!,
@@ -24,7 +28,7 @@ large σ: measured on E[GELU(0.3 + σu)] against its closed form, the error is 1
 at σ = 4, 8e-3 at σ = 8).
 
 Slope, for the cross-covariances of Stein's lemma Cov(x, f(z)) = Cov(x, z) E[f′(z)]:
-E[f′(z_i)] = c_i1/σ_i (Stein), Φ(a_i) for ReLU, f′(μ_i) when σ_i = 0.
+E[f′(z_i)] = c_i1/σ_i (Stein), c + (1 - c) Φ(a_i) for the ReLU family, f′(μ_i) when σ_i = 0.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import torch
 from torch import Tensor
 from torch.special import ndtr
 
-from .activations import ACTIVATIONS, normal_pdf
+from .activations import activation, normal_pdf
 from .mvn import bivariate_normal_cdf, bivariate_normal_cdf_flops
 
 HERMITE_DEGREE = 24
@@ -104,7 +108,7 @@ def _correlation(cov: Tensor, sd_safe: Tensor) -> Tensor:
 def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor, kind: str,
             flops: int, truncation: float) -> ActivationMoments:
     """Covariance from second moments; deterministic units get f(μ), zero variance, f′(μ)."""
-    act = ACTIVATIONS[kind]
+    act = activation(kind)
     mean = torch.where(det, act.fn(mu), mean)
     cov = second - torch.outer(mean, mean)
     keep = (~det).to(cov.dtype)
@@ -116,8 +120,9 @@ def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor
     return ActivationMoments(mean, cov, slope, flops + 4 * n * n, truncation)
 
 
-def relu_moments(mean: Tensor, cov: Tensor) -> ActivationMoments:
-    """Closed-form moments of relu(z), z ~ N(mean, cov) (module docstring)."""
+def relu_moments(mean: Tensor, cov: Tensor, kind: str = "relu") -> ActivationMoments:
+    """Closed-form moments of f(z), z ~ N(mean, cov), f = relu or another of the ReLU
+    family (leaky ReLU; module docstring)."""
     sd, det, sd_safe = split_deterministic(mean, cov)
     a = mean / sd_safe
     pdf = normal_pdf(a)
@@ -140,12 +145,21 @@ def relu_moments(mean: Tensor, cov: Tensor) -> ActivationMoments:
     second = second + second.T + torch.diag(sd_safe ** 2 * ((a * a + 1) * cdf + a * pdf))
     pair_count = n * (n - 1) // 2
     flops = bivariate_normal_cdf_flops(pair_count) + _RELU_PAIR_FLOPS * pair_count + 20 * n
-    return _finish(first, second, cdf, det, mean, "relu", flops, 0.0)
+    leak, slope = activation(kind).leak, cdf
+    if leak:
+        cov_relu = second - torch.outer(first, first)
+        first = leak * mean + (1 - leak) * first
+        cov_leaky = (leak * leak * cov + leak * (1 - leak) * cov * (cdf[:, None] + cdf[None, :])
+                     + (1 - leak) ** 2 * cov_relu)
+        second = cov_leaky + torch.outer(first, first)
+        slope = leak + (1 - leak) * cdf
+        flops += 8 * n * n
+    return _finish(first, second, slope, det, mean, kind, flops, 0.0)
 
 
 def hermite_coefficients(kind: str, mean: Tensor, sd: Tensor, degree: int) -> tuple[Tensor, Tensor, int]:
     """c_ik = E[f(μ_i + σ_i u) h_k(u)] for k ≤ degree, E[f(μ_i + σ_i u)²], and the FLOPs."""
-    act = ACTIVATIONS[kind]
+    act = activation(kind)
     u, w = quadrature(mean)
     values = act.fn(mean[:, None] + sd[:, None] * u[None, :])               # [n, Q]
     coefficients = (values * w) @ hermite_basis(u, degree).T                # [n, K+1]
@@ -175,5 +189,7 @@ def hermite_moments(kind: str, mean: Tensor, cov: Tensor, degree: int = HERMITE_
 
 
 def activation_moments(kind: str, mean: Tensor, cov: Tensor) -> ActivationMoments:
-    """Dispatch: ReLU in closed form, the others by Hermite series."""
-    return relu_moments(mean, cov) if kind == "relu" else hermite_moments(kind, mean, cov)
+    """Dispatch: the ReLU family in closed form, the others by Hermite series."""
+    if activation(kind).leak is not None:
+        return relu_moments(mean, cov, kind)
+    return hermite_moments(kind, mean, cov)

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.special import ndtr
 
-from .activations import ACTIVATIONS, normal_pdf
+from .activations import activation, normal_pdf
 from .moments import hermite_basis, quadrature
 
 
@@ -86,27 +86,37 @@ class UnitTerms:
     flops: int
 
 
-def relu_terms(mean: Tensor, sd: Tensor) -> UnitTerms:
-    """Closed forms for ReLU, a = μ/σ: E[f^k] = σ^k (P_k(a) Φ(a) + Q_k(a) φ(a)) with
-    (P, Q) = (a, 1), (a² + 1, a), (a³ + 3a, a² + 2), (a⁴ + 6a² + 3, a³ + 5a);
-    b_1 = σΦ, b_2 = σφ/2, b_3 = -σaφ/6 (Stein: b_d = E[∂_g^d f]/d!), E[(f - m₁)² g] = 2σ m₁(1 - Φ)."""
+def relu_terms(mean: Tensor, sd: Tensor, leak: float = 0.0) -> UnitTerms:
+    """Closed forms for the ReLU family f = c z + (1 - c) z⁺ = z⁺ - c z⁻ (c = `leak`), a = μ/σ.
+    Raw moments: E[(z⁺)^k] = σ^k (P_k(a) Φ(a) + Q_k(a) φ(a)) with
+    (P, Q) = (a, 1), (a² + 1, a), (a³ + 3a, a² + 2), (a⁴ + 6a² + 3, a³ + 5a), E[(z⁻)^k] the same
+    at -a, and E f^k = E[(z⁺)^k] + (-c)^k E[(z⁻)^k] (z⁺ z⁻ = 0). Hermite coefficients
+    (Stein: b_d = σ^d E[f^(d)]/d!): b_1 = σ(c + (1 - c)Φ), b_2 = (1 - c)σφ/2,
+    b_3 = -(1 - c)σaφ/6; and E[(f - m₁)² g] = σ E[(f²)′] - 2 m₁ σ E f′
+    = 2σ(E z⁺ - c² E z⁻) - 2σ m₁ (c + (1 - c)Φ)."""
     a = mean / sd
     pdf, cdf = normal_pdf(a), ndtr(a)
-    m1 = sd * (a * cdf + pdf)
-    m2 = sd ** 2 * ((a * a + 1) * cdf + a * pdf)
-    m3 = sd ** 3 * ((a ** 3 + 3 * a) * cdf + (a * a + 2) * pdf)
-    m4 = sd ** 4 * ((a ** 4 + 6 * a * a + 3) * cdf + (a ** 3 + 5 * a) * pdf)
+
+    def raw(a: Tensor, cdf: Tensor) -> list[Tensor]:
+        return [sd * (a * cdf + pdf), sd ** 2 * ((a * a + 1) * cdf + a * pdf),
+                sd ** 3 * ((a ** 3 + 3 * a) * cdf + (a * a + 2) * pdf),
+                sd ** 4 * ((a ** 4 + 6 * a * a + 3) * cdf + (a ** 3 + 5 * a) * pdf)]
+
+    up, down = raw(a, cdf), raw(-a, 1 - cdf)
+    m1, m2, m3, m4 = (up[k] + (-leak) ** (k + 1) * down[k] for k in range(4))
     variance = m2 - m1 * m1
     kappa3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
     kappa4 = m4 - 4 * m1 * m3 + 6 * m1 * m1 * m2 - 3 * m1 ** 4 - 3 * variance ** 2
-    return UnitTerms(sd * cdf, sd * pdf / 2, -sd * a * pdf / 6, 2 * sd * m1 * (1 - cdf),
-                     kappa3, kappa4, 60 * mean.shape[0])
+    slope = leak + (1 - leak) * cdf
+    return UnitTerms(sd * slope, (1 - leak) * sd * pdf / 2, -(1 - leak) * sd * a * pdf / 6,
+                     2 * sd * (up[0] - leak * leak * down[0]) - 2 * sd * m1 * slope,
+                     kappa3, kappa4, 100 * mean.shape[0])
 
 
 def quadrature_terms(kind: str, mean: Tensor, sd: Tensor) -> UnitTerms:
     """The same quantities by composite Gauss–Legendre quadrature over g (`moments.quadrature`)."""
     u, w = quadrature(mean)
-    act = ACTIVATIONS[kind]
+    act = activation(kind)
     values = act.fn(mean[:, None] + sd[:, None] * u[None, :])                     # [n, Q]
     he = hermite_basis(u, 3) * torch.tensor([1.0, 1.0, math.sqrt(2), math.sqrt(6)],
                                             dtype=u.dtype, device=u.device)[:, None]
@@ -125,7 +135,8 @@ def start_source(kind: str, mean: Tensor, cov: Tensor, sd: Tensor, deterministic
     map `weight` [n′, n]: J = W, C = W diag(b_1) ρ. `sd` is safe for division (1 where a unit
     is `deterministic`: such units add nothing). `factor` F with cov = F Fᵀ (or None) keeps
     ρ low-rank (first layers of networks wider than their input)."""
-    terms = relu_terms(mean, sd) if kind == "relu" else quadrature_terms(kind, mean, sd)
+    leak = activation(kind).leak
+    terms = relu_terms(mean, sd, leak) if leak is not None else quadrature_terms(kind, mean, sd)
     keep = (~deterministic).to(mean.dtype)
     b1, b2, b3 = terms.b1 * keep, terms.b2 * keep, terms.b3 * keep
     correlation = cov / torch.outer(sd, sd) if factor is None else factor / sd[:, None]

@@ -4,8 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+import torch.nn.functional as F
 from explanations import Graph, InvalidModel, UnsupportedModule, compile_model
-from explanations.graph import Residual
+from explanations.activations import activation
+from explanations.compile import graph_module
+from explanations.graph import Act, Residual, iter_ops
 
 
 class Block(nn.Module):
@@ -74,7 +77,8 @@ def test_residual_after_shared_prefix():
 
 
 @pytest.mark.parametrize("bad, path, kind", [
-    (nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.LeakyReLU())), "1.0", "LeakyReLU"),
+    (nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Hardtanh())), "1.0", "Hardtanh"),
+    (nn.Sequential(nn.Linear(3, 3), nn.Softplus(threshold=5.0)), "1", "Softplus"),
     (nn.Sequential(nn.Linear(3, 3), nn.Dropout()), "1", "Dropout"),
     (nn.Sequential(nn.Linear(3, 3), DoubledLinear(3, 3)), "1", "DoubledLinear"),
     (nn.Sequential(nn.Linear(3, 3), Scaled()), "1", "Scaled"),
@@ -85,6 +89,46 @@ def test_unsupported_modules_are_named(bad, path, kind):
         compile_model(bad)
     assert raised.value.path == path and raised.value.kind == kind
     assert f"'{path}'" in str(raised.value) and kind in str(raised.value)
+
+
+class Functional(nn.Module):
+    """The parametrised activations in functional form, positional and keyword."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.a, self.b = nn.Linear(n, n), nn.Linear(n, n)
+
+    def forward(self, x):
+        h = F.leaky_relu(self.a(x), 0.3) + F.elu(self.b(x), alpha=0.5)
+        return F.softplus(F.silu(h), beta=2.0) + F.mish(x)
+
+
+def test_more_activations_compute_what_the_module_computes():
+    model = nn.Sequential(nn.Linear(5, 8), nn.LeakyReLU(0.2), nn.Linear(8, 8), nn.SiLU(), nn.Linear(8, 8),
+                          nn.ELU(0.7), nn.Linear(8, 8), nn.Softplus(beta=3.0), nn.Linear(8, 8), nn.Mish(),
+                          nn.Linear(8, 5), Functional(5), nn.Linear(5, 2)).double()
+    graph = compile_model(model)
+    kinds = [op.kind for op in iter_ops(graph.chain) if isinstance(op, Act)]
+    assert kinds[:5] == ["leaky_relu:0.2", "silu", "elu:0.7", "softplus:3.0", "mish"]
+    assert set(kinds[5:]) == {"leaky_relu:0.3", "elu:0.5", "silu", "softplus:2.0", "mish"}
+    x = 3 * torch.randn(256, 5, dtype=torch.float64)
+    torch.testing.assert_close(graph.forward(x), model(x), rtol=1e-12, atol=1e-12)
+    meta, arrays = graph.to_plain()
+    rebuilt = Graph.from_plain(json.loads(json.dumps(meta)), arrays)
+    assert repr(rebuilt) == repr(graph) and torch.equal(rebuilt.forward(x), graph.forward(x))
+    chain = compile_model(model[:11])
+    torch.testing.assert_close(graph_module(chain).double()(x), chain.forward(x), rtol=1e-12, atol=1e-12)
+
+
+def test_unknown_activation_kinds_are_refused():
+    assert activation("leaky_relu").name == "leaky_relu:0.01" and activation("softplus").name == "softplus:1.0"
+    for kind in ("swish", "leaky_relu:abc", "elu:nan", "softplus:-1.0", "silu:2"):
+        with pytest.raises(ValueError, match="activation|softplus"):
+            activation(kind)
+    meta, arrays = compile_model(nn.Sequential(nn.Linear(2, 2), nn.SiLU())).to_plain()
+    meta["chain"][1]["kind"] = "leaky_relu:x"
+    with pytest.raises(ValueError, match="unknown graph operation"):
+        Graph.from_plain(meta, arrays)
 
 
 def test_nan_weights_are_rejected_with_their_path():

@@ -158,8 +158,8 @@ def test_bad_inputs_fail_before_any_work():
         explain(model, Gaussian.standard(3))
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         explain(model, Gaussian.standard(4), method="magic")
-    with pytest.raises(UnsupportedModule, match="'1'.*ELU"):
-        explain(nn.Sequential(nn.Linear(4, 4), nn.ELU()), Gaussian.standard(4))
+    with pytest.raises(UnsupportedModule, match="'1'.*Hardswish"):
+        explain(nn.Sequential(nn.Linear(4, 4), nn.Hardswish()), Gaussian.standard(4))
     pi = explain(model, Gaussian.standard(4))
     with pytest.raises(InvalidEvent, match="output index 2 out of range"):
         pi.probability(All(Above(0, 1.0), Above(2, 1.0)))

@@ -11,7 +11,7 @@ from explanations.graph import Act, Affine, Graph
 from explanations.polynomial import PolynomialExplanation
 
 F64 = torch.float64
-ACTIVATIONS = ("tanh", "gelu", "relu")
+ACTIVATIONS = ("tanh", "gelu", "relu", "leaky_relu:0.1", "silu", "softplus:1.0", "elu:1.0", "mish")
 DIRECTION = torch.tensor([1.0, -0.5], dtype=F64)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from explanations.compile import ACTIVATION_MODULES
+from explanations import activations
 
 
 def mlp(widths: list[int], activation: str = "relu", *, seed: int = 0, bias_std: float = 0.0,
@@ -13,8 +13,7 @@ def mlp(widths: list[int], activation: str = "relu", *, seed: int = 0, bias_std:
 
     Weights are He/Kaiming-normal, N(0, 2/fan_in) (He et al. 2015); biases N(0, bias_std²).
     """
-    if activation not in ACTIVATION_MODULES:
-        raise ValueError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATION_MODULES)}")
+    make_activation = activations.activation(activation).module       # ValueError for an unknown kind
     if len(widths) < 2:
         raise ValueError("an MLP needs at least an input and an output width")
     generator = torch.Generator().manual_seed(seed)
@@ -26,5 +25,5 @@ def mlp(widths: list[int], activation: str = "relu", *, seed: int = 0, bias_std:
             linear.bias.copy_(torch.randn(fan_out, generator=generator) * bias_std)
         layers.append(linear)
         if i < len(widths) - 2:
-            layers.append(ACTIVATION_MODULES[activation]())
+            layers.append(make_activation())
     return nn.Sequential(*layers)
