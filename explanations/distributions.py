@@ -19,8 +19,8 @@ class Gaussian:
     """The multivariate normal N(mean, cov) over flat input vectors."""
 
     def __init__(self, mean: Tensor, cov: Tensor, *, dtype: torch.dtype = torch.float64) -> None:
-        mean = torch.as_tensor(mean)
-        cov = torch.as_tensor(cov)
+        mean = torch.as_tensor(mean).detach()       # a law, not a node of the caller's autograd graph
+        cov = torch.as_tensor(cov).detach()
         if mean.dim() != 1:
             raise InvalidDistribution(f"mean must be a vector, got shape {tuple(mean.shape)}")
         n = mean.shape[0]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from explanations import Gaussian, InvalidDistribution
+from explanations import Gaussian, InvalidDistribution, explain
 
 
 @pytest.mark.parametrize("mean, cov, message", [
@@ -42,3 +42,12 @@ def test_singular_covariance_is_sampled_on_its_subspace():
     ratio = x / v
     assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-8)
     assert D.sample_flops() == 3 + 2 * 9 and Gaussian.standard(3).sample_flops() == 3
+
+
+def test_inputs_that_require_grad_are_detached():
+    """A mean or covariance taken from a trained module must not tie π into its autograd graph."""
+    mean, root = torch.zeros(3, requires_grad=True), torch.eye(3, requires_grad=True)
+    D = Gaussian(mean, root @ root.T)
+    assert not D.mean.requires_grad and not D.cov.requires_grad
+    pi = explain(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)), D)
+    assert not pi.expectation().value.requires_grad

@@ -117,6 +117,8 @@ def test_resume_continues_the_file(tmp_path):
 
     with pytest.raises(ValueError, match="method"):
         Tracker(restarted, optimizer, D, method="cumulant", events=events, path=path)
+    with pytest.raises(ValueError, match="differ in events, distribution;"):
+        Tracker(restarted, optimizer, Gaussian(torch.ones(6), torch.eye(6)), events={"low": Below(0, 0.0)}, path=path)
     with pytest.raises(FileExistsError):
         Tracker(restarted, optimizer, D, events=events, path=path, resume=False)
 

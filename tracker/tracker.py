@@ -271,8 +271,8 @@ class Tracker:
                     torch.allclose(run.distribution.mean, self.distribution.mean.double().cpu()) and
                     torch.allclose(run.distribution.cov, self.distribution.cov.double().cpu())))) if not same]
             if mismatches:
-                raise ValueError(f"cannot resume {self.path}: its {', '.join(mismatches)} differ from this "
-                                 f"Tracker's; choose another path")
+                raise ValueError(f"cannot resume {self.path}: the file and this Tracker differ in "
+                                 f"{', '.join(mismatches)}; choose another path")
             last = run.last
             if last is None:
                 return
