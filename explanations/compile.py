@@ -36,14 +36,17 @@ _ADDS = {operator.add, torch.add}
 _IDENTITIES = {torch.flatten}
 
 
-def compile_model(module: nn.Module, n_inputs: int | None = None) -> Graph:
+def compile_model(module: nn.Module, n_inputs: int | None = None, *, inference: bool = False) -> Graph:
     """The formal graph of `module`, which maps [batch, n_inputs] to [batch, n_outputs].
 
-    n_inputs defaults to the input width of the first affine layer.
+    n_inputs defaults to the input width of the first affine layer. Dropout and BatchNorm in
+    training mode are random or depend on the batch, so they raise UnsupportedModule, unless
+    `inference`: then the graph is the network as `module.eval()` computes it, whatever
+    mode it is in (the Tracker explains a network in training so).
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"compile_model expects a torch.nn.Module, got {type(module).__name__}")
-    chain = _compile(module, "")
+    chain = _fold_normalisations(_compile(module, "", inference))
     width = n_inputs if n_inputs is not None else first_width(chain)
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
@@ -82,10 +85,10 @@ def _plain(module: nn.Module, base: type) -> bool:
     return isinstance(module, base) and type(module).forward is base.forward
 
 
-def _compile(module: nn.Module, path: str) -> Chain:
+def _compile(module: nn.Module, path: str, inference: bool) -> Chain:
     if _plain(module, nn.Sequential):
         return tuple(op for name, child in module.named_children()
-                     for op in _compile(child, f"{path}.{name}" if path else name))
+                     for op in _compile(child, f"{path}.{name}" if path else name, inference))
     if _plain(module, nn.Linear):
         if isinstance(module.weight, nn.parameter.UninitializedParameter):
             raise UnsupportedModule(path, type(module).__name__, "uninitialised lazy parameters")
@@ -105,10 +108,12 @@ def _compile(module: nn.Module, path: str) -> Chain:
     if _plain(module, nn.Identity) or _plain(module, nn.Flatten):
         return ()
     if _plain(module, nn.Dropout):
-        if module.training:
-            raise UnsupportedModule(path, "Dropout", "in training mode it is random; call model.eval()")
+        if module.training and not inference:
+            raise UnsupportedModule(path, "Dropout", f"in training mode it is random; {_EVAL_HINT}")
         return ()
-    return _compile_traced(module, path)
+    if _plain(module, nn.BatchNorm1d):
+        return (_batch_norm(module, path, inference),)
+    return _compile_traced(module, path, inference)
 
 
 class _ChildrenAreLeaves(torch.fx.Tracer):
@@ -116,7 +121,7 @@ class _ChildrenAreLeaves(torch.fx.Tracer):
         return True
 
 
-def _compile_traced(module: nn.Module, path: str) -> Chain:
+def _compile_traced(module: nn.Module, path: str, inference: bool) -> Chain:
     kind = type(module).__name__
     try:
         graph = _ChildrenAreLeaves().trace(module)
@@ -134,11 +139,12 @@ def _compile_traced(module: nn.Module, path: str) -> Chain:
                 raise UnsupportedModule(path, kind, "forward must return a single tensor")
             return chains[result]
         else:
-            chains[node] = _trace_step(node, chains, module, path, kind)
+            chains[node] = _trace_step(node, chains, module, path, kind, inference)
     raise UnsupportedModule(path, kind, "forward returns nothing")
 
 
-def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str, kind: str) -> Chain:
+def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str, kind: str,
+                inference: bool) -> Chain:
     """The chain (from the module's input) that computes the value of fx node `node`."""
     def operand(arg: object) -> Chain:
         if not isinstance(arg, torch.fx.Node):
@@ -148,7 +154,7 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
     args = node.args
     if node.op == "call_module":
         child = module.get_submodule(node.target)
-        return operand(args[0]) + _compile(child, f"{path}.{node.target}" if path else node.target)
+        return operand(args[0]) + _compile(child, f"{path}.{node.target}" if path else node.target, inference)
     if node.op == "call_function" and node.target in _ADDS and len(args) == 2 and not node.kwargs:
         return _residual(operand(args[0]), operand(args[1]), f"{path}.{node.name}" if path else node.name)
     if node.op == "call_method" and node.target in ("add", "__add__") and len(args) == 2 and not node.kwargs:
@@ -166,6 +172,50 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
             node.op == "call_method" and node.target == "flatten"):
         return operand(args[0])
     raise UnsupportedModule(path, kind, f"operation {node.op} {getattr(node.target, '__name__', node.target)}")
+
+
+_EVAL_HINT = "call model.eval(), or compile_model(model, inference=True) for the network as eval() computes it"
+
+
+class _Normalisation(Affine):
+    """A BatchNorm's diagonal affine map, until `_fold_normalisations` merges it into a
+    neighbouring Linear."""
+
+
+def _batch_norm(module: nn.BatchNorm1d, path: str, inference: bool) -> Affine:
+    """BatchNorm1d in eval mode: y = γ (x - μ_run)/√(σ²_run + ε) + β = s x + (β - s μ_run),
+    s = γ/√(σ²_run + ε), over [batch, features] inputs."""
+    if module.training and not inference:
+        raise UnsupportedModule(path, "BatchNorm1d", f"in training mode it normalises by the batch; {_EVAL_HINT}")
+    if module.running_mean is None or module.running_var is None:
+        raise UnsupportedModule(path, "BatchNorm1d", "track_running_stats=False: it always normalises by the batch")
+    mean, variance = module.running_mean.detach(), module.running_var.detach()
+    scale = torch.rsqrt(variance + module.eps)
+    shift = -mean * scale
+    if module.affine:
+        scale, shift = module.weight.detach() * scale, module.weight.detach() * shift + module.bias.detach()
+    return _Normalisation(torch.diag(scale), shift.clone(), path)
+
+
+def _fold_normalisations(chain: Chain) -> Chain:
+    """Merge each BatchNorm's diagonal map D x + t into the Linear before it, D(W x + b) + t,
+    or else the one after it, W(D x + t) + b, so that it costs no extra layer; one with no
+    Linear beside it (at the input, or between activations) stays a diagonal Affine."""
+    out: list = []
+    for op in chain:
+        if isinstance(op, Residual):
+            op = Residual(tuple(_fold_normalisations(branch) for branch in op.branches), op.path)
+        previous = out[-1] if out else None
+        if isinstance(op, _Normalisation) and isinstance(previous, Affine):
+            scale = op.weight.diagonal()
+            merged = _Normalisation if isinstance(previous, _Normalisation) else Affine
+            out[-1] = merged(scale[:, None] * previous.weight, scale * previous.bias + op.bias, previous.path)
+        elif isinstance(previous, _Normalisation) and isinstance(op, Affine):
+            scale = previous.weight.diagonal()
+            out[-1] = Affine(op.weight * scale[None, :], op.weight @ previous.bias + op.bias, op.path)
+        else:
+            out.append(op)
+    return tuple(Affine(op.weight, op.bias, op.path) if isinstance(op, _Normalisation) else op for op in out)
 
 
 def _residual(left: Chain, right: Chain, path: str) -> Chain:

@@ -228,11 +228,12 @@ class Detector(Event):
 
     @property
     def graph(self) -> "Graph":
-        """The detector's formal graph, recompiled if its parameters changed since."""
+        """The detector's formal graph as `eval()` computes it (`compile_model`'s `inference`),
+        recompiled if its parameters or buffers (BatchNorm statistics) changed since."""
         from .compile import compile_model  # events are importable without the compiler
-        versions = [p._version for p in self.module.parameters()]
+        versions = [t._version for t in (*self.module.parameters(), *self.module.buffers())]
         if self._compiled is None or versions != self._versions:
-            self._compiled, self._versions = compile_model(self.module), versions
+            self._compiled, self._versions = compile_model(self.module, inference=True), versions
         return self._compiled
 
     def score_graph(self) -> "Graph":

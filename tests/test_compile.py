@@ -172,3 +172,54 @@ def test_dropout_in_eval_mode_is_the_identity():
     model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 1)).eval()
     x = torch.randn(8, 3)
     torch.testing.assert_close(compile_model(model).forward(x), model(x))
+
+
+class NormalisedBlock(nn.Module):
+    def __init__(self, n):
+        super().__init__()
+        self.norm, self.f = nn.BatchNorm1d(n), nn.Linear(n, n)
+
+    def forward(self, x):
+        return x + self.f(torch.relu(self.norm(x)))
+
+
+def normalised(seed=0):
+    """BatchNorm at the input, after a Linear, after an activation before a Linear, between two
+    activations (nothing to fold into) and inside a residual block; statistics made non-trivial."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3),
+                          nn.BatchNorm1d(8), nn.Linear(8, 8), nn.Tanh(), nn.BatchNorm1d(8, affine=False), nn.ReLU(),
+                          NormalisedBlock(8), nn.Linear(8, 2)).double()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.2, 3.0)
+            if module.affine:
+                nn.init.normal_(module.weight)
+                nn.init.normal_(module.bias)
+    return model
+
+
+def test_batch_norm_in_eval_mode_folds_into_the_linear_layers():
+    model = normalised().eval()
+    graph = compile_model(model)
+    x = 2 * torch.randn(128, 4, dtype=torch.float64)
+    torch.testing.assert_close(graph.forward(x), model(x), rtol=1e-12, atol=1e-12)
+    affine = [op for op in iter_ops(graph.chain) if not isinstance(op, (Act, Residual))]
+    # 4 Linear layers, and the BatchNorms between tanh and ReLU and before the block's ReLU
+    assert len(affine) == 6
+    assert [op.path for op in affine[:2]] == ["1", "6"]
+
+
+def test_training_mode_needs_eval_or_inference():
+    model = normalised().train()
+    with pytest.raises(UnsupportedModule, match="'0'.*BatchNorm1d.*inference=True"):
+        compile_model(model)
+    with pytest.raises(UnsupportedModule, match="'3'.*Dropout.*inference=True"):
+        compile_model(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.Dropout()))
+    graph = compile_model(model, inference=True)
+    assert model.training
+    x = torch.randn(64, 4, dtype=torch.float64)
+    torch.testing.assert_close(graph.forward(x), model.eval()(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(UnsupportedModule, match="track_running_stats=False"):
+        compile_model(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False)).eval())

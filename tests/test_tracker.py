@@ -145,3 +145,17 @@ def test_bad_arguments_are_named():
         Tracker(model, optimizer, D, method="halfspaces")
     with pytest.raises(ValueError, match="'polynomial' needs Affine → Act → Affine"):
         Tracker(model, optimizer, D, method="polynomial")          # a 3-layer net
+
+
+def test_a_network_training_with_dropout_and_batch_norm_is_explained_as_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    D = Gaussian.standard(6)
+    with Tracker(model, optimizer, D, events={"high": Above(0, 1.5)}, path=tmp_path / "run.h5", every=10) as tr:
+        train(model, optimizer, RegressionTask(D, 2, seed=0), 30, torch.Generator().manual_seed(1), batch=256)
+        assert model.training
+    fresh = explain(model.eval(), D)
+    torch.testing.assert_close(tr.explanation.expectation().value, fresh.expectation().value)
+    torch.testing.assert_close(open_run(tmp_path / "run.h5").last.explanation.expectation().value,
+                               fresh.expectation().value)

@@ -11,7 +11,9 @@ with gradients in training mode; an optimizer step post-hook then records the st
 training FLOPs (`costs.training_step_flops`, summed over ranks under torch.distributed)
 and updates π. Nothing in the user's loop changes. A step that is skipped (GradScaler on
 an overflow) fires no hook: its rows are counted with the next step; several forward
-passes per step (gradient accumulation) are all counted.
+passes per step (gradient accumulation) are all counted. π explains the network as
+`model.eval()` computes it (Dropout the identity, BatchNorm by its running statistics),
+whatever mode the model trains in (`compile_model(..., inference=True)`).
 
 Update policy, at every step, after the step's training FLOPs are recorded (ledger L,
 headroom H = budget·training - explanation):
@@ -124,7 +126,7 @@ class Tracker:
         except TypeError as error:
             raise ValueError(f"options must be plain JSON values (they are stored in the run file): {error}") from None
         self.events = dict(events or {})
-        self.graph = compile_model(self.module)
+        self.graph = compile_model(self.module, inference=True)
         check_method(self.graph, distribution, method, self.options)     # fails now, not in a training step
         for name, event in self.events.items():
             if not isinstance(name, str) or not isinstance(event, Event):
@@ -196,14 +198,16 @@ class Tracker:
         owners = [("the model", self.module)] + [(f"the detector of '{name}'", detector.module)
                                                  for name, event in self.events.items()
                                                  for detector in event.detectors()]
-        reason = next((f"{owner}'s parameter '{name}' has NaN or infinite entries"
-                       for owner, module in owners for name, value in module.named_parameters()
-                       if not bool(torch.isfinite(value).all())), None)
+        reason = next((f"{owner}'s {kind} '{name}' has NaN or infinite entries"
+                       for owner, module in owners
+                       for kind, named in (("parameter", module.named_parameters()), ("buffer", module.named_buffers()))
+                       for name, value in named
+                       if value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
         if reason is not None and self.unexplainable is None:
             warnings.warn(f"step {self.step}: π is left stale until it is finite again: {reason}",
                           RuntimeWarning, stacklevel=2)
         self.unexplainable = reason
-        return compile_model(self.module) if reason is None else None
+        return compile_model(self.module, inference=True) if reason is None else None
 
     # ---- policy ------------------------------------------------------------------------
     def _reserve(self) -> float:
