@@ -4,6 +4,8 @@ Validation: a 1-D finite mean; a square, finite, symmetric covariance (|Σ - Σ�
 1e-8·max|Σ|) whose smallest eigenvalue is ≥ -1e-8·(largest). Sampling uses
 x = μ + F u with u ~ N(0, I) and F F ᵀ = Σ: the Cholesky factor when Σ is positive
 definite, else V·diag(√max(λ, 0)) from the eigendecomposition (singular Σ allowed).
+`Gaussian.fit(data)` takes the moments of a data set, with optional shrinkage of the
+covariance toward a multiple of I (Ledoit & Wolf 2004) where rows are few against columns.
 """
 from __future__ import annotations
 
@@ -57,6 +59,37 @@ class Gaussian:
             raise InvalidDistribution(f"dimension must be a positive integer, got {n!r}")
         return cls(torch.zeros(n, dtype=dtype, device=device),
                    torch.eye(n, dtype=dtype, device=device), dtype=dtype)
+
+    @classmethod
+    def fit(cls, data: Tensor, *, shrinkage: float | str = 0.0, dtype: torch.dtype = torch.float64) -> "Gaussian":
+        """The Gaussian with the moments of `data`'s rows ([rows, features]; a batch of images
+        [rows, C, H, W] is flattened per row, as nn.Flatten does): mean x̄ and covariance
+        (1 - λ) S + λ (tr S/d) I, S the sample covariance with divisor rows - 1.
+        `shrinkage` is λ in [0, 1], or "ledoit-wolf" for the estimate of Ledoit & Wolf
+        ("A well-conditioned estimator for large-dimensional covariance matrices", J.
+        Multivariate Analysis 88, 2004, §3.3): with centred rows x_k, S_n = Σ x_k x_kᵀ/n,
+        m = tr S_n/d, δ² = |S_n - mI|², b² = min(Σ_k |x_k x_kᵀ - S_n|²/n², δ²) (|·| the
+        Frobenius norm), λ = b²/δ²."""
+        rows = torch.as_tensor(data).detach()
+        if rows.dim() < 2 or rows.shape[0] < 2:
+            raise InvalidDistribution(f"data must hold at least 2 rows of features, got shape {tuple(rows.shape)}")
+        rows = rows.reshape(rows.shape[0], -1).to(dtype)
+        if not torch.isfinite(rows).all():
+            raise InvalidDistribution("data has NaN or infinite entries")
+        n, d = rows.shape
+        centred = rows - rows.mean(0)
+        second = centred.T @ centred / n                                            # S_n
+        target = second.diagonal().mean()
+        if shrinkage == "ledoit-wolf":
+            spread = ((second - target * torch.eye(d, dtype=dtype, device=rows.device)) ** 2).sum()
+            squares = (centred * centred).sum(1)
+            noise = ((squares ** 2).sum() - 2 * ((centred @ second) * centred).sum() + n * (second ** 2).sum()) / n ** 2
+            shrinkage = float(torch.clamp(noise / spread, max=1.0)) if spread > 0 else 1.0
+        elif isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) or not 0 <= shrinkage <= 1:
+            raise InvalidDistribution(f"shrinkage must be a number in [0, 1] or 'ledoit-wolf', got {shrinkage!r}")
+        cov = second * (n / (n - 1))
+        cov = (1 - shrinkage) * cov + shrinkage * cov.diagonal().mean() * torch.eye(d, dtype=dtype, device=rows.device)
+        return cls(rows.mean(0), cov, dtype=dtype)
 
     @property
     def dim(self) -> int:

@@ -102,14 +102,17 @@ def relu_terms(mean: Tensor, sd: Tensor, leak: float = 0.0) -> UnitTerms:
                 sd ** 3 * ((a ** 3 + 3 * a) * cdf + (a * a + 2) * pdf),
                 sd ** 4 * ((a ** 4 + 6 * a * a + 3) * cdf + (a ** 3 + 5 * a) * pdf)]
 
-    up, down = raw(a, cdf), raw(-a, 1 - cdf)
-    m1, m2, m3, m4 = (up[k] + (-leak) ** (k + 1) * down[k] for k in range(4))
+    up = raw(a, cdf)
+    if leak:
+        down = raw(-a, 1 - cdf)
+        up = [up[k] + (-leak) ** (k + 1) * down[k] for k in range(4)]
+    m1, m2, m3, m4 = up
     variance = m2 - m1 * m1
     kappa3 = m3 - 3 * m1 * m2 + 2 * m1 ** 3
     kappa4 = m4 - 4 * m1 * m3 + 6 * m1 * m1 * m2 - 3 * m1 ** 4 - 3 * variance ** 2
     slope = leak + (1 - leak) * cdf
     return UnitTerms(sd * slope, (1 - leak) * sd * pdf / 2, -(1 - leak) * sd * a * pdf / 6,
-                     2 * sd * (up[0] - leak * leak * down[0]) - 2 * sd * m1 * slope,
+                     2 * sd * (m1 + (leak - leak * leak) * down[0] if leak else m1) - 2 * sd * m1 * slope,
                      kappa3, kappa4, 100 * mean.shape[0])
 
 

@@ -51,3 +51,39 @@ def test_inputs_that_require_grad_are_detached():
     assert not D.mean.requires_grad and not D.cov.requires_grad
     pi = explain(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)), D)
     assert not pi.expectation().value.requires_grad
+
+
+def test_fit_recovers_the_moments_of_its_data():
+    generator = torch.Generator().manual_seed(0)
+    root = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [-0.3, 0.2, 0.5]], dtype=torch.float64)
+    truth = Gaussian(torch.tensor([1.0, -2.0, 0.5]), root @ root.T)
+    fitted = Gaussian.fit(truth.sample(200_000, generator))
+    assert ((fitted.mean - truth.mean).abs() < 5 * truth.cov.diagonal().sqrt() / 200_000 ** 0.5).all()
+    assert (fitted.cov - truth.cov).abs().max() < 0.02              # s.e. of an entry ≤ 2.6e-3
+    images = torch.randn(50, 1, 2, 3, generator=generator)
+    torch.testing.assert_close(Gaussian.fit(images).mean, images.reshape(50, 6).double().mean(0))
+
+
+def test_ledoit_wolf_shrinks_noise_and_keeps_structure():
+    """Few rows of N(0, I): S is noise around I, so λ is near 1. Many rows of a strongly
+    correlated law: S is right, so λ is near 0. λ = 0.3 is applied as given."""
+    generator = torch.Generator().manual_seed(1)
+    few = torch.randn(20, 40, generator=generator, dtype=torch.float64)
+    shrunk = Gaussian.fit(few, shrinkage="ledoit-wolf")
+    assert torch.linalg.eigvalsh(shrunk.cov)[0] > 0.3                # S alone is singular (20 < 40 rows)
+    assert (shrunk.cov - torch.diag(shrunk.cov.diagonal())).abs().max() < 0.05
+    factor = torch.randn(10, 10, generator=generator, dtype=torch.float64)
+    many = torch.randn(20_000, 10, generator=generator, dtype=torch.float64) @ factor.T
+    plain = Gaussian.fit(many)
+    assert (Gaussian.fit(many, shrinkage="ledoit-wolf").cov - plain.cov).abs().max() < 0.01 * plain.cov.abs().max()
+    d = plain.cov.diagonal().mean()
+    torch.testing.assert_close(Gaussian.fit(many, shrinkage=0.3).cov, 0.7 * plain.cov + 0.3 * d * torch.eye(10, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("data, shrinkage, message", [
+    (torch.zeros(1, 3), 0.0, "at least 2 rows"), (torch.zeros(5), 0.0, "at least 2 rows"),
+    (torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), 0.0, "NaN"), (torch.zeros(4, 2), 1.5, "shrinkage"),
+    (torch.zeros(4, 2), "oas", "shrinkage")])
+def test_fit_refuses_bad_data(data, shrinkage, message):
+    with pytest.raises(InvalidDistribution, match=message):
+        Gaussian.fit(data, shrinkage=shrinkage)
