@@ -13,11 +13,12 @@ Anything else raises `UnsupportedModule` naming the submodule's path and type.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import torch
 import torch.fx
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .activations import Step, activation
 from .errors import InvalidModel, UnsupportedModule
@@ -36,17 +37,21 @@ _ADDS = {operator.add, torch.add}
 _IDENTITIES = {torch.flatten}
 
 
-def compile_model(module: nn.Module, n_inputs: int | None = None, *, inference: bool = False) -> Graph:
+def compile_model(module: nn.Module, n_inputs: int | None = None, *, inference: bool = False,
+                  live: bool = False) -> Graph:
     """The formal graph of `module`, which maps [batch, n_inputs] to [batch, n_outputs].
 
     n_inputs defaults to the input width of the first affine layer. Dropout and BatchNorm in
     training mode are random or depend on the batch, so they raise UnsupportedModule, unless
     `inference`: then the graph is the network as `module.eval()` computes it, whatever
-    mode it is in (the Tracker explains a network in training so).
+    mode it is in (the Tracker explains a network in training so). With `live`, the graph
+    holds the module's parameters themselves (and BatchNorm's folding of them) instead of
+    detached copies, so that what is computed from it stays differentiable in them
+    (`train.catastrophe`); it then follows the module's later updates as well.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"compile_model expects a torch.nn.Module, got {type(module).__name__}")
-    chain = _fold_normalisations(_compile(module, "", inference))
+    chain = _fold_normalisations(_compile(module, "", _Options(inference, live)))
     width = n_inputs if n_inputs is not None else first_width(chain)
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
@@ -85,15 +90,15 @@ def _plain(module: nn.Module, base: type) -> bool:
     return isinstance(module, base) and type(module).forward is base.forward
 
 
-def _compile(module: nn.Module, path: str, inference: bool) -> Chain:
+def _compile(module: nn.Module, path: str, options: _Options) -> Chain:
     if _plain(module, nn.Sequential):
         return tuple(op for name, child in module.named_children()
-                     for op in _compile(child, f"{path}.{name}" if path else name, inference))
+                     for op in _compile(child, f"{path}.{name}" if path else name, options))
     if _plain(module, nn.Linear):
         if isinstance(module.weight, nn.parameter.UninitializedParameter):
             raise UnsupportedModule(path, type(module).__name__, "uninitialised lazy parameters")
-        weight = module.weight.detach().clone()
-        bias = module.bias.detach().clone() if module.bias is not None else weight.new_zeros(weight.shape[0])
+        weight = options.take(module.weight)
+        bias = options.take(module.bias) if module.bias is not None else weight.new_zeros(weight.shape[0]).detach()
         return (Affine(weight, bias, path),)
     if type(module) in _LEAF_ACTIVATIONS:
         return (Act(_LEAF_ACTIVATIONS[type(module)], path),)
@@ -108,12 +113,12 @@ def _compile(module: nn.Module, path: str, inference: bool) -> Chain:
     if _plain(module, nn.Identity) or _plain(module, nn.Flatten):
         return ()
     if _plain(module, nn.Dropout):
-        if module.training and not inference:
+        if module.training and not options.inference:
             raise UnsupportedModule(path, "Dropout", f"in training mode it is random; {_EVAL_HINT}")
         return ()
     if _plain(module, nn.BatchNorm1d):
-        return (_batch_norm(module, path, inference),)
-    return _compile_traced(module, path, inference)
+        return (_batch_norm(module, path, options),)
+    return _compile_traced(module, path, options)
 
 
 class _ChildrenAreLeaves(torch.fx.Tracer):
@@ -121,7 +126,7 @@ class _ChildrenAreLeaves(torch.fx.Tracer):
         return True
 
 
-def _compile_traced(module: nn.Module, path: str, inference: bool) -> Chain:
+def _compile_traced(module: nn.Module, path: str, options: _Options) -> Chain:
     kind = type(module).__name__
     try:
         graph = _ChildrenAreLeaves().trace(module)
@@ -139,12 +144,12 @@ def _compile_traced(module: nn.Module, path: str, inference: bool) -> Chain:
                 raise UnsupportedModule(path, kind, "forward must return a single tensor")
             return chains[result]
         else:
-            chains[node] = _trace_step(node, chains, module, path, kind, inference)
+            chains[node] = _trace_step(node, chains, module, path, kind, options)
     raise UnsupportedModule(path, kind, "forward returns nothing")
 
 
 def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str, kind: str,
-                inference: bool) -> Chain:
+                options: _Options) -> Chain:
     """The chain (from the module's input) that computes the value of fx node `node`."""
     def operand(arg: object) -> Chain:
         if not isinstance(arg, torch.fx.Node):
@@ -154,7 +159,7 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
     args = node.args
     if node.op == "call_module":
         child = module.get_submodule(node.target)
-        return operand(args[0]) + _compile(child, f"{path}.{node.target}" if path else node.target, inference)
+        return operand(args[0]) + _compile(child, f"{path}.{node.target}" if path else node.target, options)
     if node.op == "call_function" and node.target in _ADDS and len(args) == 2 and not node.kwargs:
         return _residual(operand(args[0]), operand(args[1]), f"{path}.{node.name}" if path else node.name)
     if node.op == "call_method" and node.target in ("add", "__add__") and len(args) == 2 and not node.kwargs:
@@ -174,6 +179,15 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
     raise UnsupportedModule(path, kind, f"operation {node.op} {getattr(node.target, '__name__', node.target)}")
 
 
+@dataclass(frozen=True)
+class _Options:
+    inference: bool     # Dropout and BatchNorm as eval() computes them, whatever the mode
+    live: bool          # keep the parameters (differentiable) instead of detached copies
+
+    def take(self, parameter: Tensor) -> Tensor:
+        return parameter if self.live else parameter.detach().clone()
+
+
 _EVAL_HINT = "call model.eval(), or compile_model(model, inference=True) for the network as eval() computes it"
 
 
@@ -182,19 +196,19 @@ class _Normalisation(Affine):
     neighbouring Linear."""
 
 
-def _batch_norm(module: nn.BatchNorm1d, path: str, inference: bool) -> Affine:
+def _batch_norm(module: nn.BatchNorm1d, path: str, options: _Options) -> Affine:
     """BatchNorm1d in eval mode: y = γ (x - μ_run)/√(σ²_run + ε) + β = s x + (β - s μ_run),
     s = γ/√(σ²_run + ε), over [batch, features] inputs."""
-    if module.training and not inference:
+    if module.training and not options.inference:
         raise UnsupportedModule(path, "BatchNorm1d", f"in training mode it normalises by the batch; {_EVAL_HINT}")
     if module.running_mean is None or module.running_var is None:
         raise UnsupportedModule(path, "BatchNorm1d", "track_running_stats=False: it always normalises by the batch")
-    mean, variance = module.running_mean.detach(), module.running_var.detach()
-    scale = torch.rsqrt(variance + module.eps)
-    shift = -mean * scale
+    scale = torch.rsqrt(module.running_var.detach() + module.eps)
+    shift = -module.running_mean.detach() * scale
     if module.affine:
-        scale, shift = module.weight.detach() * scale, module.weight.detach() * shift + module.bias.detach()
-    return _Normalisation(torch.diag(scale), shift.clone(), path)
+        weight, bias = options.take(module.weight), options.take(module.bias)
+        scale, shift = weight * scale, weight * shift + bias
+    return _Normalisation(torch.diag(scale), shift, path)
 
 
 def _fold_normalisations(chain: Chain) -> Chain:

@@ -1,0 +1,170 @@
+"""Catastrophe-aware training: a differentiable penalty on the probability of an event.
+
+    penalty = CatastrophePenalty(model, D, Above(0, 4.0), target=1e-6, weight=0.1)
+    for x, y in loader:
+        loss = loss_fn(model(x), y) + penalty()          # backward() reaches the weights
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+    penalty.log10_probability, penalty.flops
+
+The probability is FORM's at the event's design points (Hasofer & Lind 1974; Rackwitz &
+Fiessler 1978), the most likely catastrophic inputs. In whitened input space, x = μ + Fξ
+with ξ ~ N(0, I), let g(ξ; θ) be the event margin of the network's outputs and detector
+scores (`splitting.event_margin`: positive exactly on the event), θ the parameters. A
+design point ξ* of a clause minimises |ξ| on {g = 0} (`design.find_modes`). The tangent
+plane there, {ξ : g* + ∇g*·(ξ - ξ*) = 0}, lies at signed distance
+    s(θ) = (∇g*·ξ* - g(ξ*; θ)) / |∇g*|
+from the origin (positive when the origin is outside the event), and P ≈ Φ(-s) per mode;
+modes add (Boole's bound): log P ≈ logsumexp_k log Φ(-s_k). With ξ* and ∇g* = ∇_ξ g held
+fixed, the value of s is the design point's β = |ξ*| (g* = 0 there), and its gradient,
+-(∂g/∂θ)/|∇g*|, is dβ/dθ by the envelope theorem on the Lagrangian |ξ| + λ g(ξ; θ): moving
+the boundary at the design point is all that moves β to first order. So the penalty is
+differentiable at the cost of one forward and backward pass of the network per mode, at
+the live parameters (`compile_model(..., live=True)`, the network as eval() computes it).
+Where the origin itself is in the event (a common event), there is no design point: the
+plane is taken at ξ = 0 (the first-order second-moment index), s = -g(0; θ)/|∇g(0; θ)|,
+differentiated whole (∇g through a double backward pass), since ξ = 0 is no optimum and
+the envelope theorem does not apply there.
+
+    penalty = weight · w · softplus((log10 P - log10 target)/w),   w = HINGE_WIDTH = 0.2
+
+grows by `weight` per decade above the target and fades within a few tenths of a decade
+below it. Measured (4 → 32 → 32 → 1 ReLU regression on x0 + ½ sin 2x1, 400 Adam steps,
+Above(0, 3), target 1e-5, weight 0.1): plain training leaves P = 2.0e-3 (2·10⁶ draws);
+with the penalty, FORM's P ends at 10^-5.4 and sampling finds 4e-6. A hinge a decade wide
+overshot to 10^-10.4 (sampling: 0 in 2·10⁶) for the same loss.
+
+Following the design points as θ moves: a full search (`structured.search` on a fresh
+Gaussian π: SEARCH_STARTS starts per clause, up to `max_modes` modes) every `search_every`
+calls, and in between each mode's projected descent (`design.ClauseSearch.descend`,
+`follow` steps) from where it was; after a search, up to REFINE steps, since the search's
+short descents stop before the optimum, where ∇g is not yet parallel to ξ and s < β. FORM's error is that of the tangent plane (the
+curvature of {g = 0} and failure regions no start reaches); the sampled estimates
+(`probability(event, samples=N)`) measure the probability itself.
+
+Cost (`flops`, cumulative; one forward pass of the network per point, a backward pass
+two): the searches and descents, π's builds, and the live pass per mode (whose backward
+is paid in the loss's backward). A Tracker sees none of it as training, since no forward
+pass of the module is made.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from explanations import Gaussian, compile_model, explain
+from explanations.design import ClauseSearch
+from explanations.events import Event
+from explanations.observed import clause_rows, observer
+from explanations.splitting import event_margin
+from explanations.structured import search
+
+SEARCH_STARTS = 3
+HINGE_WIDTH = 0.2    # decades: the softness of the hinge at the target
+REFINE = 30          # descent steps after a search: the envelope gradient needs the optimum (KKT)
+
+
+def clause_margins(observe: Callable[[Tensor], Tensor], clauses: list[tuple[Tensor, Tensor]]) -> list:
+    """Per clause {v : A v > b}, ξ batch ↦ A v(ξ) - b: the rows `ClauseSearch` descends on."""
+    return [lambda xi, a=a, b=b: observe(xi) @ a.T - b for a, b in clauses]
+
+
+class CatastrophePenalty:
+    """weight · w · softplus((log10 P_FORM(event) - log10 target)/w), differentiable in the
+    model's parameters (module docstring)."""
+
+    def __init__(self, model: nn.Module, distribution: Gaussian, event: Event, *, target: float,
+                 weight: float = 1.0, search_every: int = 50, follow: int = 3, max_modes: int = 4,
+                 seed: int = 0) -> None:
+        if not isinstance(distribution, Gaussian):
+            raise TypeError(f"the penalty needs a Gaussian input distribution, got {type(distribution).__name__}")
+        if not 0 < target < 1:
+            raise ValueError(f"target must be a probability in (0, 1), got {target!r}")
+        if not weight >= 0:
+            raise ValueError(f"weight must be non-negative, got {weight!r}")
+        for name, value in (("search_every", search_every), ("max_modes", max_modes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(follow, bool) or not isinstance(follow, int) or follow < 0:
+            raise ValueError(f"follow must be a non-negative integer, got {follow!r}")
+        graph = compile_model(model, inference=True)
+        event.check(graph.n_outputs)
+        self.model, self.event, self.target, self.weight = model, event, target, weight
+        self.distribution = distribution.to(dtype=torch.float64)
+        self.search_every, self.follow, self.max_modes, self.seed = search_every, follow, max_modes, seed
+        self.calls, self.flops = 0, 0
+        self.modes: list[tuple[int, Tensor]] = []       # (clause, ξ*) of each design point followed
+        self.found_nothing = False                      # the last search found no design point
+        self.log10_probability = math.nan
+
+    def __call__(self) -> Tensor:
+        """The penalty at the model's current parameters, a scalar tensor with their autograd graph."""
+        graph = compile_model(self.model, inference=True).to(dtype=torch.float64)
+        detectors = self.event.detectors()
+        like = torch.zeros(1, dtype=torch.float64, device=graph.device)
+        clauses = [clause_rows(c, detectors, graph.n_outputs, like) for c in self.event.dnf()]
+        observe, unit = observer(graph, self.distribution, detectors, torch.float64)
+        margins = clause_margins(observe, clauses)
+        origin = torch.zeros(1, self.distribution.dim, dtype=torch.float64, device=graph.device)
+        self.flops += unit
+        common = float(event_margin(observe(origin), clauses)[0]) > 0
+        if common:                                # the plane at ξ = 0
+            points = [origin[0]]
+        else:
+            if self.calls % self.search_every == 0 or (not self.modes and not self.found_nothing):
+                self._search(graph)
+            else:
+                self._follow(margins, unit, self.follow)
+                if not self.modes:                # every mode lost its boundary: search now
+                    self._search(graph)
+            points = [point for _, point in self.modes]
+        self.calls += 1
+        if not points:                            # no design point: π's search finds the event unreachable
+            self.log10_probability = -math.inf
+            return torch.zeros((), dtype=torch.float64, device=graph.device)
+        distances = self._distances(torch.stack(points), clauses, unit, whole=common)
+        log_p = torch.logsumexp(torch.special.log_ndtr(-distances), 0)
+        self.log10_probability = float(log_p.detach()) / math.log(10)
+        excess = log_p / math.log(10) - math.log10(self.target)
+        return self.weight * HINGE_WIDTH * torch.nn.functional.softplus(excess / HINGE_WIDTH)
+
+    def _search(self, graph) -> None:
+        """A full design-point search on a fresh Gaussian π of the current network."""
+        pi = explain(graph, self.distribution, "gaussian", seed=self.seed)
+        found = search(pi, self.event, starts=SEARCH_STARTS, max_modes=self.max_modes)
+        self.flops += pi.build_flops + found.flops
+        with torch.no_grad():
+            clause_of = lambda point: int(torch.stack([(found.observe(point[None]) @ a.T - b).min()
+                                                       for a, b in found.clauses]).argmax())
+            self.modes = [(clause_of(m.point), m.point.detach()) for m in found.modes]
+        self.flops += len(found.modes) * found.observe_flops * len(found.clauses)
+        self._follow(clause_margins(found.observe, found.clauses), found.observe_flops, REFINE)
+        self.found_nothing = not self.modes
+
+    def _follow(self, margins: list, unit: int, steps: int) -> None:
+        """Each mode's projected descent (at most `steps` steps) from its last point on the
+        current network; a mode that loses the boundary is dropped."""
+        followed = []
+        for clause, point in self.modes:
+            walker = ClauseSearch(margins[clause])
+            with torch.enable_grad():
+                moved = walker.descend(point, steps)
+            self.flops += (walker.forwards + 2 * walker.backwards) * unit
+            if moved is not None:
+                followed.append((clause, moved.detach()))
+        self.modes = followed
+
+    def _distances(self, points: Tensor, clauses: list, unit: int, whole: bool) -> Tensor:
+        """s_k = (∇g*·ξ*_k - g(ξ*_k; θ))/|∇g*| for each point, g at the live parameters
+        (module docstring); ∇g* = ∇_ξ g, held fixed unless `whole`."""
+        live = compile_model(self.model, inference=True, live=True).to(dtype=torch.float64)
+        observe_live = observer(live, self.distribution, self.event.detectors(), torch.float64)[0]
+        with torch.enable_grad():
+            at = points.detach().requires_grad_(True)
+            value = event_margin(observe_live(at), clauses)
+            slope, = torch.autograd.grad(value.sum(), at, retain_graph=True, create_graph=whole)
+        self.flops += (5 if whole else 3) * unit * len(points)
+        norm = slope.norm(dim=1).clamp_min(1e-12)
+        return ((slope * at.detach()).sum(1) - value) / norm
