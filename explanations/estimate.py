@@ -36,6 +36,23 @@ class Estimate:
         """Cost in forward passes of M: flops / flops_per_sample."""
         return self.flops / self.flops_per_sample
 
+    def __str__(self) -> str:
+        """One line for people: the value, its 95% interval where there is one, the method and
+        the cost, e.g. "P = 3.2e-06 (10^-5.49), 95% in [1.1e-06, 7.5e-06]; cumulant+design-IS;
+        10,000 sample-equivalents, 9,800 drawn"."""
+        if self.log10 is not None:
+            shown = f"P = {self.value:.3g} (10^{self.log10:.2f})" if self.value > 0 or not math.isfinite(self.log10) \
+                else f"P = 10^{self.log10:.2f}"
+            bounds = self.interval and f"[{float(self.interval[0]):.2g}, {float(self.interval[1]):.2g}]"
+        else:
+            values = [float(v) for v in self.value.reshape(-1)]
+            lows, highs = ([float(v) for v in end.reshape(-1)] for end in self.interval) if self.interval else ((), ())
+            parts = [f"{v:.4g}" + (f" ({lo:.4g} to {hi:.4g})" if self.interval else "")
+                     for v, lo, hi in zip(values, lows or values, highs or values)]
+            shown, bounds = "E[y] = [" + ", ".join(parts) + "]" + (" (95%)" if self.interval else ""), None
+        cost = f"{self.sample_equivalents:,.0f} sample-equivalents" + (f", {self.samples:,} drawn" if self.samples else "")
+        return "; ".join([shown + (f", 95% in {bounds}" if bounds else ""), self.method, cost])
+
     @classmethod
     def probability(cls, log_p: float, **kwargs: Any) -> "Estimate":
         """A probability estimate from its natural log, keeping log10 when exp underflows."""

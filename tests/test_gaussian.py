@@ -225,3 +225,16 @@ def test_float32_explanations_agree_with_float64(method, widths, activation):
     assert torch.allclose(single.expectation().value.double(), double.expectation().value, atol=1e-5)
     for event in (Above(0, 1.0), All(Above(0, 2.0), Below(1, -2.0)), ArgMax(1)):
         assert single.probability(event).log10 == pytest.approx(double.probability(event).log10, abs=0.05)
+
+
+def test_estimates_print_value_interval_method_and_cost():
+    from explanations.estimate import Estimate
+    p = Estimate.probability(math.log(3.2e-6), interval=(1.1e-6, 7.5e-6), flops=2e6, samples=9_800,
+                             method="cumulant+design-IS", flops_per_sample=200)
+    assert str(p) == ("P = 3.2e-06 (10^-5.49), 95% in [1.1e-06, 7.5e-06]; cumulant+design-IS; "
+                      "10,000 sample-equivalents, 9,800 drawn")
+    tiny = Estimate.probability(-900.0, interval=None, flops=100, samples=0, method="gaussian", flops_per_sample=10)
+    assert str(tiny) == "P = 10^-390.87; gaussian; 10 sample-equivalents"
+    mean = Estimate(torch.tensor([0.5, -1.0]), None, (torch.tensor([0.4, -1.2]), torch.tensor([0.6, -0.8])),
+                    1e4, 50, "gaussian+control", 100.0)
+    assert str(mean) == "E[y] = [0.5 (0.4 to 0.6), -1 (-1.2 to -0.8)] (95%); gaussian+control; 100 sample-equivalents, 50 drawn"
