@@ -123,3 +123,19 @@ def test_bad_arguments_are_named():
             CatastrophePenalty(model, D, Above(0, 1.0), **options)
     with pytest.raises(InvalidEvent, match="output index 2"):
         CatastrophePenalty(model, D, Above(2, 1.0), target=1e-3)
+
+
+def test_inputs_are_drawn_around_the_design_point():
+    torch.manual_seed(0)
+    model, D = nn.Linear(3, 1).double(), correlated()
+    penalty = CatastrophePenalty(model, D, Above(0, 3.0), target=1e-6)
+    with pytest.raises(RuntimeError, match="call the penalty once"):
+        penalty.inputs(10)
+    penalty()
+    x = penalty.inputs(20_000, torch.Generator().manual_seed(1))
+    centre = D.mean + D.factor @ penalty.modes[0][1]
+    assert x.shape == (20_000, 3)
+    assert ((x.mean(0) - centre).abs() < 5 * D.cov.diagonal().sqrt() / 20_000 ** 0.5).all()
+    with torch.no_grad():
+        hits = float((model(x)[:, 0] > 3.0).double().mean())
+    assert 0.4 < hits < 0.6          # the design point of a halfspace lies on it: half the draws cross

@@ -33,6 +33,9 @@ Above(0, 3), target 1e-5, weight 0.1): plain training leaves P = 2.0e-3 (2·10�
 with the penalty, FORM's P ends at 10^-5.4 and sampling finds 4e-6. A hinge a decade wide
 overshot to 10^-10.4 (sampling: 0 in 2·10⁶) for the same loss.
 
+Adversarial D: `inputs(n)` draws from D shifted to the design points, for training on the
+failure modes themselves with the task's labels.
+
 Following the design points as θ moves: a full search (`structured.search` on a fresh
 Gaussian π: SEARCH_STARTS starts per clause, up to `max_modes` modes) every `search_every`
 calls, and in between each mode's projected descent (`design.ClauseSearch.descend`,
@@ -98,6 +101,7 @@ class CatastrophePenalty:
         self.modes: list[tuple[int, Tensor]] = []       # (clause, ξ*) of each design point followed
         self.found_nothing = False                      # the last search found no design point
         self.log10_probability = math.nan
+        self.planes: tuple[Tensor, Tensor] | None = None    # the last call's points ξ*_k and log Φ(-s_k)
 
     def __call__(self) -> Tensor:
         """The penalty at the model's current parameters, a scalar tensor with their autograd graph."""
@@ -125,10 +129,24 @@ class CatastrophePenalty:
             self.log10_probability = -math.inf
             return torch.zeros((), dtype=torch.float64, device=graph.device)
         distances = self._distances(torch.stack(points), clauses, unit, whole=common)
-        log_p = torch.logsumexp(torch.special.log_ndtr(-distances), 0)
+        masses = torch.special.log_ndtr(-distances)
+        log_p = torch.logsumexp(masses, 0)
+        self.planes = (torch.stack(points), masses.detach())
         self.log10_probability = float(log_p.detach()) / math.log(10)
         excess = log_p / math.log(10) - math.log10(self.target)
         return self.weight * HINGE_WIDTH * torch.nn.functional.softplus(excess / HINGE_WIDTH)
+
+    def inputs(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n inputs near the catastrophe, for adversarial training (label them with the task):
+        x = μ + F(ξ*_k + u), u ~ N(0, I), mode k drawn with probability ∝ Φ(-s_k): D shifted
+        to the last call's design points, the same law as design-guided importance sampling's
+        mode components (`explanations.guided`). [n, inputs], in D's dtype."""
+        if self.planes is None:
+            raise RuntimeError("call the penalty once first: the design points come from its search")
+        points, masses = self.planes
+        mode = torch.multinomial(torch.softmax(masses, 0).cpu(), n, replacement=True, generator=generator)
+        u = torch.randn(n, points.shape[1], generator=generator, dtype=points.dtype).to(points.device)
+        return self.distribution.mean + (points[mode.to(points.device)] + u) @ self.distribution.factor.T
 
     def _search(self, graph) -> None:
         """A full design-point search on a fresh Gaussian π of the current network."""
