@@ -2,7 +2,9 @@
 
 Leaves: nn.Linear, nn.ReLU, nn.LeakyReLU, nn.GELU (both approximations), nn.SiLU, nn.Mish,
 nn.ELU, nn.Softplus (threshold ≥ 20), nn.Tanh, nn.Sigmoid, Step, nn.Identity, nn.Flatten,
-nn.Dropout in eval mode; nn.Sequential nests. Parametrised activations compile to kinds
+nn.Dropout and nn.BatchNorm1d/2d in eval mode (BatchNorm folded into a neighbouring affine
+map); with `input_shape`, convolutions, average pooling and padding as the affine maps they
+are on flattened inputs; nn.Sequential nests. Parametrised activations compile to kinds
 "leaky_relu:c", "elu:α", "softplus:β" (`activations.activation`). A subclass that
 overrides forward is traced like any custom module, never taken for its base. Any other module is traced with torch.fx
 and accepted when its forward is built from supported submodules, the matching
@@ -12,7 +14,9 @@ Anything else raises `UnsupportedModule` naming the submodule's path and type.
 """
 from __future__ import annotations
 
+import math
 import operator
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -37,11 +41,14 @@ _ADDS = {operator.add, torch.add}
 _IDENTITIES = {torch.flatten}
 
 
-def compile_model(module: nn.Module, n_inputs: int | None = None, *, inference: bool = False,
-                  live: bool = False) -> Graph:
+def compile_model(module: nn.Module, n_inputs: int | None = None, *, input_shape: tuple[int, ...] | None = None,
+                  inference: bool = False, live: bool = False) -> Graph:
     """The formal graph of `module`, which maps [batch, n_inputs] to [batch, n_outputs].
 
-    n_inputs defaults to the input width of the first affine layer. Dropout and BatchNorm in
+    n_inputs defaults to the input width of the first affine layer. A model with
+    convolutions, pooling or BatchNorm2d needs `input_shape`, the shape of one input without
+    the batch ((C, H, W) for images): the graph then maps flattened inputs (x.flatten(1)),
+    and each such layer becomes the affine map it is (`_linear_module`). Dropout and BatchNorm in
     training mode are random or depend on the batch, so they raise UnsupportedModule, unless
     `inference`: then the graph is the network as `module.eval()` computes it, whatever
     mode it is in (the Tracker explains a network in training so). With `live`, the graph
@@ -51,7 +58,13 @@ def compile_model(module: nn.Module, n_inputs: int | None = None, *, inference: 
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"compile_model expects a torch.nn.Module, got {type(module).__name__}")
-    chain = _fold_normalisations(_compile(module, "", _Options(inference, live)))
+    shapes = None
+    if input_shape is not None:
+        input_shape = tuple(int(n) for n in input_shape)
+        if n_inputs is not None and n_inputs != math.prod(input_shape):
+            raise InvalidModel(f"n_inputs={n_inputs} does not match input_shape={input_shape}")
+        n_inputs, shapes = math.prod(input_shape), _input_shapes(module, input_shape)
+    chain = _fold_normalisations(_compile(module, "", _Options(inference, live, shapes)))
     width = n_inputs if n_inputs is not None else first_width(chain)
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
@@ -116,8 +129,10 @@ def _compile(module: nn.Module, path: str, options: _Options) -> Chain:
         if module.training and not options.inference:
             raise UnsupportedModule(path, "Dropout", f"in training mode it is random; {_EVAL_HINT}")
         return ()
-    if _plain(module, nn.BatchNorm1d):
+    if _plain(module, nn.BatchNorm1d) or _plain(module, nn.BatchNorm2d):
         return (_batch_norm(module, path, options),)
+    if any(_plain(module, kind) for kind in _LINEAR_MODULES):
+        return (_linear_module(module, path, options),)
     return _compile_traced(module, path, options)
 
 
@@ -183,53 +198,177 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
 class _Options:
     inference: bool     # Dropout and BatchNorm as eval() computes them, whatever the mode
     live: bool          # keep the parameters (differentiable) instead of detached copies
+    shapes: dict | None = None     # id(submodule) → the shape of its input without the batch
 
     def take(self, parameter: Tensor) -> Tensor:
         return parameter if self.live else parameter.detach().clone()
+
+    def shape_of(self, module: nn.Module) -> tuple[int, ...] | None:
+        return self.shapes.get(id(module)) if self.shapes is not None else None
+
+
+def _input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+    """The input shape each submodule sees, from one forward pass of zeros in eval mode
+    without gradients (no statistics move; every module's mode is restored after)."""
+    shapes: dict[int, tuple[int, ...]] = {}
+    def record(m: nn.Module, args: tuple) -> None:      # a pre-hook's return value would replace args
+        if args:
+            shapes.setdefault(id(m), tuple(args[0].shape[1:]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in module.modules()]
+    modes = [(m, m.training) for m in module.modules()]
+    reference = next(module.parameters(), None)
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, *input_shape, dtype=reference.dtype if reference is not None else None,
+                               device=reference.device if reference is not None else None))
+    except Exception as error:       # the module's own forward refuses the shape
+        raise InvalidModel(f"the model cannot take inputs of shape {tuple(input_shape)}: {error}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, training in modes:
+            m.training = training
+    return shapes
+
+
+MAX_DENSE_ENTRIES = 50_000_000     # a convolution's matrix: 200 MB in float32
+_SHAPE_HINT = "it needs the shape of the model's input: compile_model(model, input_shape=(C, H, W))"
+_LINEAR_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.AvgPool1d,
+                   nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.ZeroPad1d, nn.ZeroPad2d,
+                   nn.ConstantPad1d, nn.ConstantPad2d)
 
 
 _EVAL_HINT = "call model.eval(), or compile_model(model, inference=True) for the network as eval() computes it"
 
 
-class _Normalisation(Affine):
-    """A BatchNorm's diagonal affine map, until `_fold_normalisations` merges it into a
-    neighbouring Linear."""
+@dataclass(eq=False)
+class _Scale:
+    """An elementwise affine map x ↦ scale·x + shift (BatchNorm in eval mode), until
+    `_fold_normalisations` merges it into a neighbouring affine map."""
+    scale: Tensor
+    shift: Tensor
+    path: str
 
 
-def _batch_norm(module: nn.BatchNorm1d, path: str, options: _Options) -> Affine:
-    """BatchNorm1d in eval mode: y = γ (x - μ_run)/√(σ²_run + ε) + β = s x + (β - s μ_run),
-    s = γ/√(σ²_run + ε), over [batch, features] inputs."""
+def _batch_norm(module: nn.Module, path: str, options: _Options) -> _Scale:
+    """BatchNorm1d/2d in eval mode: y = γ (x - μ_run)/√(σ²_run + ε) + β = s x + (β - s μ_run),
+    s = γ/√(σ²_run + ε), per channel, repeated over the positions of [C, L] or [C, H, W]
+    inputs (flattened channel by channel, as nn.Flatten does)."""
+    kind = type(module).__name__
     if module.training and not options.inference:
-        raise UnsupportedModule(path, "BatchNorm1d", f"in training mode it normalises by the batch; {_EVAL_HINT}")
+        raise UnsupportedModule(path, kind, f"in training mode it normalises by the batch; {_EVAL_HINT}")
     if module.running_mean is None or module.running_var is None:
-        raise UnsupportedModule(path, "BatchNorm1d", "track_running_stats=False: it always normalises by the batch")
+        raise UnsupportedModule(path, kind, "track_running_stats=False: it always normalises by the batch")
     scale = torch.rsqrt(module.running_var.detach() + module.eps)
     shift = -module.running_mean.detach() * scale
     if module.affine:
         weight, bias = options.take(module.weight), options.take(module.bias)
         scale, shift = weight * scale, weight * shift + bias
-    return _Normalisation(torch.diag(scale), shift, path)
+    shape = options.shape_of(module)
+    if isinstance(module, nn.BatchNorm2d) and shape is None:
+        raise UnsupportedModule(path, kind, _SHAPE_HINT)
+    positions = math.prod(shape[1:]) if shape is not None else 1
+    return _Scale(scale.repeat_interleave(positions), shift.repeat_interleave(positions), path)
+
+
+def _linear_module(module: nn.Module, path: str, options: _Options) -> Affine:
+    """A convolution, pooling or padding layer as the affine map it is on flattened inputs
+    (shape from `input_shape`): b = module(0), and W from `_structure`, so that W follows the
+    module's weight (and, `live`, differentiably) at the cost of a gather per compile. Its
+    FLOPs are those of a forward pass of the module itself, 2·nnz(W) + out (the dense
+    product's would overstate a convolution's by the ratio of its input to its kernel)."""
+    kind = type(module).__name__
+    shape = options.shape_of(module)
+    if shape is None:
+        raise UnsupportedModule(path, kind, _SHAPE_HINT)
+    weight = getattr(module, "weight", None)
+    dtype = weight.dtype if weight is not None else torch.get_default_dtype()
+    device = weight.device if weight is not None else None
+    zero = torch.zeros(1, *shape, dtype=torch.float64, device=device)
+    bias = _call(module, zero, keep=options.live).reshape(-1)
+    if bias.numel() * math.prod(shape) > MAX_DENSE_ENTRIES:
+        raise UnsupportedModule(path, kind, f"its matrix would hold {bias.numel() * math.prod(shape):,} entries, "
+                                f"more than {MAX_DENSE_ENTRIES:,}")
+    index, constant = _structure(module, shape)
+    if constant is not None:
+        matrix = constant
+    elif index is not None:
+        flat = (weight if options.live else weight.detach()).reshape(-1)
+        matrix = torch.where(index >= 0, flat[index.clamp_min(0)], flat.new_zeros(()))
+    else:                                                  # entries that sum several weights
+        basis = torch.eye(zero.numel(), dtype=torch.float64, device=device).reshape(-1, *shape)
+        matrix = (_call(module, basis, keep=options.live).reshape(zero.numel(), -1) - bias).T
+    flops = 2 * int((matrix != 0).sum()) + matrix.shape[0]
+    return Affine(matrix.to(dtype), bias.to(dtype) if options.live else bias.detach().to(dtype), path, flops)
+
+
+def _call(module: nn.Module, x: Tensor, keep: bool = False, parameters: dict | None = None) -> Tensor:
+    """module(x) in float64, with `parameters` in place of its own (its own, widened, if None;
+    differentiable in them with `keep`)."""
+    if parameters is None:
+        parameters = {name: (p if keep else p.detach()).double() for name, p in module.named_parameters()}
+    with torch.set_grad_enabled(keep and torch.is_grad_enabled()):
+        return torch.func.functional_call(module, {**parameters, **dict(module.named_buffers())}, (x,))
+
+
+_STRUCTURES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _structure(module: nn.Module, shape: tuple[int, ...]) -> tuple[Tensor | None, Tensor | None]:
+    """How the layer's matrix is made, computed once per module and input shape from forward
+    passes on the basis e_1 … e_n of its input space, in float64: for a layer without a weight
+    (pooling, padding) the matrix itself, module(e_j) - module(0); for a convolution the index
+    of the weight entry in each matrix entry (-1 where none), read off a pass with the weight's
+    entries set to 1, 2, 3, … and no bias. A second pass with their squares checks that no
+    entry sums two weights; if one does, (None, None): the caller rebuilds the matrix from
+    the basis every time."""
+    cache = _STRUCTURES.setdefault(module, {})
+    weight = getattr(module, "weight", None)
+    key = (shape, tuple(weight.shape) if weight is not None else None)
+    if key not in cache:
+        n_in = math.prod(shape)
+        device = weight.device if weight is not None else None
+        basis = torch.eye(n_in, dtype=torch.float64, device=device).reshape(n_in, *shape)
+        zero = torch.zeros(1, *shape, dtype=torch.float64, device=device)
+        if weight is None:
+            cache[key] = (None, (_call(module, basis) - _call(module, zero)).reshape(n_in, -1).T.contiguous())
+        else:
+            ids = torch.arange(1, weight.numel() + 1, dtype=torch.float64, device=device)
+            probe = lambda values: _call(module, basis, parameters={
+                name: (values.reshape(weight.shape) if name == "weight" else torch.zeros_like(p, dtype=torch.float64))
+                for name, p in module.named_parameters()}).reshape(n_in, -1).T
+            found = probe(ids)
+            index = found.round().long() - 1
+            unique = bool(((index >= -1) & (index < weight.numel())).all()) and bool(torch.equal(
+                probe(ids * ids), torch.where(index >= 0, ids[index.clamp(0, weight.numel() - 1)] ** 2, 0.0)))
+            cache[key] = (index, None) if unique else (None, None)
+    return cache[key]
 
 
 def _fold_normalisations(chain: Chain) -> Chain:
-    """Merge each BatchNorm's diagonal map D x + t into the Linear before it, D(W x + b) + t,
-    or else the one after it, W(D x + t) + b, so that it costs no extra layer; one with no
-    Linear beside it (at the input, or between activations) stays a diagonal Affine."""
+    """Merge each BatchNorm's elementwise map D x + t into the affine map before it,
+    D(W x + b) + t, or else the one after it, W(D x + t) + b, so that it costs no extra
+    layer (and keeps the map's sparsity, so its FLOPs); one with no affine map beside it (at
+    the input, or between activations) becomes a diagonal Affine."""
     out: list = []
     for op in chain:
         if isinstance(op, Residual):
             op = Residual(tuple(_fold_normalisations(branch) for branch in op.branches), op.path)
         previous = out[-1] if out else None
-        if isinstance(op, _Normalisation) and isinstance(previous, Affine):
-            scale = op.weight.diagonal()
-            merged = _Normalisation if isinstance(previous, _Normalisation) else Affine
-            out[-1] = merged(scale[:, None] * previous.weight, scale * previous.bias + op.bias, previous.path)
-        elif isinstance(previous, _Normalisation) and isinstance(op, Affine):
-            scale = previous.weight.diagonal()
-            out[-1] = Affine(op.weight * scale[None, :], op.weight @ previous.bias + op.bias, op.path)
+        if isinstance(op, _Scale) and isinstance(previous, Affine):
+            out[-1] = Affine(op.scale[:, None] * previous.weight, op.scale * previous.bias + op.shift,
+                             previous.path, previous.flops)
+        elif isinstance(op, _Scale) and isinstance(previous, _Scale):
+            out[-1] = _Scale(op.scale * previous.scale, op.scale * previous.shift + op.shift, previous.path)
+        elif isinstance(op, Affine) and isinstance(previous, _Scale):
+            out[-1] = Affine(op.weight * previous.scale[None, :], op.weight @ previous.shift + op.bias,
+                             op.path, op.flops)
         else:
             out.append(op)
-    return tuple(Affine(op.weight, op.bias, op.path) if isinstance(op, _Normalisation) else op for op in out)
+    return tuple(Affine(torch.diag(op.scale), op.shift, op.path, 2 * op.scale.numel())
+                 if isinstance(op, _Scale) else op for op in out)
 
 
 def _residual(left: Chain, right: Chain, path: str) -> Chain:

@@ -63,12 +63,13 @@ def check_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str
                         f"its options: {', '.join(sorted(accepted))}")
 
 
-def explain(model: nn.Module | Graph, distribution: Gaussian | BooleanCube, method: str = "gaussian",
-            **options: object) -> Explanation:
+def explain(model: nn.Module | Graph, distribution: Gaussian | BooleanCube, method: str = "gaussian", *,
+            input_shape: tuple[int, ...] | None = None, **options: object) -> Explanation:
     """π for `model` (a torch module, compiled here, or a compiled Graph) on inputs from
     `distribution`, by `method` (see METHODS, "auto" or "guide"); options go to the
-    method's constructor."""
-    graph = model if isinstance(model, Graph) else compile_model(model)
+    method's constructor. `input_shape` is one input's shape, for models with
+    convolutions (`compile_model`); D is then over the flattened inputs."""
+    graph = model if isinstance(model, Graph) else compile_model(model, input_shape=input_shape)
     check_method(graph, distribution, method, options)
     if method in METHODS:
         return METHODS[method](graph, distribution, **options)

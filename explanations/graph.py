@@ -36,6 +36,12 @@ class Affine:
     weight: Tensor  # [out, in]
     bias: Tensor    # [out]
     path: str = ""
+    flops: int | None = None    # forward FLOPs where the module was sparse (a convolution:
+                                # 2·nnz(W) + out); None: dense, 2·in·out + out
+
+    @property
+    def forward_flops(self) -> int:
+        return self.flops if self.flops is not None else 2 * self.n_in * self.n_out + self.n_out
 
     @property
     def n_in(self) -> int:
@@ -112,12 +118,13 @@ def run_chain(chain: Chain, h: Tensor) -> Tensor:
 
 
 def chain_flops(chain: Chain, n_in: int) -> int:
-    """Forward FLOPs per sample: 2·in·out + out per affine map, the activation's
+    """Forward FLOPs per sample: 2·in·out + out per affine map (2·nnz + out for a
+    convolution's), the activation's
     price per unit, and one per unit for each extra residual summand."""
     total, n = 0, n_in
     for op in chain:
         if isinstance(op, Affine):
-            total += 2 * op.n_in * op.n_out + op.n_out
+            total += op.forward_flops
             n = op.n_out
         elif isinstance(op, Act):
             total += activation(op.kind).flops * n
@@ -174,7 +181,7 @@ class Graph:
             for op in chain:
                 if isinstance(op, Affine):
                     out.append(Affine(op.weight.to(device=device, dtype=dtype),
-                                      op.bias.to(device=device, dtype=dtype), op.path))
+                                      op.bias.to(device=device, dtype=dtype), op.path, op.flops))
                 elif isinstance(op, Residual):
                     out.append(Residual(tuple(move(b) for b in op.branches), op.path))
                 else:
@@ -193,7 +200,8 @@ class Graph:
                     key = f"affine{len(arrays) // 2}"
                     arrays[f"{key}.weight"] = op.weight.detach().cpu().numpy()
                     arrays[f"{key}.bias"] = op.bias.detach().cpu().numpy()
-                    out.append({"op": "affine", "array": key, "path": op.path})
+                    out.append({"op": "affine", "array": key, "path": op.path}
+                               | ({"flops": op.flops} if op.flops is not None else {}))
                 elif isinstance(op, Act):
                     out.append({"op": "act", "kind": op.kind, "path": op.path})
                 else:
@@ -223,8 +231,11 @@ class Graph:
                         weight, bias = arrays[item["array"] + ".weight"], arrays[item["array"] + ".bias"]
                     except KeyError as missing:
                         raise ValueError(f"graph arrays lack {missing}") from None
+                    flops = item.get("flops")
+                    if flops is not None and (isinstance(flops, bool) or not isinstance(flops, int) or flops < 0):
+                        raise ValueError(f"bad FLOP count in {item!r}")
                     out.append(Affine(torch.as_tensor(np.asarray(weight), device=device),
-                                      torch.as_tensor(np.asarray(bias), device=device), item.get("path", "")))
+                                      torch.as_tensor(np.asarray(bias), device=device), item.get("path", ""), flops))
                 elif kind == "act" and _known_activation(item.get("kind")):
                     out.append(Act(item["kind"], item.get("path", "")))
                 elif kind == "residual":

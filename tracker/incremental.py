@@ -65,7 +65,7 @@ def head_update(pi: Explanation, current: Graph) -> Explanation:
     h = pi.penultimate
     state = GaussianState(w @ h.mean + b, w @ h.cov @ w.T, h.cross @ w.T)
     if getattr(pi, "last", None) is not None:          # cumulant: κ3, κ4 read the head too
-        updated.last = Affine(w, b, head.path)
+        updated.last = Affine(w, b, head.path, head.flops)
     before = sum(updated.flops.values())
     updated._finish(state)
     updated.flops["head update"] += head_update_cost(pi) - (sum(updated.flops.values()) - before)

@@ -106,7 +106,7 @@ class Tracker:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, distribution: Gaussian,
                  method: str = "gaussian", events: dict[str, Event] | None = None, budget: float = 1.0,
                  path: str | os.PathLike | None = None, every: int = 50, *, options: dict | None = None,
-                 check_samples: int = 0, resume: bool = True) -> None:
+                 check_samples: int = 0, resume: bool = True, input_shape: tuple[int, ...] | None = None) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every!r}")
         if isinstance(check_samples, bool) or not isinstance(check_samples, int) or check_samples < 0:
@@ -126,7 +126,8 @@ class Tracker:
         except TypeError as error:
             raise ValueError(f"options must be plain JSON values (they are stored in the run file): {error}") from None
         self.events = dict(events or {})
-        self.graph = compile_model(self.module, inference=True)
+        self.input_shape = input_shape
+        self.graph = compile_model(self.module, input_shape=input_shape, inference=True)
         check_method(self.graph, distribution, method, self.options)     # fails now, not in a training step
         for name, event in self.events.items():
             if not isinstance(name, str) or not isinstance(event, Event):
@@ -207,7 +208,7 @@ class Tracker:
             warnings.warn(f"step {self.step}: π is left stale until it is finite again: {reason}",
                           RuntimeWarning, stacklevel=2)
         self.unexplainable = reason
-        return compile_model(self.module, inference=True) if reason is None else None
+        return compile_model(self.module, input_shape=self.input_shape, inference=True) if reason is None else None
 
     # ---- policy ------------------------------------------------------------------------
     def _reserve(self) -> float:

@@ -80,7 +80,7 @@ class CatastrophePenalty:
 
     def __init__(self, model: nn.Module, distribution: Gaussian, event: Event, *, target: float,
                  weight: float = 1.0, search_every: int = 50, follow: int = 3, max_modes: int = 4,
-                 seed: int = 0) -> None:
+                 seed: int = 0, input_shape: tuple[int, ...] | None = None) -> None:
         if not isinstance(distribution, Gaussian):
             raise TypeError(f"the penalty needs a Gaussian input distribution, got {type(distribution).__name__}")
         if not 0 < target < 1:
@@ -92,7 +92,8 @@ class CatastrophePenalty:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(follow, bool) or not isinstance(follow, int) or follow < 0:
             raise ValueError(f"follow must be a non-negative integer, got {follow!r}")
-        graph = compile_model(model, inference=True)
+        self.input_shape = input_shape
+        graph = compile_model(model, input_shape=input_shape, inference=True)
         event.check(graph.n_outputs)
         self.model, self.event, self.target, self.weight = model, event, target, weight
         self.distribution = distribution.to(dtype=torch.float64)
@@ -105,7 +106,7 @@ class CatastrophePenalty:
 
     def __call__(self) -> Tensor:
         """The penalty at the model's current parameters, a scalar tensor with their autograd graph."""
-        graph = compile_model(self.model, inference=True).to(dtype=torch.float64)
+        graph = compile_model(self.model, input_shape=self.input_shape, inference=True).to(dtype=torch.float64)
         detectors = self.event.detectors()
         like = torch.zeros(1, dtype=torch.float64, device=graph.device)
         clauses = [clause_rows(c, detectors, graph.n_outputs, like) for c in self.event.dnf()]
@@ -177,7 +178,7 @@ class CatastrophePenalty:
     def _distances(self, points: Tensor, clauses: list, unit: int, whole: bool) -> Tensor:
         """s_k = (∇g*·ξ*_k - g(ξ*_k; θ))/|∇g*| for each point, g at the live parameters
         (module docstring); ∇g* = ∇_ξ g, held fixed unless `whole`."""
-        live = compile_model(self.model, inference=True, live=True).to(dtype=torch.float64)
+        live = compile_model(self.model, input_shape=self.input_shape, inference=True, live=True).to(dtype=torch.float64)
         observe_live = observer(live, self.distribution, self.event.detectors(), torch.float64)[0]
         with torch.enable_grad():
             at = points.detach().requires_grad_(True)

@@ -1,0 +1,112 @@
+"""Convolutional models: convolutions, pooling, padding and BatchNorm2d compile to the affine
+maps they are on flattened inputs (`compile_model(..., input_shape=...)`)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from explanations import Gaussian, InvalidModel, UnsupportedModule, compile_model, explain
+from explanations.events import Above
+from explanations.graph import Affine, iter_ops
+from storage import open_run
+from tracker import Tracker
+
+F64 = torch.float64
+
+
+def images(seed: int = 0) -> nn.Sequential:
+    """Every supported layer kind on 2 × 9 × 9 inputs, statistics made non-trivial."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.ZeroPad2d(1), nn.Conv2d(2, 4, 3, stride=2, dilation=1), nn.BatchNorm2d(4), nn.ReLU(),   # 4×5×5
+        nn.Conv2d(4, 4, 3, padding=1, groups=2, padding_mode="circular"), nn.GELU(),               # 4×5×5
+        nn.ConvTranspose2d(4, 3, 2, stride=1), nn.Tanh(),                                           # 3×6×6
+        nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 2)).to(F64)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.normal_(module.weight)
+            nn.init.normal_(module.bias)
+    return model.eval()
+
+
+def test_the_graph_computes_what_the_model_computes():
+    model = images()
+    graph = compile_model(model, input_shape=(2, 9, 9))
+    x = torch.randn(32, 2, 9, 9, dtype=F64)
+    assert graph.n_inputs == 162
+    torch.testing.assert_close(graph.forward(x.flatten(1)), model(x), rtol=1e-12, atol=1e-12)
+    # BatchNorm2d is folded into the convolution before it: pad, 3 convolutions, 2 pools, Linear
+    assert sum(isinstance(op, Affine) for op in iter_ops(graph.chain)) == 7
+
+
+def test_a_convolution_costs_its_own_flops_not_a_dense_product():
+    conv = nn.Conv2d(3, 8, 3, stride=1)
+    graph = compile_model(nn.Sequential(conv), input_shape=(3, 10, 10))
+    outputs = 8 * 8 * 8
+    assert graph.flops_per_sample == 2 * (3 * 3 * 3) * outputs + outputs
+    assert graph.flops_per_sample < (2 * 300 + 1) * outputs / 10
+
+
+def test_a_kernel_wider_than_its_circular_input_is_still_exact():
+    """Circular padding wider than the input makes an entry of the matrix sum several weights:
+    the index structure cannot say which, so the matrix comes from the basis each time."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 2, 5, padding=2, padding_mode="circular"), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(6, 1)).to(F64)
+    x = torch.randn(16, 1, 3, dtype=F64)
+    torch.testing.assert_close(compile_model(model, input_shape=(1, 3)).forward(x.flatten(1)), model(x))
+
+
+def test_missing_or_wrong_shapes_are_named():
+    model = images()
+    with pytest.raises(UnsupportedModule, match="'0'.*ZeroPad2d.*input_shape"):
+        compile_model(model)
+    with pytest.raises(InvalidModel, match="cannot take inputs of shape \\(3, 9, 9\\)"):
+        compile_model(model, input_shape=(3, 9, 9))
+    with pytest.raises(UnsupportedModule, match="would hold"):
+        compile_model(nn.Sequential(nn.Conv2d(3, 64, 3, padding=1)), input_shape=(3, 128, 128))
+
+
+def test_gaussian_mean_of_a_small_cnn_against_sampling():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(144, 1)).to(F64)
+    D = Gaussian.standard(196)
+    pi = explain(model, D, "gaussian", input_shape=(1, 14, 14))
+    with torch.no_grad():
+        y = model(torch.randn(200_000, 1, 14, 14, dtype=F64, generator=torch.Generator().manual_seed(2)))[:, 0]
+    error = abs(float(pi.expectation().value[0]) - float(y.mean()))
+    assert error < 4 * float(y.std()) / math.sqrt(len(y)) + 0.01 * float(y.std())
+
+
+def test_live_graph_carries_the_gradient_of_the_convolution():
+    model = images()
+    x = torch.randn(8, 2, 9, 9, dtype=F64)
+    live = compile_model(model, input_shape=(2, 9, 9), live=True)
+    live.forward(x.flatten(1)).pow(2).sum().backward()
+    mine = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).pow(2).sum().backward()
+    for a, p in zip(mine, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+def test_tracking_a_cnn(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 1))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    D = Gaussian.standard(64)
+    with Tracker(model, optimizer, D, events={"high": Above(0, 3.0)}, path=tmp_path / "run.h5", every=10,
+                 input_shape=(1, 8, 8)) as tracker:
+        for _ in range(30):
+            x = torch.randn(256, 1, 8, 8)
+            loss = ((model(x)[:, 0] - x[:, 0, 3, 3]) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    fresh = explain(model.eval(), D, input_shape=(1, 8, 8))
+    torch.testing.assert_close(tracker.explanation.expectation().value, fresh.expectation().value)
+    saved = open_run(tmp_path / "run.h5").last.explanation.graph
+    assert saved.flops_per_sample == fresh.graph.flops_per_sample < 2 * 64 * 144    # the convolution's own
