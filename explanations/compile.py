@@ -133,6 +133,8 @@ def _compile(module: nn.Module, path: str, options: _Options) -> Chain:
         return (_batch_norm(module, path, options),)
     if any(_plain(module, kind) for kind in _LINEAR_MODULES):
         return (_linear_module(module, path, options),)
+    if _plain(module, nn.MaxPool1d) or _plain(module, nn.MaxPool2d):
+        return _max_pool(module, path, options)
     return _compile_traced(module, path, options)
 
 
@@ -345,6 +347,77 @@ def _structure(module: nn.Module, shape: tuple[int, ...]) -> tuple[Tensor | None
                 probe(ids * ids), torch.where(index >= 0, ids[index.clamp(0, weight.numel() - 1)] ** 2, 0.0)))
             cache[key] = (index, None) if unique else (None, None)
     return cache[key]
+
+
+def _max_pool(module: nn.Module, path: str, options: _Options) -> Chain:
+    """Max pooling as the ReLU network it is: max(a, b) = relu(a) - relu(-a) + relu(b - a),
+    so a tournament over each window's entries (pairs, a leftover carried as
+    relu(c) - relu(-c) = c) is Affine → ReLU → … → Affine, exact, ⌈log2 k⌉ ReLU layers for a
+    window of k entries. Its maps are sparse: FLOPs 2·nnz + out each."""
+    kind = type(module).__name__
+    two = isinstance(module, nn.MaxPool2d)
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v) if two else (v,)
+    kernel, stride = pair(module.kernel_size), pair(module.stride if module.stride is not None else module.kernel_size)
+    if any(pair(module.padding)) or any(d != 1 for d in pair(module.dilation)) or module.ceil_mode or module.return_indices:
+        raise UnsupportedModule(path, kind, "only padding=0, dilation=1, ceil_mode=False, return_indices=False")
+    shape = options.shape_of(module)
+    if shape is None:
+        raise UnsupportedModule(path, kind, _SHAPE_HINT)
+    cache = _STRUCTURES.setdefault(module, {})
+    key = ("max", shape, kernel, stride)
+    if key not in cache:
+        index = torch.arange(math.prod(shape)).reshape(shape)
+        for axis in range(len(kernel)):
+            index = index.unfold(len(shape) - len(kernel) + axis, kernel[axis], stride[axis])
+        cache[key] = _tournament(index.reshape(-1, math.prod(kernel)), math.prod(shape))
+    dtype = torch.get_default_dtype()
+    chain: list = []
+    *layers, last = cache[key]
+    for matrix in layers:
+        chain += [_sparse_affine(matrix.to(dtype), path), Act("relu", path)]
+    return tuple(chain) + (_sparse_affine(last.to(dtype), path),)
+
+
+def _sparse_affine(matrix: Tensor, path: str) -> Affine:
+    return Affine(matrix, matrix.new_zeros(matrix.shape[0]), path, 2 * int((matrix != 0).sum()) + matrix.shape[0])
+
+
+def _tournament(windows: Tensor, n_in: int) -> list[Tensor]:
+    """The maps W_1, …, W_L of max over each row of `windows` (input indices), such that
+    max = W_L relu(W_{L-1} … relu(W_1 x)). Each window's current candidates are sparse rows
+    over the current layer; a round turns the pair (a, b) into the units (a, -a, b - a) and
+    a leftover c into (c, -c), whose ReLUs combine back into max(a, b) and c."""
+    values = [[{int(i): 1.0} for i in window] for window in windows.tolist()]
+    matrices, width = [], n_in
+    while any(len(candidates) > 1 for candidates in values):
+        units: list[dict] = []
+        combined = []
+        for candidates in values:
+            merged = []
+            for j in range(0, len(candidates) - 1, 2):
+                a, b = candidates[j], candidates[j + 1]
+                minus = {k: -v for k, v in a.items()}
+                difference = dict(minus)
+                for k, v in b.items():
+                    difference[k] = difference.get(k, 0.0) + v
+                merged.append({len(units): 1.0, len(units) + 1: -1.0, len(units) + 2: 1.0})
+                units += [a, minus, difference]
+            if len(candidates) % 2:
+                c = candidates[-1]
+                merged.append({len(units): 1.0, len(units) + 1: -1.0})
+                units += [c, {k: -v for k, v in c.items()}]
+            combined.append(merged)
+        matrices.append(_dense(units, width))
+        values, width = combined, len(units)
+    return matrices + [_dense([candidates[0] for candidates in values], width)]
+
+
+def _dense(rows: list[dict], width: int) -> Tensor:
+    matrix = torch.zeros(len(rows), width, dtype=torch.float64)
+    for r, row in enumerate(rows):
+        for k, v in row.items():
+            matrix[r, k] += v
+    return matrix
 
 
 def _fold_normalisations(chain: Chain) -> Chain:

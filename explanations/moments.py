@@ -48,6 +48,7 @@ HERMITE_DEGREE = 24
 QUADRATURE_PANELS, PANEL_NODES, QUADRATURE_RANGE = 30, 6, 9.0
 _RHO_LIMIT = 1 - 1e-12
 _RELU_PAIR_FLOPS = 40  # the elementwise formula around Φ₂, per pair
+PAIR_BLOCK = 1 << 19   # pairs per block of the ReLU pair formula: Φ₂ needs ~1 KB per pair at once
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,13 @@ def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor
     return ActivationMoments(mean, cov, slope, flops + 4 * n * n, truncation)
 
 
+def _upper_pairs(rows: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The pairs (i, j), i in `rows`, i < j < n."""
+    i, j = torch.meshgrid(rows, torch.arange(n, device=rows.device), indexing="ij")
+    keep = j > i
+    return i[keep], j[keep]
+
+
 def relu_moments(mean: Tensor, cov: Tensor, kind: str = "relu") -> ActivationMoments:
     """Closed-form moments of f(z), z ~ N(mean, cov), f = relu or another of the ReLU
     family (leaky ReLU; module docstring)."""
@@ -129,19 +137,21 @@ def relu_moments(mean: Tensor, cov: Tensor, kind: str = "relu") -> ActivationMom
     cdf = ndtr(a)
     first = sd_safe * (a * cdf + pdf)
     n = mean.shape[0]
-    i, j = torch.triu_indices(n, n, 1, device=mean.device)               # pairs i < j
-    rho = _correlation(cov, sd_safe)[i, j]
-    s = torch.sqrt((1 - rho) * (1 + rho))
-    ai, aj = a[i], a[j]
-    joint = bivariate_normal_cdf(ai, aj, rho).to(mean.dtype)      # computed in float64
-    tail = torch.exp(-(ai * ai - 2 * rho * ai * aj + aj * aj) / (2 * s * s))
-    pairs = sd_safe[i] * sd_safe[j] * (
-        (ai * aj + rho) * joint
-        + ai * pdf[j] * ndtr((ai - rho * aj) / s)
-        + aj * pdf[i] * ndtr((aj - rho * ai) / s)
-        + s / (2 * math.pi) * tail)
+    correlation = _correlation(cov, sd_safe)
     second = torch.zeros_like(cov)
-    second[i, j] = pairs
+    for start in range(0, n, max(1, PAIR_BLOCK // n)):                # rows of pairs i < j, in blocks
+        rows = torch.arange(start, min(n, start + max(1, PAIR_BLOCK // n)), device=mean.device)
+        i, j = _upper_pairs(rows, n)
+        rho = correlation[i, j]
+        s = torch.sqrt((1 - rho) * (1 + rho))
+        ai, aj = a[i], a[j]
+        joint = bivariate_normal_cdf(ai, aj, rho).to(mean.dtype)      # computed in float64
+        tail = torch.exp(-(ai * ai - 2 * rho * ai * aj + aj * aj) / (2 * s * s))
+        second[i, j] = sd_safe[i] * sd_safe[j] * (
+            (ai * aj + rho) * joint
+            + ai * pdf[j] * ndtr((ai - rho * aj) / s)
+            + aj * pdf[i] * ndtr((aj - rho * ai) / s)
+            + s / (2 * math.pi) * tail)
     second = second + second.T + torch.diag(sd_safe ** 2 * ((a * a + 1) * cdf + a * pdf))
     pair_count = n * (n - 1) // 2
     flops = bivariate_normal_cdf_flops(pair_count) + _RELU_PAIR_FLOPS * pair_count + 20 * n

@@ -8,7 +8,7 @@ from torch import nn
 
 from explanations import Gaussian, InvalidModel, UnsupportedModule, compile_model, explain
 from explanations.events import Above
-from explanations.graph import Affine, iter_ops
+from explanations.graph import Act, Affine, iter_ops
 from storage import open_run
 from tracker import Tracker
 
@@ -110,3 +110,31 @@ def test_tracking_a_cnn(tmp_path):
     torch.testing.assert_close(tracker.explanation.expectation().value, fresh.expectation().value)
     saved = open_run(tmp_path / "run.h5").last.explanation.graph
     assert saved.flops_per_sample == fresh.graph.flops_per_sample < 2 * 64 * 144    # the convolution's own
+
+
+@pytest.mark.parametrize("pool, shape", [(nn.MaxPool2d(2), (3, 8, 8)), (nn.MaxPool2d(3, 2), (2, 9, 9)),
+                                         (nn.MaxPool1d(3), (2, 10)), (nn.MaxPool2d((2, 3), (1, 2)), (1, 6, 7))])
+def test_max_pooling_is_an_exact_relu_network(pool, shape):
+    model = nn.Sequential(pool, nn.Flatten()).to(F64)
+    graph = compile_model(model, input_shape=shape)
+    x = torch.randn(64, *shape, dtype=F64)
+    torch.testing.assert_close(graph.forward(x.flatten(1)), model(x), rtol=0, atol=1e-14)
+    window = math.prod(pool.kernel_size if isinstance(pool.kernel_size, tuple) else (pool.kernel_size,) * (len(shape) - 1))
+    assert sum(isinstance(op, Act) for op in graph.chain) == math.ceil(math.log2(window))
+
+
+def test_max_pooling_moments_against_sampling():
+    """Measured on two such nets: gaussian 0.04–0.06 sd, cumulant 0.02–0.04 sd (average pooling
+    in its place: 0.002–0.02)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(64, 3)).to(F64)
+    pi = explain(model, Gaussian.standard(196), "cumulant", input_shape=(1, 14, 14))
+    with torch.no_grad():
+        y = model(torch.randn(200_000, 1, 14, 14, dtype=F64, generator=torch.Generator().manual_seed(5)))
+    assert float(((pi.expectation().value - y.mean(0)) / y.std(0)).abs().max()) < 0.05
+
+
+def test_max_pooling_with_padding_is_refused():
+    with pytest.raises(UnsupportedModule, match="MaxPool2d.*padding=0"):
+        compile_model(nn.Sequential(nn.MaxPool2d(2, padding=1)), input_shape=(1, 4, 4))
