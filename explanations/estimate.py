@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 
@@ -45,8 +46,9 @@ class Estimate:
                 else f"P = 10^{self.log10:.2f}"
             bounds = self.interval and f"[{float(self.interval[0]):.2g}, {float(self.interval[1]):.2g}]"
         else:
-            values = [float(v) for v in self.value.reshape(-1)]
-            lows, highs = ([float(v) for v in end.reshape(-1)] for end in self.interval) if self.interval else ((), ())
+            flat = lambda t: [float(v) for v in torch.as_tensor(t).reshape(-1)]
+            values = flat(self.value)
+            lows, highs = (flat(end) for end in self.interval) if self.interval else ((), ())
             parts = [f"{v:.4g}" + (f" ({lo:.4g} to {hi:.4g})" if self.interval else "")
                      for v, lo, hi in zip(values, lows or values, highs or values)]
             shown, bounds = "E[y] = [" + ", ".join(parts) + "]" + (" (95%)" if self.interval else ""), None

@@ -302,7 +302,7 @@ def final_inverse(kind: str | None) -> tuple[Callable[[float], bool], Callable[[
         return _INVERSES[kind]
     if kind is None:
         return None
-    family, _, value = kind.partition(":")
+    family, _, value = activation(kind).name.partition(":")      # a bare family name takes its default
     leak = activation(kind).leak
     if leak == 0:
         return (lambda t: t >= 0, lambda t: t, "[0, ∞)")

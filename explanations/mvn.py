@@ -114,7 +114,7 @@ def _bvn_tail(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
     """2π ∫_ρ^1 φ₂(h, k; t) dt for ρ in [0.925, 1): ∫₀^a g in closed form plus ∫₀^a (f - g)."""
     q, beta2 = h * k, (h - k) ** 2
     a2 = (1 - rho) * (1 + rho)
-    a, beta = a2.sqrt(), beta2.sqrt()
+    a, beta = a2.sqrt(), beta2.clamp_min(1e-300).sqrt()     # finite gradients where h = k (unused branch)
     c, d = (4 - q) / 8, (12 - q) / 16
     series_integral = a * torch.exp(-(beta2 / a2 + q) / 2) * (
         1 - c * (beta2 - a2) * (1 - d * beta2 / 5) / 3 + c * d * a2 * a2 / 5
@@ -134,11 +134,11 @@ def bivariate_normal_cdf_flops(numel: int) -> int:
 
     Counted with the module's convention (one per elementwise output, one per
     reduced input element, comparisons and transcendentals included). Every
-    branch is evaluated for every element: 97 whole-tensor operations, plus 35
+    branch is evaluated for every element: 98 whole-tensor operations, plus 35
     per node of the 20-node Gauss–Legendre grid (10 for the arcsine form, on
-    its zero-padded grid, and 25 for the high-correlation form), 797 in all.
+    its zero-padded grid, and 25 for the high-correlation form), 798 in all.
     """
-    return numel * (97 + 35 * 20)
+    return numel * (98 + 35 * 20)
 
 
 @dataclass(frozen=True)

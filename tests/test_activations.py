@@ -94,3 +94,10 @@ def test_tracking_a_leaky_network_round_trips_through_the_file(tmp_path):
     kinds = repr(checkpoint.explanation.graph)
     assert "leaky_relu:0.2" in kinds and "elu:1.0" in kinds
     torch.testing.assert_close(checkpoint.explanation.expectation().value, live)
+
+
+def test_bare_family_names_take_torch_s_defaults():
+    from explanations.events import final_inverse
+    valid, inverse, span = final_inverse("elu")
+    assert span == "(-1, ∞)" and inverse(-0.5) == pytest.approx(math.log(0.5))
+    assert final_inverse("softplus")[1](1.0) == pytest.approx(math.log(math.expm1(1.0)))

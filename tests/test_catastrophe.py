@@ -8,7 +8,7 @@ from torch import nn
 
 from explanations import Gaussian, InvalidEvent, compile_model
 from explanations.design import ClauseSearch
-from explanations.events import Above, Below
+from explanations.events import Above, All, Below
 from explanations.observed import observer
 from train.catastrophe import HINGE_WIDTH, CatastrophePenalty
 
@@ -139,3 +139,37 @@ def test_inputs_are_drawn_around_the_design_point():
     with torch.no_grad():
         hits = float((model(x)[:, 0] > 3.0).double().mean())
     assert 0.4 < hits < 0.6          # the design point of a halfspace lies on it: half the draws cross
+
+
+def test_an_intersection_takes_both_planes_at_its_corner():
+    """All(y0 > 3, y1 > 3) for y = x ~ N(0, I): the design point is the corner (3, 3), and the
+    two tangent half-spaces give P = Φ(-3)² exactly, symmetric in the two thresholds' biases."""
+    model = nn.Linear(2, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+        model.bias.zero_()
+    penalty = CatastrophePenalty(model, Gaussian.standard(2), All(Above(0, 3.0), Above(1, 3.0)), target=1e-12)
+    penalty().backward()
+    assert penalty.log10_probability == pytest.approx(2 * math.log10(float(torch.special.ndtr(torch.tensor(-3.0)))), rel=1e-6)
+    assert model.bias.grad[0] == pytest.approx(float(model.bias.grad[1]), rel=1e-3) and model.bias.grad[0] > 0
+
+
+def test_an_unreachable_event_is_searched_for_on_schedule_only():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1), nn.Tanh())
+    penalty = CatastrophePenalty(model, Gaussian.standard(3), Above(0, 1.5), target=1e-6, search_every=50)
+    for _ in range(5):
+        assert float(penalty()) == 0.0
+    assert penalty.found_nothing and penalty.log10_probability == -math.inf and penalty.planes is None
+    first = penalty.flops
+    penalty()
+    assert penalty.flops - first < 10 * compile_model(model).flops_per_sample     # no search: one forward pass
+
+
+def test_inputs_come_in_the_distribution_s_dtype():
+    model = nn.Linear(3, 1)
+    D = Gaussian(torch.zeros(3), torch.eye(3), dtype=torch.float32)
+    penalty = CatastrophePenalty(model, D, Above(0, 2.0), target=1e-6)
+    penalty()
+    x = penalty.inputs(5)
+    assert x.dtype == torch.float32 and model(x).shape == (5, 1)

@@ -223,3 +223,14 @@ def test_training_mode_needs_eval_or_inference():
     torch.testing.assert_close(graph.forward(x), model.eval()(x), rtol=1e-12, atol=1e-12)
     with pytest.raises(UnsupportedModule, match="track_running_stats=False"):
         compile_model(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False)).eval())
+
+
+def test_a_module_repeated_in_a_sequential_is_applied_each_time():
+    """nn.Sequential(l1, relu, l2, relu, l3) with one ReLU instance: named_children() lists it
+    once, but the network applies it twice."""
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Linear(3, 4), relu, nn.Linear(4, 4), relu, nn.Linear(4, 1)).double()
+    graph = compile_model(model)
+    assert sum(isinstance(op, Act) for op in graph.chain) == 2
+    x = torch.randn(16, 3, dtype=torch.float64)
+    torch.testing.assert_close(graph.forward(x), model(x))

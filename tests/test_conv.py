@@ -138,3 +138,55 @@ def test_max_pooling_moments_against_sampling():
 def test_max_pooling_with_padding_is_refused():
     with pytest.raises(UnsupportedModule, match="MaxPool2d.*padding=0"):
         compile_model(nn.Sequential(nn.MaxPool2d(2, padding=1)), input_shape=(1, 4, 4))
+
+
+class SharedPool(nn.Module):
+    """One pooling module called twice on maps of different sizes (the CIFAR-tutorial net)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.pool = nn.Conv2d(1, 2, 3), nn.Conv2d(2, 2, 3), nn.MaxPool2d(2)
+        self.fc = nn.Linear(2 * 2 * 2, 1)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_a_module_called_twice_gets_each_call_s_shape():
+    torch.manual_seed(0)
+    model = SharedPool().to(F64)
+    x = torch.randn(8, 1, 14, 14, dtype=F64)
+    torch.testing.assert_close(compile_model(model, input_shape=(1, 14, 14)).forward(x.flatten(1)), model(x))
+
+
+def test_changed_settings_and_weights_are_followed_and_hooks_see_only_the_first_compile():
+    """The structure is kept per settings and shape; weights are gathered at every compile;
+    FLOPs count structural non-zeros, not the weights' values."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3, padding=1).to(F64)
+    model = nn.Sequential(conv, nn.Flatten())
+    seen = []
+    conv.register_forward_hook(lambda *args: seen.append(1))
+    x = torch.randn(4, 1, 5, 5, dtype=F64)
+    first = compile_model(model, input_shape=(1, 5, 5))
+    calls = len(seen)
+    with torch.no_grad():
+        conv.weight.zero_()
+    zeroed = compile_model(model, input_shape=(1, 5, 5))
+    assert len(seen) == calls and zeroed.flops_per_sample == first.flops_per_sample
+    torch.testing.assert_close(zeroed.forward(x.flatten(1)), model(x))
+    conv.padding_mode = "circular"
+    torch.testing.assert_close(compile_model(model, input_shape=(1, 5, 5)).forward(x.flatten(1)), model(x))
+    pool = nn.Sequential(nn.AvgPool2d(3, 2, padding=1, count_include_pad=True), nn.Flatten()).to(F64)
+    compile_model(pool, input_shape=(1, 6, 6))
+    pool[0].count_include_pad = False
+    ones = torch.ones(2, 1, 6, 6, dtype=F64)            # a border average is 1 only without the padding
+    torch.testing.assert_close(compile_model(pool, input_shape=(1, 6, 6)).forward(ones.flatten(1)).double(),
+                               pool(ones), rtol=1e-6, atol=1e-6)
+
+
+def test_a_max_pool_too_large_to_expand_is_refused():
+    with pytest.raises(UnsupportedModule, match="MaxPool2d.*ReLU network needs"):
+        compile_model(nn.Sequential(nn.MaxPool2d(2), nn.Flatten()), input_shape=(8, 32, 32))

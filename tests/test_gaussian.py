@@ -238,3 +238,5 @@ def test_estimates_print_value_interval_method_and_cost():
     mean = Estimate(torch.tensor([0.5, -1.0]), None, (torch.tensor([0.4, -1.2]), torch.tensor([0.6, -0.8])),
                     1e4, 50, "gaussian+control", 100.0)
     assert str(mean) == "E[y] = [0.5 (0.4 to 0.6), -1 (-1.2 to -0.8)] (95%); gaussian+control; 100 sample-equivalents, 50 drawn"
+    single = Estimate(torch.tensor([0.5]), None, (0.4, 0.6), 1e4, 50, "sampling", 100.0)
+    assert str(single).startswith("E[y] = [0.5 (0.4 to 0.6)] (95%)")

@@ -13,8 +13,11 @@ scores (`splitting.event_margin`: positive exactly on the event), θ the paramet
 design point ξ* of a clause minimises |ξ| on {g = 0} (`design.find_modes`). The tangent
 plane there, {ξ : g* + ∇g*·(ξ - ξ*) = 0}, lies at signed distance
     s(θ) = (∇g*·ξ* - g(ξ*; θ)) / |∇g*|
-from the origin (positive when the origin is outside the event), and P ≈ Φ(-s) per mode;
-modes add (Boole's bound): log P ≈ logsumexp_k log Φ(-s_k). With ξ* and ∇g* = ∇_ξ g held
+from the origin (positive when the origin is outside the event), and P ≈ Φ(-s) per mode.
+At a corner of an intersection (All), where several rows of the clause are active, the
+mode's mass is that of the intersection of their tangent half-spaces, Φ₂(-s_i, -s_j;
+n_i·n_j) with n_r the unit normals (for the pair that makes it smallest, where more meet).
+Modes add (Boole's bound): log P ≈ logsumexp_k log P_k. With ξ* and ∇g* = ∇_ξ g held
 fixed, the value of s is the design point's β = |ξ*| (g* = 0 there), and its gradient,
 -(∂g/∂θ)/|∇g*|, is dβ/dθ by the envelope theorem on the Lagrangian |ξ| + λ g(ξ; θ): moving
 the boundary at the design point is all that moves β to first order. So the penalty is
@@ -61,11 +64,13 @@ from explanations import Gaussian, compile_model, explain
 from explanations.design import ClauseSearch
 from explanations.events import Event
 from explanations.observed import clause_rows, observer
+from explanations.mvn import bivariate_normal_cdf
 from explanations.splitting import event_margin
 from explanations.structured import search
 
 SEARCH_STARTS = 3
 HINGE_WIDTH = 0.2    # decades: the softness of the hinge at the target
+NEAR = 0.5          # a clause's row counts at a design point whose tangent plane passes this close
 REFINE = 30          # descent steps after a search: the envelope gradient needs the optimum (KKT)
 
 
@@ -96,7 +101,7 @@ class CatastrophePenalty:
         graph = compile_model(model, input_shape=input_shape, inference=True)
         event.check(graph.n_outputs)
         self.model, self.event, self.target, self.weight = model, event, target, weight
-        self.distribution = distribution.to(dtype=torch.float64)
+        self.distribution, self.input_dtype = distribution.to(dtype=torch.float64), distribution.mean.dtype
         self.search_every, self.follow, self.max_modes, self.seed = search_every, follow, max_modes, seed
         self.calls, self.flops = 0, 0
         self.modes: list[tuple[int, Tensor]] = []       # (clause, ξ*) of each design point followed
@@ -115,24 +120,26 @@ class CatastrophePenalty:
         origin = torch.zeros(1, self.distribution.dim, dtype=torch.float64, device=graph.device)
         self.flops += unit
         common = float(event_margin(observe(origin), clauses)[0]) > 0
-        if common:                                # the plane at ξ = 0
-            points = [origin[0]]
-        else:
+        if not common:
             if self.calls % self.search_every == 0 or (not self.modes and not self.found_nothing):
                 self._search(graph)
-            else:
+            elif self.modes:
                 self._follow(margins, unit, self.follow)
                 if not self.modes:                # every mode lost its boundary: search now
                     self._search(graph)
-            points = [point for _, point in self.modes]
         self.calls += 1
-        if not points:                            # no design point: π's search finds the event unreachable
-            self.log10_probability = -math.inf
+        if not common and not self.modes:         # no design point: the search finds the event unreachable
+            self.log10_probability, self.planes = -math.inf, None
             return torch.zeros((), dtype=torch.float64, device=graph.device)
-        distances = self._distances(torch.stack(points), clauses, unit, whole=common)
-        masses = torch.special.log_ndtr(-distances)
+        live = compile_model(self.model, input_shape=self.input_shape, inference=True, live=True)
+        observe_live = observer(live.to(dtype=torch.float64), self.distribution, detectors, torch.float64)[0]
+        if common:
+            points, masses = origin, self._origin_mass(observe_live, origin, clauses, unit)
+        else:
+            points = torch.stack([point for _, point in self.modes])
+            masses = torch.stack([self._mode_mass(observe_live, point, *clauses[c], unit) for c, point in self.modes])
         log_p = torch.logsumexp(masses, 0)
-        self.planes = (torch.stack(points), masses.detach())
+        self.planes = (points, masses.detach())
         self.log10_probability = float(log_p.detach()) / math.log(10)
         excess = log_p / math.log(10) - math.log10(self.target)
         return self.weight * HINGE_WIDTH * torch.nn.functional.softplus(excess / HINGE_WIDTH)
@@ -147,7 +154,8 @@ class CatastrophePenalty:
         points, masses = self.planes
         mode = torch.multinomial(torch.softmax(masses, 0).cpu(), n, replacement=True, generator=generator)
         u = torch.randn(n, points.shape[1], generator=generator, dtype=points.dtype).to(points.device)
-        return self.distribution.mean + (points[mode.to(points.device)] + u) @ self.distribution.factor.T
+        x = self.distribution.mean + (points[mode.to(points.device)] + u) @ self.distribution.factor.T
+        return x.to(self.input_dtype)
 
     def _search(self, graph) -> None:
         """A full design-point search on a fresh Gaussian π of the current network."""
@@ -175,15 +183,35 @@ class CatastrophePenalty:
                 followed.append((clause, moved.detach()))
         self.modes = followed
 
-    def _distances(self, points: Tensor, clauses: list, unit: int, whole: bool) -> Tensor:
-        """s_k = (∇g*·ξ*_k - g(ξ*_k; θ))/|∇g*| for each point, g at the live parameters
-        (module docstring); ∇g* = ∇_ξ g, held fixed unless `whole`."""
-        live = compile_model(self.model, input_shape=self.input_shape, inference=True, live=True).to(dtype=torch.float64)
-        observe_live = observer(live, self.distribution, self.event.detectors(), torch.float64)[0]
+    def _origin_mass(self, observe_live, origin: Tensor, clauses: list, unit: int) -> Tensor:
+        """log Φ(-s) with s = -g(0; θ)/|∇g(0; θ)|, the origin's plane, differentiated whole."""
         with torch.enable_grad():
-            at = points.detach().requires_grad_(True)
+            at = origin.detach().requires_grad_(True)
             value = event_margin(observe_live(at), clauses)
-            slope, = torch.autograd.grad(value.sum(), at, retain_graph=True, create_graph=whole)
-        self.flops += (5 if whole else 3) * unit * len(points)
-        norm = slope.norm(dim=1).clamp_min(1e-12)
-        return ((slope * at.detach()).sum(1) - value) / norm
+            slope, = torch.autograd.grad(value.sum(), at, create_graph=True)
+        self.flops += 5 * unit
+        return torch.special.log_ndtr(value / slope.norm(dim=1).clamp_min(1e-12))
+
+    def _mode_mass(self, observe_live, point: Tensor, a: Tensor, b: Tensor, unit: int) -> Tensor:
+        """log P of the clause {A v > b} linearised at its design point: each row r whose plane
+        passes within NEAR of ξ* (g_r/|∇g_r| ≤ NEAR) is the half-space n_r·ξ > s_r,
+        s_r = (∇g_r·ξ* - g_r(ξ*; θ))/|∇g_r|, n_r = ∇g_r/|∇g_r| (∇g_r held fixed). One row:
+        log Φ(-s). Several: the intersection of two, Φ₂(-s_i, -s_j; n_i·n_j) (`mvn`), for the
+        pair that makes it smallest (an upper bound where more rows meet)."""
+        with torch.enable_grad():
+            at = point.detach().requires_grad_(True)
+            rows = observe_live(at[None])[0] @ a.T - b
+            slopes = torch.stack([torch.autograd.grad(rows[r], at, retain_graph=True)[0] for r in range(len(rows))])
+        self.flops += (1 + 2 * len(rows)) * unit
+        norms = slopes.norm(dim=1).clamp_min(1e-12)
+        gaps = rows.detach() / norms
+        active = [r for r in range(len(rows)) if float(gaps[r]) <= float(gaps.min()) + NEAR]
+        slopes, norms = slopes[active], norms[active]
+        distances = ((slopes @ point) - rows[active]) / norms
+        if len(active) == 1:
+            return torch.special.log_ndtr(-distances[0])
+        normals = slopes / norms[:, None]
+        pairs = [(i, j) for i in range(len(active)) for j in range(i + 1, len(active))]
+        joint = torch.stack([bivariate_normal_cdf(-distances[i], -distances[j], (normals[i] @ normals[j]).clamp(-1, 1))
+                             for i, j in pairs])
+        return torch.log(joint.min().clamp_min(1e-300))

@@ -1,0 +1,314 @@
+"""Layers on feature maps as maps of flattened inputs, for `compile_model(..., input_shape=...)`.
+
+With the shape of one input known ((C, H, W) for images), a convolution, average pooling or
+padding layer is x ↦ W x + b on flattened x (row-major, as nn.Flatten and x.flatten(1) order
+it). BatchNorm in eval mode is elementwise, x ↦ s x + t, and folds into a neighbouring
+affine map. Max pooling is not affine but is a ReLU network, exactly:
+max(a, b) = relu(a) - relu(-a) + relu(b - a).
+
+Structure, worked out once per module, settings, input shape and device from the module's
+own forward passes on the basis e_1 … e_n of its input space (float64, in chunks), then kept
+(`_STRUCTURES`, dropped with the module):
+- a layer without a weight (pooling, padding): W = [module(e_j) - module(0)]_j, b = module(0);
+- a layer whose every matrix entry is one entry of its weight (a convolution): the index
+  of that entry, read off a pass with the weight's entries set to 1, 2, 3, … and the bias to
+  0, checked by a pass with their squares; the bias's index likewise;
+- otherwise (circular padding wider than the input, so an entry sums several weights; a
+  weight a hook or parametrisation computes, as spectral_norm's): W and b come from basis
+  passes at every compile.
+A compile then gathers the current weight into W (and, `live`, differentiably): no forward
+pass of the module after the first, so its hooks see the structure passes once. FLOPs are
+the layer's own, 2·(structural non-zeros of W) + out, not a dense product's, and do not
+depend on the weight's values. A matrix may hold at most MAX_DENSE_ENTRIES entries.
+
+Max pooling is charged what the model's own max pool costs, k - 1 comparisons per window
+of k entries (on its last map; the others 0), plus the price of its ReLU units (one FLOP
+each, about 3× the comparisons): not the 2·nnz + out of its maps, which would put a
+1 × 28 × 28 CNN's two 2 × 2 pools at a quarter of its forward FLOPs (7% as charged).
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InvalidModel, UnsupportedModule
+from .graph import Act, Affine, Chain, Residual
+
+MAX_DENSE_ENTRIES = 50_000_000      # 200 MB in float32
+BASIS_CHUNK_ENTRIES = 1 << 22       # entries of the basis pushed through a layer at once
+SHAPE_HINT = "it needs the shape of the model's input: compile_model(model, input_shape=(C, H, W))"
+LINEAR_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.AvgPool1d,
+                  nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.ZeroPad1d, nn.ZeroPad2d,
+                  nn.ConstantPad1d, nn.ConstantPad2d)
+MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d)
+
+_SHAPES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_STRUCTURES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict[int, list[tuple[int, ...]]]:
+    """id(submodule) → the input shapes (without the batch) of its calls, in call order, from
+    one forward pass of zeros in eval mode without gradients (no statistics move; modes are
+    restored). Kept per module tree and input shape: the module's hooks see the pass once."""
+    tree = tuple(id(m) for m in module.modules())
+    cache = _SHAPES.setdefault(module, {})
+    if (input_shape, tree) in cache:
+        return cache[(input_shape, tree)]
+    shapes: dict[int, list[tuple[int, ...]]] = {}
+
+    def record(m: nn.Module, args: tuple) -> None:      # a pre-hook's return value would replace args
+        if args and isinstance(args[0], Tensor):
+            shapes.setdefault(id(m), []).append(tuple(args[0].shape[1:]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in module.modules()]
+    modes = [(m, m.training) for m in module.modules()]
+    device, dtype = placement(module)
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros(1, *input_shape, dtype=dtype, device=device))
+    except Exception as error:       # the module's own forward refuses the shape
+        raise InvalidModel(f"the model cannot take inputs of shape {tuple(input_shape)}: {error}") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, training in modes:
+            m.training = training
+    cache[(input_shape, tree)] = shapes
+    return shapes
+
+
+def placement(module: nn.Module) -> tuple[torch.device | None, torch.dtype]:
+    """The device and floating dtype of the module's first parameter or buffer."""
+    first = next((t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()), None)
+    return (first.device, first.dtype) if first is not None else (None, torch.get_default_dtype())
+
+
+def _settings(module: nn.Module) -> tuple:
+    """The module's non-tensor settings (kernel, stride, padding mode, count_include_pad, …)."""
+    return tuple(sorted((k, repr(v)) for k, v in vars(module).items() if not k.startswith("_") and k != "training"))
+
+
+def _apply(module: nn.Module, x: Tensor, parameters: dict | None = None, keep: bool = False) -> Tensor:
+    """module(x) in float64, with `parameters` in place of its own (its own, widened, if None;
+    differentiable in them with `keep`); floating buffers widened too."""
+    if parameters is None:
+        parameters = {name: (p if keep else p.detach()).double() for name, p in module.named_parameters()}
+    buffers = {name: b.double() if b.is_floating_point() else b for name, b in module.named_buffers()}
+    with torch.set_grad_enabled(keep and torch.is_grad_enabled()):
+        return torch.func.functional_call(module, {**parameters, **buffers}, (x,))
+
+
+def _columns(module: nn.Module, shape: tuple[int, ...], device: torch.device | None,
+             parameters: dict | None = None, keep: bool = False) -> tuple[Tensor, Tensor]:
+    """W = [module(e_j) - module(0)]_j [out, in] and b = module(0) [out], the basis pushed
+    through in chunks of BASIS_CHUNK_ENTRIES."""
+    n = math.prod(shape)
+    zero = _apply(module, torch.zeros(1, *shape, dtype=torch.float64, device=device), parameters, keep).reshape(-1)
+    step = max(1, BASIS_CHUNK_ENTRIES // n)
+    parts = []
+    for start in range(0, n, step):
+        rows = torch.arange(start, min(n, start + step), device=device)
+        basis = torch.zeros(len(rows), n, dtype=torch.float64, device=device)
+        basis[torch.arange(len(rows), device=device), rows] = 1.0
+        parts.append(_apply(module, basis.reshape(-1, *shape), parameters, keep).reshape(len(rows), -1) - zero)
+    return torch.cat(parts).T, zero
+
+
+@dataclass(frozen=True)
+class _Structure:
+    weight_index: Tensor | None     # [out, in] index into the flat weight, -1 where none
+    bias_index: Tensor | None       # [out] index into the bias, -1 where none
+    constant: Tensor | None         # W of a layer without a weight
+    offset: Tensor                  # b's part no parameter sets (padding, a layer without a weight)
+    nonzeros: int
+    rebuild: bool                   # W and b from the basis at every compile
+
+
+def _structure(module: nn.Module, shape: tuple[int, ...], device: torch.device | None, path: str) -> _Structure:
+    """The module docstring's structure, computed once per settings, shape and device;
+    UnsupportedModule where W would hold more than MAX_DENSE_ENTRIES entries."""
+    cache = _STRUCTURES.setdefault(module, {})
+    key = (shape, _settings(module), str(device),
+           tuple((n, tuple(p.shape)) for n, p in module.named_parameters()))
+    if key in cache:
+        return cache[key]
+    n_in = math.prod(shape)
+    with torch.no_grad():
+        n_out = _apply(module, torch.zeros(1, *shape, dtype=torch.float64, device=device)).numel()
+    if n_out * n_in > MAX_DENSE_ENTRIES:
+        raise UnsupportedModule(path, type(module).__name__, f"its matrix would hold {n_out * n_in:,} entries, "
+                                f"more than {MAX_DENSE_ENTRIES:,}")
+    own = dict(module.named_parameters(recurse=False))
+    if not own and getattr(module, "weight", None) is None:
+        matrix, offset = _columns(module, shape, device)
+        found = _Structure(None, None, matrix, offset, int((matrix != 0).sum()), False)
+    elif set(own) <= {"weight", "bias"} and "weight" in own:
+        weight = own["weight"]
+        ids = torch.arange(1, weight.numel() + 1, dtype=torch.float64, device=device).reshape(weight.shape)
+        zeros = {name: torch.zeros(p.shape, dtype=torch.float64, device=device) for name, p in own.items()}
+        found_ids, offset = _columns(module, shape, device, {**zeros, "weight": ids})
+        index = found_ids.round().long() - 1
+        unique = bool(((index >= -1) & (index < weight.numel())).all()) and bool(torch.equal(
+            _columns(module, shape, device, {**zeros, "weight": ids * ids})[0],
+            torch.where(index >= 0, ids.reshape(-1)[index.clamp(0, weight.numel() - 1)] ** 2, 0.0)))
+        bias_index = None
+        if "bias" in own:
+            bias_ids = torch.arange(1, own["bias"].numel() + 1, dtype=torch.float64, device=device)
+            with_bias = _apply(module, torch.zeros(1, *shape, dtype=torch.float64, device=device),
+                               {**zeros, "bias": bias_ids}).reshape(-1)
+            bias_index = (with_bias - offset).round().long() - 1
+        found = _Structure(index, bias_index, None, offset, int((index >= 0).sum()), not unique)
+    else:                             # a weight computed by a hook or parametrisation
+        found = _Structure(None, None, None, torch.zeros(0), int((_columns(module, shape, device)[0] != 0).sum()), True)
+    cache[key] = found
+    return found
+
+
+def linear_module(module: nn.Module, path: str, shape: tuple[int, ...] | None, live: bool,
+                  device: torch.device | None, dtype: torch.dtype) -> Affine:
+    """The affine map of a convolution, pooling or padding layer (module docstring)."""
+    if shape is None:
+        raise UnsupportedModule(path, type(module).__name__, SHAPE_HINT)
+    found = _structure(module, shape, device, path)
+    if found.rebuild:
+        matrix, bias = _columns(module, shape, device, keep=live)
+    elif found.constant is not None:
+        matrix, bias = found.constant, found.offset
+    else:
+        weight = module.weight if live else module.weight.detach()
+        flat = weight.reshape(-1).double()
+        matrix = torch.where(found.weight_index >= 0, flat[found.weight_index.clamp_min(0)], flat.new_zeros(()))
+        bias = found.offset
+        if found.bias_index is not None:
+            values = (module.bias if live else module.bias.detach()).reshape(-1).double()
+            bias = bias + torch.where(found.bias_index >= 0, values[found.bias_index.clamp_min(0)], values.new_zeros(()))
+    matrix, bias = matrix.to(dtype), bias.to(dtype)
+    if not live:
+        matrix, bias = matrix.detach(), bias.detach()
+    return Affine(matrix, bias, path, 2 * found.nonzeros + matrix.shape[0])
+
+
+def max_pool(module: nn.Module, path: str, shape: tuple[int, ...] | None, device: torch.device | None,
+             dtype: torch.dtype) -> Chain:
+    """Max pooling as the ReLU network it is: a tournament over each window's entries
+    (`_tournament`), Affine → ReLU → … → Affine, exact, ⌈log2 k⌉ ReLU layers for k entries."""
+    kind = type(module).__name__
+    two = isinstance(module, nn.MaxPool2d)
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v) if two else (v,)
+    kernel, stride = pair(module.kernel_size), pair(module.stride if module.stride is not None else module.kernel_size)
+    if any(pair(module.padding)) or any(d != 1 for d in pair(module.dilation)) or module.ceil_mode or module.return_indices:
+        raise UnsupportedModule(path, kind, "only padding=0, dilation=1, ceil_mode=False, return_indices=False")
+    if shape is None:
+        raise UnsupportedModule(path, kind, SHAPE_HINT)
+    cache = _STRUCTURES.setdefault(module, {})
+    key = ("max", shape, kernel, stride)
+    if key not in cache:
+        index = torch.arange(math.prod(shape)).reshape(shape)
+        for axis in range(len(kernel)):
+            index = index.unfold(len(shape) - len(kernel) + axis, kernel[axis], stride[axis])
+        cache[key] = _tournament(index.reshape(-1, math.prod(kernel)), math.prod(shape), path, kind)
+    matrices = cache[key]
+    comparisons = matrices[-1].shape[0] * (math.prod(kernel) - 1)
+    chain: list = []
+    for i, matrix in enumerate(matrices):
+        matrix = matrix.to(device=device, dtype=dtype)
+        flops = comparisons if i == len(matrices) - 1 else 0
+        chain += [Affine(matrix, matrix.new_zeros(matrix.shape[0]), path, flops), Act("relu", path)]
+    return tuple(chain[:-1])
+
+
+def _tournament(windows: Tensor, n_in: int, path: str, kind: str) -> list[Tensor]:
+    """The maps W_1, …, W_L with max over each row of `windows` (input indices) equal to
+    W_L relu(W_{L-1} … relu(W_1 x)). Each window's candidates are sparse rows over the
+    current layer; a round turns a pair (a, b) into the units (a, -a, b - a) and a leftover c
+    into (c, -c), whose ReLUs combine back into max(a, b) and c."""
+    values = [[{int(i): 1.0} for i in window] for window in windows.tolist()]
+    matrices, width = [], n_in
+    while any(len(candidates) > 1 for candidates in values):
+        units: list[dict] = []
+        combined = []
+        for candidates in values:
+            merged = []
+            for j in range(0, len(candidates) - 1, 2):
+                a, b = candidates[j], candidates[j + 1]
+                minus = {k: -v for k, v in a.items()}
+                difference = dict(minus)
+                for k, v in b.items():
+                    difference[k] = difference.get(k, 0.0) + v
+                merged.append({len(units): 1.0, len(units) + 1: -1.0, len(units) + 2: 1.0})
+                units += [a, minus, difference]
+            if len(candidates) % 2:
+                c = candidates[-1]
+                merged.append({len(units): 1.0, len(units) + 1: -1.0})
+                units += [c, {k: -v for k, v in c.items()}]
+            combined.append(merged)
+        matrices.append(_dense(units, width, path, kind))
+        values, width = combined, len(units)
+    return matrices + [_dense([candidates[0] for candidates in values], width, path, kind)]
+
+
+def _dense(rows: list[dict], width: int, path: str, kind: str) -> Tensor:
+    if len(rows) * width > MAX_DENSE_ENTRIES:
+        raise UnsupportedModule(path, kind, f"its ReLU network needs a matrix of {len(rows) * width:,} entries, "
+                                f"more than {MAX_DENSE_ENTRIES:,}")
+    matrix = torch.zeros(len(rows), width, dtype=torch.float64)
+    for r, row in enumerate(rows):
+        for k, v in row.items():
+            matrix[r, k] += v
+    return matrix
+
+
+@dataclass(eq=False)
+class Scale:
+    """An elementwise affine map x ↦ scale·x + shift (BatchNorm in eval mode), until
+    `fold_normalisations` merges it into a neighbouring affine map."""
+    scale: Tensor
+    shift: Tensor
+    path: str
+
+
+def batch_norm(module: nn.Module, path: str, shape: tuple[int, ...] | None, take) -> Scale:
+    """BatchNorm1d/2d in eval mode: y = γ (x - μ_run)/√(σ²_run + ε) + β = s x + (β - s μ_run),
+    s = γ/√(σ²_run + ε), per channel, repeated over the positions of [C, L] or [C, H, W]
+    inputs. `take` gives the affine parameters (detached copies, or live)."""
+    kind = type(module).__name__
+    if module.running_mean is None or module.running_var is None:
+        raise UnsupportedModule(path, kind, "track_running_stats=False: it always normalises by the batch")
+    scale = torch.rsqrt(module.running_var.detach() + module.eps)
+    shift = -module.running_mean.detach() * scale
+    if module.affine:
+        weight, bias = take(module.weight), take(module.bias)
+        scale, shift = weight * scale, weight * shift + bias
+    if isinstance(module, nn.BatchNorm2d) and shape is None:
+        raise UnsupportedModule(path, kind, SHAPE_HINT)
+    positions = math.prod(shape[1:]) if shape is not None else 1
+    return Scale(scale.repeat_interleave(positions), shift.repeat_interleave(positions), path)
+
+
+def fold_normalisations(chain: Chain) -> Chain:
+    """Merge each BatchNorm's elementwise map D x + t into the affine map before it,
+    D(W x + b) + t, or else the one after it, W(D x + t) + b, so that it costs no extra
+    layer (and keeps the map's sparsity, so its FLOPs); one with no affine map beside it (at
+    the input, or between activations) becomes a diagonal Affine."""
+    out: list = []
+    for op in chain:
+        if isinstance(op, Residual):
+            op = Residual(tuple(fold_normalisations(branch) for branch in op.branches), op.path)
+        previous = out[-1] if out else None
+        if isinstance(op, Scale) and isinstance(previous, Affine):
+            out[-1] = Affine(op.scale[:, None] * previous.weight, op.scale * previous.bias + op.shift,
+                             previous.path, previous.flops)
+        elif isinstance(op, Scale) and isinstance(previous, Scale):
+            out[-1] = Scale(op.scale * previous.scale, op.scale * previous.shift + op.shift, previous.path)
+        elif isinstance(op, Affine) and isinstance(previous, Scale):
+            out[-1] = Affine(op.weight * previous.scale[None, :], op.weight @ previous.shift + op.bias,
+                             op.path, op.flops)
+        else:
+            out.append(op)
+    return tuple(Affine(torch.diag(op.scale), op.shift, op.path, 2 * op.scale.numel())
+                 if isinstance(op, Scale) else op for op in out)
