@@ -1,0 +1,118 @@
+"""Device paths: every public piece on the model's device. `PYTHONPATH=. python scripts/check_device.py cuda`
+(not run by CI; any device torch knows, `cpu` included). Prints OK or FAIL with the traceback per check."""
+import math, sys, tempfile, time, traceback
+import torch
+from torch import nn
+from explanations import Gaussian, compile_model, explain
+from explanations.events import Above, All, Any, ArgMax, Below, Detector
+from storage import open_run
+from tracker import Tracker
+from train.catastrophe import CatastrophePenalty
+
+dev = torch.device(sys.argv[1])
+failures = []
+
+def check(name, fn):
+    t = time.time()
+    try:
+        out = fn()
+        print(f"OK   {name} ({time.time() - t:.1f}s): {out}", flush=True)
+    except Exception:
+        failures.append(name)
+        print(f"FAIL {name}:\n{traceback.format_exc()}", flush=True)
+
+def on_device(*tensors):
+    return all(t.device.type == dev.type for t in tensors)
+
+torch.manual_seed(0)
+mlp = nn.Sequential(nn.Linear(8, 64), nn.LeakyReLU(0.1), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 3)).to(dev)
+D = Gaussian.standard(8, device=dev)
+x = torch.randn(1_000_000, 8, device=dev)
+with torch.no_grad():
+    y = mlp(x).double()
+sd = y.std(0)
+
+def mlp_methods():
+    rows = []
+    for method in ("gaussian", "cumulant", "auto"):
+        pi = explain(mlp, D, method)
+        e = pi.expectation()
+        assert on_device(pi.mean, e.value), "π not on the model's device"
+        rows.append(f"{method} max err/sd {float(((e.value - y.mean(0)) / sd).abs().max()):.4f}")
+    return "; ".join(rows)
+check("MLP expectations on device", mlp_methods)
+
+def mlp_probabilities():
+    pi = explain(mlp, D, "cumulant")
+    t = float(y[:, 0].quantile(1 - 1e-4))
+    truth = float((y[:, 0] > t).double().mean())
+    zero = pi.probability(Above(0, t))
+    sampled = pi.probability(Above(0, t), samples=5000)
+    both = pi.probability(All(Above(0, float(y[:, 0].quantile(0.99))), Below(1, float(y[:, 1].quantile(0.05)))), samples=3000)
+    argmax = pi.probability(ArgMax(2), samples=3000)
+    det = pi.probability(Detector(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)).to(dev), 0.5), samples=3000)
+    p = pi.predict(torch.randn(4, 8, device=dev))
+    assert on_device(p)
+    return (f"truth {truth:.2e} zero {zero.value:.2e} sampled {sampled.value:.2e} {sampled.interval}; "
+            f"All {both.value:.2e}; ArgMax {argmax.value:.3f}; detector {det.value:.3f}")
+check("MLP probabilities and predict on device", mlp_probabilities)
+
+def mlp_control():
+    e = explain(mlp, D, "cumulant").expectation(samples=20_000)
+    return f"{e.value.tolist()} ± {((e.interval[1] - e.interval[0]) / 2).tolist()}"
+check("control-variate mean on device", mlp_control)
+
+def float32():
+    pi = explain(mlp, D, "cumulant", dtype=torch.float32)
+    return f"{pi.expectation().value.dtype} {pi.probability(Above(0, 1.0)).value:.3e}"
+check("float32 π on device", float32)
+
+cnn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                    nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 2)).to(dev)
+def cnn_compile():
+    cnn.eval()
+    g = compile_model(cnn, input_shape=(1, 14, 14))
+    images = torch.randn(256, 1, 14, 14, device=dev)
+    err = float((g.forward(images.flatten(1)) - cnn(images)).abs().max())
+    pi = explain(cnn, Gaussian.standard(196, device=dev), "gaussian", input_shape=(1, 14, 14))
+    with torch.no_grad():
+        out = cnn(torch.randn(400_000, 1, 14, 14, device=dev)).double()
+    return f"graph err {err:.1e}; mean err/sd {float(((pi.expectation().value - out.mean(0)) / out.std(0)).abs().max()):.3f}"
+check("CNN compile and moments on device", cnn_compile)
+
+def tracker_cnn():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.1), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 1)).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    path = tempfile.mkdtemp() + "/run.h5"
+    with Tracker(model, optimizer, Gaussian.standard(64, device=dev), method="cumulant",
+                 events={"high": Above(0, 3.0)}, path=path, every=10, input_shape=(1, 8, 8)) as tracker:
+        for _ in range(40):
+            images = torch.randn(256, 1, 8, 8, device=dev)
+            loss = ((model(images)[:, 0] - images[:, 0, 3, 3]) ** 2).mean()
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+    run = open_run(path)
+    last = run.last.explanation.expectation().value
+    return f"ledger ratio {tracker.ledger.ratio:.3f}, checkpoints {run.steps}, saved E[y] {last.tolist()} on {last.device}"
+check("Tracker on a CNN on device, file read back", tracker_cnn)
+
+def penalty():
+    model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 2)).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    guard = CatastrophePenalty(model, Gaussian.standard(4, device=dev), All(Above(0, 2.0), Above(1, 2.0)), target=1e-6, weight=0.1)
+    for _ in range(20):
+        inputs = torch.randn(256, 4, device=dev)
+        loss = ((model(inputs) - inputs[:, :2]) ** 2).mean() + guard()
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+    hard = guard.inputs(8)
+    assert on_device(hard)
+    return f"log10 P {guard.log10_probability:.2f}, flops {guard.flops:.3g}, inputs on {hard.device}"
+check("CatastrophePenalty on device", penalty)
+
+def fit():
+    data = torch.randn(5000, 6, device=dev) @ torch.randn(6, 6, device=dev)
+    fitted = Gaussian.fit(data, shrinkage="ledoit-wolf")
+    return f"{fitted} on {fitted.mean.device}"
+check("Gaussian.fit on device", fit)
+
+print("FAILURES:", failures or "none")
