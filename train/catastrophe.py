@@ -47,6 +47,9 @@ short descents stop before the optimum, where ∇g is not yet parallel to ξ and
 curvature of {g = 0} and failure regions no start reaches); the sampled estimates
 (`probability(event, samples=N)`) measure the probability itself.
 
+Detectors in the event are judges, held fixed: the penalty's gradient reaches the model's
+parameters through its outputs, not a detector's own weights.
+
 Cost (`flops`, cumulative; one forward pass of the network per point, a backward pass
 two): the searches and descents, π's builds, and the live pass per mode (whose backward
 is paid in the loss's backward). A Tracker sees none of it as training, since no forward
