@@ -105,7 +105,11 @@ class Explanation(ABC):
         return replace(estimate, flops=estimate.flops + spent) if spent else estimate
 
     def _inputs(self, x: Tensor) -> Tensor:
+        """x as [batch, inputs] on π's device; a batch of images [batch, C, H, W] (a model
+        compiled with `input_shape`) is flattened per row, as the graph reads it."""
         x = torch.as_tensor(x)
+        if x.dim() > 2 and x[0].numel() == self.graph.n_inputs:
+            x = x.flatten(1)
         if x.dim() != 2 or x.shape[1] != self.graph.n_inputs:
             raise ValueError(f"predict expects inputs of shape [batch, {self.graph.n_inputs}], got {tuple(x.shape)}")
         return x.to(self.graph.device)

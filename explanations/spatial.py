@@ -40,7 +40,8 @@ from .graph import Act, Affine, Chain, Residual
 
 MAX_DENSE_ENTRIES = 50_000_000      # 200 MB in float32
 BASIS_CHUNK_ENTRIES = 1 << 22       # entries of the basis pushed through a layer at once
-SHAPE_HINT = "it needs the shape of the model's input: compile_model(model, input_shape=(C, H, W))"
+SHAPE_HINT = ("it needs the shape of the model's input: pass input_shape=(C, H, W) to compile_model, "
+              "explain, Tracker or CatastrophePenalty")
 LINEAR_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.AvgPool1d,
                   nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.ZeroPad1d, nn.ZeroPad2d,
                   nn.ConstantPad1d, nn.ConstantPad2d)

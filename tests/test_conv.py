@@ -190,3 +190,13 @@ def test_changed_settings_and_weights_are_followed_and_hooks_see_only_the_first_
 def test_a_max_pool_too_large_to_expand_is_refused():
     with pytest.raises(UnsupportedModule, match="MaxPool2d.*ReLU network needs"):
         compile_model(nn.Sequential(nn.MaxPool2d(2), nn.Flatten()), input_shape=(8, 32, 32))
+
+
+def test_predict_takes_a_batch_of_images():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 1)).to(F64)
+    pi = explain(model, Gaussian.standard(36), input_shape=(1, 6, 6))
+    images = torch.randn(5, 1, 6, 6, dtype=F64)
+    torch.testing.assert_close(pi.predict(images), pi.predict(images.flatten(1)))
+    with pytest.raises(ValueError, match="predict expects inputs of shape \\[batch, 36\\]"):
+        pi.predict(torch.randn(5, 1, 5, 5))
