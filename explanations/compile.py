@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import operator
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +39,7 @@ _FUNCTION_FAMILIES = {F.leaky_relu: ("leaky_relu", "negative_slope", 1, 0.01),
                       F.elu: ("elu", "alpha", 1, 1.0), F.softplus: ("softplus", "beta", 1, 1.0)}
 SOFTPLUS_THRESHOLD = 20.0   # torch's default: below it Softplus is piecewise (linear past βz > threshold)
 _ADDS = {operator.add, torch.add}
+_SIZE = object()    # stands for a size read off a tensor in a traced forward (x.size(0), x.shape[0])
 _IDENTITIES = {torch.flatten}
 
 
@@ -69,7 +71,43 @@ def compile_model(module: nn.Module, n_inputs: int | None = None, *, input_shape
     width = n_inputs if n_inputs is not None else first_width(chain)
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
-    return Graph(chain, width)
+    graph = Graph(chain, width)
+    _check_reproduces(module, graph, input_shape or (width,))
+    return graph
+
+
+_CHECKED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+REPRODUCTION_TOLERANCE = 1e-3
+
+
+def _check_reproduces(module: nn.Module, graph: Graph, input_shape: tuple[int, ...]) -> None:
+    """The graph must compute what the module computes (as eval() does): compared once per
+    module tree and input shape on 4 standard normal inputs, max |graph - module| ≤
+    1e-3·(1 + max |module|), else InvalidModel. A guard against a traced forward read wrong
+    (a reshape that mixes rows, say); the module's hooks see this pass once."""
+    key = (input_shape, tuple(id(m) for m in module.modules()))
+    checked = _CHECKED.setdefault(module, set())
+    if key in checked:
+        return
+    device, dtype = spatial.placement(module)
+    x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        with torch.no_grad():
+            expected = module(x)
+            found = graph.forward(x.flatten(1)).to(expected.dtype)
+    except Exception as error:       # the module's own forward refuses the shape
+        raise InvalidModel(f"the model cannot take inputs of shape {tuple(input_shape)}: {error}") from None
+    finally:
+        for m, training in modes:
+            m.training = training
+    expected = expected.reshape(len(x), -1)
+    gap = float((found - expected).abs().max()) if found.shape == expected.shape else math.inf
+    if not gap <= REPRODUCTION_TOLERANCE * (1 + float(expected.abs().max())):
+        raise InvalidModel(f"the compiled graph does not reproduce the model (max |difference| {gap:.3g} on "
+                           f"random inputs of shape {tuple(input_shape)}): a traced forward was read wrong")
+    checked.add(key)
 
 
 def _gelu_kind(approximate: str, path: str) -> str:
@@ -174,7 +212,7 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
                 options: _Options) -> Chain:
     """The chain (from the module's input) that computes the value of fx node `node`."""
     def operand(arg: object) -> Chain:
-        if not isinstance(arg, torch.fx.Node):
+        if not isinstance(arg, torch.fx.Node) or chains[arg] is _SIZE:
             raise UnsupportedModule(path, kind, f"operation {node.target} on a constant ({arg!r})")
         return chains[arg]
 
@@ -198,6 +236,14 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
     if (node.op == "call_function" and node.target in _IDENTITIES) or (
             node.op == "call_method" and node.target == "flatten"):
         return operand(args[0])
+    if (node.op == "call_method" and node.target == "size") or (
+            node.op == "call_function" and node.target is getattr and args[1:] == ("shape",)) or (
+            node.op == "call_function" and node.target is operator.getitem and chains.get(args[0]) is _SIZE):
+        return _SIZE
+    if node.op in ("call_method", "call_function") and node.target in ("view", "reshape", torch.reshape):
+        shape = args[1:] if len(args) > 2 or not isinstance(args[1], (tuple, list)) else tuple(args[1])
+        if len(shape) == 2 and all(isinstance(n, int) or chains.get(n) is _SIZE for n in shape):
+            return operand(args[0])        # [batch, n]: each row flattened, which the graph's vectors are
     raise UnsupportedModule(path, kind, f"operation {node.op} {getattr(node.target, '__name__', node.target)}")
 
 

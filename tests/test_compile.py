@@ -234,3 +234,33 @@ def test_a_module_repeated_in_a_sequential_is_applied_each_time():
     assert sum(isinstance(op, Act) for op in graph.chain) == 2
     x = torch.randn(16, 3, dtype=torch.float64)
     torch.testing.assert_close(graph.forward(x), model(x))
+
+
+def test_a_graph_that_does_not_reproduce_its_model_is_refused(monkeypatch):
+    """The compile-time check on random inputs: a translation slip (tanh read as sigmoid,
+    forced here) raises instead of explaining another network."""
+    import explanations.compile as compiler
+    monkeypatch.setitem(compiler._LEAF_ACTIVATIONS, nn.Tanh, "sigmoid")
+    with pytest.raises(InvalidModel, match="does not reproduce the model"):
+        compile_model(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)))
+
+
+class TutorialNet(nn.Module):
+    """The classic PyTorch CIFAR tutorial network: one pooling module for two maps, x.view."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.pool, self.conv2 = nn.Conv2d(3, 6, 5), nn.MaxPool2d(2, 2), nn.Conv2d(6, 16, 5)
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16 * 5 * 5, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.view(x.size(0), -1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+def test_the_tutorial_network_compiles_exactly():
+    model = TutorialNet().double()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(compile_model(model, input_shape=(3, 32, 32)).forward(x.flatten(1)), model(x))
