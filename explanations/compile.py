@@ -1,7 +1,8 @@
 """`compile_model`: a torch module → its formal `Graph`.
 
 Leaves: nn.Linear, nn.ReLU, nn.LeakyReLU, nn.GELU (both approximations), nn.SiLU, nn.Mish,
-nn.ELU, nn.Softplus (threshold ≥ 20), nn.Tanh, nn.Sigmoid, Step, nn.Identity, nn.Flatten,
+nn.ELU, nn.Softplus (threshold ≥ 20), nn.Tanh, nn.Sigmoid, Step, nn.ReLU6, nn.Hardtanh and
+nn.Hardsigmoid (clamps, as exact ReLU networks: `spatial.Clamp`), nn.Identity, nn.Flatten,
 nn.Dropout and nn.BatchNorm1d/2d in eval mode (BatchNorm folded into a neighbouring affine
 map); with `input_shape`, convolutions, average pooling and padding as the affine maps they
 are on flattened inputs; nn.Sequential nests. Parametrised activations compile to kinds
@@ -71,7 +72,7 @@ def compile_model(module: nn.Module, n_inputs: int | None = None, *, input_shape
     width = n_inputs if n_inputs is not None else first_width(chain)
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
-    graph = Graph(chain, width)
+    graph = Graph(spatial.expand_clamps(chain, width, options.dtype, options.device)[0], width)
     _check_reproduces(module, graph, input_shape or (width,))
     return graph
 
@@ -160,6 +161,12 @@ def _compile(module: nn.Module, path: str, options: _Options) -> Chain:
         return (Act(activation(f"elu:{float(module.alpha)!r}").name, path),)
     if _plain(module, nn.Softplus):
         return (Act(_softplus_kind(module.beta, module.threshold, path), path),)
+    if _plain(module, nn.ReLU6):
+        return (spatial.Clamp(0.0, 6.0, 1.0, 0.0, path),)
+    if _plain(module, nn.Hardtanh):
+        return (spatial.Clamp(float(module.min_val), float(module.max_val), 1.0, 0.0, path),)
+    if _plain(module, nn.Hardsigmoid):
+        return (spatial.Clamp(0.0, 6.0, 1.0 / 6.0, 3.0, path),)
     if _plain(module, nn.GELU):
         return (Act(_gelu_kind(module.approximate, path), path),)
     if _plain(module, nn.Identity) or _plain(module, nn.Flatten):

@@ -1,10 +1,11 @@
-"""Layers on feature maps as maps of flattened inputs, for `compile_model(..., input_shape=...)`.
+"""Layers that are affine maps or ReLU networks on flattened inputs, for `compile_model`.
 
 With the shape of one input known ((C, H, W) for images), a convolution, average pooling or
 padding layer is x ↦ W x + b on flattened x (row-major, as nn.Flatten and x.flatten(1) order
 it). BatchNorm in eval mode is elementwise, x ↦ s x + t, and folds into a neighbouring
 affine map. Max pooling is not affine but is a ReLU network, exactly:
-max(a, b) = relu(a) - relu(-a) + relu(b - a).
+max(a, b) = relu(a) - relu(-a) + relu(b - a); so are the clamps (ReLU6, Hardtanh,
+Hardsigmoid), clamp(u, l, h) = l + relu(u - l) - relu(u - h).
 
 Structure, worked out once per module, settings, input shape and device from the module's
 own forward passes on the basis e_1 … e_n of its input space (float64, in chunks), then kept
@@ -221,6 +222,39 @@ def max_pool(module: nn.Module, path: str, shape: tuple[int, ...] | None, device
         flops = comparisons if i == len(matrices) - 1 else 0
         chain += [Affine(matrix, matrix.new_zeros(matrix.shape[0]), path, flops), Act("relu", path)]
     return tuple(chain[:-1])
+
+
+@dataclass(eq=False)
+class Clamp:
+    """scale·clamp(z + offset, low, high) elementwise (ReLU6, Hardtanh, Hardsigmoid), until
+    `expand_clamps` knows its width and writes it as the ReLU network it is."""
+    low: float
+    high: float
+    scale: float
+    offset: float
+    path: str
+
+
+def expand_clamps(chain: Chain, width: int, dtype: torch.dtype, device: torch.device | None) -> tuple[Chain, int]:
+    """Each Clamp as clamp(u, l, h) = l + relu(u - l) - relu(u - h): Affine [u - l; u - h] →
+    ReLU → Affine [I, -I] plus the constants, exact. Charged 2 comparisons per unit (on the
+    second map; the first 0) plus its ReLU units. Returns the chain and its output width."""
+    out: list = []
+    for op in chain:
+        if isinstance(op, Clamp):
+            eye = torch.eye(width, dtype=dtype, device=device)
+            shifts = torch.cat([eye.new_full((width,), op.offset - op.low), eye.new_full((width,), op.offset - op.high)])
+            out += [Affine(torch.cat([eye, eye]), shifts, op.path, 0), Act("relu", op.path),
+                    Affine(op.scale * torch.cat([eye, -eye], dim=1), eye.new_full((width,), op.scale * op.low),
+                           op.path, 2 * width)]
+        elif isinstance(op, Residual):
+            branches = [expand_clamps(branch, width, dtype, device) for branch in op.branches]
+            out.append(Residual(tuple(b for b, _ in branches), op.path))
+            width = branches[0][1]
+        else:
+            out.append(op)
+            width = op.n_out if isinstance(op, Affine) else width
+    return tuple(out), width
 
 
 def _tournament(windows: Tensor, n_in: int, path: str, kind: str) -> list[Tensor]:

@@ -77,7 +77,7 @@ def test_residual_after_shared_prefix():
 
 
 @pytest.mark.parametrize("bad, path, kind", [
-    (nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Hardtanh())), "1.0", "Hardtanh"),
+    (nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Hardswish())), "1.0", "Hardswish"),
     (nn.Sequential(nn.Linear(3, 3), nn.Softplus(threshold=5.0)), "1", "Softplus"),
     (nn.Sequential(nn.Linear(3, 3), nn.Dropout()), "1", "Dropout"),
     (nn.Sequential(nn.Linear(3, 3), DoubledLinear(3, 3)), "1", "DoubledLinear"),
