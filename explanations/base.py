@@ -105,13 +105,15 @@ class Explanation(ABC):
         return replace(estimate, flops=estimate.flops + spent) if spent else estimate
 
     def _inputs(self, x: Tensor) -> Tensor:
-        """x as [batch, inputs] on π's device; a batch of images [batch, C, H, W] (a model
-        compiled with `input_shape`) is flattened per row, as the graph reads it."""
+        """x as [batch, inputs] on π's device; for a model compiled with `input_shape`, a batch
+        of inputs of that shape ([batch, C, H, W]) is flattened per row, as the graph reads it."""
         x = torch.as_tensor(x)
-        if x.dim() > 2 and x[0].numel() == self.graph.n_inputs:
+        shape = self.graph.input_shape
+        if shape is not None and x.dim() == len(shape) + 1 and tuple(x.shape[1:]) == shape:
             x = x.flatten(1)
         if x.dim() != 2 or x.shape[1] != self.graph.n_inputs:
-            raise ValueError(f"predict expects inputs of shape [batch, {self.graph.n_inputs}], got {tuple(x.shape)}")
+            also = f" or [batch, {', '.join(map(str, shape))}]" if shape is not None else ""
+            raise ValueError(f"predict expects inputs of shape [batch, {self.graph.n_inputs}]{also}, got {tuple(x.shape)}")
         return x.to(self.graph.device)
 
     def _estimate(self, result: OrthantResult, query_flops: int, method: str | None = None,

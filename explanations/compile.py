@@ -40,7 +40,9 @@ _FUNCTION_FAMILIES = {F.leaky_relu: ("leaky_relu", "negative_slope", 1, 0.01),
                       F.elu: ("elu", "alpha", 1, 1.0), F.softplus: ("softplus", "beta", 1, 1.0)}
 SOFTPLUS_THRESHOLD = 20.0   # torch's default: below it Softplus is piecewise (linear past βz > threshold)
 _ADDS = {operator.add, torch.add}
-_SIZE = object()    # stands for a size read off a tensor in a traced forward (x.size(0), x.shape[0])
+# sizes read off tensors in a traced forward: the batch (x.size(0), x.shape[0]), the shape, any other
+_BATCH, _SHAPE, _SIZE = object(), object(), object()
+_SIZES = (_BATCH, _SHAPE, _SIZE)
 _IDENTITIES = {torch.flatten}
 
 
@@ -72,43 +74,53 @@ def compile_model(module: nn.Module, n_inputs: int | None = None, *, input_shape
     width = n_inputs if n_inputs is not None else first_width(chain)
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
-    graph = Graph(spatial.expand_clamps(chain, width, options.dtype, options.device)[0], width)
+    graph = Graph(spatial.expand_clamps(chain, width, options.dtype, options.device)[0], width, input_shape)
     _check_reproduces(module, graph, input_shape or (width,))
     return graph
 
 
 _CHECKED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
-REPRODUCTION_TOLERANCE = 1e-3
+REPRODUCTION_TOLERANCE = 1e-3      # relative to 1 + max |y|; at least 16 ulps of the model's dtype
+CHECK_ROWS = 5                     # odd: a reshape that fixes the batch at a round number shows
 
 
 def _check_reproduces(module: nn.Module, graph: Graph, input_shape: tuple[int, ...]) -> None:
-    """The graph must compute what the module computes (as eval() does): compared once per
-    module tree and input shape on 4 standard normal inputs, max |graph - module| ≤
-    1e-3·(1 + max |module|), else InvalidModel. A guard against a traced forward read wrong
-    (a reshape that mixes rows, say); the module's hooks see this pass once."""
-    key = (input_shape, tuple(id(m) for m in module.modules()))
+    """The graph must compute what the module computes (as eval() does): compared on
+    CHECK_ROWS standard normal inputs, max |graph - module| ≤ tol·(1 + max |module|) with
+    tol = max(REPRODUCTION_TOLERANCE, 16·eps of the model's dtype), and the same number of
+    rows out as in, else InvalidModel. Once per input shape and module tree, the tree told by
+    each submodule's type, parameter shapes, hooks and any forward set on the instance. A
+    guard against a forward read wrong; the module's hooks see this pass."""
+    tree = tuple((id(m), type(m), len(m._forward_hooks), len(m._forward_pre_hooks), "forward" in vars(m),
+                  tuple(tuple(p.shape) for p in m.parameters(recurse=False))) for m in module.modules())
     checked = _CHECKED.setdefault(module, set())
-    if key in checked:
+    if (input_shape, tree) in checked:
         return
     device, dtype = spatial.placement(module)
-    x = torch.randn(4, *input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
+    x = torch.randn(CHECK_ROWS, *input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
     modes = [(m, m.training) for m in module.modules()]
     try:
         module.eval()
         with torch.no_grad():
-            expected = module(x)
-            found = graph.forward(x.flatten(1)).to(expected.dtype)
+            found = graph.forward(x.flatten(1))
+            expected = module(x.clone())             # the clone: an in-place first layer would change x
     except Exception as error:       # the module's own forward refuses the shape
         raise InvalidModel(f"the model cannot take inputs of shape {tuple(input_shape)}: {error}") from None
     finally:
         for m, training in modes:
             m.training = training
-    expected = expected.reshape(len(x), -1)
+    if expected.shape[0] != CHECK_ROWS:
+        raise InvalidModel(f"the model returns {expected.shape[0]} rows for {CHECK_ROWS} inputs: a reshape "
+                           f"mixes the rows of the batch")
+    expected = expected.flatten(1)
+    found = found.to(expected.dtype)
+    tolerance = max(REPRODUCTION_TOLERANCE, 16 * torch.finfo(expected.dtype).eps)
     gap = float((found - expected).abs().max()) if found.shape == expected.shape else math.inf
-    if not gap <= REPRODUCTION_TOLERANCE * (1 + float(expected.abs().max())):
+    if not gap <= tolerance * (1 + float(expected.abs().max())):
         raise InvalidModel(f"the compiled graph does not reproduce the model (max |difference| {gap:.3g} on "
-                           f"random inputs of shape {tuple(input_shape)}): a traced forward was read wrong")
-    checked.add(key)
+                           f"random inputs of shape {tuple(input_shape)}): a forward read wrong, a hook or a "
+                           f"forward set on the instance that changes outputs, or rounding at this scale")
+    checked.add((input_shape, tree))
 
 
 def _gelu_kind(approximate: str, path: str) -> str:
@@ -162,11 +174,11 @@ def _compile(module: nn.Module, path: str, options: _Options) -> Chain:
     if _plain(module, nn.Softplus):
         return (Act(_softplus_kind(module.beta, module.threshold, path), path),)
     if _plain(module, nn.ReLU6):
-        return (spatial.Clamp(0.0, 6.0, 1.0, 0.0, path),)
+        return (spatial.Clamp(0.0, 6.0, 1.0, 0.0, path, "ReLU6"),)
     if _plain(module, nn.Hardtanh):
-        return (spatial.Clamp(float(module.min_val), float(module.max_val), 1.0, 0.0, path),)
+        return (spatial.Clamp(float(module.min_val), float(module.max_val), 1.0, 0.0, path, "Hardtanh"),)
     if _plain(module, nn.Hardsigmoid):
-        return (spatial.Clamp(0.0, 6.0, 1.0 / 6.0, 3.0, path),)
+        return (spatial.Clamp(0.0, 6.0, 1.0 / 6.0, 3.0, path, "Hardsigmoid"),)
     if _plain(module, nn.GELU):
         return (Act(_gelu_kind(module.approximate, path), path),)
     if _plain(module, nn.Identity) or _plain(module, nn.Flatten):
@@ -207,7 +219,7 @@ def _compile_traced(module: nn.Module, path: str, options: _Options) -> Chain:
             chains[node] = ()
         elif node.op == "output":
             result = node.args[0]
-            if not isinstance(result, torch.fx.Node):
+            if not isinstance(result, torch.fx.Node) or any(chains[result] is size for size in _SIZES):
                 raise UnsupportedModule(path, kind, "forward must return a single tensor")
             return chains[result]
         else:
@@ -219,7 +231,7 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
                 options: _Options) -> Chain:
     """The chain (from the module's input) that computes the value of fx node `node`."""
     def operand(arg: object) -> Chain:
-        if not isinstance(arg, torch.fx.Node) or chains[arg] is _SIZE:
+        if not isinstance(arg, torch.fx.Node) or any(chains[arg] is size for size in _SIZES):
             raise UnsupportedModule(path, kind, f"operation {node.target} on a constant ({arg!r})")
         return chains[arg]
 
@@ -243,13 +255,17 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
     if (node.op == "call_function" and node.target in _IDENTITIES) or (
             node.op == "call_method" and node.target == "flatten"):
         return operand(args[0])
-    if (node.op == "call_method" and node.target == "size") or (
-            node.op == "call_function" and node.target is getattr and args[1:] == ("shape",)) or (
-            node.op == "call_function" and node.target is operator.getitem and chains.get(args[0]) is _SIZE):
-        return _SIZE
+    if node.op == "call_method" and node.target == "size":
+        dim = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
+        return _SHAPE if dim is None else _BATCH if dim == 0 else _SIZE
+    if node.op == "call_function" and node.target is getattr and args[1:] == ("shape",):
+        return _SHAPE
+    if node.op == "call_function" and node.target is operator.getitem and chains.get(args[0]) is _SHAPE:
+        return _BATCH if args[1] == 0 else _SIZE
     if node.op in ("call_method", "call_function") and node.target in ("view", "reshape", torch.reshape):
-        shape = args[1:] if len(args) > 2 or not isinstance(args[1], (tuple, list)) else tuple(args[1])
-        if len(shape) == 2 and all(isinstance(n, int) or chains.get(n) is _SIZE for n in shape):
+        shape = node.kwargs.get("shape", args[1:] if len(args) > 2 or len(args) < 2 or not isinstance(
+            args[1], (tuple, list)) else tuple(args[1]))
+        if len(shape) == 2 and _flattens_rows(*shape, chains):
             return operand(args[0])        # [batch, n]: each row flattened, which the graph's vectors are
     raise UnsupportedModule(path, kind, f"operation {node.op} {getattr(node.target, '__name__', node.target)}")
 
@@ -278,6 +294,14 @@ class _Options:
 
 
 _EVAL_HINT = "call model.eval(), or compile_model(model, inference=True) for the network as eval() computes it"
+
+
+def _flattens_rows(rows: object, width: object, chains: dict) -> bool:
+    """Is reshape(rows, width) each row flattened: rows the batch (-1 or x.size(0)) and width a
+    number or -1 (not both -1)? Whether the width is right, the width checks and
+    `_check_reproduces` see."""
+    batch = rows == -1 if isinstance(rows, int) else chains.get(rows) is _BATCH
+    return batch and isinstance(width, int) and not rows == width == -1
 
 
 def _residual(left: Chain, right: Chain, path: str) -> Chain:

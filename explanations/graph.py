@@ -138,9 +138,13 @@ def chain_flops(chain: Chain, n_in: int) -> int:
 class Graph:
     """A compiled network: `chain` maps [batch, n_inputs] to [batch, n_outputs]."""
 
-    def __init__(self, chain: Chain, n_inputs: int) -> None:
+    def __init__(self, chain: Chain, n_inputs: int, input_shape: tuple[int, ...] | None = None) -> None:
         self.chain = tuple(chain)
         self.n_inputs = n_inputs
+        if input_shape is not None and (not all(isinstance(n, int) and n > 0 for n in input_shape)
+                                        or int(np.prod(input_shape)) != n_inputs):
+            raise InvalidModel(f"input shape {tuple(input_shape)} does not hold {n_inputs} inputs")
+        self.input_shape = tuple(input_shape) if input_shape is not None else None   # one input's, unflattened
         self.n_outputs = chain_width(self.chain, n_inputs)
         for op in iter_ops(self.chain):
             if isinstance(op, Affine):
@@ -187,7 +191,7 @@ class Graph:
                 else:
                     out.append(op)
             return tuple(out)
-        return Graph(move(self.chain), self.n_inputs)
+        return Graph(move(self.chain), self.n_inputs, self.input_shape)
 
     def to_plain(self) -> tuple[dict, dict[str, np.ndarray]]:
         """(JSON-able metadata, named arrays) from which `from_plain` rebuilds the graph."""
@@ -211,6 +215,8 @@ class Graph:
 
         meta = {"format": "pi-tracker graph", "version": FORMAT_VERSION,
                 "n_inputs": self.n_inputs, "chain": encode(self.chain)}
+        if self.input_shape is not None:
+            meta["input_shape"] = list(self.input_shape)
         return meta, arrays
 
     @classmethod
@@ -244,7 +250,13 @@ class Graph:
                     raise ValueError(f"unknown graph operation {item!r}")
             return tuple(out)
 
-        return cls(decode(meta["chain"]), int(meta["n_inputs"]))
+        shape = meta.get("input_shape")
+        if shape is not None and not (isinstance(shape, list) and all(isinstance(n, int) for n in shape)):
+            raise ValueError(f"bad input shape {shape!r}")
+        try:
+            return cls(decode(meta["chain"]), int(meta["n_inputs"]), tuple(shape) if shape is not None else None)
+        except InvalidModel as error:
+            raise ValueError(str(error)) from None
 
     def __repr__(self) -> str:
         def show(chain: Chain) -> str:

@@ -5,7 +5,8 @@ padding layer is x ↦ W x + b on flattened x (row-major, as nn.Flatten and x.fl
 it). BatchNorm in eval mode is elementwise, x ↦ s x + t, and folds into a neighbouring
 affine map. Max pooling is not affine but is a ReLU network, exactly:
 max(a, b) = relu(a) - relu(-a) + relu(b - a); so are the clamps (ReLU6, Hardtanh,
-Hardsigmoid), clamp(u, l, h) = l + relu(u - l) - relu(u - h).
+Hardsigmoid), clamp(u, l, h) = l + relu(u - l) - relu(u - h) (`Clamp`, written out by
+`expand_clamps` once the widths are known).
 
 Structure, worked out once per module, settings, input shape and device from the module's
 own forward passes on the basis e_1 … e_n of its input space (float64, in chunks), then kept
@@ -233,15 +234,22 @@ class Clamp:
     scale: float
     offset: float
     path: str
+    kind: str                # the module's class, for errors
 
 
 def expand_clamps(chain: Chain, width: int, dtype: torch.dtype, device: torch.device | None) -> tuple[Chain, int]:
     """Each Clamp as clamp(u, l, h) = l + relu(u - l) - relu(u - h): Affine [u - l; u - h] →
-    ReLU → Affine [I, -I] plus the constants, exact. Charged 2 comparisons per unit (on the
-    second map; the first 0) plus its ReLU units. Returns the chain and its output width."""
+    ReLU → Affine [I, -I] plus the constants: exact in real arithmetic, in floating point
+    within a few ulps of max(|l|, |h|, |u|) (the saturated ends cancel u), and one ReLU layer
+    on π's Gaussian inputs, whose moments are exact. Charged 2 comparisons per unit (on the
+    second map; the first 0) plus its ReLU units. UnsupportedModule where a map would hold
+    more than MAX_DENSE_ENTRIES entries. Returns the chain and its output width."""
     out: list = []
     for op in chain:
         if isinstance(op, Clamp):
+            if 2 * width * width > MAX_DENSE_ENTRIES:
+                raise UnsupportedModule(op.path, op.kind, f"its ReLU network needs a matrix of {2 * width * width:,} "
+                                        f"entries, more than {MAX_DENSE_ENTRIES:,}")
             eye = torch.eye(width, dtype=dtype, device=device)
             shifts = torch.cat([eye.new_full((width,), op.offset - op.low), eye.new_full((width,), op.offset - op.high)])
             out += [Affine(torch.cat([eye, eye]), shifts, op.path, 0), Act("relu", op.path),

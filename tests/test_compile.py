@@ -264,3 +264,47 @@ def test_the_tutorial_network_compiles_exactly():
     model = TutorialNet().double()
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     torch.testing.assert_close(compile_model(model, input_shape=(3, 32, 32)).forward(x.flatten(1)), model(x))
+
+
+class Reshaped(nn.Module):
+    def __init__(self, reshape):
+        super().__init__()
+        self.fc, self.reshape = nn.Linear(2, 6), reshape
+
+    def forward(self, x):
+        return self.reshape(self.fc(x))
+
+
+@pytest.mark.parametrize("reshape, error, message", [
+    (lambda h: h.view(-1, 3), InvalidModel, "returns 10 rows for 5 inputs"),
+    (lambda h: h.reshape(4, -1), UnsupportedModule, "operation"),
+    (lambda h: h.view(h.size(1), -1), UnsupportedModule, "operation"),
+    (lambda h: h.size(0), UnsupportedModule, "single tensor")])
+def test_reshapes_that_mix_rows_are_refused(reshape, error, message):
+    with pytest.raises(error, match=message):
+        compile_model(Reshaped(reshape))
+
+
+def test_row_flattening_reshapes_and_in_place_first_layers_compile():
+    model = Reshaped(lambda h: torch.reshape(h, shape=(h.shape[0], -1))).double()
+    x = torch.randn(3, 2, dtype=torch.float64)
+    torch.testing.assert_close(compile_model(model).forward(x), model(x))
+    leaky = nn.Sequential(nn.Flatten(), nn.LeakyReLU(0.2, inplace=True), nn.Linear(6, 2))
+    compile_model(leaky, input_shape=(2, 3))
+
+
+def test_bfloat16_models_pass_the_check():
+    for seed in range(10):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(4 * 3 * 3, 3), nn.Hardtanh()).to(torch.bfloat16).eval()
+        model[1].running_var.uniform_(0.3, 3.0)
+        compile_model(model, input_shape=(1, 8, 8))
+
+
+def test_a_hook_added_after_the_first_compile_is_checked_again():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    compile_model(model)
+    model[2].register_forward_hook(lambda module, args, out: out + 1.0)
+    with pytest.raises(InvalidModel, match="does not reproduce"):
+        compile_model(model)

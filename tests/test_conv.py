@@ -200,3 +200,18 @@ def test_predict_takes_a_batch_of_images():
     torch.testing.assert_close(pi.predict(images), pi.predict(images.flatten(1)))
     with pytest.raises(ValueError, match="predict expects inputs of shape \\[batch, 36\\]"):
         pi.predict(torch.randn(5, 1, 5, 5))
+
+
+def test_predict_refuses_images_of_another_layout():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 1)).to(F64)
+    pi = explain(model, Gaussian.standard(36), input_shape=(1, 6, 6))
+    for wrong in (torch.randn(5, 6, 6, 1), torch.randn(5, 1, 4, 9)):
+        with pytest.raises(ValueError, match="\\[batch, 36\\] or \\[batch, 1, 6, 6\\]"):
+            pi.predict(wrong)
+    assert pi.predict(torch.randn(0, 1, 6, 6, dtype=F64)).shape == (0, 1)
+
+
+def test_a_clamp_too_wide_to_expand_is_refused():
+    with pytest.raises(UnsupportedModule, match="ReLU6.*ReLU network needs"):
+        compile_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Flatten()), input_shape=(3, 32, 32))

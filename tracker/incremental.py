@@ -37,7 +37,7 @@ def supports_head_update(pi: Explanation | None) -> bool:
 
 def hybrid_graph(body: Graph, current: Graph) -> Graph:
     """`body`'s chain with the final affine map of `current`."""
-    return Graph(body.chain[:-1] + current.chain[-1:], body.n_inputs)
+    return Graph(body.chain[:-1] + current.chain[-1:], body.n_inputs, current.input_shape)
 
 
 def head_update_cost(pi: Explanation) -> int:
