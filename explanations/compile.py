@@ -98,17 +98,9 @@ def _check_reproduces(module: nn.Module, graph: Graph, input_shape: tuple[int, .
         return
     device, dtype = spatial.placement(module)
     x = torch.randn(CHECK_ROWS, *input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
-    modes = [(m, m.training) for m in module.modules()]
-    try:
-        module.eval()
-        with torch.no_grad():
-            found = graph.forward(x.flatten(1))
-            expected = module(x.clone())             # the clone: an in-place first layer would change x
-    except Exception as error:       # the module's own forward refuses the shape
-        raise InvalidModel(f"the model cannot take inputs of shape {tuple(input_shape)}: {error}") from None
-    finally:
-        for m, training in modes:
-            m.training = training
+    with spatial.evaluating(module, input_shape):
+        found = graph.forward(x.flatten(1))
+        expected = module(x.clone())             # the clone: an in-place first layer would change x
     if expected.shape[0] != CHECK_ROWS:
         raise InvalidModel(f"the model returns {expected.shape[0]} rows for {CHECK_ROWS} inputs: a reshape "
                            f"mixes the rows of the batch")

@@ -24,6 +24,7 @@ from torch.special import ndtr
 
 from .activations import activation, normal_pdf
 from .moments import HERMITE_DEGREE, ActivationMoments, hermite_basis, quadrature, split_deterministic
+from .skew import relu_raw_moments
 
 _RHO_LIMIT = 1 - 1e-9
 
@@ -42,8 +43,8 @@ def _derivative_expectations(kind: str, mean: Tensor, sd: Tensor) -> tuple[Tenso
         pdf, cdf = normal_pdf(a), ndtr(a)
         he = hermite_basis(a, 4) * torch.exp(torch.lgamma(orders[:5] + 1)).sqrt()[:, None]    # He_0..He_4 at a
         delta = lambda k: (-1) ** k * he[k] * pdf / sd ** (k + 1)
-        up_first, up_second = sd * (a * cdf + pdf), sd * sd * ((a * a + 1) * cdf + a * pdf)
-        down_first, down_second = sd * (pdf - a * (1 - cdf)), sd * sd * ((a * a + 1) * (1 - cdf) - a * pdf)
+        up_first, up_second = relu_raw_moments(a, sd, pdf, cdf)[:2]
+        down_first, down_second = relu_raw_moments(-a, sd, pdf, 1 - cdf)[:2]
         c2 = leak * leak
         f = torch.stack([leak * mean + (1 - leak) * up_first, leak + (1 - leak) * cdf]
                         + [(1 - leak) * delta(k) for k in range(5)], dim=1)             # f, f′, f″ = (1 - c)δ, …

@@ -11,7 +11,7 @@ through plain data: JSON-able metadata and a dict of named numpy arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 import numpy as np
 import torch
@@ -180,12 +180,19 @@ class Graph:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Graph":
         """A copy with parameters on another device / dtype."""
+        return self._map(lambda t: t.to(device=device, dtype=dtype))
+
+    def detach(self) -> "Graph":
+        """The same maps without their autograd history (a `live` graph's, say)."""
+        return self._map(Tensor.detach)
+
+    def _map(self, change: Callable[[Tensor], Tensor]) -> "Graph":
+        """A copy with `change` applied to every weight and bias."""
         def move(chain: Chain) -> Chain:
             out = []
             for op in chain:
                 if isinstance(op, Affine):
-                    out.append(Affine(op.weight.to(device=device, dtype=dtype),
-                                      op.bias.to(device=device, dtype=dtype), op.path, op.flops))
+                    out.append(Affine(change(op.weight), change(op.bias), op.path, op.flops))
                 elif isinstance(op, Residual):
                     out.append(Residual(tuple(move(b) for b in op.branches), op.path))
                 else:

@@ -53,6 +53,12 @@ def clause_rows(clause: Clause, detectors: list, n_outputs: int, like: Tensor) -
     return a, like.new_tensor([half.threshold for half in clause])
 
 
+def clause_margins(observe: Callable[[Tensor], Tensor], clauses: list[tuple[Tensor, Tensor]]) -> list:
+    """Per clause {v : A v > b}, ξ batch ↦ A v(ξ) - b [batch, rows]: what the design search
+    descends on."""
+    return [lambda xi, a=a, b=b: observe(xi) @ a.T - b for a, b in clauses]
+
+
 def observer(graph: Graph, distribution: Gaussian, detectors: list, dtype: torch.dtype
              ) -> tuple[Callable[[Tensor], Tensor], int]:
     """ξ ↦ v = (y, detector scores) at x = μ + F ξ (F Fᵀ = Σ) for a batch of whitened inputs

@@ -86,6 +86,14 @@ class UnitTerms:
     flops: int
 
 
+def relu_raw_moments(a: Tensor, sd: Tensor, pdf: Tensor, cdf: Tensor) -> list[Tensor]:
+    """E[(z⁺)^k], k = 1..4, for z ~ N(aσ, σ²): σ^k (P_k(a) Φ(a) + Q_k(a) φ(a)) with (P, Q) as in
+    `relu_terms`; pdf = φ(a), cdf = Φ(a). At -a with 1 - Φ(a) they are E[(z⁻)^k]."""
+    return [sd * (a * cdf + pdf), sd ** 2 * ((a * a + 1) * cdf + a * pdf),
+            sd ** 3 * ((a ** 3 + 3 * a) * cdf + (a * a + 2) * pdf),
+            sd ** 4 * ((a ** 4 + 6 * a * a + 3) * cdf + (a ** 3 + 5 * a) * pdf)]
+
+
 def relu_terms(mean: Tensor, sd: Tensor, leak: float = 0.0) -> UnitTerms:
     """Closed forms for the ReLU family f = c z + (1 - c) z⁺ = z⁺ - c z⁻ (c = `leak`), a = μ/σ.
     Raw moments: E[(z⁺)^k] = σ^k (P_k(a) Φ(a) + Q_k(a) φ(a)) with
@@ -96,15 +104,9 @@ def relu_terms(mean: Tensor, sd: Tensor, leak: float = 0.0) -> UnitTerms:
     = 2σ(E z⁺ - c² E z⁻) - 2σ m₁ (c + (1 - c)Φ)."""
     a = mean / sd
     pdf, cdf = normal_pdf(a), ndtr(a)
-
-    def raw(a: Tensor, cdf: Tensor) -> list[Tensor]:
-        return [sd * (a * cdf + pdf), sd ** 2 * ((a * a + 1) * cdf + a * pdf),
-                sd ** 3 * ((a ** 3 + 3 * a) * cdf + (a * a + 2) * pdf),
-                sd ** 4 * ((a ** 4 + 6 * a * a + 3) * cdf + (a ** 3 + 5 * a) * pdf)]
-
-    up = raw(a, cdf)
+    up = relu_raw_moments(a, sd, pdf, cdf)
     if leak:
-        down = raw(-a, 1 - cdf)
+        down = relu_raw_moments(-a, sd, pdf, 1 - cdf)
         up = [up[k] + (-leak) ** (k + 1) * down[k] for k in range(4)]
     m1, m2, m3, m4 = up
     variance = m2 - m1 * m1

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import math
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -68,21 +70,31 @@ def input_shapes(module: nn.Module, input_shape: tuple[int, ...]) -> dict[int, l
             shapes.setdefault(id(m), []).append(tuple(args[0].shape[1:]))
 
     hooks = [m.register_forward_pre_hook(record) for m in module.modules()]
-    modes = [(m, m.training) for m in module.modules()]
     device, dtype = placement(module)
     try:
-        module.eval()
-        with torch.no_grad():
+        with evaluating(module, input_shape):
             module(torch.zeros(1, *input_shape, dtype=dtype, device=device))
-    except Exception as error:       # the module's own forward refuses the shape
-        raise InvalidModel(f"the model cannot take inputs of shape {tuple(input_shape)}: {error}") from None
     finally:
         for hook in hooks:
             hook.remove()
-        for m, training in modes:
-            m.training = training
     cache[(input_shape, tree)] = shapes
     return shapes
+
+
+@contextmanager
+def evaluating(module: nn.Module, input_shape: tuple[int, ...]) -> Iterator[None]:
+    """The module in eval mode without gradients (no statistics move), every submodule's
+    mode restored after; an error of its own forward becomes InvalidModel naming the shape."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        with torch.no_grad():
+            yield
+    except Exception as error:       # the module's own forward refuses the shape
+        raise InvalidModel(f"the model cannot take inputs of shape {tuple(input_shape)}: {error}") from None
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def placement(module: nn.Module) -> tuple[torch.device | None, torch.dtype]:
@@ -183,17 +195,18 @@ def linear_module(module: nn.Module, path: str, shape: tuple[int, ...] | None, l
     elif found.constant is not None:
         matrix, bias = found.constant, found.offset
     else:
-        weight = module.weight if live else module.weight.detach()
-        flat = weight.reshape(-1).double()
-        matrix = torch.where(found.weight_index >= 0, flat[found.weight_index.clamp_min(0)], flat.new_zeros(()))
-        bias = found.offset
-        if found.bias_index is not None:
-            values = (module.bias if live else module.bias.detach()).reshape(-1).double()
-            bias = bias + torch.where(found.bias_index >= 0, values[found.bias_index.clamp_min(0)], values.new_zeros(()))
+        take = lambda t: (t if live else t.detach()).reshape(-1).double()
+        matrix = _gather(take(module.weight), found.weight_index)
+        bias = found.offset if found.bias_index is None else found.offset + _gather(take(module.bias), found.bias_index)
     matrix, bias = matrix.to(dtype), bias.to(dtype)
     if not live:
         matrix, bias = matrix.detach(), bias.detach()
     return Affine(matrix, bias, path, 2 * found.nonzeros + matrix.shape[0])
+
+
+def _gather(values: Tensor, index: Tensor) -> Tensor:
+    """values[index] where index ≥ 0, else 0."""
+    return torch.where(index >= 0, values[index.clamp_min(0)], values.new_zeros(()))
 
 
 def max_pool(module: nn.Module, path: str, shape: tuple[int, ...] | None, device: torch.device | None,

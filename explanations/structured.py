@@ -34,7 +34,7 @@ from .distributions import Gaussian
 from .events import Event
 from .montecarlo import detector_flops
 from .mvn import OrthantResult, log_union
-from .observed import clause_rows, observed, observer
+from .observed import clause_margins, clause_rows, observed, observer
 
 if TYPE_CHECKING:
     from .gaussian import GaussianExplanation
@@ -77,7 +77,7 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
     D = pi.distribution.to(dtype=dtype)
     observe, unit = observer(pi.graph, D, detectors, dtype)
 
-    batch_margins = [(lambda xi, a=a, b=b: observe(xi) @ a.T - b) for a, b in clauses]
+    batch_margins = clause_margins(observe, clauses)
     guesses = linear_guesses(pi, clauses, D)
     with torch.inference_mode(False), torch.enable_grad():      # the search needs autograd
         modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype,

@@ -58,7 +58,6 @@ pass of the module is made.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -66,8 +65,8 @@ from torch import Tensor, nn
 from explanations import Gaussian, compile_model, explain
 from explanations.design import ClauseSearch
 from explanations.events import Event
-from explanations.observed import clause_rows, observer
 from explanations.mvn import bivariate_normal_cdf
+from explanations.observed import clause_margins, clause_rows, observer
 from explanations.splitting import event_margin
 from explanations.structured import search
 
@@ -75,11 +74,6 @@ SEARCH_STARTS = 3
 HINGE_WIDTH = 0.2    # decades: the softness of the hinge at the target
 NEAR = 0.5          # a clause's row counts at a design point whose tangent plane passes this close
 REFINE = 30          # descent steps after a search: the envelope gradient needs the optimum (KKT)
-
-
-def clause_margins(observe: Callable[[Tensor], Tensor], clauses: list[tuple[Tensor, Tensor]]) -> list:
-    """Per clause {v : A v > b}, ξ batch ↦ A v(ξ) - b: the rows `ClauseSearch` descends on."""
-    return [lambda xi, a=a, b=b: observe(xi) @ a.T - b for a, b in clauses]
 
 
 class CatastrophePenalty:
@@ -117,7 +111,8 @@ class CatastrophePenalty:
 
     def __call__(self) -> Tensor:
         """The penalty at the model's current parameters, a scalar tensor with their autograd graph."""
-        graph = compile_model(self.model, input_shape=self.input_shape, inference=True).to(dtype=torch.float64)
+        live = compile_model(self.model, input_shape=self.input_shape, inference=True, live=True).to(dtype=torch.float64)
+        graph = live.detach()                     # for the search: one compile serves both
         detectors = self.event.detectors()
         like = torch.zeros(1, dtype=torch.float64, device=graph.device)
         clauses = [clause_rows(c, detectors, graph.n_outputs, like) for c in self.event.dnf()]
@@ -137,8 +132,7 @@ class CatastrophePenalty:
         if not common and not self.modes:         # no design point: the search finds the event unreachable
             self.log10_probability, self.planes = -math.inf, None
             return torch.zeros((), dtype=torch.float64, device=graph.device)
-        live = compile_model(self.model, input_shape=self.input_shape, inference=True, live=True)
-        observe_live = observer(live.to(dtype=torch.float64), self.distribution, detectors, torch.float64)[0]
+        observe_live = observer(live, self.distribution, detectors, torch.float64)[0]
         if common:
             points, masses = origin, self._origin_mass(observe_live, origin, clauses, unit)
         else:
