@@ -59,8 +59,8 @@ from .graph import Act, Affine, Chain, Graph
 from .guided import GuidedSampling
 from .hermite_cumulants import hermite_cumulants
 from .moments import hermite_coefficients, split_deterministic, split_sd
-from .propagate import (GaussianState, finish_affine, propagate, propagate_skewed, skewed_activation,
-                        sources_through_affine)
+from .propagate import (GaussianState, WeightProduct, finish_affine, propagate, propagate_skewed,
+                        skewed_activation, sources_through_affine)
 from .skew import third_fourth
 from .structured import design_estimate
 from .tails import copula_probability
@@ -177,7 +177,8 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
         h, sources, pending = propagate_skewed(chain[:-3], state, self.flops, input_factor)
         weight = hidden.weight
         sources_through_affine(weight, sources, pending, self.flops)
-        weighted = weight @ h.cov
+        product = WeightProduct(weight, self.flops)
+        weighted = product @ h.cov
         mean_z, var_z = weight @ h.mean + hidden.bias, (weighted * weight).sum(dim=1)
         third, fourth, cost = third_fourth(sources, mean_z, full=False)
         _, deterministic, sd = split_sd(mean_z, var_z)
@@ -185,9 +186,9 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
         mean_h = torch.where(deterministic, activation(act.kind).fn(mean_z), mean_h)
         m, n = weight.shape
         self.mean = out.weight @ mean_h + out.bias
-        self.flops["skew mean"] += 2 * m * n * n + 4 * m * n + cost + cost_mean + 2 * out.weight.numel()
+        self.flops["skew mean"] += 4 * m * n + cost + cost_mean + 2 * out.weight.numel()
         self.mean_flops = self.build_flops
-        z = finish_affine(hidden, h, weighted, self.flops)         # W Σ_h is reused, not recomputed
+        z = finish_affine(hidden, h, weighted, self.flops, product)         # W Σ_h is reused
         return z, skewed_activation(act.kind, z, sources, self.flops)
 
     def _expectation(self) -> Estimate:

@@ -7,7 +7,10 @@ ReLU, in closed form. With σ_i = √Σ_ii, a_i = μ_i/σ_i, ρ = corr(z_i, z_j)
                             + a_j φ(a_i) Φ((a_j - ρ a_i)/s)
                             + s/(2π) exp(-(a_i² - 2ρ a_i a_j + a_j²)/(2s²)) ]
 (truncated bivariate normal moments, Rosenbaum 1961; derived by integrating by parts
-against the conditional law z_j | z_i), with Φ₂ from `mvn.bivariate_normal_cdf`.
+against the conditional law z_j | z_i), with Φ₂ from `mvn.bivariate_normal_cdf`. A pair with
+Σ_ij = 0 exactly is independent (jointly Gaussian), so E[z_i⁺ z_j⁺] = E z_i⁺ E z_j⁺ without Φ₂:
+convolutional layers on local inputs have mostly such pairs, and their covariance stays
+exactly zero there.
 The ReLU family f = c z + (1 - c) z⁺ (leaky ReLU with slope c) follows from these and
 Stein's lemma Cov(z_i, z_j⁺) = Σ_ij Φ(a_j):
     E f_i = c μ_i + (1 - c) E z_i⁺,
@@ -35,6 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -121,11 +125,25 @@ def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor
     return ActivationMoments(mean, cov, slope, flops + 4 * n * n, truncation)
 
 
-def _upper_pairs(rows: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """The pairs (i, j), i in `rows`, i < j < n."""
-    i, j = torch.meshgrid(rows, torch.arange(n, device=rows.device), indexing="ij")
-    keep = j > i
-    return i[keep], j[keep]
+def _pair_moments(independent: Tensor, cov: Tensor, pair: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, int]:
+    """E[f_i f_j] off the diagonal (zero on it): `pair(i, j)` for the pairs i < j with
+    Σ_ij ≠ 0, taken in blocks of rows of at most PAIR_BLOCK pairs, and E f_i E f_j
+    (`independent`, the outer product of the means) where Σ_ij = 0. Returns it and the
+    number of pairs computed."""
+    n = cov.shape[0]
+    dependent = cov != 0
+    second = torch.zeros_like(cov)
+    columns = torch.arange(n, device=cov.device)
+    count, step = 0, max(1, PAIR_BLOCK // n)
+    for start in range(0, n, step):
+        rows = columns[start:start + step]
+        i, j = (dependent[rows] & (columns[None, :] > rows[:, None])).nonzero(as_tuple=True)
+        i = rows[i]
+        second[i, j] = pair(i, j)
+        count += i.shape[0]
+    second = torch.where(dependent, second + second.T, independent)
+    second.fill_diagonal_(0)
+    return second, count
 
 
 def relu_moments(mean: Tensor, cov: Tensor, kind: str = "relu") -> ActivationMoments:
@@ -138,23 +156,22 @@ def relu_moments(mean: Tensor, cov: Tensor, kind: str = "relu") -> ActivationMom
     first = sd_safe * (a * cdf + pdf)
     n = mean.shape[0]
     correlation = _correlation(cov, sd_safe)
-    second = torch.zeros_like(cov)
-    for start in range(0, n, max(1, PAIR_BLOCK // n)):                # rows of pairs i < j, in blocks
-        rows = torch.arange(start, min(n, start + max(1, PAIR_BLOCK // n)), device=mean.device)
-        i, j = _upper_pairs(rows, n)
+
+    def pair(i: Tensor, j: Tensor) -> Tensor:
         rho = correlation[i, j]
         s = torch.sqrt((1 - rho) * (1 + rho))
         ai, aj = a[i], a[j]
         joint = bivariate_normal_cdf(ai, aj, rho).to(mean.dtype)      # computed in float64
         tail = torch.exp(-(ai * ai - 2 * rho * ai * aj + aj * aj) / (2 * s * s))
-        second[i, j] = sd_safe[i] * sd_safe[j] * (
+        return sd_safe[i] * sd_safe[j] * (
             (ai * aj + rho) * joint
             + ai * pdf[j] * ndtr((ai - rho * aj) / s)
             + aj * pdf[i] * ndtr((aj - rho * ai) / s)
             + s / (2 * math.pi) * tail)
-    second = second + second.T + torch.diag(sd_safe ** 2 * ((a * a + 1) * cdf + a * pdf))
-    pair_count = n * (n - 1) // 2
-    flops = bivariate_normal_cdf_flops(pair_count) + _RELU_PAIR_FLOPS * pair_count + 20 * n
+
+    second, pair_count = _pair_moments(torch.outer(first, first), cov, pair)
+    second = second + torch.diag(sd_safe ** 2 * ((a * a + 1) * cdf + a * pdf))
+    flops = bivariate_normal_cdf_flops(pair_count) + _RELU_PAIR_FLOPS * pair_count + 20 * n + 5 * n * n
     leak, slope = activation(kind).leak, cdf
     if leak:
         cov_relu = second - torch.outer(first, first)
@@ -183,17 +200,22 @@ def hermite_moments(kind: str, mean: Tensor, cov: Tensor, degree: int = HERMITE_
     sd, det, sd_safe = split_deterministic(mean, cov)
     coefficients, square, flops = hermite_coefficients(kind, mean, sd_safe, degree)
     rho = _correlation(cov, sd_safe)
-    series = torch.zeros_like(rho)
-    for k in range(degree, 0, -1):                                          # Horner in ρ
-        series = (series + torch.outer(coefficients[:, k], coefficients[:, k])) * rho
     c0 = coefficients[:, 0]
-    second = series + torch.outer(c0, c0)
-    second = second - torch.diag(second.diagonal()) + torch.diag(square)
+
+    def pair(i: Tensor, j: Tensor) -> Tensor:
+        products = coefficients[i] * coefficients[j]
+        series = torch.zeros_like(products[:, 0])
+        for k in range(degree, 0, -1):                                      # Horner in ρ
+            series = (series + products[:, k]) * rho[i, j]
+        return series + products[:, 0]
+
+    second, pair_count = _pair_moments(torch.outer(c0, c0), cov, pair)
+    second = second + torch.diag(square)
     remainder = (square - (coefficients ** 2).sum(dim=1)).clamp_min(0)
     off = rho.abs() ** (degree + 1) * torch.sqrt(torch.outer(remainder, remainder))
     off.fill_diagonal_(0)
     n = mean.shape[0]
-    flops += 3 * degree * n * n + 6 * n * n
+    flops += (4 * degree + 2) * pair_count + 10 * n * n
     return _finish(c0, second, coefficients[:, 1] / sd_safe, det, mean, kind, flops,
                    float(off.max()) if n > 1 else 0.0)
 

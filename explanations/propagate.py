@@ -4,6 +4,8 @@ State: the mean μ and covariance Σ of the current layer h, and C = Cov(r, h) f
 reference vector r (the input x, or the outputs y when propagating into a detector).
 
     Affine h ↦ W h + b:   μ ↦ W μ + b,  Σ ↦ W Σ Wᵀ,  C ↦ C Wᵀ                (exact)
+                           (a W that is mostly zeros, as convolution, pooling and padding
+                           matrices are, multiplies as a sparse matrix: 2·nnz(W) FLOPs a column)
     Activation f:          μ, Σ from `moments`; C ↦ C · diag(E[f′(z)])       (Stein's lemma)
     Residual Σ_i b_i(h):   μ = Σ μ_i,  Σ = Σ_i Σ_i + Σ_{i≠j} Cov(b_i, b_j),  C = Σ_i C_i
 with Cov(b_i, h) tracked through each branch (the skip branch has Cov(h, h) = Σ exactly)
@@ -12,6 +14,7 @@ Cov(b_i, b_j) ≈ Cov(b_i, h) Σ⁺ Cov(h, b_j).
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -46,22 +49,50 @@ def propagate(chain: Chain, state: GaussianState, flops: Counter) -> GaussianSta
     return state
 
 
+SPARSE_DENSITY = 0.1     # a weight matrix with at most this share of nonzeros multiplies as sparse
+
+
+class WeightProduct:
+    """Left products W @ M, W an affine map's weight, counted in `flops["affine"]`.
+
+    Where at most SPARSE_DENSITY of W's entries are nonzero (convolutions, pooling and
+    padding are such matrices) W is held in CSR form and W @ M costs 2·nnz(W) FLOPs per
+    column of M instead of 2·m·n; finding the nonzeros costs m·n. Exact either way."""
+
+    def __init__(self, weight: Tensor, flops: Counter) -> None:
+        m, n = weight.shape
+        nonzero = int(torch.count_nonzero(weight))
+        self.flops = flops
+        self.sparse = nonzero <= SPARSE_DENSITY * m * n
+        if self.sparse:
+            with warnings.catch_warnings():          # torch flags its CSR support as beta
+                warnings.simplefilter("ignore", UserWarning)
+                self.matrix = weight.to_sparse_csr()
+            flops["affine"] += m * n
+        else:
+            self.matrix = weight
+        self.per_column = 2 * (nonzero if self.sparse else m * n)
+
+    def __matmul__(self, other: Tensor) -> Tensor:
+        self.flops["affine"] += self.per_column * (other.shape[1] if other.dim() == 2 else 1)
+        return self.matrix @ (other.contiguous() if self.sparse else other)
+
+
 def _affine(op: Affine, state: GaussianState, flops: Counter) -> GaussianState:
-    weight = op.weight.to(state.mean.dtype)
-    m, n = weight.shape
-    flops["affine"] += 2 * m * n * n
-    return finish_affine(op, state, weight @ state.cov, flops)
+    weight = WeightProduct(op.weight.to(state.mean.dtype), flops)
+    return finish_affine(op, state, weight @ state.cov, flops, weight)
 
 
-def finish_affine(op: Affine, state: GaussianState, weighted: Tensor, flops: Counter) -> GaussianState:
+def finish_affine(op: Affine, state: GaussianState, weighted: Tensor, flops: Counter,
+                  weight: WeightProduct | None = None) -> GaussianState:
     """The state after `op` given W Σ (`weighted`, already paid for): μ ↦ Wμ + b,
-    Σ ↦ (WΣ) Wᵀ, C ↦ C Wᵀ."""
-    w, b = op.weight.to(state.mean.dtype), op.bias.to(state.mean.dtype)
-    m, n = w.shape
-    r = state.cross.shape[0]
-    cov = weighted @ w.T
-    flops["affine"] += 2 * m * n + m + 2 * m * m * n + 2 * r * n * m
-    return GaussianState(w @ state.mean + b, (cov + cov.T) / 2, state.cross @ w.T)
+    Σ ↦ W (WΣ)ᵀ (= W Σ Wᵀ, Σ being symmetric), C ↦ (W Cᵀ)ᵀ."""
+    dtype = state.mean.dtype
+    weight = weight or WeightProduct(op.weight.to(dtype), flops)
+    cov = weight @ weighted.T
+    flops["affine"] += op.weight.shape[0] + cov.numel()
+    return GaussianState(weight @ state.mean + op.bias.to(dtype), (cov + cov.T) / 2,
+                         (weight @ state.cross.T).T)
 
 
 def _residual(branches: tuple[Chain, ...], state: GaussianState, flops: Counter) -> GaussianState:
