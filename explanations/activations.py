@@ -58,25 +58,26 @@ class Activation:
     flops: int
     module: Callable[[], torch.nn.Module]   # a torch module computing fn
     leak: float | None = None             # ReLU family: f = leak·z + (1 - leak)·max(z, 0)
+    increasing: bool = False              # non-decreasing, so max_i f(z_i) = f(max_i z_i)
 
 
 def _leaky_relu(a: float) -> Activation:
     return Activation(f"leaky_relu:{a!r}", lambda z: F.leaky_relu(z, a),
                       lambda z: torch.where(z > 0, 1.0, a).to(z.dtype), 2,
-                      lambda: torch.nn.LeakyReLU(a), leak=a)
+                      lambda: torch.nn.LeakyReLU(a), leak=a, increasing=a >= 0)
 
 
 def _elu(alpha: float) -> Activation:
     return Activation(f"elu:{alpha!r}", lambda z: F.elu(z, alpha),
                       lambda z: torch.where(z > 0, torch.ones_like(z), alpha * torch.exp(z.clamp_max(0))), 3,
-                      lambda: torch.nn.ELU(alpha))
+                      lambda: torch.nn.ELU(alpha), increasing=alpha >= 0)
 
 
 def _softplus(beta: float) -> Activation:
     if not beta > 0:
         raise ValueError(f"softplus needs β > 0, got {beta!r}")
     return Activation(f"softplus:{beta!r}", lambda z: F.softplus(z, beta),
-                      lambda z: torch.sigmoid(beta * z), 4, lambda: torch.nn.Softplus(beta))
+                      lambda z: torch.sigmoid(beta * z), 4, lambda: torch.nn.Softplus(beta), increasing=True)
 
 
 def _mish_derivative(z: Tensor) -> Tensor:
@@ -90,17 +91,17 @@ _DEFAULTS = {"leaky_relu": 0.01, "elu": 1.0, "softplus": 1.0}     # torch's, for
 
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a for a in (
-        Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype), 1, torch.nn.ReLU, leak=0.0),
+        Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype), 1, torch.nn.ReLU, leak=0.0, increasing=True),
         Activation("gelu", F.gelu, lambda z: torch.special.ndtr(z) + z * normal_pdf(z), 4, torch.nn.GELU),
         Activation("gelu_tanh", lambda z: F.gelu(z, approximate="tanh"), _gelu_tanh_derivative, 8,
                    lambda: torch.nn.GELU(approximate="tanh")),
-        Activation("tanh", torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, 4, torch.nn.Tanh),
+        Activation("tanh", torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, 4, torch.nn.Tanh, increasing=True),
         Activation("sigmoid", torch.sigmoid, lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)), 4,
-                   torch.nn.Sigmoid),
+                   torch.nn.Sigmoid, increasing=True),
         Activation("silu", F.silu, lambda z: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z))), 5,
                    torch.nn.SiLU),
         Activation("mish", F.mish, _mish_derivative, 8, torch.nn.Mish),
-        Activation("step", lambda z: (z >= 0).to(z.dtype), torch.zeros_like, 1, Step),
+        Activation("step", lambda z: (z >= 0).to(z.dtype), torch.zeros_like, 1, Step, increasing=True),
     )
 }
 

@@ -70,7 +70,7 @@ def compile_model(module: nn.Module, n_inputs: int | None = None, *, input_shape
             raise InvalidModel(f"n_inputs={n_inputs} does not match input_shape={input_shape}")
         n_inputs, shapes = math.prod(input_shape), spatial.input_shapes(module, input_shape)
     options = _Options(inference, live, shapes, *spatial.placement(module))
-    chain = spatial.fold_normalisations(_compile(module, "", options))
+    chain = spatial.fold_normalisations(spatial.expand_pools(_compile(module, "", options)))
     width = n_inputs if n_inputs is not None else first_width(chain)
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")

@@ -57,6 +57,14 @@ class Act:
     kind: str
     path: str = ""
 
+    @property
+    def in_max_pool(self) -> bool:
+        """A ReLU of a max pool's tournament (`spatial.max_pool`), whose units cancel in pairs."""
+        return self.path.endswith(MAX_POOL_UNITS)
+
+
+MAX_POOL_UNITS = " (max pool units)"   # the suffix of a tournament ReLU's path
+
 
 @dataclass(eq=False)
 class Residual:

@@ -107,7 +107,8 @@ def split_sd(mean: Tensor, variance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _correlation(cov: Tensor, sd_safe: Tensor) -> Tensor:
-    return (cov / torch.outer(sd_safe, sd_safe)).clamp(-_RHO_LIMIT, _RHO_LIMIT)
+    scale = torch.outer(sd_safe, sd_safe)
+    return torch.div(cov, scale, out=scale).clamp_(-_RHO_LIMIT, _RHO_LIMIT)
 
 
 def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor, kind: str,
@@ -115,10 +116,10 @@ def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor
     """Covariance from second moments; deterministic units get f(μ), zero variance, f′(μ)."""
     act = activation(kind)
     mean = torch.where(det, act.fn(mu), mean)
-    cov = second - torch.outer(mean, mean)
+    cov = second.sub_(torch.outer(mean, mean))            # in place: these matrices are n × n
     keep = (~det).to(cov.dtype)
-    cov = cov * torch.outer(keep, keep)
-    cov = (cov + cov.T) / 2
+    cov.mul_(keep[:, None]).mul_(keep[None, :])
+    cov = cov.add_(cov.T.clone()).div_(2)
     cov.diagonal().clamp_(min=0)          # E[f²] - E[f]² can round below 0 far in a tail
     slope = torch.where(det, act.derivative(mu), slope)
     n = mean.shape[0]
@@ -128,7 +129,7 @@ def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor
 def _pair_moments(independent: Tensor, cov: Tensor, pair: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, int]:
     """E[f_i f_j] off the diagonal (zero on it): `pair(i, j)` for the pairs i < j with
     Σ_ij ≠ 0, taken in blocks of rows of at most PAIR_BLOCK pairs, and E f_i E f_j
-    (`independent`, the outer product of the means) where Σ_ij = 0. Returns it and the
+    (`independent`, the outer product of the means, overwritten) where Σ_ij = 0. Returns it and the
     number of pairs computed."""
     n = cov.shape[0]
     dependent = cov != 0
@@ -141,7 +142,7 @@ def _pair_moments(independent: Tensor, cov: Tensor, pair: Callable[[Tensor, Tens
         i = rows[i]
         second[i, j] = pair(i, j)
         count += i.shape[0]
-    second = torch.where(dependent, second + second.T, independent)
+    second = (second + second.T).add_(independent.masked_fill_(dependent, 0))
     second.fill_diagonal_(0)
     return second, count
 
@@ -170,7 +171,7 @@ def relu_moments(mean: Tensor, cov: Tensor, kind: str = "relu") -> ActivationMom
             + s / (2 * math.pi) * tail)
 
     second, pair_count = _pair_moments(torch.outer(first, first), cov, pair)
-    second = second + torch.diag(sd_safe ** 2 * ((a * a + 1) * cdf + a * pdf))
+    second.diagonal().copy_(sd_safe ** 2 * ((a * a + 1) * cdf + a * pdf))
     flops = bivariate_normal_cdf_flops(pair_count) + _RELU_PAIR_FLOPS * pair_count + 20 * n + 5 * n * n
     leak, slope = activation(kind).leak, cdf
     if leak:
@@ -210,7 +211,7 @@ def hermite_moments(kind: str, mean: Tensor, cov: Tensor, degree: int = HERMITE_
         return series + products[:, 0]
 
     second, pair_count = _pair_moments(torch.outer(c0, c0), cov, pair)
-    second = second + torch.diag(square)
+    second.diagonal().copy_(square)
     remainder = (square - (coefficients ** 2).sum(dim=1)).clamp_min(0)
     off = rho.abs() ** (degree + 1) * torch.sqrt(torch.outer(remainder, remainder))
     off.fill_diagonal_(0)

@@ -23,6 +23,11 @@ pass of the module after the first, so its hooks see the structure passes once. 
 the layer's own, 2·(structural non-zeros of W) + out, not a dense product's, and do not
 depend on the weight's values. A matrix may hold at most MAX_DENSE_ENTRIES entries.
 
+A non-decreasing activation f just before a max pool moves after it (`expand_pools`):
+max_i f(z_i) = f(max_i z_i) exactly, and the tournament then compares the affine map's
+outputs z, which π holds as Gaussian (for a first layer, exactly), instead of rectified
+values that π would have to treat as Gaussian at every round.
+
 Max pooling is charged what the model's own max pool costs, k - 1 comparisons per window
 of k entries (on its last map; the others 0), plus the price of its ReLU units (one FLOP
 each, about 3× the comparisons): not the 2·nnz + out of its maps, which would put a
@@ -33,14 +38,15 @@ from __future__ import annotations
 import math
 import weakref
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
+from .activations import activation
 from .errors import InvalidModel, UnsupportedModule
-from .graph import Act, Affine, Chain, Residual
+from .graph import MAX_POOL_UNITS, Act, Affine, Chain, Residual
 
 MAX_DENSE_ENTRIES = 50_000_000      # 200 MB in float32
 BASIS_CHUNK_ENTRIES = 1 << 22       # entries of the basis pushed through a layer at once
@@ -234,8 +240,37 @@ def max_pool(module: nn.Module, path: str, shape: tuple[int, ...] | None, device
     for i, matrix in enumerate(matrices):
         matrix = matrix.to(device=device, dtype=dtype)
         flops = comparisons if i == len(matrices) - 1 else 0
-        chain += [Affine(matrix, matrix.new_zeros(matrix.shape[0]), path, flops), Act("relu", path)]
-    return tuple(chain[:-1])
+        chain += [Affine(matrix, matrix.new_zeros(matrix.shape[0]), path, flops), Act("relu", path + MAX_POOL_UNITS)]
+    return (MaxPool(tuple(chain[:-1])),)
+
+
+@dataclass(eq=False)
+class MaxPool:
+    """A max pool's tournament chain, until `expand_pools` places it."""
+    chain: Chain
+
+
+def expand_pools(chain: Chain) -> Chain:
+    """Each MaxPool written out as its chain; a non-decreasing activation or clamp right
+    before it moves after it (max_i f(z_i) = f(max_i z_i), module docstring), and the
+    forward FLOPs of the units it no longer runs on are charged to the pool's last map, so
+    the graph's FLOPs stay the model's."""
+    out: list = []
+    for op in chain:
+        if isinstance(op, Residual):
+            op = Residual(tuple(expand_pools(branch) for branch in op.branches), op.path)
+        if not isinstance(op, MaxPool):
+            out.append(op)
+            continue
+        previous = out[-1] if out else None
+        if isinstance(previous, Clamp) or isinstance(previous, Act) and activation(previous.kind).increasing:
+            first, last = op.chain[0], op.chain[-1]
+            price = 2 if isinstance(previous, Clamp) else activation(previous.kind).flops
+            moved = replace(last, flops=last.forward_flops + price * (first.n_in - last.n_out))
+            out[-1:] = [*op.chain[:-1], moved, previous]
+        else:
+            out.extend(op.chain)
+    return tuple(out)
 
 
 @dataclass(eq=False)

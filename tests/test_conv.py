@@ -215,3 +215,44 @@ def test_predict_refuses_images_of_another_layout():
 def test_a_clamp_too_wide_to_expand_is_refused():
     with pytest.raises(UnsupportedModule, match="ReLU6.*ReLU network needs"):
         compile_model(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU6(), nn.Flatten()), input_shape=(3, 32, 32))
+
+
+def test_a_rising_activation_moves_after_the_max_pool_and_the_moments_improve():
+    """max_i relu(z_i) = relu(max_i z_i): the tournament compares the convolution's Gaussian
+    outputs. Measured on this net, worst output mean: 0.95 sd off before the move, 0.06 after;
+    GELU, which is not monotone, stays in place."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 3)).to(F64)
+    graph = compile_model(model, input_shape=(1, 14, 14))
+    kinds = [(op.kind, op.path) for op in graph.chain if isinstance(op, Act)]
+    assert kinds[2] == ("relu", "1") and kinds[5] == ("relu", "4")       # after each pool's two rounds
+    relu_units = 4 * 12 * 12 + 4 * 4 * 4                                   # as the model runs them
+    pooled = 4 * 6 * 6 + 4 * 2 * 2
+    charged = sum(op.forward_flops for op in graph.chain if isinstance(op, Affine) and op.path in ("2", "5"))
+    assert charged == 3 * pooled + relu_units - pooled                     # comparisons + the moved units
+    pi = explain(graph, Gaussian.standard(196), "gaussian")
+    with torch.no_grad():
+        y = model(torch.randn(200_000, 1, 14, 14, dtype=F64, generator=torch.Generator().manual_seed(5)))
+    assert float(((pi.expectation().value - y.mean(0)) / y.std(0)).abs().max()) < 0.1
+    gelu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU(), nn.MaxPool2d(2), nn.Flatten()).to(F64)
+    chain = compile_model(gelu, input_shape=(1, 6, 6)).chain
+    assert isinstance(chain[1], Act) and chain[1].kind == "gelu"
+
+
+def test_sparse_affine_maps_propagate_as_dense_ones_at_their_own_cost():
+    from collections import Counter
+    from explanations.propagate import GaussianState, propagate
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(30, 20, dtype=F64, generator=g) * (torch.rand(30, 20, generator=g) < 0.05)
+    root = torch.randn(20, 20, dtype=F64, generator=g)
+    state = GaussianState(torch.randn(20, dtype=F64, generator=g), root @ root.T, root[:3])
+    sparse_flops, dense_flops = Counter(), Counter()
+    sparse = propagate((Affine(weight, torch.ones(30, dtype=F64)),), state, sparse_flops)
+    dense = propagate((Affine(weight + 1e-300, torch.ones(30, dtype=F64)),), state, dense_flops)
+    for a, b in zip((sparse.mean, sparse.cov, sparse.cross), (dense.mean, dense.cov, dense.cross)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    nonzero = int(torch.count_nonzero(weight))
+    assert sparse_flops["affine"] == 2 * nonzero * (20 + 30 + 1 + 3) + 600 + 30 + 900
+    assert dense_flops["affine"] == 2 * 600 * (20 + 30 + 1 + 3) + 30 + 900
+

@@ -155,3 +155,26 @@ def test_deterministic_units_pass_through():
         torch.testing.assert_close(out.slope[:2], d(mean[:2]))
         assert out.cov[:2].abs().max() == 0 and out.cov[:, :2].abs().max() == 0
         assert out.cov[2, 2] > 0 and torch.isfinite(out.cov).all()
+
+
+@pytest.mark.parametrize("kind", ["relu", "leaky_relu:0.1", "gelu", "tanh"])
+def test_pairs_with_zero_covariance_are_independent_and_cost_nothing(kind):
+    """A block-diagonal Σ gives block-diagonal moments equal to each block's own, with exact
+    zeros between blocks, and the pair formula runs on the blocks' pairs only."""
+    g = torch.Generator().manual_seed(3)
+    blocks = []
+    for _ in range(3):
+        root = torch.randn(4, 4, dtype=F64, generator=g)
+        blocks.append(root @ root.T + 0.1 * torch.eye(4, dtype=F64))
+    cov = torch.block_diag(*blocks)
+    mean = torch.randn(12, dtype=F64, generator=g)
+    whole = activation_moments(kind, mean, cov)
+    for b in range(3):
+        part = slice(4 * b, 4 * b + 4)
+        alone = activation_moments(kind, mean[part], cov[part, part])
+        torch.testing.assert_close(whole.mean[part], alone.mean, rtol=0, atol=1e-15)
+        torch.testing.assert_close(whole.cov[part, part], alone.cov, rtol=0, atol=1e-15)
+    off_blocks = torch.block_diag(*[torch.ones(4, 4, dtype=torch.bool)] * 3).logical_not()
+    assert bool((whole.cov[off_blocks] == 0).all())
+    dense = activation_moments(kind, mean, cov + 1e-3 * (torch.ones(12, 12, dtype=F64) - torch.eye(12, dtype=F64)))
+    assert whole.flops < dense.flops
