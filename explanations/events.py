@@ -13,6 +13,7 @@ Every such event is a union of polyhedra in v, which is what explanations integr
 from __future__ import annotations
 
 import math
+import operator
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from itertools import product
@@ -66,8 +67,13 @@ class Event(ABC):
 
 
 def _index(k: object) -> int:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise InvalidEvent(f"output index must be an integer, got {k!r}")
+    """k as an int: Python, NumPy and 0-d torch integers (operator.index), not bools."""
+    try:
+        if isinstance(k, bool) or getattr(k, "dtype", None) == torch.bool:
+            raise TypeError
+        k = operator.index(k)
+    except TypeError:
+        raise InvalidEvent(f"output index must be an integer, got {k!r}") from None
     if k < 0:
         raise InvalidEvent(f"output index must be non-negative, got {k}")
     return k

@@ -18,7 +18,9 @@ small p, the number of hits) gives the interval, Garwood's for n counts scaled t
 (`montecarlo.effective_count_interval`): the small-sample correction that p̂ ± 1.96 se
 lacks when few weights carry the estimate. Kong's (Σ_hits w)²/Σ_hits w² (1992) is
 reported as details["effective_hits"]; fewer than 10, or one weight
-carrying over half of p̂, flags the estimate as degenerate (details["degenerate"]). The
+carrying over half of p̂, flags the estimate as degenerate (details["degenerate"]), and its
+interval's upper end is then at least the bound that w ≤ 1/α0 gives (`Weighted.interval`);
+with no hit, [0, 3.69/(α0 N)]. The sums are kept in log space. The
 defensive component bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain
 sampling's; near the design points it is orders of magnitude smaller (a halfspace at
 distance β: relative variance O(β) per draw instead of 1/p).
@@ -74,41 +76,64 @@ from torch import Tensor
 from .design import is_far
 from .estimate import Estimate
 from .events import Event
-from .montecarlo import draw_cost, draws_within, effective_count_interval, tally
+from .montecarlo import draw_cost, draws_within, effective_count_interval, gamma_quantile, tally
 from .mvn import OrthantResult, log_union
 from .observed import clause_rows, observed
-from .splitting import LEVEL_PROBABILITY, clause_margin, subset_simulation
+from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
 from .structured import Search, search
 
 DEFENSIVE, BROAD, BROAD_SCALE, MODE_MASS_SHARE = 0.2, 0.1, 2.0, 0.5
 SEARCH_STARTS, SEARCH_MODES, SEARCH_ITERATIONS, SEARCH_SHARE, WIDE_SEARCH_BELOW = 10, 8, 5, 0.3, 1e-2
 PILOT_SHARE, PILOT_MIN, PILOT_HITS = 0.1, 200, 3.0
+DEGENERATE_HITS = 10
 DETECTOR_PILOT, DETECTOR_PILOT_HITS = 200, 4
-MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4)
-IMPOSSIBLE_LEVELS = 20  # … and for p0^20 where π's log P is -inf
+MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4), at most p0^10
 BULK_POINTS, BULK_REPLICATES = 256, 2
 
 
 @dataclass
 class Weighted:
-    """Sums of one importance-sampling run."""
+    """Sums of one importance-sampling run, in log space (weights of events far in a tail
+    underflow float64, and their squares sooner)."""
     samples: int
-    total: float            # Σ 1_C w
-    total_squares: float    # Σ 1_C w²
-    largest: float
+    hits: int
+    log_total: float          # log Σ 1_C w
+    log_total_squares: float  # log Σ 1_C w²
+    log_largest: float
 
     @property
-    def p(self) -> float:
-        return self.total / self.samples
+    def log_p(self) -> float:
+        return self.log_total - math.log(self.samples)
 
     @property
-    def standard_error(self) -> float:
-        p = self.p
-        return math.sqrt(max(self.total_squares / self.samples - p * p, 0.0) / max(self.samples - 1, 1))
+    def relative_error(self) -> float:
+        """se/p̂, from the sample variance: √((N Σw²/(Σw)² - 1)/(N - 1))."""
+        if self.hits == 0:
+            return math.inf
+        ratio = math.exp(min(self.log_total_squares - 2 * self.log_total + math.log(self.samples), 700.0))
+        return math.sqrt(max(ratio - 1, 0.0) / max(self.samples - 1, 1))
 
     @property
     def effective_hits(self) -> float:
-        return self.total * self.total / self.total_squares if self.total_squares > 0 else 0.0
+        """Kong's (Σ_hits w)²/Σ_hits w²."""
+        return math.exp(2 * self.log_total - self.log_total_squares) if self.hits else 0.0
+
+    @property
+    def degenerate(self) -> bool:
+        """Fewer than DEGENERATE_HITS effective hits, or one weight over half of Σw."""
+        return self.effective_hits < DEGENERATE_HITS or self.log_largest > self.log_total - math.log(2)
+
+    def interval(self) -> tuple[float, float]:
+        """Garwood's for p̂²/se² effective hits. A degenerate run's upper end is at least
+        w_max·u_k/N, u_k the 97.5% Poisson bound on k raw hits: P = E_q[1_C w] with
+        w ≤ w_max = 1/α0, and a few hits of small weight say little of the draws' chance
+        of hitting where weights are large. With no hit, [0, w_max·u_0/N]."""
+        bound = min(1.0, gamma_quantile(self.hits + 1.0, 0.975) / (DEFENSIVE * self.samples))
+        if self.hits == 0:
+            return 0.0, bound
+        error = self.relative_error
+        low, high = effective_count_interval(math.exp(self.log_p), error ** -2 if error > 0 else self.effective_hits)
+        return low, max(high, bound) if self.degenerate else high
 
 
 def importance_sampling(event: Event, found: Search, samples: int, generator: torch.Generator,
@@ -121,8 +146,8 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
     share = MODE_MASS_SHARE * torch.softmax(form, 0) + (1 - MODE_MASS_SHARE) / k     # Σ = 1
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          (math.log(1 - DEFENSIVE - BROAD) + share.log()).to(points)])
-    run = Weighted(samples, 0.0, 0.0, 0.0)
-    done = 0
+    log_sums = torch.full((3,), -math.inf, dtype=torch.float64)         # log Σw, log Σw², log max w
+    hits = done = 0
     with torch.no_grad():
         while done < samples:
             size = min(batch, samples - done)
@@ -136,12 +161,14 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
             exponents = torch.cat([xi.new_zeros(size, 1), broad[:, None], xi @ points.T - half_norms], dim=1)
             log_w = -torch.logsumexp(exponents + log_mix, dim=1)
             hit = event.evaluate(found.observe(xi)[:, :n_outputs])
-            w = torch.where(hit, log_w.exp(), torch.zeros_like(log_w))
-            run.total += float(w.sum())
-            run.total_squares += float((w * w).sum())
-            run.largest = max(run.largest, float(w.max()))
+            log_w = log_w[hit].to(torch.float64).cpu()
+            batch_sums = torch.stack([torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0),
+                                      log_w.max() if len(log_w) else log_w.new_tensor(-math.inf)])
+            log_sums = torch.cat([torch.logaddexp(log_sums[:2], batch_sums[:2]),
+                                  torch.maximum(log_sums[2:], batch_sums[2:])])
+            hits += int(hit.sum())
             done += size
-    return run
+    return Weighted(samples, hits, *(float(v) for v in log_sums))
 
 
 def guided_probability(pi: "GuidedSampling", event: Event, found: Search, samples: int | None,
@@ -165,19 +192,17 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
         details["pilot_effective_hits"] = trial.effective_hits
         if trial.effective_hits >= PILOT_HITS or not pilot:
             run = importance_sampling(event, found, samples - pilot, generator, pi.graph.n_outputs)
-            p, se = run.p, run.standard_error
             effective = run.effective_hits
             return Estimate.probability(
-                math.log(p) if p > 0 else -math.inf,
-                interval=effective_count_interval(p, p * p / (se * se) if se > 0 else effective),
+                run.log_p, interval=run.interval(),
                 flops=spent + run.samples * importance_draw, samples=pilot + run.samples,
                 method=f"{pi.method}+design-IS", flops_per_sample=unit,
-                details={**details, "standard_error": se, "effective_hits": effective,
-                         "degenerate": effective < 10 or run.largest > run.total / 2})
-        if trial.p > 0:
-            log_guess = min(log_guess, math.log(trial.p))
+                details={**details, "standard_error": math.exp(run.log_p) * run.relative_error,
+                         "effective_hits": effective, "degenerate": run.degenerate})
+        if trial.hits:
+            log_guess = min(log_guess, trial.log_p)
     wanted = log_guess / math.log(LEVEL_PROBABILITY)      # +inf where π calls the event impossible
-    levels = max(MIN_LEVELS, math.ceil(wanted)) if math.isfinite(wanted) else IMPOSSIBLE_LEVELS
+    levels = max(MIN_LEVELS, math.ceil(wanted)) if math.isfinite(wanted) else SIZED_LEVELS
     result = subset_simulation(clause_margin(found.observe, found.clauses), d, samples - pilot, levels,
                                generator, found.distribution.mean.dtype, found.distribution.mean.device)
     p = result.p
@@ -234,19 +259,18 @@ class GuidedSampling:
         return super()._sampled_probability(event, samples, flops, spent)
 
     def _guided(self, event: Event, samples: int | None, flops: float | None, spent: int,
-                log_guess: float, bounded: bool = False) -> Estimate:
+                log_guess: float) -> Estimate:
         """`guided_probability` after the design search, which is wide for events guessed
-        below WIDE_SEARCH_BELOW and, where wide or `bounded`, starts no descent past
-        SEARCH_SHARE of the budget. Where `bounded` and the search leaves a FLOP budget
-        fewer than 2·PILOT_MIN draws, plain sampling spends what is left."""
+        below WIDE_SEARCH_BELOW and starts no descent past SEARCH_SHARE of the budget.
+        Where the search leaves a FLOP budget fewer than 2·PILOT_MIN draws, plain sampling
+        spends what is left."""
         budget = flops / self.graph.flops_per_sample if flops is not None else samples
-        options = {"effort": SEARCH_SHARE * budget} if bounded else {}
+        options: dict = {"effort": SEARCH_SHARE * budget}
         if log_guess < math.log(WIDE_SEARCH_BELOW):
-            options = {"starts": SEARCH_STARTS, "max_modes": SEARCH_MODES, "iterations": SEARCH_ITERATIONS,
-                       "effort": SEARCH_SHARE * budget}
+            options.update(starts=SEARCH_STARTS, max_modes=SEARCH_MODES, iterations=SEARCH_ITERATIONS)
         found = search(self, event, **options)
         spent += found.flops
-        if bounded and flops is not None and flops - spent < 2 * PILOT_MIN * draw_cost(self.graph, self.distribution):
+        if flops is not None and flops - spent < 2 * PILOT_MIN * draw_cost(self.graph, self.distribution):
             return super()._sampled_probability(event, samples, flops, spent)
         return guided_probability(self, event, found, samples, flops, spent, log_guess)
 
@@ -257,7 +281,7 @@ class GuidedSampling:
         hits, spent = pilot.hits[0], spent + pilot.flops
         rest = samples - DETECTOR_PILOT if samples is not None else None
         if hits < DETECTOR_PILOT_HITS:
-            estimate = self._guided(event, rest, flops, spent, math.log((hits + 0.5) / DETECTOR_PILOT), bounded=True)
+            estimate = self._guided(event, rest, flops, spent, math.log((hits + 0.5) / DETECTOR_PILOT))
         else:
             estimate = super()._sampled_probability(event, rest, flops, spent)
         return replace(estimate, samples=estimate.samples + DETECTOR_PILOT,

@@ -126,7 +126,7 @@ def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson's score interval for a binomial proportion (module docstring)."""
     centre = (hits + z * z / 2) / (n + z * z)
     half = z / (n + z * z) * math.sqrt(hits * (n - hits) / n + z * z / 4)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if hits == 0 else max(0.0, centre - half)), (1.0 if hits == n else min(1.0, centre + half))
 
 
 def gamma_quantile(shape: float, q: float) -> float:

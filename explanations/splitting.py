@@ -27,7 +27,10 @@ covered 82.7% of the runs; δ̄ is about √L δ for L similar levels. On a half
 chains mix, δ̄ is about twice the actual error, so there the interval is conservative.
 p̂ is biased by O(1/N). δ is reported as `cov`, δ̄ as `cov_bound`.
 Budget left once c_l reaches 0 lengthens the last level's chains. If the budget runs out before c_l reaches 0,
-p̂ = 0 with the upper end p0^{L-1}·3/N, details["reached"] = False.
+p̂ = 0, details["reached"] = False, and the interval is Wilson's for no hit among the first
+level's N_1 independent draws: the later levels' products p0^{l} rest on chains that may
+have missed the event's region, so they bound nothing (measured: runs stuck 9 levels down
+an ArgMax event's wrong side reported [0, 2e-13] for p = 1.2e-6).
 Cost: per point one margin evaluation (the input map, the network, the detectors) plus d
 normal variates.
 """
@@ -40,10 +43,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .montecarlo import effective_count_interval
+from .montecarlo import effective_count_interval, wilson_interval
 
 LEVEL_PROBABILITY = 0.1
 TARGET_ACCEPTANCE = 0.44
+SIZED_LEVELS = 10       # level sizes plan for at most p0^10: a tinier hint (π's log P far out,
+                        # or -inf) would leave the first level a handful of draws
 
 
 @dataclass
@@ -54,6 +59,7 @@ class SplittingResult:
     evaluations: int            # margin evaluations spent
     reached: bool               # did the last level hold points with g > 0?
     per_level: int              # N
+    first_level: int            # N_1, the independent draws of level 1
 
     @property
     def cov(self) -> float:
@@ -67,9 +73,10 @@ class SplittingResult:
 
     @property
     def interval(self) -> tuple[float, float]:
-        """Garwood's for 1/δ̄² counts; without a point past g = 0, [0, p0^{L-1} · 3/N] (rule of three)."""
+        """Garwood's for 1/δ̄² counts; without a point past g = 0, Wilson's for no hit in the
+        first level's draws (module docstring)."""
         if not self.reached:
-            return 0.0, LEVEL_PROBABILITY ** (len(self.levels) - 1) * 3 / self.per_level
+            return wilson_interval(0, self.first_level)
         return effective_count_interval(self.p, self.cov_bound ** -2 if self.cov_bound > 0 else math.inf)
 
 
@@ -105,14 +112,16 @@ def subset_simulation(margin: Callable[[Tensor], Tensor], dim: int, budget: int,
                       device: torch.device | str = "cpu") -> SplittingResult:
     """P(g(ξ) > 0) for ξ ~ N(0, I_dim) within `budget` margin evaluations.
 
-    The first level has N_1 = budget / (levels_hint + 1) points. Later levels size
+    The first level has N_1 = budget / (min(levels_hint, SIZED_LEVELS) + 1) points. Later levels size
     themselves from what is left: with thresholds c_{l-1} < c_l < 0, about
     ⌈-c_l / (c_l - c_{l-1})⌉ more levels remain (linear extrapolation; the thresholds of a
     light tail bunch up, so this overestimates and leaves budget for the last level), and
     the next level gets the rest divided by that count plus one, as p0·N_l chains of equal
     length."""
     p0 = LEVEL_PROBABILITY
+    levels_hint = min(levels_hint, SIZED_LEVELS)
     per_level = min(budget, max(round(budget / (levels_hint + 1)), round(2 / p0)))
+    first_level = per_level
 
     def normal(rows: int) -> Tensor:
         return torch.randn(rows, dim, generator=generator, dtype=dtype).to(device)
@@ -162,7 +171,7 @@ def subset_simulation(margin: Callable[[Tensor], Tensor], dim: int, budget: int,
             if hits:
                 gamma = _indicator_gamma(chain_values > 0) if chain_values is not None else 0.0
                 level_covs.append(math.sqrt((1 - level_p) / (level_p * per_level) * (1 + gamma)))
-            return SplittingResult(estimate * level_p, level_covs, levels, spent, hits > 0, per_level)
+            return SplittingResult(estimate * level_p, level_covs, levels, spent, hits > 0, per_level, first_level)
         if chain_values is not None:      # this level's P = p0 from the previous level's chains
             level_covs.append(math.sqrt((1 - p0) / (p0 * per_level) * (1 + _indicator_gamma(chain_values > threshold))))
         else:

@@ -61,3 +61,13 @@ def test_index_out_of_range_is_caught_by_check():
         All(Above(0, 1.0), Any(Below(3, 0.0))).check(3)
     with pytest.raises(InvalidEvent, match="at least 2 outputs"):
         ArgMax(0).check(1)
+
+
+def test_numpy_and_torch_integers_are_output_indices():
+    import numpy as np
+    assert repr(Above(np.int64(1), 0.5)) == repr(Above(1, 0.5)) and repr(Below(torch.tensor(2), 0.0)) == repr(Below(2, 0.0))
+    with pytest.raises(InvalidEvent):
+        Above(True, 0.5)
+    with pytest.raises(InvalidEvent):
+        Above(1.5, 0.5)
+

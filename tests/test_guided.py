@@ -88,3 +88,41 @@ def test_events_on_a_nonlinear_detector_are_sampled_by_what_a_plain_pilot_sees()
     assert rare.interval[0] - spread <= truth <= rare.interval[1] + spread
     common = pi.probability(Detector(scorer, threshold=float(score.median())), samples=2_000)
     assert common.method == "sampling" and common.samples == 2_000 and common.details["detector_pilot_hits"] >= 4
+
+
+def test_importance_sums_stay_in_log_space_far_in_a_tail():
+    """P(y0 > t) ≈ 1e-172 on a linear model: weights near 1e-172 square to 0 in float64, which
+    once read as no effective hit and sent the estimate to subset simulation (P = 0)."""
+    model = nn.Linear(3, 2).double()
+    t = float((model.bias[0] + 28 * model.weight[0].norm()).detach())
+    estimate = explain(model, Gaussian.standard(3), "gaussian").probability(Above(0, t), samples=4_000)
+    exact = float(torch.special.log_ndtr(torch.tensor(-28.0, dtype=torch.float64))) / math.log(10)
+    assert "design-IS" in estimate.method and abs(estimate.log10 - exact) < 0.1
+
+
+def test_a_run_with_few_hits_gets_the_weight_bound_not_a_narrow_interval():
+    """w ≤ 1/α0: with no hit the upper end is 3.69/(α0 N); a run carried by one small weight
+    (8.6e-32 for p ≈ 1e-6 once) reaches at least w_max·u_1/N."""
+    from explanations.guided import DEFENSIVE, Weighted
+    from explanations.montecarlo import gamma_quantile
+    empty = Weighted(100, 0, -math.inf, -math.inf, -math.inf)
+    assert empty.interval() == (0.0, gamma_quantile(1.0, 0.975) / (DEFENSIVE * 100))
+    one = Weighted(100, 1, math.log(8.6e-30), 2 * math.log(8.6e-30), math.log(8.6e-30))
+    assert one.degenerate and one.interval()[1] >= gamma_quantile(2.0, 0.975) / (DEFENSIVE * 100)
+    many = Weighted(10_000, 400, math.log(4e-4), math.log(4e-4 * 1e-6 * 1.2), math.log(3e-6))
+    assert not many.degenerate and many.interval()[1] < 1e-7
+
+
+def test_a_small_flop_budget_is_spent_not_refused():
+    """An event π puts at 1e-2 to 5e-2 once got an uncapped search that cost more than a
+    3,000-sample-equivalent budget, and the call raised ValueError."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(2.0)
+    pi = explain(model, Gaussian.standard(6), "gaussian")
+    budget = 3_000 * pi.graph.flops_per_sample
+    estimate = pi.probability(Any(Above(0, 2.62), Above(1, 0.966)), flops=budget)     # p ≈ 0.0145
+    assert estimate.flops <= budget and estimate.samples > 500
+    assert estimate.interval[0] < 0.0145 < estimate.interval[1]

@@ -7,7 +7,7 @@ from torch import nn
 
 from explanations import Gaussian, explain
 from explanations.events import All, Above, Any, Below
-from explanations.montecarlo import effective_count_interval, gamma_quantile
+from explanations.montecarlo import effective_count_interval, gamma_quantile, wilson_interval
 from explanations.splitting import clause_margin, subset_simulation
 from explanations.structured import search
 from train.models import mlp
@@ -45,7 +45,17 @@ def test_an_unreachable_event_gives_zero_within_budget():
     run = subset_simulation(lambda xi: -1.0 - xi[:, 0].abs().clamp(max=1.0), 3, 2_000, 4,
                             torch.Generator().manual_seed(0))
     assert run.p == 0 and not run.reached and run.evaluations <= 2_000
-    assert run.interval[0] == 0 and run.interval[1] > 0
+    # the later levels bound nothing: Wilson's for no hit among the first level's plain draws
+    assert run.interval == wilson_interval(0, run.first_level) and run.first_level >= 2_000 // 5
+
+
+def test_a_hint_far_out_still_spends_the_budget_on_real_levels():
+    """π's log P of a level-less tail (-1e4) once left the first level 20 draws and the
+    run stopped there with [0, 0.15]."""
+    run = subset_simulation(lambda xi: -1.0 - xi[:, 0].abs().clamp(max=1.0), 3, 2_000, 4_000,
+                            torch.Generator().manual_seed(0))
+    assert run.first_level >= 2_000 // 11 and run.evaluations >= 1_900
+    assert run.interval[1] < 0.025
 
 
 def test_clause_margin_is_positive_exactly_on_the_event():
@@ -96,3 +106,8 @@ def test_an_event_that_pi_calls_impossible_is_still_sampled():
     pi = explain(mlp([4, 16, 16, 2], "tanh", seed=0, bias_std=0.1), Gaussian.standard(4), "cumulant")
     estimate = pi.probability(All(Above(0, 1.0), Below(0, 0.0)), samples=3_000)
     assert estimate.value == 0.0 and estimate.interval[0] == 0.0
+
+
+def test_wilson_interval_holds_the_ends_exactly():
+    assert wilson_interval(0, 1946)[0] == 0.0 and wilson_interval(7, 7)[1] == 1.0
+
