@@ -16,6 +16,7 @@ plain h5py reader see it without rebuilding.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,11 +28,26 @@ import torch
 
 from explanations import Explanation, Gaussian, Graph, explain
 from explanations.events import Event
+from explanations.graph import Affine, iter_ops
 
 from .events import event_from_plain
 from .graphs import read_graph
 from .plain import read_json
 from .runfile import FORMAT, VERSION, RunFileError
+
+RESERVED_SERIES = ("expectation",)    # series names that are not events
+
+
+@contextmanager
+def reading(path: Path, what: str) -> Iterator[None]:
+    """Turn any failure to read `what` of run file `path` (h5py's OSError on a damaged
+    chunk, a missing dataset, malformed JSON or arrays) into a RunFileError naming both."""
+    try:
+        yield
+    except RunFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
+        raise RunFileError(f"{path}: {what} is damaged or malformed ({type(error).__name__}: {error})") from None
 
 
 @dataclass
@@ -58,8 +74,9 @@ class Checkpoint:
 
     def __init__(self, run: "Run", group: h5py.Group) -> None:
         self.run = run
-        self.meta = read_json(group, "meta", RunFileError)
-        self.step: int = int(self.meta["step"])
+        with reading(run.path, f"checkpoint '{group.name}'"):
+            self.meta = read_json(group, "meta", RunFileError)
+            self.step: int = int(self.meta["step"])
         self.group = group
 
     @property
@@ -76,38 +93,50 @@ class Checkpoint:
         """The tracked events' estimates recorded at this step, by name."""
         return self.meta["estimates"]
 
+    @property
+    def has_explanation(self) -> bool:
+        """Was π built by this step (the budget allows the first build only after a while)?"""
+        return "explained" in self.group
+
     @cached_property
     def model(self) -> Graph:
         """The network's parameters at this step, as a formal graph."""
-        return read_graph(self.group["model"])
+        with reading(self.run.path, f"the model graph of step {self.step}"):
+            return read_graph(self.group["model"])
 
     @cached_property
     def explained(self) -> Graph:
         """The parameters π explains (equal to `model` when π was fresh)."""
-        if "explained" not in self.group:
+        if not self.has_explanation:
             raise LookupError(f"no π at step {self.step} of {self.run.path}: the budget had not yet "
                               f"allowed building it")
-        return read_graph(self.group["explained"])
+        with reading(self.run.path, f"the explained graph of step {self.step}"):
+            return read_graph(self.group["explained"])
 
     @cached_property
     def state(self) -> dict[str, np.ndarray]:
         """π's stored state arrays by name (mean, cov, cross, …)."""
-        return {name: np.asarray(data[()]) for name, data in self.group["state"].items()}
+        with reading(self.run.path, f"π's state at step {self.step}"):
+            return {name: np.asarray(data[()]) for name, data in self.group["state"].items()}
 
     @cached_property
     def explanation(self) -> Explanation:
         """π at this step, rebuilt from the explained graph without the torch model."""
-        return explain(self.explained, self.run.distribution, self.run.method, **self.run.options)
+        graph = self.explained
+        with reading(self.run.path, f"π at step {self.step}"):
+            return explain(graph, self.run.distribution, self.run.method, **self.run.options)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The parameters at this step keyed like the model's state_dict ("0.weight", …),
-        for `model.load_state_dict(ck.state_dict())` when resuming."""
-        from explanations.graph import Affine, iter_ops
-        out = {}
-        for op in iter_ops(self.model.chain):
-            if isinstance(op, Affine):
-                out[f"{op.path}.weight"], out[f"{op.path}.bias"] = op.weight, op.bias
-        return out
+        """The model's state_dict at this step (parameters and buffers, as the Tracker stored
+        them), for `model.load_state_dict(ck.state_dict())` when resuming. Files written
+        before checkpoints stored it give the affine maps of the compiled graph keyed
+        "<path>.weight" / "<path>.bias", which is the state_dict only of models made of
+        Linear layers and activations."""
+        with reading(self.run.path, f"the parameters of step {self.step}"):
+            if "parameters" in self.group:
+                return {name: torch.as_tensor(np.asarray(data[()])) for name, data in self.group["parameters"].items()}
+            return {key: tensor for op in iter_ops(self.model.chain) if isinstance(op, Affine)
+                    for key, tensor in ((f"{op.path}.weight", op.weight), (f"{op.path}.bias", op.bias))}
 
     def __repr__(self) -> str:
         return f"Checkpoint(step={self.step}, update={self.update!r})"
@@ -130,30 +159,39 @@ class Run:
             self.file = h5py.File(self.path, "r")
         except OSError as error:
             raise RunFileError(f"{self.path} is not a readable HDF5 file (truncated or foreign?): {error}") from None
+        try:
+            self._read_header()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _read_header(self) -> None:
+        """Check the format and version, read the run's metadata and index the checkpoints."""
         attrs = self.file.attrs
         found = attrs.get("format")
         if found != FORMAT:
-            self.close()
             raise RunFileError(f"{self.path} is not a π-tracker run file (format attribute: {found!r})")
-        version = int(attrs.get("version", -1))
+        with reading(self.path, "the version attribute"):
+            version = int(attrs.get("version", -1))
         if version > VERSION:
-            self.close()
             raise RunFileError(f"{self.path} was written in run format version {version}; this π-tracker "
                                f"reads up to version {VERSION}: upgrade π-tracker to read it")
         if version < 1 or "run" not in self.file or "checkpoints" not in self.file:
-            self.close()
             raise RunFileError(f"{self.path} has a malformed π-tracker layout (version {version})")
-        self.meta = read_json(self.file["run"], "meta", RunFileError)
-        distribution = self.file["run/distribution"]
-        self.distribution = Gaussian(torch.as_tensor(distribution["mean"][()]),
-                                     torch.as_tensor(distribution["cov"][()]))
-        detectors = self.file["run/detectors"]
-        graphs = [read_graph(detectors[str(i)]) for i in range(len(detectors))]
-        self.events: dict[str, Event] = {name: event_from_plain(plain, graphs)
-                                         for name, plain in self.meta["events"].items()}
-        self._checkpoints = {int(g.attrs["step"]): g for g in self.file["checkpoints"].values()}
+        with reading(self.path, "the run header (run/)"):
+            self.meta = read_json(self.file["run"], "meta", RunFileError)
+            distribution = self.file["run/distribution"]
+            self.distribution = Gaussian(torch.as_tensor(distribution["mean"][()]),
+                                         torch.as_tensor(distribution["cov"][()]))
+            detectors = self.file["run/detectors"]
+            graphs = [read_graph(detectors[str(i)]) for i in range(len(detectors))]
+            self.events: dict[str, Event] = {name: event_from_plain(plain, graphs)
+                                             for name, plain in self.meta["events"].items()}
+            self.meta["method"], self.meta["options"]
+        with reading(self.path, "the checkpoint index (checkpoints/)"):
+            self._checkpoints = {int(g.attrs["step"]): g for g in self.file["checkpoints"].values()}
         self._cache: dict[int, Checkpoint] = {}
-        return self
 
     @property
     def method(self) -> str:
@@ -189,6 +227,11 @@ class Run:
         """A tracked event's estimates over the saved steps (or name="expectation")."""
         if name != "expectation" and name not in self.events:
             raise KeyError(f"no tracked event {name!r} in {self.path}; tracked: {sorted(self.events)}")
+        with reading(self.path, f"the series {name!r}"):
+            return self._series(name)
+
+    def _series(self, name: str) -> Series:
+        """`series` for a name known to be tracked."""
         checkpoints = list(self)
         steps = np.array([ck.step for ck in checkpoints], dtype=np.int64)
         nan = float("nan")

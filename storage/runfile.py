@@ -12,6 +12,7 @@ Layout (docs/FORMAT.md has the full, versioned description):
         model/             the parameters at this step (`write_graph`)
         explained/         the parameters π explains (a soft link to model/ when π is fresh)
         state/<name>       π's state arrays (output mean, cov, cross-covariance, …)
+        parameters/<name>  the model's state_dict at this step (parameters and buffers)
 
 Durability: every save writes a complete new file next to the old one and swaps it in:
 copy the current file to `.<name>.<pid>.tmp` in the same folder, add the checkpoint,
@@ -83,11 +84,29 @@ def _replacing(path: Path, copy: bool) -> Iterator[h5py.File]:
         os.close(folder)
 
 
+def _alive(pid: int) -> bool:
+    """Is process `pid` running on this machine (this one included)?"""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # another user's process
+        return True
+    return True
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> None:
-    """Delete temporary files that killed writers of `path` left behind (never the run)."""
+    """Delete temporary files `.<name>.<pid>.tmp` that writers of `path` killed mid-save
+    left behind: only those whose process is gone (a live writer's save is in progress);
+    never the run itself."""
     path = Path(path)
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-        leftover.unlink(missing_ok=True)
+    prefix = f".{path.name}."
+    for leftover in path.parent.glob(f"{prefix}*.tmp"):
+        pid = leftover.name[len(prefix):-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
 
 
 def create_run(path: str | os.PathLike, meta: dict, mean: np.ndarray, cov: np.ndarray,
@@ -110,9 +129,10 @@ def create_run(path: str | os.PathLike, meta: dict, mean: np.ndarray, cov: np.nd
 
 
 def append_checkpoint(path: str | os.PathLike, step: int, meta: dict, graphs: dict[str, Graph | str],
-                      state: dict[str, np.ndarray]) -> None:
+                      state: dict[str, np.ndarray], parameters: dict[str, np.ndarray] | None = None) -> None:
     """Add checkpoint `step` atomically (module docstring); an existing one is replaced.
-    A graph given as the name of another key is stored as an HDF5 soft link to it."""
+    A graph given as the name of another key is stored as an HDF5 soft link to it;
+    `parameters` is the model's state_dict (names → arrays), stored under `parameters/`."""
     path = Path(path)
     with _replacing(path, copy=True) as file:
         checkpoints = file["checkpoints"]
@@ -128,3 +148,5 @@ def append_checkpoint(path: str | os.PathLike, step: int, meta: dict, graphs: di
             else:
                 write_graph(group.create_group(key), graph, compression=COMPRESSION)
         write_arrays(group.create_group("state"), state)
+        if parameters is not None:
+            write_arrays(group.create_group("parameters"), parameters)

@@ -17,10 +17,10 @@ whatever mode the model trains in (`compile_model(..., inference=True)`).
 
 Update policy, at every step, after the step's training FLOPs are recorded (ledger L,
 headroom H = budget·training - explanation):
-  predicted costs  full = the last rebuild's build FLOPs (they depend on shapes only;
-                   before the first one, PRIOR_BUILD sample-equivalents), ×1.1 margin;
-                   head = `incremental.head_update_cost` (exact); an event's query =
-                   1.5× the most it has cost, PRIOR_QUERY sample-equivalents before that.
+  predicted costs  upper bounds, so that nothing is spent that H does not cover: full =
+                   `bounds.build_bound`, an event's query = `bounds.query_bound` (both
+                   from the graph's shapes, computed before anything is spent and again
+                   when the structure changes); head = `incremental.head_update_cost` (exact).
   at a save step   rebuild if H ≥ full, else head update if H ≥ head, else stay stale;
                    then each tracked event's probability if H ≥ its predicted query
                    (otherwise recorded as deferred), π's expectation, and the file.
@@ -36,14 +36,27 @@ headroom H = budget·training - explanation):
                    RuntimeWarning names the parameter when it starts.
                    Training goes on untouched; tracking resumes once the parameters are
                    finite again, and every earlier checkpoint stays as it was.
-Costs are charged as measured (`Ledger.charge`); a prediction that fell short is
+Costs are charged as measured (`Ledger.charge`); a prediction that fell short would be
 counted in `ledger.overruns`, so tests can assert the ratio held at every step.
 Restoring π on resume is not charged: that π was paid for when it was built.
+
+Structure changes (the model's compiled ops or shapes differ from the last step's: a
+layer widened, a head replaced). With the same inputs and outputs the Tracker carries on:
+training FLOPs and cost bounds follow the new structure, π is kept (stale) but gets no head
+update across the change, and the next affordable rebuild explains the new model. A change
+of the number of inputs or outputs stops tracking with a RuntimeWarning: the run file's
+events, distribution and series are defined for the old outputs, and checkpoints of
+another width would make them unreadable. Raising instead would kill the user's training
+inside optimizer.step() for a bookkeeping reason; stopping keeps training and every
+checkpoint written so far intact (track the new model with a new Tracker and path).
 
 Storage (path given): a header at the start, a checkpoint every `every` steps and at
 close (`storage.runfile`), atomic and readable while training runs. An existing file is
 resumed: steps, ledger and π continue from its last checkpoint (load the parameters
-with `open_run(path).last.state_dict()` first if the model was restarted).
+with `open_run(path).last.state_dict()` first if the model was restarted). A resume is
+refused (ValueError naming what differs) when the file's method, options, events (their
+definitions), distribution or the model's structure differ from this Tracker's. Temporary
+files of dead writers are deleted after those checks, never a live writer's.
 Distributed: every rank counts its rows and the step's FLOPs are all-reduced; rank 0
 alone builds π and writes (`explanation` is None on the other ranks; on resume only
 rank 0 restores the step count and ledger).
@@ -67,16 +80,14 @@ from explanations.events import Event
 from explanations.explain import check_method
 from explanations.montecarlo import mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
-from storage.run import open_run
+from storage.run import RESERVED_SERIES, open_run
 from storage.runfile import append_checkpoint, create_run, remove_stale_temporaries
 
-from .costs import training_step_flops
+from .bounds import build_bound, query_bound
+from .costs import trainable_paths, training_step_flops
 from .incremental import head_update, head_update_cost, supports_head_update
 from .ledger import Ledger
-
-PRIOR_BUILD = 4_000       # sample-equivalents assumed for a first rebuild (measured: 320–3,600)
-PRIOR_QUERY = 6_000       # … and for an event's first probability (design points: ~5,000)
-MARGIN_BUILD, MARGIN_QUERY = 1.1, 1.5
+from .structure import same_graph, structure, structure_difference
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -92,6 +103,25 @@ def explanation_state(pi: Explanation) -> dict[str, np.ndarray]:
         for field in ("mean", "cov", "cross"):
             state[f"penultimate_{field}"] = getattr(pi.penultimate, field)
     return {name: tensor.detach().cpu().numpy() for name, tensor in state.items()}
+
+
+def parameters_state(module: nn.Module) -> dict[str, np.ndarray]:
+    """The module's state_dict as arrays (bfloat16 and other types numpy lacks as float32),
+    stored with each checkpoint so that `load_state_dict(ck.state_dict())` restores it."""
+    out = {}
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu()
+        out[name] = (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
+                     else tensor).numpy()
+    return out
+
+
+def _same_event(a: Event, b: Event) -> bool:
+    """Do two events have the same definition (the same JSON, detectors of the same graph)?"""
+    graphs_a: list[Graph] = []
+    graphs_b: list[Graph] = []
+    plain_a, plain_b = event_to_plain(a, graphs_a), event_to_plain(b, graphs_b)
+    return plain_a == plain_b and all(same_graph(g, h) for g, h in zip(graphs_a, graphs_b))
 
 
 def _plain_estimate(estimate) -> dict:
@@ -132,6 +162,9 @@ class Tracker:
         for name, event in self.events.items():
             if not isinstance(name, str) or not isinstance(event, Event):
                 raise TypeError(f"events maps names (str) to Events, got {name!r}: {event!r}")
+            if name in RESERVED_SERIES:
+                raise ValueError(f"an event may not be named {name!r}: run.series({name!r}) is reserved "
+                                 f"for π's {name}; choose another name")
             event.check(self.graph.n_outputs)
             event.dnf()                        # fails now, not inside a training step
         if distribution.dim != self.graph.n_inputs:
@@ -146,10 +179,11 @@ class Tracker:
         self.explained: Graph | None = None       # the graph π explains
         self.explained_step: int | None = None     # the step of π's body (its last rebuild)
         self.last_update = "stale"
-        self.predicted_full = PRIOR_BUILD * self.graph.flops_per_sample
-        self.query_costs: dict[str, float] = {}
+        self.structure = structure(self.graph)
+        self._bounds: dict[str | None, float] = {}  # cost bounds for `structure`: None the build, names the queries
         self.saved_step: int | None = None
         self.unexplainable: str | None = None     # why the model cannot be explained now, if it cannot
+        self.stopped: str | None = None            # why tracking stopped (module docstring), if it did
         self._rows = 0
         self.started = self._left = time.perf_counter()
         if self.path is not None and self.rank == 0:
@@ -163,6 +197,8 @@ class Tracker:
             self._rows += args[0].shape[0] if args[0].dim() > 1 else 1
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if self.stopped is not None:
+            return
         entered = time.perf_counter()
         self.ledger.training_seconds += entered - self._left
         try:
@@ -177,12 +213,15 @@ class Tracker:
             total = torch.tensor([rows], dtype=torch.float64)
             dist.all_reduce(total)
             rows = int(total.item())
-        self.ledger.train(training_step_flops(self.graph, rows))
+        with torch.no_grad():
+            current = self._current() if self.rank == 0 else None
+        if current is not None and structure(current) != self.structure and not self._restructure(current):
+            return
+        self.ledger.train(training_step_flops(self.graph, rows, trainable_paths(self.module)))
         self.step += 1
         if self.rank != 0:
             return
         with torch.no_grad():
-            current = self._current()
             if current is None:
                 self.last_update = "stale"
                 self.ledger.skip()
@@ -210,16 +249,46 @@ class Tracker:
         self.unexplainable = reason
         return compile_model(self.module, input_shape=self.input_shape, inference=True) if reason is None else None
 
-    # ---- policy ------------------------------------------------------------------------
+    def _restructure(self, current: Graph) -> bool:
+        """Follow a change of the model's structure (module docstring); False when tracking
+        had to stop because the inputs or outputs changed."""
+        change = structure_difference(self.structure, structure(current))
+        if current.n_inputs != self.graph.n_inputs or current.n_outputs != self.graph.n_outputs:
+            self.stopped = (f"the model's structure changed at step {self.step + 1} ({change}): it now maps "
+                            f"{current.n_inputs} inputs to {current.n_outputs} outputs, where the tracked "
+                            f"events{' and run file' if self.path else ''} expect {self.graph.n_inputs} → "
+                            f"{self.graph.n_outputs}")
+            warnings.warn(f"tracking stopped: {self.stopped}; training is untouched and every checkpoint "
+                          f"written so far stays readable; track the new model with a new Tracker"
+                          f"{' and another path' if self.path else ''}", RuntimeWarning, stacklevel=4)
+            return False
+        self.graph, self.structure, self._bounds = current, structure(current), {}
+        return True
+
+    @property
+    def predicted_full(self) -> float:
+        """Upper bound on the FLOPs of a rebuild of the current structure (`bounds`)."""
+        if None not in self._bounds:
+            self._bounds[None] = build_bound(self.graph, self.distribution, self.method, self.options)
+        return self._bounds[None]
+
+    def _predicted_query(self, name: str) -> float:
+        """Upper bound on the FLOPs of tracked event `name`'s probability (`bounds`)."""
+        if name not in self._bounds:
+            self._bounds[name] = query_bound(self.graph, self.distribution, self.method, self.options,
+                                             self.events[name])
+        return self._bounds[name]
+
     def _reserve(self) -> float:
         """FLOPs the next save needs: a rebuild and every tracked event's query."""
         if self.path is None:
             return 0.0
         return self.predicted_full + sum(self._predicted_query(name) for name in self.events)
 
-    def _predicted_query(self, name: str) -> float:
-        known = self.query_costs.get(name)
-        return MARGIN_QUERY * known if known is not None else PRIOR_QUERY * self.graph.flops_per_sample
+    def _head_applies(self) -> bool:
+        """Can π's head be updated: it keeps a head state and explains this structure?"""
+        return (supports_head_update(self.explanation) and self.explained is not None
+                and structure(self.explained) == self.structure)
 
     def _may_spend(self, cost: float, save: bool) -> bool:
         if save or self.path is None:
@@ -233,11 +302,10 @@ class Tracker:
         if self._may_spend(self.predicted_full, save):
             pi = explain(current, self.distribution, self.method, **self.options)
             self.ledger.charge(pi.build_flops)
-            self.predicted_full = MARGIN_BUILD * pi.build_flops
             self.explanation, self.explained, self.explained_step = pi, current, self.step
             self.ledger.full_updates += 1
             self.last_update = "full"
-        elif supports_head_update(self.explanation) and self._may_spend(head_update_cost(self.explanation), save):
+        elif self._head_applies() and self._may_spend(head_update_cost(self.explanation), save):
             self.ledger.charge(head_update_cost(self.explanation))
             self.explanation = head_update(self.explanation, current)
             self.explained = self.explanation.graph
@@ -250,24 +318,26 @@ class Tracker:
 
     # ---- saving ------------------------------------------------------------------------
     def _open_file(self, resume: bool) -> None:
-        remove_stale_temporaries(self.path)
         if self.path.exists():
             if not resume:
                 raise FileExistsError(f"{self.path} exists; pass resume=True to continue it or choose another path")
             self._resume()
+            remove_stale_temporaries(self.path)
             return
+        remove_stale_temporaries(self.path)
         graphs: list[Graph] = []
         events = {name: event_to_plain(event, graphs) for name, event in self.events.items()}
         meta = {"method": self.method, "options": self.options, "events": events, "every": self.every,
                 "budget": self.ledger.budget, "world_size": self.world, "n_inputs": self.graph.n_inputs,
                 "n_outputs": self.graph.n_outputs, "flops_per_sample": self.graph.flops_per_sample,
-                "training_flops": "3 x rows x flops_per_sample (forward + 2x backward), from the formal graph",
+                "training_flops": "rows x (forward + weight gradients of trainable maps + input gradients "
+                                  "below a trainable map), from the formal graph",
                 "check_samples": self.check_samples}
         D = self.distribution
         create_run(self.path, meta, D.mean.double().cpu().numpy(), D.cov.double().cpu().numpy(), graphs)
 
     def _resume(self) -> None:
-        """Continue a run file from its last checkpoint: step, ledger, π."""
+        """Continue a run file from its last checkpoint: step, ledger, π (module docstring)."""
         with open_run(self.path) as run:
             mismatches = [what for what, same in (
                 ("method", run.method == self.method), ("options", run.options == self.options),
@@ -275,23 +345,25 @@ class Tracker:
                 ("distribution", run.distribution.dim == self.distribution.dim and bool(
                     torch.allclose(run.distribution.mean, self.distribution.mean.double().cpu()) and
                     torch.allclose(run.distribution.cov, self.distribution.cov.double().cpu())))) if not same]
+            mismatches += [f"the definition of event {name!r} (file: {run.events[name]!r}, here: {event!r})"
+                           for name, event in self.events.items()
+                           if "events" not in mismatches and not _same_event(run.events[name], event)]
             if mismatches:
                 raise ValueError(f"cannot resume {self.path}: the file and this Tracker differ in "
                                  f"{', '.join(mismatches)}; choose another path")
             last = run.last
             if last is None:
                 return
-            if last.model.n_inputs != self.graph.n_inputs or last.model.n_outputs != self.graph.n_outputs:
-                raise ValueError(f"cannot resume {self.path}: it tracks a model with {last.model.n_inputs} "
-                                 f"inputs and {last.model.n_outputs} outputs")
+            change = structure_difference(structure(last.model), self.structure)
+            if change is not None:
+                raise ValueError(f"cannot resume {self.path}: its model differs in structure from this one in "
+                                 f"{change}; choose another path")
             self.step = self.saved_step = last.step
             self.ledger = Ledger.from_plain({**last.ledger, "budget": self.ledger.budget})
-            self.explanation, self.explained = last.explanation, last.explained
-            self.explained_step = last.meta.get("explained_step")
             self.last_update = last.update
-            self.predicted_full = MARGIN_BUILD * self.explanation.build_flops
-            self.query_costs = {name: row["query_flops"] for name, row in last.estimates.items()
-                                if row is not None and row.get("query_flops") is not None}
+            if last.has_explanation:
+                self.explanation, self.explained = last.explanation, last.explained
+                self.explained_step = last.meta.get("explained_step")
 
     def _estimates(self) -> dict[str, dict | None]:
         out: dict[str, dict | None] = {}
@@ -303,7 +375,6 @@ class Tracker:
             estimate = pi.probability(event)
             query = max(estimate.flops - pi.build_flops, 0.0)
             self.ledger.charge(query)
-            self.query_costs[name] = max(query, self.query_costs.get(name, 0.0))
             out[name] = {**_plain_estimate(estimate), "query_flops": query}
         return out
 
@@ -342,7 +413,8 @@ class Tracker:
         if self.explained is not None:
             fresh = self.last_update == "full" and self.explained_step == self.step
             graphs["explained"] = "model" if fresh else self.explained
-        append_checkpoint(self.path, self.step, meta, graphs, explanation_state(pi) if pi is not None else {})
+        append_checkpoint(self.path, self.step, meta, graphs, explanation_state(pi) if pi is not None else {},
+                          parameters_state(self.module))
         self.saved_step = self.step
 
     # ---- lifetime ----------------------------------------------------------------------
@@ -352,11 +424,12 @@ class Tracker:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        if self.rank == 0 and self.path is not None and self.step > 0 and self.saved_step != self.step:
+        if (self.rank == 0 and self.path is not None and self.step > 0 and self.saved_step != self.step
+                and self.stopped is None):
             entered = time.perf_counter()
             with torch.no_grad():
                 current = self._current()
-                if current is None:
+                if current is None or structure(current) != self.structure and not self._restructure(current):
                     return
                 if self.last_update != "full":
                     self._update(current, save=True, stale_counts=False)

@@ -101,7 +101,10 @@ class CatastrophePenalty:
         graph = compile_model(model, input_shape=input_shape, inference=True)
         event.check(graph.n_outputs)
         self.model, self.event, self.target, self.weight = model, event, target, weight
-        self.distribution, self.input_dtype = distribution.to(dtype=torch.float64), distribution.mean.dtype
+        self.distribution = distribution.to(dtype=torch.float64)
+        parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
+        self.input_dtype = parameter.dtype if parameter is not None else distribution.mean.dtype
+        self.input_device = parameter.device if parameter is not None else distribution.mean.device
         self.search_every, self.follow, self.max_modes, self.seed = search_every, follow, max_modes, seed
         self.calls, self.flops = 0, 0
         self.modes: list[tuple[int, Tensor]] = []       # (clause, ξ*) of each design point followed
@@ -148,14 +151,15 @@ class CatastrophePenalty:
         """n inputs near the catastrophe, for adversarial training (label them with the task):
         x = μ + F(ξ*_k + u), u ~ N(0, I), mode k drawn with probability ∝ Φ(-s_k): D shifted
         to the last call's design points, the same law as design-guided importance sampling's
-        mode components (`explanations.guided`). [n, inputs], in D's dtype."""
+        mode components (`explanations.guided`). [n, inputs], in the model's dtype and on its
+        device (those of its first floating-point parameter)."""
         if self.planes is None:
             raise RuntimeError("call the penalty once first: the design points come from its search")
         points, masses = self.planes
         mode = torch.multinomial(torch.softmax(masses, 0).cpu(), n, replacement=True, generator=generator)
         u = torch.randn(n, points.shape[1], generator=generator, dtype=points.dtype).to(points.device)
         x = self.distribution.mean + (points[mode.to(points.device)] + u) @ self.distribution.factor.T
-        return x.to(self.input_dtype)
+        return x.to(device=self.input_device, dtype=self.input_dtype)
 
     def _search(self, graph) -> None:
         """A full design-point search on a fresh Gaussian π of the current network."""

@@ -6,13 +6,24 @@ import importlib.util
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (a count of steps or repeats)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pitrack", description="π-tracker: catastrophe rates from structure")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="π vs sampling at equal FLOPs on the embedded default model")
     demo.add_argument("--reference", type=int, default=5 * 10 ** 7, help="samples in the reference run")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--steps", type=int, default=300, help="training steps tracked by π")
+    demo.add_argument("--steps", type=positive_int, default=300, help="training steps tracked by π")
     demo.add_argument("--run-file", default="out/demo_run.h5", help="where the tracked run is written")
     demo.add_argument("--untrained", action="store_true",
                       help="skip training: compare π and sampling on the untrained default's fixed events")
@@ -36,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     tails.add_argument("--csv", default="out/bench_tails.csv")
     tails.add_argument("--png", default="out/bench_tails.png")
     sampling = benches.add_parser("sampling", help="π-guided sampling vs plain sampling at equal FLOPs, repeated")
-    sampling.add_argument("--repeats", type=int, default=20)
+    sampling.add_argument("--repeats", type=positive_int, default=20)
     sampling.add_argument("--budget", type=int, default=10_000, help="sample-equivalents per estimate")
     sampling.add_argument("--quick", action="store_true", help="the three small cases of bench tails --quick")
     sampling.add_argument("--cases", help="comma-separated zoo case names (default: all)")
@@ -59,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     detectors.add_argument("--png", default="out/bench_detectors.png")
     halfspaces = benches.add_parser("halfspaces", help="halfspace intersections, 3-CNF and permanents vs exact answers")
     halfspaces.add_argument("--quick", action="store_true", help="a few small cases (under 10 s)")
-    halfspaces.add_argument("--repeats", type=int, default=10, help="seeds per case (MSE over repeats)")
+    halfspaces.add_argument("--repeats", type=positive_int, default=10, help="seeds per case (MSE over repeats)")
     halfspaces.add_argument("--budget", type=float, default=3000, help="sample-equivalents per estimate")
     halfspaces.add_argument("--csv", default="out/bench_halfspaces.csv")
     halfspaces.add_argument("--png", default="out/bench_halfspaces.png")

@@ -86,7 +86,7 @@ def track(steps: int = 300, path: str | Path = "out/demo_run.h5", png: str | Pat
 
     print(f"training: {steps} Adam steps of batch {BATCH} on the default model, tracked by π ({METHOD}), "
           f"budget {BUDGET}, checkpoint every {EVERY} steps → {path}")
-    print(f"ledger: training {ledger.training_flops:.4g} FLOPs (3 × rows × forward FLOPs of the graph), "
+    print(f"ledger: training {ledger.training_flops:.4g} FLOPs (forward + backward where gradients flow, from the graph), "
           f"explanation {ledger.explanation_flops:.4g}: ratio {ledger.ratio:.3f} ≤ {BUDGET} at every step; "
           f"{ledger.full_updates} rebuilds, {ledger.incremental_updates} head updates, {ledger.stale_steps} stale "
           f"steps, {ledger.overruns} overruns; sampling checks {ledger.check_flops:.3g} FLOPs (outside the ratio)")

@@ -1,0 +1,271 @@
+"""Regression tests for the review of the Tracker and run files: budget bounds before the
+first build and query, structure changes, resume checks, frozen parameters, state_dict,
+temporaries of live writers, damaged files, penalty inputs, argument checks."""
+import os
+import subprocess
+import sys
+
+import h5py
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from explanations import Gaussian, compile_model, explain
+from explanations.events import Above, All, Any, ArgMax, Below
+from storage import RunFileError, open_run
+from storage.runfile import remove_stale_temporaries
+from tracker import Tracker
+from tracker.bounds import build_bound, query_bound
+from train.catastrophe import CatastrophePenalty
+from train.cli import main
+
+
+def mlp(widths=(8, 16, 16, 2), seed=0, act=nn.ReLU):
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), act()]
+    return nn.Sequential(*layers[:-1])
+
+
+def steps(model, optimizer, n, rows=64, seed=1, check=None):
+    generator = torch.Generator().manual_seed(seed)
+    n_in = next(model.parameters()).shape[1]
+    for _ in range(n):
+        x = torch.randn(rows, n_in, generator=generator)
+        loss = (model(x) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if check is not None:
+            check()
+
+
+# ---- 1: the ratio holds from the first build and query on ---------------------------------
+def test_ratio_holds_at_the_first_build():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 256), nn.ReLU(), nn.Linear(256, 1))
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    with Tracker(model, optimizer, Gaussian.standard(2), method="gaussian") as tr:
+        steps(model, optimizer, 60, rows=256, check=lambda: tr.ledger.ratio <= 1.0 or pytest.fail(str(tr.ledger)))
+    assert tr.ledger.full_updates >= 1 and tr.ledger.overruns == 0
+
+
+def test_ratio_holds_at_the_first_query(tmp_path):
+    model = mlp((8, 16, 16, 4))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    events = {"any": Any(*[Above(k, 2.5) for k in range(4)])}
+    with Tracker(model, optimizer, Gaussian.standard(8), method="cumulant", events=events,
+                 budget=3.0, path=tmp_path / "run.h5", every=20) as tr:
+        steps(model, optimizer, 100, rows=512, check=lambda: tr.ledger.ratio <= 3.0 or pytest.fail(str(tr.ledger)))
+    assert tr.ledger.overruns == 0
+    assert any(ck.estimates["any"] is not None for ck in open_run(tmp_path / "run.h5"))
+
+
+@pytest.mark.parametrize("method", ["gaussian", "cumulant", "auto"])
+@pytest.mark.parametrize("widths,act,standard", [((4, 8, 2), nn.ReLU, True), ((6, 16, 16, 3), nn.Tanh, False),
+                                                 ((3, 24, 8, 8, 2), nn.GELU, True)])
+def test_cost_bounds_hold(method, widths, act, standard):
+    graph = compile_model(mlp(widths, act=act), inference=True)
+    d = widths[0]
+    D = Gaussian.standard(d) if standard else Gaussian(torch.full((d,), 0.2), 0.7 * torch.eye(d) + 0.1)
+    pi = explain(graph, D, method)
+    assert pi.build_flops <= build_bound(graph, D, method, {})
+    for event in (Above(0, 1.0), Above(0, 3.0), Any(Above(0, 2.5), Below(1, -2.5)),
+                  All(Above(0, 0.5), Above(1, 0.5)), ArgMax(1)):
+        query = pi.probability(event).flops - pi.build_flops
+        assert query <= query_bound(graph, D, method, {}, event), event
+
+
+# ---- 2: structure changes -----------------------------------------------------------------
+def test_a_model_that_grows_mid_training_is_rebuilt_not_crashed():
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    tr = Tracker(model, optimizer, Gaussian.standard(8), method="gaussian")
+    steps(model, optimizer, 40, rows=128)
+    assert tr.explanation is not None
+    model[2], model[4] = nn.Linear(16, 32), nn.Linear(32, 2)
+    optimizer.add_param_group({"params": list(model[2].parameters()) + list(model[4].parameters())})
+    steps(model, optimizer, 200, rows=128)       # no shape error inside optimizer.step()
+    tr.close()
+    assert tr.explanation.graph.chain[-1].weight.shape == (2, 32)
+    assert tr.ledger.ratio <= 1.0 and tr.ledger.overruns == 0
+
+
+def test_a_new_number_of_outputs_stops_tracking_and_keeps_the_file_readable(tmp_path):
+    model = mlp()
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    with Tracker(model, optimizer, Gaussian.standard(8), events={"e": Above(1, 2.0)},
+                 path=tmp_path / "run.h5", every=5, budget=5.0) as tr:
+        steps(model, optimizer, 10, rows=1024)
+        model[4] = nn.Linear(16, 3)
+        optimizer.add_param_group({"params": model[4].parameters()})
+        with pytest.warns(RuntimeWarning, match="tracking stopped.*3 outputs"):
+            steps(model, optimizer, 10, rows=1024)
+    assert tr.stopped is not None and tr.step == 10
+    run = open_run(tmp_path / "run.h5")
+    assert run.steps == [5, 10] and run.series("expectation").value.shape == (2, 2)
+
+
+def test_resume_refuses_a_model_of_another_structure(tmp_path):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    with Tracker(model, optimizer, Gaussian.standard(8), path=tmp_path / "run.h5", every=5):
+        steps(model, optimizer, 5)
+    other = mlp((8, 32, 16, 2))
+    with pytest.raises(ValueError, match="differs in structure.*op 0.*8→16 against an affine map 8→32"):
+        Tracker(other, torch.optim.SGD(other.parameters(), 1e-3), Gaussian.standard(8), path=tmp_path / "run.h5")
+
+
+# ---- 3, 4: resume checks ----------------------------------------------------------------------
+def test_resume_compares_event_definitions(tmp_path):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    with Tracker(model, optimizer, Gaussian.standard(8), events={"hi": Above(0, 2.0)}, path=tmp_path / "run.h5",
+                 every=5):
+        steps(model, optimizer, 5)
+    with pytest.raises(ValueError, match="definition of event 'hi'"):
+        Tracker(model, optimizer, Gaussian.standard(8), events={"hi": Below(1, -50.0)}, path=tmp_path / "run.h5")
+    Tracker(model, optimizer, Gaussian.standard(8), events={"hi": Above(0, 2.0)}, path=tmp_path / "run.h5").close()
+
+
+def test_resume_before_pi_was_built(tmp_path):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    with Tracker(model, optimizer, Gaussian.standard(8), path=tmp_path / "run.h5", every=2) as tr:
+        steps(model, optimizer, 4, rows=4)
+    assert tr.explanation is None and not open_run(tmp_path / "run.h5").last.has_explanation
+    resumed = Tracker(model, optimizer, Gaussian.standard(8), path=tmp_path / "run.h5", every=2)
+    assert resumed.step == 4 and resumed.explanation is None
+    steps(model, optimizer, 2, rows=4)
+    resumed.close()
+    assert open_run(tmp_path / "run.h5").steps == [2, 4, 6]
+
+
+# ---- 5: frozen parameters ------------------------------------------------------------------------
+@pytest.mark.parametrize("frozen", [False, True])
+def test_training_flops_follow_the_trainable_parameters(frozen):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 2))
+    if frozen:
+        for p in list(model[0].parameters()) + list(model[2].parameters()):
+            p.requires_grad_(False)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], 1e-3)
+    tr = Tracker(model, optimizer, Gaussian.standard(64))
+    x = torch.randn(32, 64)
+    with FlopCounterMode(display=False) as counter:
+        loss = (model(x) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+    optimizer.step()
+    tr.close()
+    assert 1.0 <= tr.ledger.training_flops / counter.get_total_flops() <= 1.05
+
+
+# ---- 6: state_dict for every model ------------------------------------------------------------------
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2)), None),
+    (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2)), (1, 6, 6)),
+])
+def test_the_resume_recipe_restores_any_model(tmp_path, make, shape):
+    torch.manual_seed(0)
+    model = make()
+    optimizer = torch.optim.SGD(model.parameters(), 1e-2)
+    n_in = 36 if shape else 8
+    with Tracker(model, optimizer, Gaussian.standard(n_in), path=tmp_path / "run.h5", every=5, input_shape=shape):
+        for _ in range(5):
+            loss = (model(torch.randn(64, *(shape or (n_in,)))) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    torch.manual_seed(1)
+    restored = make()
+    restored.load_state_dict(open_run(tmp_path / "run.h5").last.state_dict())
+    model.eval(), restored.eval()
+    x = torch.randn(4, *(shape or (n_in,)))
+    assert torch.equal(model(x), restored(x))
+
+
+# ---- 7: a live writer's temporary file survives ----------------------------------------------------
+def test_only_dead_writers_temporaries_are_removed(tmp_path):
+    path = tmp_path / "run.h5"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        live = tmp_path / f".run.h5.{sleeper.pid}.tmp"
+        dead_process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                      capture_output=True, text=True)
+        dead = tmp_path / f".run.h5.{int(dead_process.stdout)}.tmp"
+        live.write_bytes(b"x")
+        dead.write_bytes(b"x")
+        remove_stale_temporaries(path)
+        assert live.exists() and not dead.exists()
+        model = mlp()
+        with pytest.raises(FileExistsError):
+            path.write_bytes(b"")
+            Tracker(model, torch.optim.SGD(model.parameters(), 0.1), Gaussian.standard(8), path=path, resume=False)
+        assert live.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# ---- 8: damaged files --------------------------------------------------------------------------------
+def _written(tmp_path):
+    model = mlp((8, 16, 16, 3))
+    optimizer = torch.optim.Adam(model.parameters(), 1e-2)
+    with Tracker(model, optimizer, Gaussian.standard(8), path=tmp_path / "run.h5", every=5, budget=5.0):
+        steps(model, optimizer, 10, rows=512)
+    return tmp_path / "run.h5"
+
+
+def test_a_damaged_chunk_raises_run_file_error(tmp_path, capsys):
+    path = _written(tmp_path)
+    with h5py.File(path, "r") as f:
+        name = sorted(f["checkpoints"])[-1]
+        offset = f[f"checkpoints/{name}/state/cov"].id.get_chunk_info(0).byte_offset
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 64] = bytes(range(64))
+    path.write_bytes(bytes(data))
+    run = open_run(path)
+    with pytest.raises(RunFileError, match="run.h5.*state at step 10"):
+        run.at(10).state
+
+
+def test_malformed_files_raise_run_file_error(tmp_path, capsys):
+    path = _written(tmp_path)
+    with h5py.File(path, "a") as f:
+        del f[f"checkpoints/{sorted(f['checkpoints'])[0]}"].attrs["step"]
+    with pytest.raises(RunFileError, match="checkpoint index"):
+        open_run(path)
+    with pytest.raises(SystemExit):
+        main(["inspect", str(path)])
+    assert "checkpoint index" in capsys.readouterr().err
+    with h5py.File(tmp_path / "v.h5", "w") as f:
+        f.attrs["format"], f.attrs["version"] = "pi-tracker run", "one"
+    with pytest.raises(RunFileError, match="version"):
+        open_run(tmp_path / "v.h5")
+
+
+# ---- 9, 10: penalty inputs, argument checks ------------------------------------------------------------
+def test_penalty_inputs_have_the_models_dtype():
+    model = mlp((4, 16, 2))
+    penalty = CatastrophePenalty(model, Gaussian(torch.zeros(4), torch.eye(4)), Above(0, 3.0), target=1e-3)
+    penalty()
+    x = penalty.inputs(8, torch.Generator().manual_seed(0))
+    assert x.dtype == torch.float32 and model(x).shape == (8, 2)
+
+
+def test_reserved_event_names_are_refused():
+    model = mlp()
+    with pytest.raises(ValueError, match="may not be named 'expectation'"):
+        Tracker(model, torch.optim.SGD(model.parameters(), 0.1), Gaussian.standard(8),
+                events={"expectation": Above(0, 1.0)})
+
+
+@pytest.mark.parametrize("argv", [["demo", "--steps", "0"], ["demo", "--steps", "-3"],
+                                  ["bench", "halfspaces", "--quick", "--repeats", "0"]])
+def test_cli_counts_must_be_positive(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "positive integer" in capsys.readouterr().err

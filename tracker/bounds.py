@@ -1,0 +1,223 @@
+"""Upper bounds on what building π and answering an event will cost, from shapes alone.
+
+The Tracker spends only what the budget's headroom covers, so it must know a cost before
+paying it. These bounds follow each method's own FLOP count (the counters in
+`explanations`) term by term, with every data-dependent quantity at its worst:
+
+  affine m×n on a state of width n with r reference rows
+        Wμ, WΣ, (WΣ)Wᵀ, W Cᵀ: 2mn(n + m + r + 1), plus mn (sparsity test) and m² + m;
+        a sparse map (≤ 10% nonzeros) costs less, so the dense count bounds it
+  activation of width n: all n(n-1)/2 pairs dependent (no exact zero covariance):
+        ReLU family: bivariate_normal_cdf_flops(pairs) + 40·pairs + 37n²  (`moments`)
+        others: n·Q·(f + 2K + 6) + (4K + 2)·pairs + 14n², Q quadrature nodes, K = 24
+        plus r·n for the cross-covariance
+  residual: its branches (reference r + n), a pseudo-inverse 10n³ and the pair products
+  cumulant: the skew sources' products (2nm² to start, 4·n′·n·m per later map, 4n²m for
+        T, correlations 2nm²), the Edgeworth corrections (n·Q·(f + 68) + 152n² per
+        activation), the separate mean and the last layer's expansion (n·Q·(f + 2K + 6) + 10n³)
+  polynomial: its closed count (2-layer networks)
+
+An event's query (zero-sample probability) is bounded from its clauses: the bulk
+integral over every inclusion–exclusion term (`mvn.log_union`, 4096 × 8 QMC points per
+orthant), and for explanations with design points (cumulant, polynomial) the design
+search at its loop limits (`design.find_modes`: pilot, Newton pushes, descents with their
+line searches, every forward pass one sample-equivalent and every backward pass two),
+MAX_MODES rebuilt Gaussian models with their tilted integrals, and cumulant marginals
+(each gated by CUMULANT_BUDGET sample-equivalents, counted at 4× that) joined by a copula.
+tests/test_tracker_review.py checks bound ≥ cost over architectures, methods and events.
+"""
+from __future__ import annotations
+
+from explanations import Gaussian, Graph
+from explanations.activations import activation
+from explanations.cumulant import CUMULANT_BUDGET, DEFAULT_DEGREE as CUMULANT_DEGREE
+from explanations.design import MAX_MODES
+from explanations.events import Event
+from explanations.explain import is_two_layer
+from explanations.graph import Act, Affine, Chain, Residual
+from explanations.halfspaces import is_step_network
+from explanations.moments import HERMITE_DEGREE, PANEL_NODES, QUADRATURE_PANELS, _RELU_PAIR_FLOPS
+from explanations.montecarlo import detector_flops
+from explanations.mvn import bivariate_normal_cdf_flops
+from explanations.polynomial import DEFAULT_DEGREE as POLYNOMIAL_DEGREE
+from explanations.structured import QMC_POINTS, QMC_REPLICATES
+from explanations.tails import SADDLEPOINT_FLOPS
+
+NODES = QUADRATURE_PANELS * PANEL_NODES
+K = HERMITE_DEGREE
+BULK_POINTS, BULK_REPLICATES = 4096, 8          # `guided._bulk`'s zero-sample integrals
+PILOT, STARTS, REACH, DESCENT, HALVINGS = 384, 3, 30, 10, 10   # `design.find_modes`' loop limits
+SCAN = 13 + 8                                   # a full ray scan: 13 points and 8 bisections
+NEAR_SCAN = 7 + 6 + SCAN                        # a near scan, then the full one
+
+
+def resolved_method(graph: Graph, method: str) -> str:
+    """The method `explain` runs for `method` ("auto" and "guide" choose by structure)."""
+    if method not in ("auto", "guide"):
+        return method
+    if is_step_network(graph):
+        return "halfspaces"
+    if is_two_layer(graph):
+        return "polynomial"
+    return "cumulant" if method == "auto" else "gaussian"
+
+
+# ---- Gaussian propagation ----------------------------------------------------------------
+def _affine(m: int, n: int, r: int) -> int:
+    return 2 * m * n * (n + m + r + 1) + m * n + m * m + m
+
+
+def _activation(kind: str, n: int, r: int) -> int:
+    pairs = n * (n - 1) // 2
+    act = activation(kind)
+    if act.leak is not None:
+        moments = bivariate_normal_cdf_flops(pairs) + _RELU_PAIR_FLOPS * pairs + 20 * n + 37 * n * n
+    else:
+        moments = n * NODES * (act.flops + 2 * K + 6) + (4 * K + 2) * pairs + 14 * n * n
+    return moments + r * n
+
+
+def propagation(chain: Chain, n: int, r: int) -> tuple[int, int]:
+    """Bound on `propagate`'s FLOPs through `chain` from width n with r reference rows,
+    and the output width."""
+    total = 0
+    for op in chain:
+        if isinstance(op, Affine):
+            total += _affine(op.n_out, n, r)
+            n = op.n_out
+        elif isinstance(op, Act):
+            total += _activation(op.kind, n, r)
+        else:
+            parts = [propagation(branch, n, r + n) for branch in op.branches]
+            m, b = parts[0][1], len(op.branches)
+            total += sum(cost for cost, _ in parts) + 10 * n ** 3
+            total += b * b * (2 * n * n * m + 2 * n * m * m) + 2 * b * m * m
+            n = m
+    return total, n
+
+
+def _gaussian(graph: Graph, distribution: Gaussian) -> int:
+    r = graph.n_inputs
+    cost, _ = propagation(graph.chain, r, r)
+    return cost + (0 if distribution.is_standard else 10 * r ** 3 + 2 * r * r * graph.n_outputs)
+
+
+# ---- cumulant and polynomial ---------------------------------------------------------------
+def _unit_terms(kind: str, n: int, per_node: int) -> int:
+    """Per-unit Hermite data of n units: closed forms for the ReLU family, else quadrature."""
+    return 0 if activation(kind).leak is not None else n * NODES * (activation(kind).flops + per_node)
+
+
+def _skew(chain: Chain, r: int) -> int:
+    """The cumulant build's skew work over `chain` (up to its last activation)."""
+    total, sources, pending, n = 0, [], None, r
+    for op in chain:
+        if isinstance(op, Affine):
+            m, n_in = op.n_out, op.n_in
+            total += sum(4 * m * n_in * s for s in sources) + 2 * m * r * n_in
+            if pending is not None:
+                kind, width = pending
+                total += _unit_terms(kind, width, 20) + 100 * width
+                total += 4 * m * width * (width + r) + 4 * width * width + 20 * width
+                sources.append(width)
+            pending, n = None, m
+        elif isinstance(op, Act):
+            total += _unit_terms(op.kind, n, 2 * K + 20) + 80 * n + 158 * n * n
+            for s in sources:
+                total += 4 * n * n * s + 30 * n * s + 4 * n * s * (s + r) + 2 * n * s
+            mean = 36 * n * sum(sources) + sum(4 * n * s * (s + r) for s in sources)
+            total += mean + _unit_terms(op.kind, n, 2 * K + 20) + 90 * n + 4 * n * n
+            pending = (op.kind, n)
+    return total
+
+
+def _cumulant(graph: Graph, distribution: Gaussian, options: dict) -> int:
+    chain, r = graph.chain, graph.n_inputs
+    total = _gaussian(graph, distribution)
+    if len(chain) >= 2 and isinstance(chain[-1], Affine) and isinstance(chain[-2], Act):
+        n = chain[-1].n_in
+        degree = int(options.get("degree", CUMULANT_DEGREE))
+        total += n * NODES * (activation(chain[-2].kind).flops + 2 * degree + 6) + 10 * n ** 3
+        total += 2 * chain[-1].n_out * n + _skew(chain[:-1], r)
+    return total
+
+
+def _polynomial(graph: Graph, distribution: Gaussian, options: dict) -> int:
+    first, act, second = graph.chain
+    n, d, o = first.n_out, first.n_in, second.n_out
+    degree = int(options.get("degree", POLYNOMIAL_DEGREE))
+    total = 2 * n * d * d + 5 * n * d + n * NODES * (activation(act.kind).flops + 2 * degree + 6)
+    total += 2 * n * n * d + 3 * degree * n * n + 4 * o * n * n + 2 * o * o * n + 2 * o * n + 8 * n * n
+    return total + 2 * n * d * o + 2 * d * d * o + 10 * d ** 3 + 2 * n * d * d
+
+
+def build_bound(graph: Graph, distribution: Gaussian, method: str, options: dict) -> int:
+    """Upper bound on `explain(graph, distribution, method, **options).build_flops`."""
+    name = resolved_method(graph, method)
+    if name == "cumulant":
+        return _cumulant(graph, distribution, options)
+    if name == "polynomial":
+        return _polynomial(graph, distribution, options)
+    if name == "halfspaces":
+        return 0
+    return _gaussian(graph, distribution)
+
+
+# ---- queries ----------------------------------------------------------------------------------
+def _orthant(k: int, points: int, replicates: int) -> int:
+    """`mvn.log_orthant` on k rows: the pivoted factor and the QMC steps, at most (one row
+    is log Φ in closed form, no QMC)."""
+    n = points * replicates if k > 1 else 1
+    return n * (2 * k * k + 47 * k + 1) + 6 * k ** 3 + 22 * k * k + 13 * k + 5 * replicates
+
+
+def _union(rows: list[int], v: int, points: int, replicates: int, extra: int = 0) -> int:
+    """`mvn.log_union` of clauses with `rows` rows each (plus `extra` rows on every term)
+    in a v-wide Gaussian: every inclusion–exclusion term with all its rows."""
+    total = 0
+    for mask in range(1, 2 ** len(rows)):
+        m = sum(c for i, c in enumerate(rows) if mask >> i & 1) + extra
+        total += _orthant(m, points, replicates) + 2 * m * (v + extra) * (v + extra + m + 1)
+    return total
+
+
+def _observed(event: Event, n: int) -> int:
+    """`observed`: the detectors' Gaussian propagation from y and their regression."""
+    detectors = event.detectors()
+    total = sum(propagation(d.score_graph().chain, n, n)[0] for d in detectors)
+    return total + (10 * n ** 3 + 2 * n * n * len(detectors) if detectors else 0)
+
+
+def _design(graph: Graph, distribution: Gaussian, event: Event, rows: list[int]) -> int:
+    """`structured.design_estimate` at its loop limits (module docstring)."""
+    d, n, v = graph.n_inputs, graph.n_outputs, graph.n_outputs + len(event.detectors())
+    unit = graph.flops_per_sample + detector_flops([event]) + 2 * d * d + d
+    total = 0
+    for count in rows:
+        forwards = PILOT + (STARTS + 1) * (REACH + 1) + STARTS + (STARTS + 1) * (SCAN + DESCENT * (1 + HALVINGS * NEAR_SCAN))
+        backwards = (STARTS + 1) * (REACH + DESCENT) * count
+        total += (forwards + 2 * backwards) * unit + 10 * v ** 3 + 2 * d * v * (count + 1)
+    extra = MAX_MODES - 1
+    sampled = 10 * v ** 3 + 2 * d * v * v + QMC_REPLICATES * QMC_POINTS * (
+        (d + v) * (2 * v + 1) + v + 8 * d + 2 + 2 * d * extra + detector_flops([event]) + 2 * v * sum(rows)
+    ) if event.reads_nonlinear_detector() else 0
+    tilt = (_observed(event, n) + 10 * n ** 3 + 2 * d * n * v
+            + _union(rows, v, QMC_POINTS, QMC_REPLICATES, extra) + sampled)
+    return total + MAX_MODES * (_gaussian(graph, distribution) + tilt)
+
+
+def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict, event: Event) -> int:
+    """Upper bound on the FLOPs `π.probability(event)` spends beyond π's build (module docstring)."""
+    name = resolved_method(graph, method)
+    rows = [len(clause) for clause in event.dnf()]
+    if name == "halfspaces":
+        return int(2 * float(options.get("budget", 3000)) * graph.flops_per_sample)
+    v = graph.n_outputs + len(event.detectors())
+    total = _observed(event, graph.n_outputs) + _union(rows, v, BULK_POINTS, BULK_REPLICATES)
+    if name in ("cumulant", "polynomial"):
+        if options.get("design", True):
+            total += _design(graph, distribution, event, rows)
+        atoms = sum(rows)
+        total += atoms * (4 * CUMULANT_BUDGET * graph.flops_per_sample + 2 * v * v + SADDLEPOINT_FLOPS)
+        total += _union(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v
+    return total
