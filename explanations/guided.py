@@ -19,8 +19,9 @@ small p, the number of hits) gives the interval, Garwood's for n counts scaled t
 lacks when few weights carry the estimate. Kong's (Σ_hits w)²/Σ_hits w² (1992) is
 reported as details["effective_hits"]; fewer than 10, or one weight
 carrying over half of p̂, flags the estimate as degenerate (details["degenerate"]), and its
-interval's upper end is then at least the bound that w ≤ 1/α0 gives (`Weighted.interval`);
-with no hit, [0, 3.69/(α0 N)]. The sums are kept in log space. The
+interval's upper end is then at least Wilson's on the defensive draws alone, which are
+plain samples of D (`Weighted.interval`); with no hit, [0, that end]. The sums are kept in
+log space. The
 defensive component bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain
 sampling's; near the design points it is orders of magnitude smaller (a halfspace at
 distance β: relative variance O(β) per draw instead of 1/p).
@@ -76,7 +77,7 @@ from torch import Tensor
 from .design import is_far
 from .estimate import Estimate
 from .events import Event
-from .montecarlo import draw_cost, draws_within, effective_count_interval, gamma_quantile, tally
+from .montecarlo import draw_cost, draws_within, effective_count_interval, tally, wilson_interval
 from .mvn import OrthantResult, log_union
 from .observed import clause_rows, observed
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
@@ -94,12 +95,14 @@ BULK_POINTS, BULK_REPLICATES = 256, 2
 @dataclass
 class Weighted:
     """Sums of one importance-sampling run, in log space (weights of events far in a tail
-    underflow float64, and their squares sooner)."""
+    underflow float64, and their squares sooner), and the hits of its defensive draws."""
     samples: int
     hits: int
     log_total: float          # log Σ 1_C w
     log_total_squares: float  # log Σ 1_C w²
     log_largest: float
+    defensive: int = 0        # draws from the defensive component N(0, I) …
+    defensive_hits: int = 0   # … and how many of them hit
 
     @property
     def log_p(self) -> float:
@@ -124,16 +127,15 @@ class Weighted:
         return self.effective_hits < DEGENERATE_HITS or self.log_largest > self.log_total - math.log(2)
 
     def interval(self) -> tuple[float, float]:
-        """Garwood's for p̂²/se² effective hits. A degenerate run's upper end is at least
-        w_max·u_k/N, u_k the 97.5% Poisson bound on k raw hits: P = E_q[1_C w] with
-        w ≤ w_max = 1/α0, and a few hits of small weight say little of the draws' chance
-        of hitting where weights are large. With no hit, [0, w_max·u_0/N]."""
-        bound = min(1.0, gamma_quantile(self.hits + 1.0, 0.975) / (DEFENSIVE * self.samples))
+        """Garwood's for p̂²/se² effective hits. The defensive draws are plain samples of
+        D, so Wilson's interval on their hits bounds P on its own: a degenerate run's upper
+        end is at least that interval's, and a run without a hit gets [0, that upper end]."""
+        plain = wilson_interval(self.defensive_hits, self.defensive)[1] if self.defensive else 1.0
         if self.hits == 0:
-            return 0.0, bound
+            return 0.0, plain
         error = self.relative_error
         low, high = effective_count_interval(math.exp(self.log_p), error ** -2 if error > 0 else self.effective_hits)
-        return low, max(high, bound) if self.degenerate else high
+        return low, max(high, plain) if self.degenerate else high
 
 
 def importance_sampling(event: Event, found: Search, samples: int, generator: torch.Generator,
@@ -147,7 +149,7 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          (math.log(1 - DEFENSIVE - BROAD) + share.log()).to(points)])
     log_sums = torch.full((3,), -math.inf, dtype=torch.float64)         # log Σw, log Σw², log max w
-    hits = done = 0
+    hits = done = defensive = defensive_hits = 0
     with torch.no_grad():
         while done < samples:
             size = min(batch, samples - done)
@@ -167,8 +169,11 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
             log_sums = torch.cat([torch.logaddexp(log_sums[:2], batch_sums[:2]),
                                   torch.maximum(log_sums[2:], batch_sums[2:])])
             hits += int(hit.sum())
+            plain = component == 0
+            defensive += int(plain.sum())
+            defensive_hits += int((hit & plain).sum())
             done += size
-    return Weighted(samples, hits, *(float(v) for v in log_sums))
+    return Weighted(samples, hits, *(float(v) for v in log_sums), defensive, defensive_hits)
 
 
 def guided_probability(pi: "GuidedSampling", event: Event, found: Search, samples: int | None,

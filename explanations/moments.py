@@ -107,8 +107,7 @@ def split_sd(mean: Tensor, variance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def _correlation(cov: Tensor, sd_safe: Tensor) -> Tensor:
-    scale = torch.outer(sd_safe, sd_safe)
-    return torch.div(cov, scale, out=scale).clamp_(-_RHO_LIMIT, _RHO_LIMIT)
+    return (cov / torch.outer(sd_safe, sd_safe)).clamp_(-_RHO_LIMIT, _RHO_LIMIT)
 
 
 def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor, kind: str,
@@ -130,9 +129,10 @@ def _pair_moments(independent: Tensor, cov: Tensor, pair: Callable[[Tensor, Tens
     """E[f_i f_j] off the diagonal (zero on it): `pair(i, j)` for the pairs i < j with
     Σ_ij ≠ 0, taken in blocks of rows of at most PAIR_BLOCK pairs, and E f_i E f_j
     (`independent`, the outer product of the means, overwritten) where Σ_ij = 0. Returns it and the
-    number of pairs computed."""
+    number of pairs computed. Where Σ carries gradients every pair is computed: at Σ_ij = 0
+    the shortcut has the right value but not the right derivative in Σ_ij."""
     n = cov.shape[0]
-    dependent = cov != 0
+    dependent = (cov != 0) | cov.requires_grad
     second = torch.zeros_like(cov)
     columns = torch.arange(n, device=cov.device)
     count, step = 0, max(1, PAIR_BLOCK // n)

@@ -57,18 +57,20 @@ class WeightProduct:
 
     Where at most SPARSE_DENSITY of W's entries are nonzero (convolutions, pooling and
     padding are such matrices) W is held in CSR form and W @ M costs 2·nnz(W) FLOPs per
-    column of M instead of 2·m·n; finding the nonzeros costs m·n. Exact either way."""
+    column of M instead of 2·m·n; finding the nonzeros costs m·n. Exact either way. A W
+    that carries gradients (a live graph) stays dense: CSR products do not differentiate
+    in W."""
 
     def __init__(self, weight: Tensor, flops: Counter) -> None:
         m, n = weight.shape
         nonzero = int(torch.count_nonzero(weight))
+        flops["affine"] += m * n
         self.flops = flops
-        self.sparse = nonzero <= SPARSE_DENSITY * m * n
+        self.sparse = nonzero <= SPARSE_DENSITY * m * n and not weight.requires_grad
         if self.sparse:
             with warnings.catch_warnings():          # torch flags its CSR support as beta
                 warnings.simplefilter("ignore", UserWarning)
                 self.matrix = weight.to_sparse_csr()
-            flops["affine"] += m * n
         else:
             self.matrix = weight
         self.per_column = 2 * (nonzero if self.sparse else m * n)

@@ -265,12 +265,15 @@ def expand_pools(chain: Chain) -> Chain:
         previous = out[-1] if out else None
         if isinstance(previous, Clamp) or isinstance(previous, Act) and activation(previous.kind).increasing:
             first, last = op.chain[0], op.chain[-1]
-            price = 2 if isinstance(previous, Clamp) else activation(previous.kind).flops
+            price = CLAMP_FLOPS if isinstance(previous, Clamp) else activation(previous.kind).flops
             moved = replace(last, flops=last.forward_flops + price * (first.n_in - last.n_out))
             out[-1:] = [*op.chain[:-1], moved, previous]
         else:
             out.extend(op.chain)
     return tuple(out)
+
+
+CLAMP_FLOPS = 4    # per unit, as `expand_clamps` charges: 2 comparisons and 2 ReLU units
 
 
 @dataclass(eq=False)
@@ -302,7 +305,7 @@ def expand_clamps(chain: Chain, width: int, dtype: torch.dtype, device: torch.de
             shifts = torch.cat([eye.new_full((width,), op.offset - op.low), eye.new_full((width,), op.offset - op.high)])
             out += [Affine(torch.cat([eye, eye]), shifts, op.path, 0), Act("relu", op.path),
                     Affine(op.scale * torch.cat([eye, -eye], dim=1), eye.new_full((width,), op.scale * op.low),
-                           op.path, 2 * width)]
+                           op.path, (CLAMP_FLOPS - 2) * width)]
         elif isinstance(op, Residual):
             branches = [expand_clamps(branch, width, dtype, device) for branch in op.branches]
             out.append(Residual(tuple(b for b, _ in branches), op.path))

@@ -33,7 +33,7 @@ from explanations.graph import Affine, iter_ops
 from .events import event_from_plain
 from .graphs import read_graph
 from .plain import read_json
-from .runfile import FORMAT, VERSION, RunFileError
+from .runfile import FORMAT, VERSION, RunFileError, parameter_name
 
 RESERVED_SERIES = ("expectation",)    # series names that are not events
 
@@ -121,10 +121,9 @@ class Checkpoint:
 
     @cached_property
     def explanation(self) -> Explanation:
-        """π at this step, rebuilt from the explained graph without the torch model."""
-        graph = self.explained
-        with reading(self.run.path, f"π at step {self.step}"):
-            return explain(graph, self.run.distribution, self.run.method, **self.run.options)
+        """π at this step, rebuilt from the explained graph without the torch model (the
+        graph is read under `reading`; what explain() raises is its own)."""
+        return explain(self.explained, self.run.distribution, self.run.method, **self.run.options)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The model's state_dict at this step (parameters and buffers, as the Tracker stored
@@ -134,7 +133,8 @@ class Checkpoint:
         Linear layers and activations."""
         with reading(self.run.path, f"the parameters of step {self.step}"):
             if "parameters" in self.group:
-                return {name: torch.as_tensor(np.asarray(data[()])) for name, data in self.group["parameters"].items()}
+                return {parameter_name(key): torch.as_tensor(np.asarray(data[()]))
+                        for key, data in self.group["parameters"].items()}
             return {key: tensor for op in iter_ops(self.model.chain) if isinstance(op, Affine)
                     for key, tensor in ((f"{op.path}.weight", op.weight), (f"{op.path}.bias", op.bias))}
 

@@ -53,6 +53,16 @@ def checkpoint_name(step: int) -> str:
     return f"{step:010d}"
 
 
+def parameter_key(name: str) -> str:
+    """A state_dict name as an HDF5 link name: '%' and '/' (which HDF5 reads as a path, and
+    torch allows in module names) percent-encoded; `parameter_name` inverts it."""
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+def parameter_name(key: str) -> str:
+    return key.replace("%2F", "/").replace("%25", "%")
+
+
 def write_arrays(group: h5py.Group, arrays: dict[str, np.ndarray]) -> None:
     for name, array in arrays.items():
         array = np.asarray(array)
@@ -92,8 +102,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:          # another user's process
-        return True
+    except PermissionError:          # another user's process: running
+        pass
     return True
 
 
@@ -149,4 +159,4 @@ def append_checkpoint(path: str | os.PathLike, step: int, meta: dict, graphs: di
                 write_graph(group.create_group(key), graph, compression=COMPRESSION)
         write_arrays(group.create_group("state"), state)
         if parameters is not None:
-            write_arrays(group.create_group("parameters"), parameters)
+            write_arrays(group.create_group("parameters"), {parameter_key(k): v for k, v in parameters.items()})

@@ -254,5 +254,14 @@ def test_sparse_affine_maps_propagate_as_dense_ones_at_their_own_cost():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     nonzero = int(torch.count_nonzero(weight))
     assert sparse_flops["affine"] == 2 * nonzero * (20 + 30 + 1 + 3) + 600 + 30 + 900
-    assert dense_flops["affine"] == 2 * 600 * (20 + 30 + 1 + 3) + 30 + 900
+    assert dense_flops["affine"] == 2 * 600 * (20 + 30 + 1 + 3) + 600 + 30 + 900
 
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.Hardsigmoid, nn.Tanh, nn.ELU])
+def test_a_moved_activation_keeps_the_graph_s_flops_the_model_s(act):
+    conv = nn.Conv2d(1, 2, 3).to(F64)
+    whole = compile_model(nn.Sequential(conv, act(), nn.MaxPool2d(2)), input_shape=(1, 8, 8))
+    before = compile_model(nn.Sequential(conv, act()), input_shape=(1, 8, 8))
+    pool = compile_model(nn.Sequential(nn.MaxPool2d(2)), input_shape=(2, 6, 6))
+    assert whole.flops_per_sample == before.flops_per_sample + pool.flops_per_sample

@@ -74,3 +74,39 @@ def test_ddp_two_ranks_one_writer_ledger_counts_all(tmp_path):
     run = open_run(tmp_path / "run.h5")
     assert run.steps == [5, 10] and run.meta["world_size"] == 2
     assert run.last.ledger["training_flops"] == expected
+
+
+def stop_worker(rank: int, port: int, folder: str) -> None:
+    """A rank whose model's head gains an output at step 3: rank 0's Tracker stops, and both
+    ranks must still finish (rank 0 once left the rows' all_reduce, and rank 1 hung in it)."""
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.set_num_threads(1)
+        dist.init_process_group("gloo", rank=rank, world_size=2)
+        model = mlp([4, 8, 2], "relu", seed=0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        tracker = Tracker(model, optimizer, Gaussian.standard(4), method="gaussian")
+        for step in range(8):
+            if step == 3:
+                model[2] = nn.Linear(8, 3)
+                optimizer.add_param_group({"params": model[2].parameters()})
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with open(os.path.join(folder, f"stopped{rank}.json"), "w") as out:
+            json.dump({"stopped": tracker.stopped is not None}, out)
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def test_a_tracker_that_stops_keeps_the_ranks_in_step(tmp_path):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mp.spawn(stop_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"stopped{r}.json").read_text())["stopped"] for r in range(2)] == [True, False]

@@ -100,16 +100,19 @@ def test_importance_sums_stay_in_log_space_far_in_a_tail():
     assert "design-IS" in estimate.method and abs(estimate.log10 - exact) < 0.1
 
 
-def test_a_run_with_few_hits_gets_the_weight_bound_not_a_narrow_interval():
-    """w ≤ 1/α0: with no hit the upper end is 3.69/(α0 N); a run carried by one small weight
-    (8.6e-32 for p ≈ 1e-6 once) reaches at least w_max·u_1/N."""
-    from explanations.guided import DEFENSIVE, Weighted
-    from explanations.montecarlo import gamma_quantile
-    empty = Weighted(100, 0, -math.inf, -math.inf, -math.inf)
-    assert empty.interval() == (0.0, gamma_quantile(1.0, 0.975) / (DEFENSIVE * 100))
-    one = Weighted(100, 1, math.log(8.6e-30), 2 * math.log(8.6e-30), math.log(8.6e-30))
-    assert one.degenerate and one.interval()[1] >= gamma_quantile(2.0, 0.975) / (DEFENSIVE * 100)
-    many = Weighted(10_000, 400, math.log(4e-4), math.log(4e-4 * 1e-6 * 1.2), math.log(3e-6))
+def test_a_run_with_few_hits_gets_the_plain_bound_of_its_defensive_draws():
+    """The defensive fifth of the draws is plain sampling: with no hit the interval is
+    Wilson's on it, and a run carried by one small weight (8.6e-32 for p ≈ 1e-6 once)
+    reaches at least that; a degenerate run with many hits of tiny weight is not sent to 1."""
+    from explanations.guided import Weighted
+    from explanations.montecarlo import wilson_interval
+    empty = Weighted(100, 0, -math.inf, -math.inf, -math.inf, 20, 0)
+    assert empty.interval() == (0.0, wilson_interval(0, 20)[1])
+    one = Weighted(100, 1, math.log(8.6e-30), 2 * math.log(8.6e-30), math.log(8.6e-30), 20, 0)
+    assert one.degenerate and one.interval()[1] == wilson_interval(0, 20)[1]
+    crowded = Weighted(10_000, 7_000, math.log(1.7e-11), 2 * math.log(1.7e-11), math.log(1.7e-11), 2_000, 0)
+    assert crowded.degenerate and crowded.interval()[1] < 2e-3
+    many = Weighted(10_000, 400, math.log(4e-4), math.log(4e-4 * 1e-6 * 1.2), math.log(3e-6), 2_000, 0)
     assert not many.degenerate and many.interval()[1] < 1e-7
 
 

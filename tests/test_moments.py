@@ -178,3 +178,28 @@ def test_pairs_with_zero_covariance_are_independent_and_cost_nothing(kind):
     assert bool((whole.cov[off_blocks] == 0).all())
     dense = activation_moments(kind, mean, cov + 1e-3 * (torch.ones(12, 12, dtype=F64) - torch.eye(12, dtype=F64)))
     assert whole.flops < dense.flops
+
+
+def test_gradients_flow_through_the_moments_even_at_zero_covariance():
+    """A live graph's moments differentiate in the weights; a pair with Σ_ij = 0 at the current
+    weights still has d E[f_i f_j]/d Σ_ij ≠ 0, which the independence shortcut would drop."""
+    from torch import nn
+    from explanations import Gaussian, compile_model, explain
+    model = nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 1)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.7, -0.4]]))
+        model[0].bias.zero_()
+        model[2].weight.fill_(1.0)
+        model[2].bias.zero_()
+    D = Gaussian.standard(4)
+    explain(compile_model(model, live=True), D, "gaussian").cov.sum().backward()
+
+    def variance(step: float) -> float:
+        with torch.no_grad():
+            model[0].weight[0, 2] += step
+            value = float(explain(compile_model(model), D, "gaussian").cov.sum())
+            model[0].weight[0, 2] -= step
+        return value
+
+    central = (variance(1e-5) - variance(-1e-5)) / 2e-5
+    assert abs(float(model[0].weight.grad[0, 2]) - central) < 1e-6 and abs(central) > 0.1

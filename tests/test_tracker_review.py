@@ -114,7 +114,7 @@ def test_resume_refuses_a_model_of_another_structure(tmp_path):
     with Tracker(model, optimizer, Gaussian.standard(8), path=tmp_path / "run.h5", every=5):
         steps(model, optimizer, 5)
     other = mlp((8, 32, 16, 2))
-    with pytest.raises(ValueError, match="differs in structure.*op 0.*8→16 against an affine map 8→32"):
+    with pytest.raises(ValueError, match="compiled model differs from this one in op 0.*8→16 against an affine map 8→32"):
         Tracker(other, torch.optim.SGD(other.parameters(), 1e-3), Gaussian.standard(8), path=tmp_path / "run.h5")
 
 
@@ -269,3 +269,40 @@ def test_cli_counts_must_be_positive(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_budget_below_the_ledger_it_restores(tmp_path):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    with Tracker(model, optimizer, Gaussian.standard(8), path=tmp_path / "run.h5", every=5, budget=5.0) as tr:
+        steps(model, optimizer, 20, rows=1024)
+    ratio = tr.ledger.ratio
+    assert ratio > 0.05
+    with pytest.raises(ValueError, match="ledger already stands at ratio"):
+        Tracker(model, optimizer, Gaussian.standard(8), path=tmp_path / "run.h5", budget=ratio / 2)
+
+
+def test_state_dicts_with_extra_state_and_slashes_round_trip(tmp_path):
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleDict({"enc/0": torch.nn.Linear(8, 16), "out": torch.nn.Linear(16, 2)})
+
+        def forward(self, x):
+            return self.layers["out"](torch.relu(self.layers["enc/0"](x)))
+
+        def get_extra_state(self):
+            return {"note": "not a tensor"}
+
+        def set_extra_state(self, state):
+            pass
+
+    model = Block()
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    with Tracker(model, optimizer, Gaussian.standard(8), path=tmp_path / "run.h5", every=5):
+        steps(model, optimizer, 5)
+    restored = Block()
+    restored.load_state_dict(open_run(tmp_path / "run.h5").last.state_dict(), strict=False)
+    for name, tensor in model.state_dict().items():
+        if isinstance(tensor, torch.Tensor):
+            torch.testing.assert_close(restored.state_dict()[name], tensor)

@@ -34,7 +34,7 @@ from explanations.cumulant import CUMULANT_BUDGET, DEFAULT_DEGREE as CUMULANT_DE
 from explanations.design import MAX_MODES
 from explanations.events import Event
 from explanations.explain import is_two_layer
-from explanations.graph import Act, Affine, Chain, Residual
+from explanations.graph import Act, Affine, Chain
 from explanations.halfspaces import is_step_network
 from explanations.moments import HERMITE_DEGREE, PANEL_NODES, QUADRATURE_PANELS, _RELU_PAIR_FLOPS
 from explanations.montecarlo import detector_flops

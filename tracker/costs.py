@@ -19,7 +19,7 @@ from torch import nn
 
 from explanations import Graph
 from explanations.activations import activation
-from explanations.graph import Act, Affine, Chain, Residual, chain_flops, chain_width
+from explanations.graph import Act, Affine, Chain, chain_flops, chain_width, iter_ops
 
 
 def trainable_paths(module: nn.Module) -> frozenset[str]:
@@ -53,17 +53,8 @@ def training_step_flops(graph: Graph, rows: int, trainable: frozenset[str] | Non
     """FLOPs of a training step (forward + backward, module docstring) on `rows` input
     rows; `trainable`: the paths of `trainable_paths` (None: every map is trainable)."""
     if trainable is None:
-        trainable = frozenset(op.path for op in _affine_ops(graph.chain))
+        trainable = frozenset(op.path for op in iter_ops(graph.chain) if isinstance(op, Affine))
     backward, _ = _backward(graph.chain, graph.n_inputs, trainable, False)
     return rows * (chain_flops(graph.chain, graph.n_inputs) + backward)
 
 
-def _affine_ops(chain: Chain) -> list[Affine]:
-    out: list[Affine] = []
-    for op in chain:
-        if isinstance(op, Affine):
-            out.append(op)
-        elif isinstance(op, Residual):
-            for branch in op.branches:
-                out += _affine_ops(branch)
-    return out

@@ -2,8 +2,6 @@
 notice a model that changed shape mid-training or a run file written for another model."""
 from __future__ import annotations
 
-import numpy as np
-
 from explanations import Graph
 from explanations.graph import Act, Affine, Chain
 
@@ -48,11 +46,3 @@ def structure_difference(old: tuple, new: tuple) -> str | None:
         if left != right:
             return f"op {i} of the compiled chain: {_describe(left)} against {_describe(right)}"
     return "the compiled chain"
-
-
-def same_graph(a: Graph, b: Graph) -> bool:
-    """Same structure and (to float tolerance) the same weights."""
-    if structure(a) != structure(b):
-        return False
-    left, right = a.to_plain()[1], b.to_plain()[1]
-    return left.keys() == right.keys() and all(np.allclose(left[k], right[k]) for k in left)

@@ -87,7 +87,7 @@ from .bounds import build_bound, query_bound
 from .costs import trainable_paths, training_step_flops
 from .incremental import head_update, head_update_cost, supports_head_update
 from .ledger import Ledger
-from .structure import same_graph, structure, structure_difference
+from .structure import structure, structure_difference
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -107,9 +107,13 @@ def explanation_state(pi: Explanation) -> dict[str, np.ndarray]:
 
 def parameters_state(module: nn.Module) -> dict[str, np.ndarray]:
     """The module's state_dict as arrays (bfloat16 and other types numpy lacks as float32),
-    stored with each checkpoint so that `load_state_dict(ck.state_dict())` restores it."""
+    stored with each checkpoint so that `load_state_dict(ck.state_dict())` restores it.
+    Entries that are not tensors (a module's `get_extra_state`) have no array form and are
+    left out: load such a model with `strict=False`."""
     out = {}
     for name, tensor in module.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
         tensor = tensor.detach().cpu()
         out[name] = (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
                      else tensor).numpy()
@@ -117,11 +121,12 @@ def parameters_state(module: nn.Module) -> dict[str, np.ndarray]:
 
 
 def _same_event(a: Event, b: Event) -> bool:
-    """Do two events have the same definition (the same JSON, detectors of the same graph)?"""
+    """Do two events have the same definition: the same JSON, and detectors of the same
+    structure (their weights may have trained since the file was written)?"""
     graphs_a: list[Graph] = []
     graphs_b: list[Graph] = []
     plain_a, plain_b = event_to_plain(a, graphs_a), event_to_plain(b, graphs_b)
-    return plain_a == plain_b and all(same_graph(g, h) for g, h in zip(graphs_a, graphs_b))
+    return plain_a == plain_b and all(structure(g) == structure(h) for g, h in zip(graphs_a, graphs_b))
 
 
 def _plain_estimate(estimate) -> dict:
@@ -197,8 +202,6 @@ class Tracker:
             self._rows += args[0].shape[0] if args[0].dim() > 1 else 1
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if self.stopped is not None:
-            return
         entered = time.perf_counter()
         self.ledger.training_seconds += entered - self._left
         try:
@@ -211,8 +214,10 @@ class Tracker:
         rows, self._rows = self._rows, 0
         if self.world > 1:
             total = torch.tensor([rows], dtype=torch.float64)
-            dist.all_reduce(total)
+            dist.all_reduce(total)               # every rank, every step, stopped or not: collectives match
             rows = int(total.item())
+        if self.stopped is not None:
+            return
         with torch.no_grad():
             current = self._current() if self.rank == 0 else None
         if current is not None and structure(current) != self.structure and not self._restructure(current):
@@ -356,8 +361,12 @@ class Tracker:
                 return
             change = structure_difference(structure(last.model), self.structure)
             if change is not None:
-                raise ValueError(f"cannot resume {self.path}: its model differs in structure from this one in "
-                                 f"{change}; choose another path")
+                raise ValueError(f"cannot resume {self.path}: its compiled model differs from this one in {change} "
+                                 f"(another model, or a file written by a π-tracker that compiled it differently); "
+                                 f"choose another path")
+            if last.ledger.get("ratio", 0.0) > self.ledger.budget:
+                raise ValueError(f"cannot resume {self.path} with budget {self.ledger.budget}: its ledger already "
+                                 f"stands at ratio {last.ledger['ratio']:.3g}; give a budget of at least that")
             self.step = self.saved_step = last.step
             self.ledger = Ledger.from_plain({**last.ledger, "budget": self.ledger.budget})
             self.last_update = last.update
