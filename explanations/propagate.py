@@ -122,6 +122,11 @@ def _residual(branches: tuple[Chain, ...], state: GaussianState, flops: Counter)
     return GaussianState(mean, cov, sum(out.cross[:r] for out in outs))
 
 
+def carries_skew(chain: Chain) -> bool:
+    """Does `propagate_skewed` carry cumulants through `chain` (no residual sum, no max pool)?"""
+    return all(isinstance(op, Affine) or isinstance(op, Act) and not op.in_max_pool for op in chain)
+
+
 def propagate_skewed(chain: Chain, state: GaussianState, flops: Counter,
                      input_factor: Tensor | None = None) -> tuple[GaussianState, list[Source], tuple | None]:
     """Like `propagate`, but each activation's moments carry the Edgeworth correction from
@@ -133,7 +138,7 @@ def propagate_skewed(chain: Chain, state: GaussianState, flops: Counter,
     per-unit corrections do not respect (measured on 1 × 14 × 14 CNNs with two max pools:
     0.17–0.23 sd off against 0.06–0.09 as Gaussian).
     `input_factor` F with Cov(x) = F Fᵀ lets the first layers keep a low-rank correlation."""
-    if any(not isinstance(op, (Affine, Act)) or isinstance(op, Act) and op.in_max_pool for op in chain):
+    if not carries_skew(chain):
         return propagate(chain, state, flops), [], None
     sources: list[Source] = []
     pending = None                     # (kind, mean, cov, sd, factor) of the last activation's input

@@ -5,16 +5,26 @@ paying it. These bounds follow each method's own FLOP count (the counters in
 `explanations`) term by term, with every data-dependent quantity at its worst:
 
   affine m×n on a state of width n with r reference rows
-        Wμ, WΣ, (WΣ)Wᵀ, W Cᵀ: 2mn(n + m + r + 1), plus mn (sparsity test) and m² + m;
-        a sparse map (≤ 10% nonzeros) costs less, so the dense count bounds it
-  activation of width n: all n(n-1)/2 pairs dependent (no exact zero covariance):
-        ReLU family: bivariate_normal_cdf_flops(pairs) + 40·pairs + 37n²  (`moments`)
-        others: n·Q·(f + 2K + 6) + (4K + 2)·pairs + 14n², Q quadrature nodes, K = 24
+        Wμ, WΣ, W(WΣ)ᵀ, W Cᵀ: 2·w·(n + m + r + 1), plus mn (sparsity test) and m² + m, where
+        w = nnz(W) if nnz(W) ≤ 10% of mn (`propagate.WeightProduct` multiplies it as
+        sparse), else mn
+  activation of width n, P the pairs i < j that can have Σ_ij ≠ 0:
+        ReLU family: bivariate_normal_cdf_flops(P) + 40·P + 37n²  (`moments`)
+        others: n·Q·(f + 2K + 6) + (4K + 2)·P + 14n², Q quadrature nodes, K = 24
         plus r·n for the cross-covariance
+  P comes from the zero pattern of Σ, carried through the chain: D's covariance's pattern
+  at the input, Z ↦ |W|Z|W|ᵀ > 0 at an affine map (its nonzeros can only be fewer, by
+  cancellation), unchanged at an activation (a pair with Σ_ij = 0 stays exactly 0), and
+  every pair after a residual sum or once the pattern is over half full. On
+  convolutional nets this is what keeps the bound near the cost (most pairs of distant
+  units are independent); the weights' nonzeros are read when the bound is computed,
+  so a weight entry that is exactly zero then and not later is the one way past it.
   residual: its branches (reference r + n), a pseudo-inverse 10n³ and the pair products
   cumulant: the skew sources' products (2nm² to start, 4·n′·n·m per later map, 4n²m for
         T, correlations 2nm²), the Edgeworth corrections (n·Q·(f + 68) + 152n² per
-        activation), the separate mean and the last layer's expansion (n·Q·(f + 2K + 6) + 10n³)
+        activation), the separate mean and the last layer's expansion (n·Q·(f + 2K + 6) + 10n³);
+        the skew terms over the last layer only where `propagate_skewed` propagates the
+        rest as Gaussian (residual sums, max pools)
   polynomial: its closed count (2-layer networks)
 
 An event's query (zero-sample probability) is bounded from its clauses: the bulk
@@ -28,6 +38,11 @@ tests/test_tracker_review.py checks bound ≥ cost over architectures, methods a
 """
 from __future__ import annotations
 
+import warnings
+
+import torch
+from torch import Tensor
+
 from explanations import Gaussian, Graph
 from explanations.activations import activation
 from explanations.cumulant import CUMULANT_BUDGET, DEFAULT_DEGREE as CUMULANT_DEGREE
@@ -40,6 +55,7 @@ from explanations.moments import HERMITE_DEGREE, PANEL_NODES, QUADRATURE_PANELS,
 from explanations.montecarlo import detector_flops
 from explanations.mvn import bivariate_normal_cdf_flops
 from explanations.polynomial import DEFAULT_DEGREE as POLYNOMIAL_DEGREE
+from explanations.propagate import SPARSE_DENSITY, carries_skew
 from explanations.structured import QMC_POINTS, QMC_REPLICATES
 from explanations.tails import SADDLEPOINT_FLOPS
 
@@ -63,12 +79,37 @@ def resolved_method(graph: Graph, method: str) -> str:
 
 
 # ---- Gaussian propagation ----------------------------------------------------------------
-def _affine(m: int, n: int, r: int) -> int:
-    return 2 * m * n * (n + m + r + 1) + m * n + m * m + m
+def _affine(op: Affine, r: int) -> int:
+    m, n = op.weight.shape
+    nonzero = int(torch.count_nonzero(op.weight))
+    per_column = nonzero if nonzero <= SPARSE_DENSITY * m * n else m * n
+    return 2 * per_column * (n + m + r + 1) + m * n + m * m + m
 
 
-def _activation(kind: str, n: int, r: int) -> int:
-    pairs = n * (n - 1) // 2
+def _pattern_after(op: Affine, pattern: Tensor | None) -> Tensor | None:
+    """The zero pattern of WΣWᵀ (module docstring): a sparse 0/1 matrix, or None for full."""
+    if pattern is None:
+        return None
+    support = (op.weight.detach() != 0).to(torch.float32).cpu().to_sparse()
+    with warnings.catch_warnings():                    # torch flags sparse products as beta
+        warnings.simplefilter("ignore", UserWarning)
+        out = torch.sparse.mm(torch.sparse.mm(support, pattern), support.t()).coalesce()
+    n = op.n_out
+    if out._nnz() > n * n / 2:
+        return None
+    return torch.sparse_coo_tensor(out.indices(), torch.ones_like(out.values()), out.shape,
+                                   check_invariants=False).coalesce()
+
+
+def _pairs(pattern: Tensor | None, n: int) -> int:
+    """Pairs i < j the pattern allows."""
+    if pattern is None:
+        return n * (n - 1) // 2
+    indices = pattern.indices()
+    return int((indices[0] < indices[1]).sum())
+
+
+def _activation(kind: str, n: int, r: int, pairs: int) -> int:
     act = activation(kind)
     if act.leak is not None:
         moments = bivariate_normal_cdf_flops(pairs) + _RELU_PAIR_FLOPS * pairs + 20 * n + 37 * n * n
@@ -77,28 +118,38 @@ def _activation(kind: str, n: int, r: int) -> int:
     return moments + r * n
 
 
-def propagation(chain: Chain, n: int, r: int) -> tuple[int, int]:
-    """Bound on `propagate`'s FLOPs through `chain` from width n with r reference rows,
-    and the output width."""
+def propagation(chain: Chain, n: int, r: int, pattern: Tensor | None = None) -> tuple[int, int]:
+    """Bound on `propagate`'s FLOPs through `chain` from width n with r reference rows
+    and Σ's zero `pattern` (None: every pair), and the output width."""
     total = 0
     for op in chain:
         if isinstance(op, Affine):
-            total += _affine(op.n_out, n, r)
-            n = op.n_out
+            total += _affine(op, r)
+            n, pattern = op.n_out, _pattern_after(op, pattern)
         elif isinstance(op, Act):
-            total += _activation(op.kind, n, r)
+            total += _activation(op.kind, n, r, _pairs(pattern, n))
         else:
-            parts = [propagation(branch, n, r + n) for branch in op.branches]
+            parts = [propagation(branch, n, r + n, pattern) for branch in op.branches]
             m, b = parts[0][1], len(op.branches)
-            total += sum(cost for cost, _ in parts) + 10 * n ** 3
-            total += b * b * (2 * n * n * m + 2 * n * m * m) + 2 * b * m * m
-            n = m
+            full = sum(1 for branch in op.branches if branch)
+            regressions = full * (full - 1) // 2                        # Σ⁺ products between non-skip branches
+            total += sum(cost for cost, _ in parts) + 10 * n ** 3 * (regressions > 0)
+            total += regressions * (2 * n * n * m + 2 * n * m * m) + 2 * b * m * m
+            n, pattern = m, None
     return total, n
+
+
+def input_pattern(distribution: Gaussian) -> Tensor | None:
+    """The zero pattern of D's covariance, or None where it is over half full."""
+    support = (distribution.cov != 0).to(torch.float32).cpu()
+    if float(support.sum()) > support.numel() / 2:
+        return None
+    return support.to_sparse().coalesce()
 
 
 def _gaussian(graph: Graph, distribution: Gaussian) -> int:
     r = graph.n_inputs
-    cost, _ = propagation(graph.chain, r, r)
+    cost, _ = propagation(graph.chain, r, r, input_pattern(distribution))
     return cost + (0 if distribution.is_standard else 10 * r ** 3 + 2 * r * r * graph.n_outputs)
 
 
@@ -138,7 +189,8 @@ def _cumulant(graph: Graph, distribution: Gaussian, options: dict) -> int:
         n = chain[-1].n_in
         degree = int(options.get("degree", CUMULANT_DEGREE))
         total += n * NODES * (activation(chain[-2].kind).flops + 2 * degree + 6) + 10 * n ** 3
-        total += 2 * chain[-1].n_out * n + _skew(chain[:-1], r)
+        skewed = chain[:-1] if carries_skew(chain[:-3]) else chain[-3:-1]    # else Gaussian up to the last layer
+        total += 2 * chain[-1].n_out * n + _skew(skewed, r)
     return total
 
 
