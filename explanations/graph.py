@@ -10,7 +10,7 @@ through plain data: JSON-able metadata and a dict of named numpy arrays.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Union
 
 import numpy as np
@@ -38,6 +38,9 @@ class Affine:
     path: str = ""
     flops: int | None = None    # forward FLOPs where the module was sparse (a convolution:
                                 # 2·nnz(W) + out); None: dense, 2·in·out + out
+    support: Tensor | None = None   # [out, in] bool: the entries that can be nonzero whatever
+                                    # the weights' values (a convolution's taps, a pool's or a
+                                    # tournament's constants); None: every entry (a Linear)
 
     @property
     def forward_flops(self) -> int:
@@ -200,7 +203,7 @@ class Graph:
             out = []
             for op in chain:
                 if isinstance(op, Affine):
-                    out.append(Affine(change(op.weight), change(op.bias), op.path, op.flops))
+                    out.append(replace(op, weight=change(op.weight), bias=change(op.bias)))
                 elif isinstance(op, Residual):
                     out.append(Residual(tuple(move(b) for b in op.branches), op.path))
                 else:

@@ -197,17 +197,17 @@ def linear_module(module: nn.Module, path: str, shape: tuple[int, ...] | None, l
         raise UnsupportedModule(path, type(module).__name__, SHAPE_HINT)
     found = _structure(module, shape, device, path)
     if found.rebuild:
-        matrix, bias = _columns(module, shape, device, keep=live)
+        (matrix, bias), support = _columns(module, shape, device, keep=live), None
     elif found.constant is not None:
-        matrix, bias = found.constant, found.offset
+        matrix, bias, support = found.constant, found.offset, found.constant != 0
     else:
         take = lambda t: (t if live else t.detach()).reshape(-1).double()
-        matrix = _gather(take(module.weight), found.weight_index)
+        matrix, support = _gather(take(module.weight), found.weight_index), found.weight_index >= 0
         bias = found.offset if found.bias_index is None else found.offset + _gather(take(module.bias), found.bias_index)
     matrix, bias = matrix.to(dtype), bias.to(dtype)
     if not live:
         matrix, bias = matrix.detach(), bias.detach()
-    return Affine(matrix, bias, path, 2 * found.nonzeros + matrix.shape[0])
+    return Affine(matrix, bias, path, 2 * found.nonzeros + matrix.shape[0], support)
 
 
 def _gather(values: Tensor, index: Tensor) -> Tensor:
@@ -240,7 +240,8 @@ def max_pool(module: nn.Module, path: str, shape: tuple[int, ...] | None, device
     for i, matrix in enumerate(matrices):
         matrix = matrix.to(device=device, dtype=dtype)
         flops = comparisons if i == len(matrices) - 1 else 0
-        chain += [Affine(matrix, matrix.new_zeros(matrix.shape[0]), path, flops), Act("relu", path + MAX_POOL_UNITS)]
+        chain += [Affine(matrix, matrix.new_zeros(matrix.shape[0]), path, flops, matrix != 0),
+                  Act("relu", path + MAX_POOL_UNITS)]
     return (MaxPool(tuple(chain[:-1])),)
 
 
@@ -303,9 +304,10 @@ def expand_clamps(chain: Chain, width: int, dtype: torch.dtype, device: torch.de
                                         f"entries, more than {MAX_DENSE_ENTRIES:,}")
             eye = torch.eye(width, dtype=dtype, device=device)
             shifts = torch.cat([eye.new_full((width,), op.offset - op.low), eye.new_full((width,), op.offset - op.high)])
-            out += [Affine(torch.cat([eye, eye]), shifts, op.path, 0), Act("relu", op.path),
-                    Affine(op.scale * torch.cat([eye, -eye], dim=1), eye.new_full((width,), op.scale * op.low),
-                           op.path, (CLAMP_FLOPS - 2) * width)]
+            up, down = torch.cat([eye, eye]), op.scale * torch.cat([eye, -eye], dim=1)
+            out += [Affine(up, shifts, op.path, 0, up != 0), Act("relu", op.path),
+                    Affine(down, eye.new_full((width,), op.scale * op.low), op.path, (CLAMP_FLOPS - 2) * width,
+                           down != 0)]
         elif isinstance(op, Residual):
             branches = [expand_clamps(branch, width, dtype, device) for branch in op.branches]
             out.append(Residual(tuple(b for b, _ in branches), op.path))
@@ -395,14 +397,14 @@ def fold_normalisations(chain: Chain) -> Chain:
             op = Residual(tuple(fold_normalisations(branch) for branch in op.branches), op.path)
         previous = out[-1] if out else None
         if isinstance(op, Scale) and isinstance(previous, Affine):
-            out[-1] = Affine(op.scale[:, None] * previous.weight, op.scale * previous.bias + op.shift,
-                             previous.path, previous.flops)
+            out[-1] = replace(previous, weight=op.scale[:, None] * previous.weight,
+                              bias=op.scale * previous.bias + op.shift)
         elif isinstance(op, Scale) and isinstance(previous, Scale):
             out[-1] = Scale(op.scale * previous.scale, op.scale * previous.shift + op.shift, previous.path)
         elif isinstance(op, Affine) and isinstance(previous, Scale):
-            out[-1] = Affine(op.weight * previous.scale[None, :], op.weight @ previous.shift + op.bias,
-                             op.path, op.flops)
+            out[-1] = replace(op, weight=op.weight * previous.scale[None, :], bias=op.weight @ previous.shift + op.bias)
         else:
             out.append(op)
-    return tuple(Affine(torch.diag(op.scale), op.shift, op.path, 2 * op.scale.numel())
+    return tuple(Affine(torch.diag(op.scale), op.shift, op.path, 2 * op.scale.numel(),
+                        torch.eye(op.scale.numel(), dtype=torch.bool, device=op.scale.device))
                  if isinstance(op, Scale) else op for op in out)

@@ -45,7 +45,7 @@ def tracked_run(path, steps=30, every=10, method="gaussian", check_samples=0):
     events = {"y0 high": Above(0, 1.0), "y1 low": Below(1, -1.0),
               "flagged": Detector(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)), threshold=0.5)}
     with Tracker(model, optimizer, D, method=method, events=events, path=path, every=every,
-                 check_samples=check_samples, budget=4.0) as tr:     # the queries' bounds fit by step 30
+                 check_samples=check_samples, budget=8.0) as tr:     # the queries' bounds fit by step 30
         train_steps(model, optimizer, task, steps, 512, generator)
     return tr, model, D
 

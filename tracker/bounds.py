@@ -6,19 +6,20 @@ paying it. These bounds follow each method's own FLOP count (the counters in
 
   affine m×n on a state of width n with r reference rows
         Wμ, WΣ, W(WΣ)ᵀ, W Cᵀ: 2·w·(n + m + r + 1), plus mn (sparsity test) and m² + m, where
-        w = nnz(W) if nnz(W) ≤ 10% of mn (`propagate.WeightProduct` multiplies it as
-        sparse), else mn
+        w = |S| if W's structural support S holds ≤ 10% of mn (then nnz(W) ≤ |S| and
+        `propagate.WeightProduct` multiplies it as sparse), else mn
   activation of width n, P the pairs i < j that can have Σ_ij ≠ 0:
         ReLU family: bivariate_normal_cdf_flops(P) + 40·P + 37n²  (`moments`)
         others: n·Q·(f + 2K + 6) + (4K + 2)·P + 14n², Q quadrature nodes, K = 24
         plus r·n for the cross-covariance
   P comes from the zero pattern of Σ, carried through the chain: D's covariance's pattern
-  at the input, Z ↦ |W|Z|W|ᵀ > 0 at an affine map (its nonzeros can only be fewer, by
-  cancellation), unchanged at an activation (a pair with Σ_ij = 0 stays exactly 0), and
-  every pair after a residual sum or once the pattern is over half full. On
-  convolutional nets this is what keeps the bound near the cost (most pairs of distant
-  units are independent); the weights' nonzeros are read when the bound is computed,
-  so a weight entry that is exactly zero then and not later is the one way past it.
+  at the input, Z ↦ S Z Sᵀ > 0 at an affine map whose structural support S (`Affine.support`:
+  a convolution's taps, a pool's constants; every entry of a Linear) is sparse, every pair
+  after a dense map, unchanged at an activation (a pair with Σ_ij = 0 stays exactly 0),
+  and every pair after a residual sum or once the pattern is over half full. The support,
+  not the weights' current values, so that a layer initialised at zero does not lower the
+  bound below what its trained weights cost. On convolutional nets this is what keeps the
+  bound near the cost (most pairs of distant units are independent).
   residual: its branches (reference r + n), a pseudo-inverse 10n³ and the pair products
   cumulant: the skew sources' products (2nm² to start, 4·n′·n·m per later map, 4n²m for
         T, correlations 2nm²), the Edgeworth corrections (n·Q·(f + 68) + 152n² per
@@ -54,6 +55,8 @@ from explanations.halfspaces import is_step_network
 from explanations.moments import HERMITE_DEGREE, PANEL_NODES, QUADRATURE_PANELS, _RELU_PAIR_FLOPS
 from explanations.montecarlo import detector_flops
 from explanations.mvn import bivariate_normal_cdf_flops
+from explanations.hermite_cumulants import TETRAHEDRA_UP_TO
+from explanations.polynomial import CUMULANT_DEGREE as POLYNOMIAL_CUMULANT_DEGREE
 from explanations.polynomial import DEFAULT_DEGREE as POLYNOMIAL_DEGREE
 from explanations.propagate import SPARSE_DENSITY, carries_skew
 from explanations.structured import QMC_POINTS, QMC_REPLICATES
@@ -79,18 +82,24 @@ def resolved_method(graph: Graph, method: str) -> str:
 
 
 # ---- Gaussian propagation ----------------------------------------------------------------
+def _possible_nonzeros(op: Affine) -> int:
+    """Entries of W that can be nonzero: its structural support, or all of a Linear's."""
+    return int(op.support.sum()) if op.support is not None else op.n_out * op.n_in
+
+
 def _affine(op: Affine, r: int) -> int:
     m, n = op.weight.shape
-    nonzero = int(torch.count_nonzero(op.weight))
+    nonzero = _possible_nonzeros(op)
     per_column = nonzero if nonzero <= SPARSE_DENSITY * m * n else m * n
     return 2 * per_column * (n + m + r + 1) + m * n + m * m + m
 
 
 def _pattern_after(op: Affine, pattern: Tensor | None) -> Tensor | None:
-    """The zero pattern of WΣWᵀ (module docstring): a sparse 0/1 matrix, or None for full."""
-    if pattern is None:
+    """The zero pattern of WΣWᵀ (module docstring) from W's structural support: a sparse
+    0/1 matrix, or None for full (at once where W is not sparse: such a product fills)."""
+    if pattern is None or _possible_nonzeros(op) > SPARSE_DENSITY * op.n_out * op.n_in:
         return None
-    support = (op.weight.detach() != 0).to(torch.float32).cpu().to_sparse()
+    support = op.support.to(torch.float32).cpu().to_sparse()
     with warnings.catch_warnings():                    # torch flags sparse products as beta
         warnings.simplefilter("ignore", UserWarning)
         out = torch.sparse.mm(torch.sparse.mm(support, pattern), support.t()).coalesce()
@@ -258,18 +267,48 @@ def _design(graph: Graph, distribution: Gaussian, event: Event, rows: list[int])
     return total + MAX_MODES * (_gaussian(graph, distribution) + tilt)
 
 
+def _tetrahedra(n: int, degree: int) -> int:
+    """`hermite_cumulants._tetrahedra`'s FLOPs for one row (a marginal): per sorted (c, e, f),
+    the product Q and the blocks of b, whose count does not depend on the block size."""
+    total, K = 0, degree
+    for c in range(1, K - 1):
+        for e in range(c, (K - c) // 2 + 1):
+            for f in range(e, K - c - e + 1):
+                depth, top, blocks = min(K - 1 - f, K - 1 - e), K - 1 - c, max(0, min(K - c, K - f) - 1)
+                total += n ** 3 + n * n + 2 * n ** 4
+                total += blocks * (n ** 3 * (1 + 2 * depth) + n * n * (depth + top + 2 * top * depth) + 2 * top * depth * n)
+    return total
+
+
+def _marginal(graph: Graph, name: str, options: dict) -> int:
+    """One cumulant marginal: at most 4 × CUMULANT_BUDGET sample-equivalents, which
+    `_affordable` estimates without the tetrahedral κ4 diagrams, plus those where they are
+    summed exactly (order 4, at most TETRAHEDRA_UP_TO units)."""
+    if name == "polynomial":
+        n, order = graph.chain[0].n_out, 4
+        degree = min(int(options.get("cumulant_degree", POLYNOMIAL_CUMULANT_DEGREE)),
+                     int(options.get("degree", POLYNOMIAL_DEGREE)))
+        up_to = int(options.get("tetrahedra_up_to", TETRAHEDRA_UP_TO))
+    else:
+        n, order = graph.chain[-1].n_in, int(options.get("order", 3))
+        degree, up_to = int(options.get("degree", CUMULANT_DEGREE)), TETRAHEDRA_UP_TO
+    exact = _tetrahedra(n, degree) if order >= 4 and n <= up_to else 0
+    return 4 * CUMULANT_BUDGET * graph.flops_per_sample + exact
+
+
 def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict, event: Event) -> int:
     """Upper bound on the FLOPs `π.probability(event)` spends beyond π's build (module docstring)."""
     name = resolved_method(graph, method)
     rows = [len(clause) for clause in event.dnf()]
-    if name == "halfspaces":
-        return int(2 * float(options.get("budget", 3000)) * graph.flops_per_sample)
+    if name == "halfspaces":       # its QMC takes at least 64 × 8 points, whatever the budget
+        return int(2 * float(options.get("budget", 3000)) * graph.flops_per_sample
+                   + _union(rows, graph.n_inputs, 64, 8))
     v = graph.n_outputs + len(event.detectors())
     total = _observed(event, graph.n_outputs) + _union(rows, v, BULK_POINTS, BULK_REPLICATES)
     if name in ("cumulant", "polynomial"):
         if options.get("design", True):
             total += _design(graph, distribution, event, rows)
         atoms = sum(rows)
-        total += atoms * (4 * CUMULANT_BUDGET * graph.flops_per_sample + 2 * v * v + SADDLEPOINT_FLOPS)
+        total += atoms * (_marginal(graph, name, options) + 2 * v * v + SADDLEPOINT_FLOPS)
         total += _union(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v
     return total

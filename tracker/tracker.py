@@ -414,7 +414,9 @@ class Tracker:
         if pi is not None:
             expectation = pi.expectation()
             meta["expectation"] = expectation.value.tolist()
-            meta["output_sd"] = pi.cov.diagonal().clamp_min(0).sqrt().tolist()
+            cov = getattr(pi, "cov", None)           # `halfspaces` has no output covariance
+            meta["output_sd"] = (cov.diagonal().clamp_min(0).sqrt().tolist() if cov is not None
+                                 else [math.nan] * self.graph.n_outputs)
         else:
             meta["expectation"] = meta["output_sd"] = [math.nan] * self.graph.n_outputs
         meta["ledger"] = self.ledger.to_plain()
