@@ -33,8 +33,10 @@ integral over every inclusion–exclusion term (`mvn.log_union`, 4096 × 8 QMC p
 orthant), and for explanations with design points (cumulant, polynomial) the design
 search at its loop limits (`design.find_modes`: pilot, Newton pushes, descents with their
 line searches, every forward pass one sample-equivalent and every backward pass two),
-MAX_MODES rebuilt Gaussian models with their tilted integrals, and cumulant marginals
-(each gated by CUMULANT_BUDGET sample-equivalents, counted at 4× that) joined by a copula.
+then the dearer of its two endings: MAX_MODES rebuilt Gaussian models with their tilted
+integrals where it finds modes, cumulant marginals joined by a copula where it finds none
+(each marginal gated by CUMULANT_BUDGET sample-equivalents, counted at 4× that, plus the
+exact tetrahedral κ4 diagrams that gate leaves out).
 tests/test_tracker_review.py checks bound ≥ cost over architectures, methods and events.
 """
 from __future__ import annotations
@@ -249,22 +251,29 @@ def _observed(event: Event, n: int) -> int:
     return total + (10 * n ** 3 + 2 * n * n * len(detectors) if detectors else 0)
 
 
-def _design(graph: Graph, distribution: Gaussian, event: Event, rows: list[int]) -> int:
-    """`structured.design_estimate` at its loop limits (module docstring)."""
-    d, n, v = graph.n_inputs, graph.n_outputs, graph.n_outputs + len(event.detectors())
+def _search(graph: Graph, event: Event, rows: list[int]) -> int:
+    """`design.find_modes` at its loop limits (module docstring)."""
+    d, v = graph.n_inputs, graph.n_outputs + len(event.detectors())
     unit = graph.flops_per_sample + detector_flops([event]) + 2 * d * d + d
     total = 0
     for count in rows:
         forwards = PILOT + (STARTS + 1) * (REACH + 1) + STARTS + (STARTS + 1) * (SCAN + DESCENT * (1 + HALVINGS * NEAR_SCAN))
         backwards = (STARTS + 1) * (REACH + DESCENT) * count
         total += (forwards + 2 * backwards) * unit + 10 * v ** 3 + 2 * d * v * (count + 1)
+    return total
+
+
+def _tilts(graph: Graph, distribution: Gaussian, event: Event, rows: list[int]) -> int:
+    """`structured.design_estimate` after its search: MAX_MODES rebuilt Gaussian models and
+    their tilted integrals."""
+    d, n, v = graph.n_inputs, graph.n_outputs, graph.n_outputs + len(event.detectors())
     extra = MAX_MODES - 1
     sampled = 10 * v ** 3 + 2 * d * v * v + QMC_REPLICATES * QMC_POINTS * (
         (d + v) * (2 * v + 1) + v + 8 * d + 2 + 2 * d * extra + detector_flops([event]) + 2 * v * sum(rows)
     ) if event.reads_nonlinear_detector() else 0
     tilt = (_observed(event, n) + 10 * n ** 3 + 2 * d * n * v
             + _union(rows, v, QMC_POINTS, QMC_REPLICATES, extra) + sampled)
-    return total + MAX_MODES * (_gaussian(graph, distribution) + tilt)
+    return MAX_MODES * (_gaussian(graph, distribution) + tilt)
 
 
 def _tetrahedra(n: int, degree: int) -> int:
@@ -306,9 +315,11 @@ def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict
     v = graph.n_outputs + len(event.detectors())
     total = _observed(event, graph.n_outputs) + _union(rows, v, BULK_POINTS, BULK_REPLICATES)
     if name in ("cumulant", "polynomial"):
-        if options.get("design", True):
-            total += _design(graph, distribution, event, rows)
         atoms = sum(rows)
-        total += atoms * (_marginal(graph, name, options) + 2 * v * v + SADDLEPOINT_FLOPS)
-        total += _union(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v
+        marginals = (atoms * (_marginal(graph, name, options) + 2 * v * v + SADDLEPOINT_FLOPS)
+                     + _union(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v)
+        if options.get("design", True):     # the search, then its modes' tilts or (none found) the marginals
+            total += _search(graph, event, rows) + max(_tilts(graph, distribution, event, rows), marginals)
+        else:
+            total += marginals
     return total
