@@ -21,7 +21,8 @@ own forward passes on the basis e_1 … e_n of its input space (float64, in chun
 A compile then gathers the current weight into W (and, `live`, differentiably): no forward
 pass of the module after the first, so its hooks see the structure passes once. FLOPs are
 the layer's own, 2·(structural non-zeros of W) + out, not a dense product's, and do not
-depend on the weight's values. A matrix may hold at most MAX_DENSE_ENTRIES entries.
+depend on the weight's values (except where W is rebuilt at every compile: there they are
+the non-zeros of that compile's W, and its support is unknown, so cost bounds take it dense). A matrix may hold at most MAX_DENSE_ENTRIES entries.
 
 A non-decreasing activation f just before a max pool moves after it (`expand_pools`):
 max_i f(z_i) = f(max_i z_i) exactly, and the tournament then compares the affine map's
@@ -185,7 +186,7 @@ def _structure(module: nn.Module, shape: tuple[int, ...], device: torch.device |
             bias_index = (with_bias - offset).round().long() - 1
         found = _Structure(index, bias_index, None, offset, int((index >= 0).sum()), not unique)
     else:                             # a weight computed by a hook or parametrisation
-        found = _Structure(None, None, None, torch.zeros(0), int((_columns(module, shape, device)[0] != 0).sum()), True)
+        found = _Structure(None, None, None, torch.zeros(0), 0, True)      # non-zeros counted at each compile
     cache[key] = found
     return found
 
@@ -207,7 +208,8 @@ def linear_module(module: nn.Module, path: str, shape: tuple[int, ...] | None, l
     matrix, bias = matrix.to(dtype), bias.to(dtype)
     if not live:
         matrix, bias = matrix.detach(), bias.detach()
-    return Affine(matrix, bias, path, 2 * found.nonzeros + matrix.shape[0], support)
+    nonzeros = int((matrix != 0).sum()) if found.rebuild else found.nonzeros    # no structure known: this compile's
+    return Affine(matrix, bias, path, 2 * nonzeros + matrix.shape[0], support)
 
 
 def _gather(values: Tensor, index: Tensor) -> Tensor:

@@ -389,3 +389,34 @@ def test_state_dicts_with_extra_state_and_slashes_round_trip(tmp_path):
     for name, tensor in model.state_dict().items():
         if isinstance(tensor, torch.Tensor):
             torch.testing.assert_close(restored.state_dict()[name], tensor)
+
+
+def test_bounds_hold_on_live_graphs_and_high_degree_marginals():
+    """A live graph's W stays dense and its moments compute every pair; an order-4 marginal
+    pays its tetrahedral diagrams (exact up to 64 units, `_tetrahedra_bound`'s middles and
+    pair sums beyond), which the gate's estimate leaves out: 8.3e9 FLOPs against a bound of
+    4.4e9 once (65 units, degree 20). The bound mirrors both counts."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(200, 2))
+    live = compile_model(model, input_shape=(1, 12, 12), live=True)
+    D = Gaussian.standard(144)
+    assert explain(live, D, "gaussian").build_flops <= build_bound(live, D, "gaussian", {})
+    from explanations.hermite_cumulants import _Contractor, _tetrahedra, _tetrahedra_bound
+    from tracker import bounds
+    for n, degree in ((70, 9), (12, 20)):
+        E, B = torch.rand(degree + 1, n, n, dtype=torch.float64), torch.rand(1, degree + 1, n, dtype=torch.float64)
+        counted, exact = _Contractor(), _Contractor()
+        _tetrahedra_bound(counted, E, B, degree)
+        assert counted.flops <= bounds._tetrahedra_bound(n, degree)
+        _tetrahedra(exact, E, B, degree)
+        assert exact.flops <= bounds._tetrahedra(n, degree)
+
+
+def test_a_parametrised_convolution_is_charged_its_current_weights():
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv2d(1, 4, 3))
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.zero_()
+    before = compile_model(nn.Sequential(conv), input_shape=(1, 12, 12)).flops_per_sample
+    with torch.no_grad():
+        conv.parametrizations.weight.original0.fill_(1.0)
+    after = compile_model(nn.Sequential(conv), input_shape=(1, 12, 12)).flops_per_sample
+    assert before < after == 2 * 9 * 400 + 400

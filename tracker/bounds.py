@@ -57,7 +57,7 @@ from explanations.halfspaces import is_step_network
 from explanations.moments import HERMITE_DEGREE, PANEL_NODES, QUADRATURE_PANELS, _RELU_PAIR_FLOPS
 from explanations.montecarlo import detector_flops
 from explanations.mvn import bivariate_normal_cdf_flops
-from explanations.hermite_cumulants import TETRAHEDRA_UP_TO
+from explanations.hermite_cumulants import TETRAHEDRA_UP_TO, _plan
 from explanations.polynomial import CUMULANT_DEGREE as POLYNOMIAL_CUMULANT_DEGREE
 from explanations.polynomial import DEFAULT_DEGREE as POLYNOMIAL_DEGREE
 from explanations.propagate import SPARSE_DENSITY, carries_skew
@@ -85,8 +85,11 @@ def resolved_method(graph: Graph, method: str) -> str:
 
 # ---- Gaussian propagation ----------------------------------------------------------------
 def _possible_nonzeros(op: Affine) -> int:
-    """Entries of W that can be nonzero: its structural support, or all of a Linear's."""
-    return int(op.support.sum()) if op.support is not None else op.n_out * op.n_in
+    """Entries of W that can be nonzero: its structural support, or all of a Linear's; all
+    where W carries gradients (a live graph), which `WeightProduct` keeps dense."""
+    if op.support is None or op.weight.requires_grad:
+        return op.n_out * op.n_in
+    return int(op.support.sum())
 
 
 def _affine(op: Affine, r: int) -> int:
@@ -100,7 +103,7 @@ def _pattern_after(op: Affine, pattern: Tensor | None) -> Tensor | None:
     """The zero pattern of WΣWᵀ (module docstring) from W's structural support: a sparse
     0/1 matrix, or None for full (at once where W is not sparse: such a product fills)."""
     if pattern is None or _possible_nonzeros(op) > SPARSE_DENSITY * op.n_out * op.n_in:
-        return None
+        return None               # (a live W is dense here too: its moments compute every pair)
     support = op.support.to(torch.float32).cpu().to_sparse()
     with warnings.catch_warnings():                    # torch flags sparse products as beta
         warnings.simplefilter("ignore", UserWarning)
@@ -289,10 +292,31 @@ def _tetrahedra(n: int, degree: int) -> int:
     return total
 
 
+def _tetrahedra_bound(n: int, degree: int) -> int:
+    """`hermite_cumulants._tetrahedra_bound`'s FLOPs for one row, beyond TETRAHEDRA_UP_TO
+    units: its middles and pair sums, each contraction priced by the same opt_einsum plan."""
+    K = degree
+    total = (K + 1) * n * n + (2 * K + 1) * n
+    for f in range(1, K - 1):
+        keys = []
+        for q in range(1, K):
+            for s in range(q, K - q - f + 1):
+                total += _plan("ik,rk,jk->rij", (n, n), (1, n), (n, n))[1]
+                keys += [(q, s)] if q == s else [(q, s), (s, q)]
+        for index, x in enumerate(keys):
+            for y in keys[index:]:
+                t1, t2 = x[0] + y[0], x[1] + y[1]
+                if t1 <= K and t2 <= K:
+                    top = min(K - t1, K - t2)
+                    total += n * n + _plan("rai,raj,aij,rij->ra", (1, top + 1, n), (1, top + 1, n),
+                                           (top + 1, n, n), (1, n, n))[1]
+    return total
+
+
 def _marginal(graph: Graph, name: str, options: dict) -> int:
     """One cumulant marginal: at most 4 × CUMULANT_BUDGET sample-equivalents, which
-    `_affordable` estimates without the tetrahedral κ4 diagrams, plus those where they are
-    summed exactly (order 4, at most TETRAHEDRA_UP_TO units)."""
+    `_affordable` estimates without the tetrahedral κ4 diagrams, plus those (order 4): summed
+    exactly up to TETRAHEDRA_UP_TO units, bounded beyond."""
     if name == "polynomial":
         n, order = graph.chain[0].n_out, 4
         degree = min(int(options.get("cumulant_degree", POLYNOMIAL_CUMULANT_DEGREE)),
@@ -301,8 +325,8 @@ def _marginal(graph: Graph, name: str, options: dict) -> int:
     else:
         n, order = graph.chain[-1].n_in, int(options.get("order", 3))
         degree, up_to = int(options.get("degree", CUMULANT_DEGREE)), TETRAHEDRA_UP_TO
-    exact = _tetrahedra(n, degree) if order >= 4 and n <= up_to else 0
-    return 4 * CUMULANT_BUDGET * graph.flops_per_sample + exact
+    tetrahedra = 0 if order < 4 else _tetrahedra(n, degree) if n <= up_to else _tetrahedra_bound(n, degree)
+    return 4 * CUMULANT_BUDGET * graph.flops_per_sample + tetrahedra
 
 
 def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict, event: Event) -> int:
