@@ -1,7 +1,6 @@
 """Regression tests for the review of the Tracker and run files: budget bounds before the
 first build and query, structure changes, resume checks, frozen parameters, state_dict,
 temporaries of live writers, damaged files, penalty inputs, argument checks."""
-import os
 import subprocess
 import sys
 
