@@ -106,8 +106,9 @@ def split_sd(mean: Tensor, variance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return sd, deterministic, torch.where(deterministic, torch.ones_like(sd), sd)
 
 
-def _correlation(cov: Tensor, sd_safe: Tensor) -> Tensor:
-    return (cov / torch.outer(sd_safe, sd_safe)).clamp_(-_RHO_LIMIT, _RHO_LIMIT)
+def _correlation(cov: Tensor, sd_safe: Tensor, i: Tensor, j: Tensor) -> Tensor:
+    """ρ_ij for the pairs (i, j), clamped inside (-1, 1): no n × n matrix of them is kept."""
+    return (cov[i, j] / (sd_safe[i] * sd_safe[j])).clamp(-_RHO_LIMIT, _RHO_LIMIT)
 
 
 def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor, kind: str,
@@ -156,10 +157,9 @@ def relu_moments(mean: Tensor, cov: Tensor, kind: str = "relu") -> ActivationMom
     cdf = ndtr(a)
     first = sd_safe * (a * cdf + pdf)
     n = mean.shape[0]
-    correlation = _correlation(cov, sd_safe)
 
     def pair(i: Tensor, j: Tensor) -> Tensor:
-        rho = correlation[i, j]
+        rho = _correlation(cov, sd_safe, i, j)
         s = torch.sqrt((1 - rho) * (1 + rho))
         ai, aj = a[i], a[j]
         joint = bivariate_normal_cdf(ai, aj, rho).to(mean.dtype)      # computed in float64
@@ -200,25 +200,26 @@ def hermite_moments(kind: str, mean: Tensor, cov: Tensor, degree: int = HERMITE_
     """Moments of f(z) by quadrature and Mehler's series (module docstring)."""
     sd, det, sd_safe = split_deterministic(mean, cov)
     coefficients, square, flops = hermite_coefficients(kind, mean, sd_safe, degree)
-    rho = _correlation(cov, sd_safe)
     c0 = coefficients[:, 0]
+    remainder = (square - (coefficients ** 2).sum(dim=1)).clamp_min(0)
+    truncation = [0.0]
 
     def pair(i: Tensor, j: Tensor) -> Tensor:
+        rho = _correlation(cov, sd_safe, i, j)
         products = coefficients[i] * coefficients[j]
         series = torch.zeros_like(products[:, 0])
         for k in range(degree, 0, -1):                                      # Horner in ρ
-            series = (series + products[:, k]) * rho[i, j]
+            series = (series + products[:, k]) * rho
+        if len(rho):
+            off = rho.abs() ** (degree + 1) * torch.sqrt(remainder[i] * remainder[j])
+            truncation[0] = max(truncation[0], float(off.max()))
         return series + products[:, 0]
 
     second, pair_count = _pair_moments(torch.outer(c0, c0), cov, pair)
     second.diagonal().copy_(square)
-    remainder = (square - (coefficients ** 2).sum(dim=1)).clamp_min(0)
-    off = rho.abs() ** (degree + 1) * torch.sqrt(torch.outer(remainder, remainder))
-    off.fill_diagonal_(0)
     n = mean.shape[0]
-    flops += (4 * degree + 2) * pair_count + 10 * n * n
-    return _finish(c0, second, coefficients[:, 1] / sd_safe, det, mean, kind, flops,
-                   float(off.max()) if n > 1 else 0.0)
+    flops += (4 * degree + 2) * pair_count + 10 * n * n          # 10n²: assembly and the truncation bound
+    return _finish(c0, second, coefficients[:, 1] / sd_safe, det, mean, kind, flops, truncation[0])
 
 
 def activation_moments(kind: str, mean: Tensor, cov: Tensor) -> ActivationMoments:
