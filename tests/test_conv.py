@@ -265,3 +265,12 @@ def test_a_moved_activation_keeps_the_graph_s_flops_the_model_s(act):
     before = compile_model(nn.Sequential(conv, act()), input_shape=(1, 8, 8))
     pool = compile_model(nn.Sequential(nn.MaxPool2d(2)), input_shape=(2, 6, 6))
     assert whole.flops_per_sample == before.flops_per_sample + pool.flops_per_sample
+
+
+def test_bench_cnn_quick_runs_and_stays_close(tmp_path):
+    import csv
+    from train.cli import main
+    main(["bench", "cnn", "--quick", "--reference", "40000", "--csv", str(tmp_path / "cnn.csv")])
+    rows = list(csv.DictReader(open(tmp_path / "cnn.csv")))
+    assert {row["method"] for row in rows} == {"gaussian", "cumulant"}
+    assert all(float(row["error_sd"]) < 0.1 and float(row["cost"]) < 10_000 for row in rows)

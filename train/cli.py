@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     expectation.add_argument("--seed", type=int, default=0)
     expectation.add_argument("--setting", choices=("foundation", "wide"), default="foundation")
     expectation.add_argument("--methods", default="gaussian", help="comma-separated methods")
+    cnn = benches.add_parser("cnn", help="π's E[y] on small convolutional nets vs a sampling reference")
+    cnn.add_argument("--reference", type=positive_int, default=400_000, help="reference draws per net")
+    cnn.add_argument("--quick", action="store_true", help="the 14×14 ReLU max-pool net only")
+    cnn.add_argument("--csv", default="out/bench_cnn.csv")
     tails = benches.add_parser("tails", help="tail-probability estimators vs ground truth over a zoo of networks")
     tails.add_argument("--quick", action="store_true", help="three small cases (under a minute)")
     tails.add_argument("--methods", help="comma-separated methods (default: every method but sampling); "
@@ -94,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
         from .bench_expectation import run as bench_run
         bench_run(reference=args.reference, seed=args.seed, setting=args.setting,
                   methods=tuple(args.methods.split(",")))
+    elif args.bench == "cnn":
+        from .bench_cnn import run as cnn_run
+        cnn_run(reference=args.reference, quick=args.quick, csv_path=args.csv)
     elif args.bench == "tails":
         from .bench_tails import parse_method, run as tails_run
         methods = args.methods.split(",") if args.methods else None
