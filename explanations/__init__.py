@@ -4,10 +4,11 @@ from .activations import Step
 from .base import Explanation
 from .compile import compile_model
 from .distributions import BooleanCube, Gaussian
-from .errors import InvalidDistribution, InvalidEvent, InvalidModel, PiTrackerError, UnsupportedModule
+from .errors import DivergedModel, InvalidDistribution, InvalidEvent, InvalidModel, PiTrackerError, UnsupportedModule
 from .estimate import Estimate
 from .explain import METHODS, explain
 from .graph import Graph
 
-__all__ = ["BooleanCube", "Estimate", "Explanation", "Gaussian", "Graph", "InvalidDistribution", "InvalidEvent",
-           "InvalidModel", "METHODS", "PiTrackerError", "Step", "UnsupportedModule", "compile_model", "explain"]
+__all__ = ["BooleanCube", "DivergedModel", "Estimate", "Explanation", "Gaussian", "Graph", "InvalidDistribution",
+           "InvalidEvent", "InvalidModel", "METHODS", "PiTrackerError", "Step", "UnsupportedModule", "compile_model",
+           "explain"]

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from . import spatial
 from .activations import Step, activation
-from .errors import InvalidModel, UnsupportedModule
-from .graph import Act, Affine, Chain, Graph, Residual, first_width
+from .errors import DivergedModel, InvalidModel, UnsupportedModule
+from .graph import Act, Affine, Chain, Graph, Residual, first_width, iter_ops
 
 _LEAF_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.SiLU: "silu",
                      nn.Mish: "mish", Step: "step"}
@@ -75,8 +75,23 @@ def compile_model(module: nn.Module, n_inputs: int | None = None, *, input_shape
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
     graph = Graph(spatial.expand_clamps(chain, width, options.dtype, options.device)[0], width, input_shape)
+    _check_finite(graph)
     _check_reproduces(module, graph, input_shape or (width,))
     return graph
+
+
+def _check_finite(graph: Graph) -> None:
+    """DivergedModel where the graph's outputs on CHECK_ROWS standard normal inputs are not
+    finite (finite weights near 1e29 overflow): at every compile, through the graph, so that
+    no module hook sees it."""
+    x = torch.randn(CHECK_ROWS, graph.n_inputs, generator=torch.Generator().manual_seed(0), dtype=graph.dtype)
+    with torch.no_grad():
+        finite = bool(torch.isfinite(graph.forward(x.to(graph.device))).all())
+    if not finite:
+        largest = max((float(op.weight.abs().max()) for op in iter_ops(graph.chain) if isinstance(op, Affine)),
+                      default=0.0)
+        raise DivergedModel(f"the model's outputs are not finite on standard normal inputs (its largest "
+                            f"weight is {largest:.3g}): it has diverged, and there is nothing finite to explain")
 
 
 _CHECKED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
@@ -285,7 +300,8 @@ class _Options:
         return shapes[min(seen, len(shapes) - 1)]
 
 
-_EVAL_HINT = "call model.eval(), or compile_model(model, inference=True) for the network as eval() computes it"
+_EVAL_HINT = ("call model.eval(), or pass inference=True (compile_model or explain) for the network as eval() "
+              "computes it")
 
 
 def _flattens_rows(rows: object, width: object, chains: dict) -> bool:

@@ -19,6 +19,11 @@ class InvalidModel(PiTrackerError, ValueError):
     """A supported module whose parameters are unusable (NaN/inf weights, shape clash)."""
 
 
+class DivergedModel(InvalidModel):
+    """A model whose outputs are not finite on ordinary (standard normal) inputs: its weights
+    have grown until its forward pass overflows."""
+
+
 class InvalidDistribution(PiTrackerError, ValueError):
     """An input distribution that is malformed (shapes, symmetry, PSD, finiteness)."""
 

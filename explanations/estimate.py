@@ -44,7 +44,7 @@ class Estimate:
         if self.log10 is not None:
             shown = f"P = {self.value:.3g} (10^{self.log10:.2f})" if self.value > 0 or not math.isfinite(self.log10) \
                 else f"P = 10^{self.log10:.2f}"
-            bounds = self.interval and f"[{float(self.interval[0]):.2g}, {float(self.interval[1]):.2g}]"
+            bounds = self.interval and _distinct(float(self.interval[0]), float(self.interval[1]))
         else:
             flat = lambda t: [float(v) for v in torch.as_tensor(t).reshape(-1)]
             values = flat(self.value)
@@ -53,9 +53,20 @@ class Estimate:
                      for v, lo, hi in zip(values, lows or values, highs or values)]
             shown, bounds = "E[y] = [" + ", ".join(parts) + "]" + (" (95%)" if self.interval else ""), None
         cost = f"{self.sample_equivalents:,.0f} sample-equivalents" + (f", {self.samples:,} drawn" if self.samples else "")
-        return "; ".join([shown + (f", 95% in {bounds}" if bounds else ""), self.method, cost])
+        flag = " (flagged degenerate: details say why)" if self.details.get("degenerate") else ""
+        return "; ".join([shown + (f", 95% in {bounds}" if bounds else "") + flag, self.method, cost])
 
     @classmethod
     def probability(cls, log_p: float, **kwargs: Any) -> "Estimate":
         """A probability estimate from its natural log, keeping log10 when exp underflows."""
         return cls(value=math.exp(log_p), log10=log_p / math.log(10.0), **kwargs)
+
+
+def _distinct(low: float, high: float) -> str:
+    """[low, high] with 2 significant digits, or more (up to 6) where 2 would print the same."""
+    for digits in range(2, 7):
+        shown = f"{low:.{digits}g}", f"{high:.{digits}g}"
+        if shown[0] != shown[1] or low == high:
+            break
+    return f"[{shown[0]}, {shown[1]}]"
+

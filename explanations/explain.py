@@ -64,12 +64,13 @@ def check_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str
 
 
 def explain(model: nn.Module | Graph, distribution: Gaussian | BooleanCube, method: str = "gaussian", *,
-            input_shape: tuple[int, ...] | None = None, **options: object) -> Explanation:
+            input_shape: tuple[int, ...] | None = None, inference: bool = False, **options: object) -> Explanation:
     """π for `model` (a torch module, compiled here, or a compiled Graph) on inputs from
     `distribution`, by `method` (see METHODS, "auto" or "guide"); options go to the
     method's constructor. `input_shape` is one input's shape, for models with
-    convolutions (`compile_model`); D is then over the flattened inputs."""
-    graph = model if isinstance(model, Graph) else compile_model(model, input_shape=input_shape)
+    convolutions, and `inference` explains a model in training mode as eval() computes it
+    (both as in `compile_model`); D is over the flattened inputs."""
+    graph = model if isinstance(model, Graph) else compile_model(model, input_shape=input_shape, inference=inference)
     check_method(graph, distribution, method, options)
     if method in METHODS:
         return METHODS[method](graph, distribution, **options)

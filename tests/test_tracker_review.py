@@ -419,3 +419,40 @@ def test_a_parametrised_convolution_is_charged_its_current_weights():
         conv.parametrizations.weight.original0.fill_(1.0)
     after = compile_model(nn.Sequential(conv), input_shape=(1, 12, 12)).flops_per_sample
     assert before < after == 2 * 9 * 400 + 400
+
+
+def test_a_model_whose_outputs_overflow_is_left_stale_not_raised(tmp_path):
+    """A learning-rate blow-up leaves finite weights near 1e29 whose forward pass overflows:
+    the step once raised the compile check's InvalidModel into the training loop."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e30)
+    with pytest.warns(RuntimeWarning, match="not finite on standard normal inputs"):
+        with Tracker(model, optimizer, Gaussian.standard(16), path=tmp_path / "run.h5", every=5) as tr:
+            for x in torch.randn(3, 64, 16):
+                loss = (model(x) ** 2).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if tr.unexplainable is not None:
+                    break
+    assert tr.unexplainable is not None and tr.ledger.ratio <= 1.0
+
+
+def test_a_deferred_event_is_warned_of_once(tmp_path):
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    with pytest.warns(RuntimeWarning, match="estimate of 'far' is deferred") as caught:
+        with Tracker(model, optimizer, Gaussian.standard(8), method="cumulant", events={"far": Above(0, 3.0)},
+                     path=tmp_path / "run.h5", every=2):
+            steps(model, optimizer, 40, rows=8)
+    assert sum("deferred" in str(w.message) for w in caught) == 1
+
+
+def test_explain_takes_inference_and_prints_intervals_apart():
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1)).train()
+    pi = explain(model, Gaussian.standard(4), inference=True)
+    assert pi.graph.n_outputs == 1
+    estimate = pi.probability(Above(0, float(pi.mean[0])), samples=20_000)
+    low, high = str(estimate).split("95% in [")[1].split("]")[0].split(", ")
+    assert low != high

@@ -75,7 +75,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from explanations import METHODS, Explanation, Gaussian, Graph, compile_model, explain
+from explanations import METHODS, DivergedModel, Explanation, Gaussian, Graph, compile_model, explain
 from explanations.events import Event
 from explanations.explain import check_method
 from explanations.montecarlo import mean_estimate, probability_estimate, tally
@@ -189,6 +189,7 @@ class Tracker:
         self.saved_step: int | None = None
         self.unexplainable: str | None = None     # why the model cannot be explained now, if it cannot
         self.stopped: str | None = None            # why tracking stopped (module docstring), if it did
+        self._deferred: set[str] = set()           # events whose deferral was warned of
         self._rows = 0
         self.started = self._left = time.perf_counter()
         if self.path is not None and self.rank == 0:
@@ -238,8 +239,8 @@ class Tracker:
 
     def _current(self) -> Graph | None:
         """The model's formal graph now, or None while a parameter of the model or of a
-        tracked detector is not finite (module docstring: not explainable), with a warning
-        when that starts."""
+        tracked detector is not finite, or its outputs overflow (module docstring: not
+        explainable), with a warning when that starts."""
         owners = [("the model", self.module)] + [(f"the detector of '{name}'", detector.module)
                                                  for name, event in self.events.items()
                                                  for detector in event.detectors()]
@@ -248,11 +249,17 @@ class Tracker:
                        for kind, named in (("parameter", module.named_parameters()), ("buffer", module.named_buffers()))
                        for name, value in named
                        if value.is_floating_point() and not bool(torch.isfinite(value).all())), None)
+        graph = None
+        if reason is None:
+            try:
+                graph = compile_model(self.module, input_shape=self.input_shape, inference=True)
+            except DivergedModel as error:
+                reason = str(error)
         if reason is not None and self.unexplainable is None:
             warnings.warn(f"step {self.step}: π is left stale until it is finite again: {reason}",
                           RuntimeWarning, stacklevel=2)
         self.unexplainable = reason
-        return compile_model(self.module, input_shape=self.input_shape, inference=True) if reason is None else None
+        return graph
 
     def _restructure(self, current: Graph) -> bool:
         """Follow a change of the model's structure (module docstring); False when tracking
@@ -380,6 +387,13 @@ class Tracker:
         for name, event in self.events.items():
             if pi is None or not self.ledger.afford(self._predicted_query(name)):
                 out[name] = None                  # deferred: the budget does not cover it yet
+                if pi is not None and name not in self._deferred:
+                    self._deferred.add(name)
+                    left = self.ledger.budget * self.ledger.training_flops - self.ledger.explanation_flops
+                    warnings.warn(f"step {self.step}: the estimate of '{name}' is deferred: its cost bound "
+                                  f"({self._predicted_query(name):.3g} FLOPs) is more than the budget leaves "
+                                  f"({left:.3g}); it comes once training has paid for it, sooner with a larger "
+                                  f"budget, batch or `every`", RuntimeWarning, stacklevel=4)
                 continue
             estimate = pi.probability(event)
             query = max(estimate.flops - pi.build_flops, 0.0)
