@@ -75,19 +75,21 @@ def compile_model(module: nn.Module, n_inputs: int | None = None, *, input_shape
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
     graph = Graph(spatial.expand_clamps(chain, width, options.dtype, options.device)[0], width, input_shape)
-    _check_finite(graph)
-    _check_reproduces(module, graph, input_shape or (width,))
+    input_shape = input_shape or (width,)
+    device, dtype = spatial.placement(module)
+    x = torch.randn(CHECK_ROWS, *input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
+    with torch.no_grad():
+        found = graph.forward(x.flatten(1))
+    _check_finite(graph, found)
+    _check_reproduces(module, x, found)
     return graph
 
 
-def _check_finite(graph: Graph) -> None:
-    """DivergedModel where the graph's outputs on CHECK_ROWS standard normal inputs are not
-    finite (finite weights near 1e29 overflow): at every compile, through the graph, so that
-    no module hook sees it."""
-    x = torch.randn(CHECK_ROWS, graph.n_inputs, generator=torch.Generator().manual_seed(0), dtype=graph.dtype)
-    with torch.no_grad():
-        finite = bool(torch.isfinite(graph.forward(x.to(graph.device))).all())
-    if not finite:
+def _check_finite(graph: Graph, found: Tensor) -> None:
+    """DivergedModel where the graph's outputs `found` on CHECK_ROWS standard normal inputs
+    are not finite (finite weights near 1e29 overflow): at every compile, through the graph,
+    so that no module hook sees it."""
+    if not bool(torch.isfinite(found).all()):
         largest = max((float(op.weight.abs().max()) for op in iter_ops(graph.chain) if isinstance(op, Affine)),
                       default=0.0)
         raise DivergedModel(f"the model's outputs are not finite on standard normal inputs (its largest "
@@ -99,22 +101,21 @@ REPRODUCTION_TOLERANCE = 1e-3      # relative to 1 + max |y|; at least 16 ulps o
 CHECK_ROWS = 5                     # odd: a reshape that fixes the batch at a round number shows
 
 
-def _check_reproduces(module: nn.Module, graph: Graph, input_shape: tuple[int, ...]) -> None:
+def _check_reproduces(module: nn.Module, x: Tensor, found: Tensor) -> None:
     """The graph must compute what the module computes (as eval() does): compared on
-    CHECK_ROWS standard normal inputs, max |graph - module| ≤ tol·(1 + max |module|) with
+    CHECK_ROWS standard normal inputs x (one input each, the graph's outputs on them
+    `found`), max |graph - module| ≤ tol·(1 + max |module|) with
     tol = max(REPRODUCTION_TOLERANCE, 16·eps of the model's dtype), and the same number of
     rows out as in, else InvalidModel. Once per input shape and module tree, the tree told by
     each submodule's type, parameter shapes, hooks and any forward set on the instance. A
     guard against a forward read wrong; the module's hooks see this pass."""
     tree = tuple((id(m), type(m), len(m._forward_hooks), len(m._forward_pre_hooks), "forward" in vars(m),
                   tuple(tuple(p.shape) for p in m.parameters(recurse=False))) for m in module.modules())
+    input_shape = tuple(x.shape[1:])
     checked = _CHECKED.setdefault(module, set())
     if (input_shape, tree) in checked:
         return
-    device, dtype = spatial.placement(module)
-    x = torch.randn(CHECK_ROWS, *input_shape, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
     with spatial.evaluating(module, input_shape):
-        found = graph.forward(x.flatten(1))
         expected = module(x.clone())             # the clone: an in-place first layer would change x
     if expected.shape[0] != CHECK_ROWS:
         raise InvalidModel(f"the model returns {expected.shape[0]} rows for {CHECK_ROWS} inputs: a reshape "
