@@ -59,6 +59,8 @@ class Activation:
     module: Callable[[], torch.nn.Module]   # a torch module computing fn
     leak: float | None = None             # ReLU family: f = leak·z + (1 - leak)·max(z, 0)
     increasing: bool = False              # non-decreasing, so max_i f(z_i) = f(max_i z_i)
+    quasiconvex: bool = False             # falls, then rises (one minimum), so max_i f(z_i) =
+                                          # max(f(max_i z_i), f(min_i z_i))
 
 
 def _leaky_relu(a: float) -> Activation:
@@ -92,15 +94,16 @@ _DEFAULTS = {"leaky_relu": 0.01, "elu": 1.0, "softplus": 1.0}     # torch's, for
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a for a in (
         Activation("relu", torch.relu, lambda z: (z > 0).to(z.dtype), 1, torch.nn.ReLU, leak=0.0, increasing=True),
-        Activation("gelu", F.gelu, lambda z: torch.special.ndtr(z) + z * normal_pdf(z), 4, torch.nn.GELU),
+        Activation("gelu", F.gelu, lambda z: torch.special.ndtr(z) + z * normal_pdf(z), 4, torch.nn.GELU,
+                   quasiconvex=True),
         Activation("gelu_tanh", lambda z: F.gelu(z, approximate="tanh"), _gelu_tanh_derivative, 8,
-                   lambda: torch.nn.GELU(approximate="tanh")),
+                   lambda: torch.nn.GELU(approximate="tanh"), quasiconvex=True),
         Activation("tanh", torch.tanh, lambda z: 1 - torch.tanh(z) ** 2, 4, torch.nn.Tanh, increasing=True),
         Activation("sigmoid", torch.sigmoid, lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)), 4,
                    torch.nn.Sigmoid, increasing=True),
         Activation("silu", F.silu, lambda z: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z))), 5,
-                   torch.nn.SiLU),
-        Activation("mish", F.mish, _mish_derivative, 8, torch.nn.Mish),
+                   torch.nn.SiLU, quasiconvex=True),
+        Activation("mish", F.mish, _mish_derivative, 8, torch.nn.Mish, quasiconvex=True),
         Activation("step", lambda z: (z >= 0).to(z.dtype), torch.zeros_like, 1, Step, increasing=True),
     )
 }

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from explanations import Gaussian, InvalidModel, UnsupportedModule, compile_model, explain
+from explanations import Gaussian, InvalidModel, UnsupportedModule, compile_model, explain, spatial
 from explanations.events import Above
 from explanations.graph import Act, Affine, iter_ops
 from storage import open_run
@@ -235,8 +235,39 @@ def test_a_rising_activation_moves_after_the_max_pool_and_the_moments_improve():
     with torch.no_grad():
         y = model(torch.randn(200_000, 1, 14, 14, dtype=F64, generator=torch.Generator().manual_seed(5)))
     assert float(((pi.expectation().value - y.mean(0)) / y.std(0)).abs().max()) < 0.1
-    gelu = nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU(), nn.MaxPool2d(2), nn.Flatten()).to(F64)
-    chain = compile_model(gelu, input_shape=(1, 6, 6)).chain
+
+
+def test_a_falling_then_rising_activation_moves_between_the_pool_s_extremes():
+    """max_i f(z_i) = max(f(max z), f(min z)) for GELU: the graph runs f on each window's two
+    extremes. The same net as above with GELU: worst output mean 0.99 sd off with GELU in
+    place, 0.155 after (4·10⁵ draws, standard error 0.0016 sd)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GELU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.GELU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 3)).to(F64)
+    graph = compile_model(model, input_shape=(1, 14, 14))
+    acts = [(i, op.kind, graph.chain[i - 1].n_out) for i, op in enumerate(graph.chain) if isinstance(op, Act)]
+    assert [(kind, width) for _, kind, width in acts if kind == "gelu"] == [("gelu", 2 * 144), ("gelu", 2 * 16)]
+    pi = explain(graph, Gaussian.standard(196), "gaussian")
+    with torch.no_grad():
+        y = model(torch.randn(200_000, 1, 14, 14, dtype=F64, generator=torch.Generator().manual_seed(5)))
+    assert float(((pi.expectation().value - y.mean(0)) / y.std(0)).abs().max()) < 0.25
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 3), (3, 1), ((1, 3), (1, 2))])
+def test_a_tournament_s_extremes_are_each_window_s_max_and_min(kernel, stride):
+    from explanations.graph import run_chain
+    pool = spatial.max_pool(nn.MaxPool2d(kernel, stride), "p", (2, 7, 7), None, F64)[0]
+    x = torch.randn(50, 98, dtype=F64)
+    windows = x[:, pool.windows]                                            # [50, m, k]
+    both = run_chain(pool.tournament(extremes=True), x)
+    torch.testing.assert_close(both, torch.cat([windows.amax(-1), windows.amin(-1)], 1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(run_chain(pool.tournament(), x), windows.amax(-1), rtol=0, atol=1e-12)
+
+
+def test_an_activation_stays_before_a_pool_whose_extremes_would_not_fit(monkeypatch):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU(), nn.MaxPool2d(2), nn.Flatten()).to(F64)
+    monkeypatch.setattr(spatial, "MAX_DENSE_ENTRIES", 6 * 18 * 72)          # the max-only first round
+    chain = compile_model(model, input_shape=(1, 8, 8)).chain
     assert isinstance(chain[1], Act) and chain[1].kind == "gelu"
 
 
@@ -258,7 +289,7 @@ def test_sparse_affine_maps_propagate_as_dense_ones_at_their_own_cost():
 
 
 
-@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.Hardsigmoid, nn.Tanh, nn.ELU])
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.Hardsigmoid, nn.Tanh, nn.ELU, nn.GELU, nn.SiLU, nn.Mish])
 def test_a_moved_activation_keeps_the_graph_s_flops_the_model_s(act):
     conv = nn.Conv2d(1, 2, 3).to(F64)
     whole = compile_model(nn.Sequential(conv, act(), nn.MaxPool2d(2)), input_shape=(1, 8, 8))
