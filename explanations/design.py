@@ -46,33 +46,45 @@ class Mode:
     beta: float     # |ξ*|
 
 
+class OutOfBudget(Exception):
+    """A search's next pass would take it past its limit."""
+
+
 class ClauseSearch:
     """Design-point search for one clause with margins m(ξ) = A v(ξ) - b ≥ 0.
 
     `batch(ξ)` gives the margins of a batch [B, dim] → [B, rows]; gradients come from
-    autograd. Counts forward passes (`forwards`) and backward passes (`backwards`).
+    autograd. Counts forward passes (`forwards`) and backward passes (`backwards`); a pass
+    that would bring forwards + 2·backwards past `limit` raises OutOfBudget instead.
     """
 
-    def __init__(self, batch: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, batch: Callable[[Tensor], Tensor], limit: float = math.inf) -> None:
         self.batch = batch
+        self.limit = limit
         self.forwards = 0
         self.backwards = 0
 
+    def _charge(self, forwards: int, backwards: int = 0) -> None:
+        if self.forwards + forwards + 2 * (self.backwards + backwards) > self.limit:
+            raise OutOfBudget
+        self.forwards += forwards
+        self.backwards += backwards
+
     def margin(self, points: Tensor) -> Tensor:
         """Clause margin min_r m_r for each point: [B]."""
-        self.forwards += points.shape[0]
+        self._charge(points.shape[0])
         with torch.no_grad():
             return self.batch(points).min(dim=1).values
 
     def rows(self, point: Tensor, select: Callable[[Tensor], list[int]]) -> tuple[Tensor, list[int], Tensor]:
         """Margins at one point, the rows `select` picks from them, and their gradients."""
+        self._charge(1)
         point = point.detach().requires_grad_(True)
         values = self.batch(point[None, :])[0]
-        self.forwards += 1
         picked = select(values.detach())
         if not values.requires_grad:       # piecewise-constant networks (Step): zero gradients
             return values.detach(), picked, point.new_zeros(len(picked), point.shape[0])
-        self.backwards += len(picked)
+        self._charge(0, len(picked))
         grads = [torch.autograd.grad(values[r], point, retain_graph=True)[0] for r in picked]
         return values.detach(), picked, torch.stack(grads) if grads else point.new_zeros(0, point.shape[0])
 
@@ -164,7 +176,8 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
                starts: int = 3, seed: int = 0, dtype: torch.dtype = torch.float64,
                device: torch.device | str | None = None,
                guesses: list[Tensor | None] | None = None, max_modes: int = MAX_MODES,
-               effort: float = math.inf, iterations: int = 10) -> tuple[list[Mode], int, int]:
+               effort: float = math.inf, iterations: int = 10, limit: float = math.inf
+               ) -> tuple[list[Mode], int, int]:
     """Design points of each clause, from the feasible points of a pilot cloud.
 
     Network outputs are far from linear, so a gradient taken in the bulk can point away
@@ -174,8 +187,10 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
     given, is one more start for clause c (π's statistically linearised design point),
     pushed in the same way when infeasible. A descent after a clause's first starts only
     while the search has spent less than `effort` forward-pass equivalents (a backward pass
-    counts two); each descent takes at most `iterations` steps. Keeps the `max_modes` nearest
-    modes within MODE_BAND of the nearest.
+    counts two); each descent takes at most `iterations` steps. `limit` is a hard cap in the
+    same units: a pass that would cross it is not made, and the search ends with the modes
+    found so far (a budgeted estimate then has its draws left). Keeps the `max_modes`
+    nearest modes within MODE_BAND of the nearest.
     Returns (modes, forward passes, backward passes).
     """
     generator = torch.Generator().manual_seed(seed)
@@ -184,39 +199,50 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
     modes: list[Mode] = []
     forwards = backwards = 0
     for c, batch in enumerate(batch_margins):
-        search = ClauseSearch(batch)
-        margins = search.margin(cloud)
-        feasible = cloud[margins >= 0]
-        if not len(feasible):              # rarer than the cloud reaches: push the best points in
-            pushed = [search.reach(p) for p in cloud[margins.argsort(descending=True)[:starts]]]
-            feasible = torch.stack([p for p in pushed if p is not None] or [cloud[:0].new_zeros(dim)])
-            feasible = feasible[search.margin(feasible) >= 0]
-        chosen: list[Tensor] = []
-        for point in feasible[feasible.norm(dim=1).argsort()]:
-            if all(float(torch.dot(point, q) / (point.norm() * q.norm())) < 0.9 for q in chosen):
-                chosen.append(point)
-            if len(chosen) == starts:
-                break
-        guess = guesses[c] if guesses else None
-        if guess is not None:
-            inside = guess if float(search.margin(guess[None, :])[0]) >= 0 else search.reach(guess)
-            if inside is not None:
-                chosen.append(inside)
-        for i, start in enumerate(chosen):
-            if i and forwards + search.forwards + 2 * (backwards + search.backwards) >= effort:
-                break
-            point = search.descend(start, iterations)
-            if point is None:
-                continue
-            beta = float(point.norm())
-            if all(float((point - m.point).norm()) > 0.1 * max(beta, m.beta) for m in modes):
-                modes.append(Mode(point, beta))
+        search = ClauseSearch(batch, limit - forwards - 2 * backwards)
+        try:
+            _clause_modes(search, cloud, starts, guesses[c] if guesses else None, effort - forwards - 2 * backwards,
+                          iterations, modes)
+        except OutOfBudget:
+            limit = -math.inf                # no pass for the clauses left either
         forwards += search.forwards
         backwards += search.backwards
     modes.sort(key=lambda m: m.beta)
     if modes:
         modes = [m for m in modes if m.beta <= modes[0].beta + MODE_BAND][:max_modes]
     return modes, forwards, backwards
+
+
+def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tensor | None, effort: float,
+                  iterations: int, modes: list[Mode]) -> None:
+    """One clause of `find_modes`: its starts from the pilot `cloud` (and `guess`), and
+    descents from them while its search has spent under `effort`, adding new modes to `modes`."""
+    dim = cloud.shape[1]
+    margins = search.margin(cloud)
+    feasible = cloud[margins >= 0]
+    if not len(feasible):              # rarer than the cloud reaches: push the best points in
+        pushed = [search.reach(p) for p in cloud[margins.argsort(descending=True)[:starts]]]
+        feasible = torch.stack([p for p in pushed if p is not None] or [cloud[:0].new_zeros(dim)])
+        feasible = feasible[search.margin(feasible) >= 0]
+    chosen: list[Tensor] = []
+    for point in feasible[feasible.norm(dim=1).argsort()]:
+        if all(float(torch.dot(point, q) / (point.norm() * q.norm())) < 0.9 for q in chosen):
+            chosen.append(point)
+        if len(chosen) == starts:
+            break
+    if guess is not None:
+        inside = guess if float(search.margin(guess[None, :])[0]) >= 0 else search.reach(guess)
+        if inside is not None:
+            chosen.append(inside)
+    for i, start in enumerate(chosen):
+        if i and search.forwards + 2 * search.backwards >= effort:
+            break
+        point = search.descend(start, iterations)
+        if point is None:
+            continue
+        beta = float(point.norm())
+        if all(float((point - m.point).norm()) > 0.1 * max(beta, m.beta) for m in modes):
+            modes.append(Mode(point, beta))
 
 
 def shifted(distribution: Gaussian, mode: Mode) -> Gaussian:

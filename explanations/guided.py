@@ -77,7 +77,7 @@ from torch import Tensor
 from .design import is_far
 from .estimate import Estimate
 from .events import Event
-from .montecarlo import draw_cost, draws_within, effective_count_interval, tally, wilson_interval
+from .montecarlo import detector_flops, draw_cost, draws_within, effective_count_interval, tally, wilson_interval
 from .mvn import OrthantResult, log_union
 from .observed import clause_rows, observed
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
@@ -266,11 +266,15 @@ class GuidedSampling:
     def _guided(self, event: Event, samples: int | None, flops: float | None, spent: int,
                 log_guess: float) -> Estimate:
         """`guided_probability` after the design search, which is wide for events guessed
-        below WIDE_SEARCH_BELOW and starts no descent past SEARCH_SHARE of the budget.
-        Where the search leaves a FLOP budget fewer than 2·PILOT_MIN draws, plain sampling
-        spends what is left."""
+        below WIDE_SEARCH_BELOW and starts no descent past SEARCH_SHARE of the budget; under
+        a FLOP budget it makes no pass that would leave fewer than 2·PILOT_MIN draws, so the
+        whole estimate stays within the budget. Where the search leaves a FLOP budget fewer
+        than 2·PILOT_MIN draws, plain sampling spends what is left."""
         budget = flops / self.graph.flops_per_sample if flops is not None else samples
         options: dict = {"effort": SEARCH_SHARE * budget}
+        if flops is not None:           # a FLOP budget is a cap: the search leaves the draws their minimum
+            unit = self.graph.flops_per_sample + detector_flops([event])
+            options["limit"] = (flops - spent - 2 * PILOT_MIN * draw_cost(self.graph, self.distribution)) / unit
         if log_guess < math.log(WIDE_SEARCH_BELOW):
             options.update(starts=SEARCH_STARTS, max_modes=SEARCH_MODES, iterations=SEARCH_ITERATIONS)
         found = search(self, event, **options)

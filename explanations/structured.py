@@ -66,10 +66,11 @@ class Search:
 
 
 def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: int = MAX_MODES,
-           effort: float = math.inf, iterations: int = 10) -> Search:
+           effort: float = math.inf, iterations: int = 10, limit: float = math.inf) -> Search:
     """Find the event's design points through the compiled graph and detector graphs
     (`design.find_modes`: `starts` per clause, at most `max_modes`, descents of at most
-    `iterations` steps begun while under `effort` forward-pass equivalents)."""
+    `iterations` steps begun while under `effort` forward-pass equivalents, and no pass
+    past `limit` of them)."""
     detectors = event.detectors()
     dtype = torch.float64          # bisections and finite differences need it, whatever π's dtype
     like = pi.mean.to(dtype)
@@ -82,7 +83,8 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
     with torch.inference_mode(False), torch.enable_grad():      # the search needs autograd
         modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype,
                                                 device=like.device, guesses=guesses, starts=starts,
-                                                max_modes=max_modes, effort=effort, iterations=iterations)
+                                                max_modes=max_modes, effort=effort, iterations=iterations,
+                                                limit=limit)
     observe_flops = unit + 2 * D.dim * D.dim + D.dim
     return Search(modes, observe, clauses, D, (forwards + 2 * backwards) * unit, forwards, backwards, observe_flops)
 

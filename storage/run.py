@@ -54,8 +54,9 @@ def reading(path: Path, what: str) -> Iterator[None]:
 class Series:
     """One tracked quantity over training: row i belongs to steps[i].
 
-    For an event: value, log10 (π's probability), flops (its cost), and where sampling
-    checks were recorded check_value, check_lo, check_hi (NaN where none).
+    For an event: value, log10 (π's probability), flops (its cost), lo and hi (its 95%
+    interval where it was sampled, Tracker(event_samples=N); NaN otherwise), and where
+    sampling checks were recorded check_value, check_lo, check_hi (NaN where none).
     For "expectation": value and sd are [steps, outputs], check_* likewise.
     """
     name: str
@@ -67,6 +68,8 @@ class Series:
     check_value: np.ndarray
     check_lo: np.ndarray
     check_hi: np.ndarray
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
 
 
 class Checkpoint:
@@ -248,7 +251,7 @@ class Run:
         checks = [ck.meta.get("checks", {}).get("events", {}).get(name) for ck in checkpoints]
         pick = lambda key: np.array([c[key] if c else nan for c in checks], dtype=float)
         return Series(name, steps, get("value"), get("log10"), get("flops"), None,
-                      pick("value"), pick("lo"), pick("hi"))
+                      pick("value"), pick("lo"), pick("hi"), get("lo"), get("hi"))
 
     def close(self) -> None:
         if self.file is not None:

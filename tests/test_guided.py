@@ -129,3 +129,20 @@ def test_a_small_flop_budget_is_spent_not_refused():
     estimate = pi.probability(Any(Above(0, 2.62), Above(1, 0.966)), flops=budget)     # p ≈ 0.0145
     assert estimate.flops <= budget and estimate.samples > 500
     assert estimate.interval[0] < 0.0145 < estimate.interval[1]
+
+
+def test_a_flop_budget_is_a_cap_even_when_the_search_would_pass_it():
+    """The search makes no pass that would leave the draws fewer than their minimum, so the
+    whole estimate stays within `flops`. Before, on this net a 1,000-sample-equivalent budget
+    raised ValueError after the search had spent about twice the budget."""
+    from train.models import mlp
+    model = mlp([16, 32, 32, 32, 2], "tanh", seed=1, dtype=torch.float64)
+    pi = explain(model, Gaussian.standard(16), "cumulant")
+    unit, sd = pi.graph.flops_per_sample, pi.cov.diagonal().sqrt()
+    events = [Above(0, float(pi.mean[0] + 3 * sd[0])),
+              Any(Above(0, float(pi.mean[0] + 3 * sd[0])), Below(1, float(pi.mean[1] - 4 * sd[1])))]
+    for event in events:
+        for sample_equivalents in (50, 300, 1000):
+            cap = pi.build_flops + sample_equivalents * unit
+            estimate = pi.probability(event, flops=cap)
+            assert estimate.flops <= cap and estimate.samples >= 1

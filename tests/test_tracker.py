@@ -159,3 +159,53 @@ def test_a_network_training_with_dropout_and_batch_norm_is_explained_as_in_eval_
     torch.testing.assert_close(tr.explanation.expectation().value, fresh.expectation().value)
     torch.testing.assert_close(open_run(tmp_path / "run.h5").last.explanation.expectation().value,
                                fresh.expectation().value)
+
+
+def test_sampled_event_estimates_hold_the_budget_and_carry_intervals(tmp_path):
+    """event_samples=N: each save estimates every tracked event by π-guided sampling capped
+    at N sample-equivalents, inside the budget, with a 95% interval that the series and the
+    plot show. The last estimate's interval covers 10⁶ plain draws of the saved model."""
+    from explanations.montecarlo import tally
+    from train.replay import replay_plot
+    model, D, task = setting()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    events = {"high": Above(0, 1.6), "both": All(Above(0, 0.8), Below(1, -0.5))}
+    with Tracker(model, optimizer, D, method="auto", events=events, budget=1.0, path=tmp_path / "run.h5",
+                 every=20, event_samples=2000) as tr:
+        def check():
+            assert tr.ledger.explanation_flops <= tr.ledger.training_flops
+        train(model, optimizer, task, 60, torch.Generator().manual_seed(1), check, batch=512)
+    assert tr.ledger.overruns == 0
+    run = open_run(tmp_path / "run.h5")
+    unit = run.meta["flops_per_sample"]
+    assert run.meta["event_samples"] == 2000
+    for name in events:
+        series = run.series(name)
+        sampled = [row[name] for row in (ck.estimates for ck in run) if row[name] is not None]
+        assert sampled and all(0 < r["samples"] and r["query_flops"] <= 2000 * unit for r in sampled)
+        assert all(r["lo"] <= r["value"] <= r["hi"] for r in sampled)
+        assert (series.lo <= series.value).all() and (series.value <= series.hi).all()
+    last = run.last
+    counts = tally(last.explained, D, 1_000_000, list(events.values()), seed=7)
+    for i, name in enumerate(events):
+        estimate = last.estimates[name]
+        assert estimate["lo"] <= counts.hits[i] / 1_000_000 <= estimate["hi"], name
+    assert replay_plot(run, tmp_path / "run.png").exists()
+    with pytest.raises(ValueError, match="event_samples"):
+        Tracker(model, optimizer, D, events=events, path=tmp_path / "run.h5")
+    for bad in (-1, 10, 1.5, True):
+        with pytest.raises(ValueError, match="event_samples must be 0"):
+            Tracker(model, optimizer, D, event_samples=bad)
+
+
+def test_a_sampled_estimate_the_cap_cannot_buy_is_missing_and_charged(tmp_path, monkeypatch):
+    import tracker.tracker as tracking
+    monkeypatch.setattr(tracking, "MIN_EVENT_SAMPLES", 1)
+    model, D, task = setting()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with pytest.warns(RuntimeWarning, match="no estimate of 'high'"):
+        with Tracker(model, optimizer, D, events={"high": Above(0, 2.5)}, path=tmp_path / "run.h5", every=10,
+                     event_samples=1) as tr:
+            train(model, optimizer, task, 10, torch.Generator().manual_seed(1), batch=256)
+    assert open_run(tmp_path / "run.h5").last.estimates["high"] is None
+    assert tr.ledger.overruns == 0 and tr.ledger.ratio <= 1.0

@@ -24,6 +24,11 @@ headroom H = budget·training - explanation):
   at a save step   rebuild if H ≥ full, else head update if H ≥ head, else stay stale;
                    then each tracked event's probability if H ≥ its predicted query
                    (otherwise recorded as deferred), π's expectation, and the file.
+                   With `event_samples=N` an event's probability is π-guided sampling
+                   (`π.probability(event, flops=F)`, a 95% interval with it) capped at N
+                   sample-equivalents beyond π's build, and its predicted query is that
+                   cap: the sampler never passes it (its design search makes no pass that
+                   would leave the draws fewer than their minimum).
   other steps      the same choice, but saving for the next save at an even pace, so
                    that rebuilds spread over the interval: spend only if
                    H - cost ≥ (k / every)·R, k the steps since the last save and
@@ -77,7 +82,9 @@ from torch import Tensor, nn
 
 from explanations import METHODS, DivergedModel, Explanation, Gaussian, Graph, compile_model, explain
 from explanations.events import Event
+from explanations.estimate import Estimate
 from explanations.explain import check_method
+from explanations.guided import GuidedSampling
 from explanations.montecarlo import mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
 from storage.run import RESERVED_SERIES, open_run
@@ -88,6 +95,8 @@ from .costs import trainable_paths, training_step_flops
 from .incremental import head_update, head_update_cost, supports_head_update
 from .ledger import Ledger
 from .structure import structure, structure_difference
+
+MIN_EVENT_SAMPLES = 1000
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -141,11 +150,16 @@ class Tracker:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, distribution: Gaussian,
                  method: str = "gaussian", events: dict[str, Event] | None = None, budget: float = 1.0,
                  path: str | os.PathLike | None = None, every: int = 50, *, options: dict | None = None,
-                 check_samples: int = 0, resume: bool = True, input_shape: tuple[int, ...] | None = None) -> None:
+                 check_samples: int = 0, event_samples: int = 0, resume: bool = True,
+                 input_shape: tuple[int, ...] | None = None) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every!r}")
         if isinstance(check_samples, bool) or not isinstance(check_samples, int) or check_samples < 0:
             raise ValueError(f"check_samples must be a non-negative integer, got {check_samples!r}")
+        if (isinstance(event_samples, bool) or not isinstance(event_samples, int)
+                or event_samples != 0 and event_samples < MIN_EVENT_SAMPLES):
+            raise ValueError(f"event_samples must be 0 (zero-sample estimates) or at least {MIN_EVENT_SAMPLES:,} "
+                             f"sample-equivalents (the design search and a pilot come first), got {event_samples!r}")
         if method == "sampling":
             raise ValueError("method 'sampling' is the baseline π is checked against: track an explanation "
                              "(gaussian, cumulant, polynomial, auto) and pass check_samples=N to sample beside it")
@@ -175,7 +189,7 @@ class Tracker:
         if distribution.dim != self.graph.n_inputs:
             raise ValueError(f"the distribution has {distribution.dim} dimensions, the model takes "
                              f"{self.graph.n_inputs} inputs")
-        self.every, self.check_samples = every, check_samples
+        self.every, self.check_samples, self.event_samples = every, check_samples, event_samples
         self.path = Path(path) if path is not None else None
         self.rank, self.world = _rank_and_world()
         self.ledger = Ledger(budget=budget)
@@ -285,7 +299,10 @@ class Tracker:
         return self._bounds[None]
 
     def _predicted_query(self, name: str) -> float:
-        """Upper bound on the FLOPs of tracked event `name`'s probability (`bounds`)."""
+        """Upper bound on the FLOPs of tracked event `name`'s probability (`bounds`; with
+        `event_samples`, the cap the sampled estimate is given)."""
+        if self.event_samples:
+            return self.event_samples * self.graph.flops_per_sample
         if name not in self._bounds:
             self._bounds[name] = query_bound(self.graph, self.distribution, self.method, self.options,
                                              self.events[name])
@@ -344,7 +361,7 @@ class Tracker:
                 "n_outputs": self.graph.n_outputs, "flops_per_sample": self.graph.flops_per_sample,
                 "training_flops": "rows x (forward + weight gradients of trainable maps + input gradients "
                                   "below a trainable map), from the formal graph",
-                "check_samples": self.check_samples}
+                "check_samples": self.check_samples, "event_samples": self.event_samples}
         D = self.distribution
         create_run(self.path, meta, D.mean.double().cpu().numpy(), D.cov.double().cpu().numpy(), graphs)
 
@@ -353,6 +370,7 @@ class Tracker:
         with open_run(self.path) as run:
             mismatches = [what for what, same in (
                 ("method", run.method == self.method), ("options", run.options == self.options),
+                ("event_samples", run.meta.get("event_samples", 0) == self.event_samples),
                 ("events", sorted(run.events) == sorted(self.events)),
                 ("distribution", run.distribution.dim == self.distribution.dim and bool(
                     torch.allclose(run.distribution.mean, self.distribution.mean.double().cpu()) and
@@ -395,11 +413,33 @@ class Tracker:
                                   f"({left:.3g}); it comes once training has paid for it, sooner with a larger "
                                   f"budget, batch or `every`", RuntimeWarning, stacklevel=4)
                 continue
-            estimate = pi.probability(event)
-            query = max(estimate.flops - pi.build_flops, 0.0)
+            if self.event_samples:
+                estimate, query = self._sampled(pi, name)
+                if estimate is None:
+                    out[name] = None
+                    continue
+            else:
+                estimate = pi.probability(event)
+                query = max(estimate.flops - pi.build_flops, 0.0)
             self.ledger.charge(query)
             out[name] = {**_plain_estimate(estimate), "query_flops": query}
         return out
+
+    def _sampled(self, pi: Explanation, name: str) -> tuple[Estimate | None, float]:
+        """Event `name`'s π-guided estimate and its cost beyond π's build, capped at
+        `event_samples` sample-equivalents of the model: `pi.probability(event, flops=F)`,
+        where F counts π's build for explanations that guide their draws (GuidedSampling)
+        and only the draws otherwise. A cap too small to buy the draws (ValueError) records
+        the estimate as missing, charged the cap, with a warning."""
+        cap = self._predicted_query(name)
+        own = pi.build_flops if isinstance(pi, GuidedSampling) else 0
+        try:
+            estimate = pi.probability(self.events[name], flops=own + cap)
+        except ValueError as error:
+            self.ledger.charge(cap)
+            warnings.warn(f"step {self.step}: no estimate of '{name}': {error}", RuntimeWarning, stacklevel=5)
+            return None, cap
+        return estimate, max(estimate.flops - own, 0.0)
 
     def _checks(self, graph: Graph) -> dict:
         """Plain sampling of the current model: the run's independent check of π."""

@@ -3,7 +3,8 @@
 replay:  a table over the saved steps (how π was updated, the ledger ratio, stale steps,
          π's E[y] and every tracked event's probability, with the run's sampling checks
          beside them where recorded), and a PNG: E[y] per output and log10 P[event] over
-         training, π as lines, sampling checks as points with their 95% intervals.
+         training, π as lines (with a band for its 95% interval where it sampled), sampling
+         checks as points with their 95% intervals.
 inspect: what the file holds: format, method, distribution, events, checkpoints, the
          last ledger, the model's structure.
 """
@@ -72,6 +73,11 @@ def replay_plot(run: Run, png: str | os.PathLike) -> Path:
     for name in run.events:
         series = run.series(name)
         line, = bottom.plot(series.steps, series.log10, marker="o", ms=3, label=f"π: {name}")
+        sampled = np.isfinite(series.lo) & np.isfinite(series.hi) & (series.hi > 0)
+        if sampled.any():
+            bottom.fill_between(series.steps[sampled], np.log10(np.maximum(series.lo[sampled], 1e-300)),
+                                np.log10(series.hi[sampled]), color=line.get_color(), alpha=0.2,
+                                label=f"π's 95% interval: {name}")
         checked = np.isfinite(series.check_value) & (series.check_value > 0)
         if checked.any():
             lo = np.log10(np.maximum(series.check_lo[checked], 1e-300))
