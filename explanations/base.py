@@ -26,6 +26,18 @@ from .montecarlo import (detector_flops, draw_cost, draws_within, mean_estimate,
 from .mvn import OrthantResult
 
 
+MOMENT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def moment_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """The dtype π's moments are kept in: torch.float32 or torch.float64, or its name
+    ("float64", "torch.float64": the form a Tracker's JSON options can hold)."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in MOMENT_DTYPES:
+        raise ValueError(f"dtype must be float32 or float64 (a torch.dtype or its name), got {dtype!r}")
+    return MOMENT_DTYPES[name]
+
+
 class Explanation(ABC):
     """An explanation π of a compiled model `graph` on inputs x ~ `distribution`."""
 

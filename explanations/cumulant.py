@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 
 from .activations import activation
-from .base import Explanation
+from .base import Explanation, moment_dtype
 from .design import is_far
 from .distributions import Gaussian
 from .edgeworth import corrected_mean
@@ -140,10 +140,11 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
     method = "cumulant"
 
     def __init__(self, graph: Graph, distribution: Gaussian, *, order: int = 3, degree: int = DEFAULT_DEGREE,
-                 design: bool = True, dtype: torch.dtype = torch.float64, seed: int = 0) -> None:
+                 design: bool = True, dtype: torch.dtype | str = torch.float64, seed: int = 0) -> None:
         if order not in (2, 3, 4):
             raise ValueError(f"order must be 2, 3 or 4, got {order!r}")
         Explanation.__init__(self, graph, distribution, seed=seed)
+        dtype = moment_dtype(dtype)
         self.order, self.degree, self.dtype, self.design = order, degree, dtype, design
         chain = graph.to(dtype=dtype).chain
         x = self.distribution.to(dtype=dtype)

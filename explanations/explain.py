@@ -20,7 +20,7 @@ import inspect
 
 from torch import nn
 
-from .base import Explanation
+from .base import Explanation, moment_dtype
 from .compile import compile_model
 from .cumulant import CumulantPropagation
 from .distributions import BooleanCube, Gaussian
@@ -48,8 +48,8 @@ def is_two_layer(graph: Graph) -> bool:
 
 def check_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str, options: dict) -> None:
     """Raise now what `explain(graph, distribution, method, **options)` would raise for the
-    method's name, the network's structure or an option's name, without building π (option
-    values are checked when π is built)."""
+    method's name, the network's structure, an option's name or the dtype, without building
+    π (other option values are checked when π is built)."""
     if method not in ("auto", "guide") and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: auto, guide, {', '.join(sorted(METHODS))}")
     if method in METHODS:
@@ -61,6 +61,8 @@ def check_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str
     if unknown:
         raise TypeError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; "
                         f"its options: {', '.join(sorted(accepted))}")
+    if "dtype" in options:
+        moment_dtype(options["dtype"])
 
 
 def explain(model: nn.Module | Graph, distribution: Gaussian | BooleanCube, method: str = "gaussian", *,

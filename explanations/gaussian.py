@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Explanation
+from .base import Explanation, moment_dtype
 from .distributions import Gaussian
 from .estimate import Estimate
 from .events import Event
@@ -34,10 +34,10 @@ class GaussianExplanation(GuidedSampling, Explanation):
     method = "gaussian"
     penultimate: GaussianState | None = None   # the state entering a final affine map (the head)
 
-    def __init__(self, graph: Graph, distribution: Gaussian, *, dtype: torch.dtype = torch.float64,
+    def __init__(self, graph: Graph, distribution: Gaussian, *, dtype: torch.dtype | str = torch.float64,
                  seed: int = 0) -> None:
         super().__init__(graph, distribution, seed=seed)
-        self.dtype = dtype
+        self.dtype = dtype = moment_dtype(dtype)
         x = self.distribution.to(dtype=dtype)
         chain = graph.to(dtype=dtype).chain
         state = GaussianState(x.mean, x.cov, x.cov)

@@ -43,6 +43,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .base import moment_dtype
 from .cumulant import CumulantExplanation
 from .distributions import Gaussian
 from .estimate import Estimate
@@ -68,10 +69,11 @@ class PolynomialExplanation(CumulantExplanation):
 
     def __init__(self, graph: Graph, distribution: Gaussian, *, degree: int = DEFAULT_DEGREE,
                  cumulant_degree: int = CUMULANT_DEGREE, tetrahedra_up_to: int = TETRAHEDRA_UP_TO,
-                 design: bool = True, dtype: torch.dtype = torch.float64, seed: int = 0) -> None:
+                 design: bool = True, dtype: torch.dtype | str = torch.float64, seed: int = 0) -> None:
         if not isinstance(degree, int) or degree < 1:
             raise ValueError(f"degree must be a positive integer, got {degree!r}")
         super().__init__(graph, distribution, seed=seed)
+        dtype = moment_dtype(dtype)
         self.degree, self.tetrahedra_up_to, self.dtype = degree, tetrahedra_up_to, dtype
         self.cumulant_degree, self.design = min(cumulant_degree, degree), design
         first, act, second = graph.to(dtype=dtype).chain

@@ -117,7 +117,7 @@ def test_resume_continues_the_file(tmp_path):
 
     with pytest.raises(ValueError, match="method"):
         Tracker(restarted, optimizer, D, method="cumulant", events=events, path=path)
-    with pytest.raises(ValueError, match="differ in events, distribution;"):
+    with pytest.raises(ValueError, match=r"differ in events \(file: \['high'\], here: \['low'\]\), distribution;"):
         Tracker(restarted, optimizer, Gaussian(torch.ones(6), torch.eye(6)), events={"low": Below(0, 0.0)}, path=path)
     with pytest.raises(FileExistsError):
         Tracker(restarted, optimizer, D, events=events, path=path, resume=False)
@@ -209,3 +209,66 @@ def test_a_sampled_estimate_the_cap_cannot_buy_is_missing_and_charged(tmp_path, 
             train(model, optimizer, task, 10, torch.Generator().manual_seed(1), batch=256)
     assert open_run(tmp_path / "run.h5").last.estimates["high"] is None
     assert tr.ledger.overruns == 0 and tr.ledger.ratio <= 1.0
+
+
+def test_a_keyword_input_is_counted_as_training_rows():
+    class Keyworded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = mlp([6, 16, 2], "relu", seed=0)
+
+        def forward(self, input):
+            return self.body(input)
+
+    model, D = Keyworded(), Gaussian.standard(6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Tracker(model, optimizer, D) as tr:
+        loss = model(input=torch.randn(32, 6)).square().mean()
+        loss.backward()
+        optimizer.step()
+    assert tr.ledger.training_flops == training_step_flops(tr.graph, 32, {"body.0", "body.2"}) > 0
+
+
+def test_resume_refusals_say_what_differs(tmp_path):
+    from explanations.events import Detector
+    path = tmp_path / "run.h5"
+    model, D, _ = setting()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    Tracker(model, optimizer, D, events={"high": Above(0, 1.5)}, path=path).close()      # a header, no checkpoint
+    wider, _, _ = setting(widths=(6, 32, 32, 3))
+    with pytest.raises(ValueError, match="inputs and outputs \\(file: 6 → 2, here: 6 → 3\\)"):
+        Tracker(wider, torch.optim.SGD(wider.parameters(), lr=0.01), D, events={"high": Above(0, 1.5)}, path=path)
+    detector = lambda width: Detector(nn.Sequential(nn.Linear(2, width), nn.ReLU(), nn.Linear(width, 1)), 1.0)
+    other = tmp_path / "detector.h5"
+    Tracker(model, optimizer, D, events={"d": detector(4)}, path=other).close()
+    with pytest.raises(ValueError, match="definition of event 'd' \\(detector 0's op 0 of the compiled chain"):
+        Tracker(model, optimizer, D, events={"d": detector(5)}, path=other)
+
+
+def test_a_failed_save_warns_and_training_goes_on(tmp_path, monkeypatch):
+    import tracker.tracker as tracking
+    model, D, task = setting()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    written = tracking.append_checkpoint
+    failing = {"step": 20}
+
+    def append(path, step, *args, **kwargs):
+        if step == failing["step"]:
+            raise OSError(28, "No space left on device")
+        return written(path, step, *args, **kwargs)
+
+    monkeypatch.setattr(tracking, "append_checkpoint", append)
+    with pytest.warns(RuntimeWarning, match="step 20: the checkpoint was not written"):
+        with Tracker(model, optimizer, D, path=tmp_path / "run.h5", every=10) as tr:
+            train(model, optimizer, task, 30, torch.Generator().manual_seed(1))
+    assert tr.step == 30 and open_run(tmp_path / "run.h5").steps == [10, 30]
+
+
+def test_the_dtype_option_is_named_and_checked_when_the_tracker_is_built():
+    model, D, task = setting()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        Tracker(model, optimizer, D, options={"dtype": "float33"})
+    with Tracker(model, optimizer, D, options={"dtype": "float32"}) as tr:
+        train(model, optimizer, task, 2, torch.Generator().manual_seed(1), batch=256)
+    assert tr.explanation is not None and tr.explanation.mean.dtype == torch.float32

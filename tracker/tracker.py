@@ -88,7 +88,7 @@ from explanations.guided import GuidedSampling
 from explanations.montecarlo import mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
 from storage.run import RESERVED_SERIES, open_run
-from storage.runfile import append_checkpoint, create_run, remove_stale_temporaries
+from storage.runfile import RunFileError, append_checkpoint, create_run, remove_stale_temporaries
 
 from .bounds import build_bound, query_bound
 from .costs import trainable_paths, training_step_flops
@@ -129,13 +129,17 @@ def parameters_state(module: nn.Module) -> dict[str, np.ndarray]:
     return out
 
 
-def _same_event(a: Event, b: Event) -> bool:
-    """Do two events have the same definition: the same JSON, and detectors of the same
-    structure (their weights may have trained since the file was written)?"""
-    graphs_a: list[Graph] = []
-    graphs_b: list[Graph] = []
-    plain_a, plain_b = event_to_plain(a, graphs_a), event_to_plain(b, graphs_b)
-    return plain_a == plain_b and all(structure(g) == structure(h) for g, h in zip(graphs_a, graphs_b))
+def _event_difference(old: Event, new: Event) -> str | None:
+    """How two definitions of an event differ, in words, or None when they are the same:
+    the same JSON and detectors of the same structure (their weights may have trained
+    since the file was written)."""
+    graphs_old: list[Graph] = []
+    graphs_new: list[Graph] = []
+    plain_old, plain_new = event_to_plain(old, graphs_old), event_to_plain(new, graphs_new)
+    if plain_old != plain_new or len(graphs_old) != len(graphs_new):
+        return f"file: {old!r}, here: {new!r}"
+    return next((f"detector {i}'s {structure_difference(structure(a), structure(b))}"
+                 for i, (a, b) in enumerate(zip(graphs_old, graphs_new)) if structure(a) != structure(b)), None)
 
 
 def _plain_estimate(estimate) -> dict:
@@ -208,13 +212,15 @@ class Tracker:
         self.started = self._left = time.perf_counter()
         if self.path is not None and self.rank == 0:
             self._open_file(resume)
-        self._hooks = [self.module.register_forward_pre_hook(self._count_rows),
+        self._hooks = [self.module.register_forward_pre_hook(self._count_rows, with_kwargs=True),
                        optimizer.register_step_post_hook(self._after_step)]
 
     # ---- hooks -------------------------------------------------------------------------
-    def _count_rows(self, module: nn.Module, args: tuple) -> None:
-        if torch.is_grad_enabled() and module.training and args and isinstance(args[0], Tensor):
-            self._rows += args[0].shape[0] if args[0].dim() > 1 else 1
+    def _count_rows(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Rows of a training forward pass: its first tensor argument's, positional or keyword."""
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+        if torch.is_grad_enabled() and module.training and first is not None:
+            self._rows += first.shape[0] if first.dim() > 1 else 1
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         entered = time.perf_counter()
@@ -249,7 +255,7 @@ class Tracker:
             save = self.path is not None and self.step % self.every == 0
             self._update(current, save)
             if save:
-                self._save(current)
+                self._save_or_warn(current)
 
     def _current(self) -> Graph | None:
         """The model's formal graph now, or None while a parameter of the model or of a
@@ -371,13 +377,18 @@ class Tracker:
             mismatches = [what for what, same in (
                 ("method", run.method == self.method), ("options", run.options == self.options),
                 ("event_samples", run.meta.get("event_samples", 0) == self.event_samples),
-                ("events", sorted(run.events) == sorted(self.events)),
+                (f"events (file: {sorted(run.events)}, here: {sorted(self.events)})",
+                 sorted(run.events) == sorted(self.events)),
+                (f"the model's inputs and outputs (file: {run.meta.get('n_inputs')} → {run.meta.get('n_outputs')}, "
+                 f"here: {self.graph.n_inputs} → {self.graph.n_outputs})",
+                 (run.meta.get("n_inputs"), run.meta.get("n_outputs")) == (self.graph.n_inputs, self.graph.n_outputs)),
                 ("distribution", run.distribution.dim == self.distribution.dim and bool(
                     torch.allclose(run.distribution.mean, self.distribution.mean.double().cpu()) and
                     torch.allclose(run.distribution.cov, self.distribution.cov.double().cpu())))) if not same]
-            mismatches += [f"the definition of event {name!r} (file: {run.events[name]!r}, here: {event!r})"
-                           for name, event in self.events.items()
-                           if "events" not in mismatches and not _same_event(run.events[name], event)]
+            if sorted(run.events) == sorted(self.events):
+                differences = {name: _event_difference(run.events[name], event) for name, event in self.events.items()}
+                mismatches += [f"the definition of event {name!r} ({difference})"
+                               for name, difference in differences.items() if difference is not None]
             if mismatches:
                 raise ValueError(f"cannot resume {self.path}: the file and this Tracker differ in "
                                  f"{', '.join(mismatches)}; choose another path")
@@ -411,7 +422,7 @@ class Tracker:
                     warnings.warn(f"step {self.step}: the estimate of '{name}' is deferred: its cost bound "
                                   f"({self._predicted_query(name):.3g} FLOPs) is more than the budget leaves "
                                   f"({left:.3g}); it comes once training has paid for it, sooner with a larger "
-                                  f"budget, batch or `every`", RuntimeWarning, stacklevel=4)
+                                  f"budget, batch or `every`", RuntimeWarning, stacklevel=5)
                 continue
             if self.event_samples:
                 estimate, query = self._sampled(pi, name)
@@ -437,7 +448,7 @@ class Tracker:
             estimate = pi.probability(self.events[name], flops=own + cap)
         except ValueError as error:
             self.ledger.charge(cap)
-            warnings.warn(f"step {self.step}: no estimate of '{name}': {error}", RuntimeWarning, stacklevel=5)
+            warnings.warn(f"step {self.step}: no estimate of '{name}': {error}", RuntimeWarning, stacklevel=6)
             return None, cap
         return estimate, max(estimate.flops - own, 0.0)
 
@@ -455,6 +466,17 @@ class Tracker:
         return {"samples": self.check_samples, "flops": counts.flops, "events": events,
                 "expectation": {"value": mean.value.tolist(), "lo": lo.tolist(), "hi": hi.tolist(),
                                 "sd": mean.details["std"].tolist()}}
+
+    def _save_or_warn(self, current: Graph) -> None:
+        """`_save`, where an I/O error (a full disk, a lost mount) does not stop training: the
+        checkpoint is not written, a RuntimeWarning says so, every earlier checkpoint stays
+        as it was, and the next save tries again."""
+        try:
+            self._save(current)
+        except (OSError, RunFileError) as error:
+            warnings.warn(f"step {self.step}: the checkpoint was not written ({error}); training goes on, "
+                          f"earlier checkpoints in {self.path} are intact and the next save tries again",
+                          RuntimeWarning, stacklevel=3)
 
     def _save(self, current: Graph) -> None:
         """Write this step's checkpoint of the model's graph `current` (π's estimates first,
@@ -499,7 +521,7 @@ class Tracker:
                 if self.last_update != "full":
                     self._update(current, save=True, stale_counts=False)
                 self.ledger.tracking_seconds += time.perf_counter() - entered
-                self._save(current)
+                self._save_or_warn(current)
 
     def __enter__(self) -> "Tracker":
         return self

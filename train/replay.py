@@ -111,7 +111,8 @@ def inspect(path: str | os.PathLike) -> str:
         lines = [f"file:          {run.path} ({run.path.stat().st_size / 1024:.1f} KiB, run format "
                  f"version {int(run.file.attrs['version'])}, this reader: {VERSION})",
                  f"method:        {run.method} {run.options or ''}",
-                 f"budget:        {meta.get('budget')} × training FLOPs; checkpoint every {meta.get('every')} steps; "
+                 f"budget:        {meta.get('budget')} × training FLOPs; checkpoint every {meta.get('every')} steps "
+                 f"(as created); "
                  f"{meta.get('world_size', 1)} process(es)",
                  f"distribution:  Gaussian over {run.distribution.dim} inputs"
                  f"{' (standard)' if run.distribution.is_standard else ''}",
@@ -129,7 +130,9 @@ def inspect(path: str | os.PathLike) -> str:
                       + ", ".join(f"{k} {v}" for k, v in updates.items()),
                       f"model:         {last.model}",
                       f"ledger:        training {ledger['training_flops']:.4g} FLOPs, explanation "
-                      f"{ledger['explanation_flops']:.4g} (ratio {ledger['ratio']:.3f}), {ledger['steps']} steps, "
+                      f"{ledger['explanation_flops']:.4g} (ratio {ledger['ratio']:.3f} of budget {ledger['budget']}"
+                      f"{'' if ledger['budget'] == meta.get('budget') else ', given on resuming'}), "
+                      f"{ledger['steps']} steps, "
                       f"{ledger['full_updates']} rebuilds, {ledger['incremental_updates']} head updates, "
                       f"{ledger['stale_steps']} stale, {ledger['overruns']} overruns, checks "
                       f"{ledger['check_flops']:.4g} FLOPs",
