@@ -134,7 +134,7 @@ class Weighted:
         if self.hits == 0:
             return 0.0, plain
         error = self.relative_error
-        low, high = effective_count_interval(math.exp(self.log_p), error ** -2 if error > 0 else self.effective_hits)
+        low, high = effective_count_interval(self.log_p, error ** -2 if error > 0 else self.effective_hits)
         return low, max(high, plain) if self.degenerate else high
 
 
@@ -183,6 +183,8 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
     budget instead of `samples`, `spent` (π's part, the search included) is paid first and
     the rest buys draws; `log_guess` (π's log P) sizes the subset-simulation levels."""
     d = found.distribution.dim
+    finite = [m for m in found.modes if math.isfinite(m.beta * m.beta)]   # |ξ*|²/2 must fit float64
+    found = found if len(finite) == len(found.modes) else replace(found, modes=finite)
     k = len(found.modes)
     importance_draw = found.observe_flops + d + 2 * k * d + 4 * k
     if samples is None:

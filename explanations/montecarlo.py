@@ -70,8 +70,13 @@ def draws_within(flops: float, fixed: float, per_draw: float, samples: int | Non
     Give a FLOP budget or a sample count, not both; fewer than `minimum` draws is an error."""
     if samples is not None:
         raise ValueError("give either samples or flops, not both")
-    if not isinstance(flops, (int, float)) or not math.isfinite(flops) or flops <= 0:
+    try:
+        number = float(flops) if not isinstance(flops, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
         raise ValueError(f"flops must be a positive number, got {flops!r}")
+    flops = number
     draws = int((flops - fixed) // per_draw)
     if draws < minimum:
         raise ValueError(f"a budget of {flops:.3g} FLOPs buys {max(draws, 0)} draws, this estimate needs "
@@ -112,11 +117,14 @@ def tally(graph: Graph, distribution: Gaussian, samples: int, events: list[Event
 
 
 def mean_estimate(counts: Tally, flops_per_sample: float) -> Estimate:
-    """E[y] with a 95% normal-approximation interval per output."""
+    """E[y] with a 95% normal-approximation interval per output (None from a single draw)."""
     n = counts.samples
     centred = counts.total / n
-    variance = ((counts.total_squares - n * centred * centred) / max(n - 1, 1)).clamp_min(0)
     mean = counts.shift + centred
+    if n < 2:                   # no variance from one draw: no interval rather than a zero-width one
+        return Estimate(mean, None, None, counts.flops, n, "sampling", flops_per_sample,
+                        {"std": torch.full_like(mean, math.nan)})
+    variance = ((counts.total_squares - n * centred * centred) / (n - 1)).clamp_min(0)
     half = Z95 * torch.sqrt(variance / n)
     return Estimate(mean, None, (mean - half, mean + half), counts.flops, n, "sampling",
                     flops_per_sample, {"std": variance.sqrt()})
@@ -142,14 +150,18 @@ def gamma_quantile(shape: float, q: float) -> float:
     return (lo + hi) / 2
 
 
-def effective_count_interval(p: float, effective: float) -> tuple[float, float]:
-    """Garwood's 95% interval for a weighted estimate p with `effective` hits (module docstring)."""
-    if effective <= 0 or p <= 0:
+def effective_count_interval(log_p: float, effective: float) -> tuple[float, float]:
+    """Garwood's 95% interval for a weighted estimate p = e^log_p with `effective` hits
+    (module docstring), its ends taken from log space: for a p below float64's range
+    (importance sampling far in a tail) the upper end is the smallest positive double,
+    not 0, which would say that P is exactly 0."""
+    if effective <= 0 or log_p == -math.inf:
         return 0.0, 0.0
     if math.isinf(effective):
-        return p, p
-    return (p * gamma_quantile(effective, 0.025) / effective,
-            min(p * gamma_quantile(effective + 1, 0.975) / effective, 1.0))
+        return math.exp(log_p), max(math.exp(log_p), math.ulp(0.0))
+    low = math.exp(log_p + math.log(gamma_quantile(effective, 0.025) / effective))
+    high = math.exp(min(log_p + math.log(gamma_quantile(effective + 1, 0.975) / effective), 0.0))
+    return low, max(high, math.ulp(0.0))
 
 
 def probability_estimate(hits: int, counts: Tally, flops_per_sample: float) -> Estimate:

@@ -77,7 +77,7 @@ class SplittingResult:
         first level's draws (module docstring)."""
         if not self.reached:
             return wilson_interval(0, self.first_level)
-        return effective_count_interval(self.p, self.cov_bound ** -2 if self.cov_bound > 0 else math.inf)
+        return effective_count_interval(math.log(self.p), self.cov_bound ** -2 if self.cov_bound > 0 else math.inf)
 
 
 def event_margin(v: Tensor, clauses: list[tuple[Tensor, Tensor]]) -> Tensor:

@@ -130,8 +130,10 @@ def log_upper_tail(kappa: Tensor | tuple[float, ...], x: float, method: str = "c
 
     Beyond the upper end z_hi of the Cornish–Fisher branch the saddlepoint tail continues it
     from its value there, log Φ(-z_hi) + [S(x) - S(x_hi)] (S the saddlepoint log tail), so
-    the result stays continuous and non-increasing in x; below the lower end it stays at
-    log Φ(-z_lo).
+    the result stays continuous and non-increasing in x. Below the lower end the lower tail
+    continues the same way, as the upper tail of -s (cumulants -κ1, κ2, -κ3, κ4) at -x:
+    P(s > x) = 1 - P(-s > -x), which goes to 1 as x falls (before, it stayed at Φ(-z_lo),
+    so a certain event came out at 0.94–0.98).
     """
     k = tuple(float(v) for v in kappa) + (0.0,) * (4 - len(kappa))
     if not k[1] > 0:
@@ -144,7 +146,9 @@ def log_upper_tail(kappa: Tensor | tuple[float, ...], x: float, method: str = "c
     found = _cornish_fisher_z(k, (x - k[0]) / sd)
     if found is None:
         return _saddlepoint_log_tail(k, x)
-    z, _, hi = found
+    z, lo, hi = found
+    if x < k[0] + sd * _cornish_fisher_q(k, lo):
+        return math.log1p(-math.exp(log_upper_tail((-k[0], k[1], -k[2], k[3]), -x)))
     if z < hi:
         return _log_normal_tail(z)
     x_hi = k[0] + sd * _cornish_fisher_q(k, hi)

@@ -133,3 +133,11 @@ def test_plain_sampling_charges_the_detectors_it_evaluates():
     per_draw = draw_cost(pi.graph, pi.distribution) + detector.graph.flops_per_sample
     estimate = pi.probability(detector, flops=1e6)
     assert estimate.flops == estimate.samples * per_draw <= 1e6 < (estimate.samples + 1) * per_draw
+
+
+def test_a_mean_from_one_draw_has_no_interval():
+    """One draw has no variance: the interval is None, not a zero-width one."""
+    from explanations.graph import Affine, Graph
+    graph = Graph((Affine(torch.ones(1, 2, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)),), 2)
+    estimate = explain(graph, Gaussian.standard(2), "sampling").expectation(samples=1)
+    assert estimate.interval is None and estimate.samples == 1

@@ -1,6 +1,7 @@
 """Design-guided importance sampling (the samples=N budget of cumulant explanations)."""
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -146,3 +147,29 @@ def test_a_flop_budget_is_a_cap_even_when_the_search_would_pass_it():
             cap = pi.build_flops + sample_equivalents * unit
             estimate = pi.probability(event, flops=cap)
             assert estimate.flops <= cap and estimate.samples >= 1
+
+
+def test_a_probability_below_float64_s_range_keeps_a_positive_upper_end():
+    """log10 P = -442 (y ~ N(0, 4) above 90): p̂ underflows to 0, its log does not, and the
+    interval's upper end is the smallest positive double, not 0 (before: [0, 0])."""
+    linear = nn.Sequential(nn.Linear(4, 1)).double()
+    with torch.no_grad():
+        linear[0].weight.fill_(1.0), linear[0].bias.zero_()
+    estimate = explain(linear, Gaussian.standard(4), "gaussian").probability(Above(0, 90.0), samples=3000)
+    assert estimate.value == 0.0 and abs(estimate.log10 + 442.0) < 0.5
+    assert estimate.interval[0] == 0.0 < estimate.interval[1] < 1e-300
+
+
+def test_thresholds_far_beyond_float64_s_squares_and_numpy_budgets():
+    """A design point whose |ξ*|² overflows carries no probability a float64 sum can hold: it
+    is dropped instead of crashing the mixture (before: RuntimeError from multinomial).
+    `flops` takes NumPy numbers and 0-d tensors, as `samples` does."""
+    import numpy as np
+    linear = nn.Sequential(nn.Linear(4, 1)).double()
+    pi = explain(linear, Gaussian.standard(4), "gaussian")
+    assert pi.probability(Above(0, 1e200), samples=1000).value == 0.0
+    budget = 3000 * pi.graph.flops_per_sample
+    for flops in (np.int64(budget), np.float32(budget), torch.tensor(float(budget))):
+        assert pi.probability(Above(0, 0.5), flops=flops).flops <= budget
+    with pytest.raises(ValueError, match="flops must be a positive number"):
+        pi.probability(Above(0, 0.5), flops=True)

@@ -19,7 +19,7 @@ def test_garwood_quantiles_match_known_chi_square_values():
     """χ²_{2n}/2 quantiles: n = 1 → -log(1 - q); n = 10, q = 0.975 → χ²_20 = 34.170/2."""
     assert abs(gamma_quantile(1.0, 0.025) - -math.log(0.975)) < 1e-9
     assert abs(gamma_quantile(10.0, 0.975) - 34.1696 / 2) < 1e-3
-    low, high = effective_count_interval(1e-6, 10.0)
+    low, high = effective_count_interval(math.log(1e-6), 10.0)
     assert low < 1e-6 * (1 - 1.96 / math.sqrt(10)) + 2e-7 and high > 1e-6 * (1 + 1.96 / math.sqrt(10))
 
 

@@ -3,7 +3,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
+from explanations import Gaussian, explain
+from explanations.events import Above
 from explanations.mvn import log_union
 from explanations.tails import copula_probability, log_upper_tail
 
@@ -62,3 +65,25 @@ def test_tails_never_rise_with_the_threshold(kappa):
     xs = torch.linspace(-6.0, 12.0, 721).tolist()
     values = [log_upper_tail(kappa, x) for x in xs]
     assert all(b <= a + 1e-9 for a, b in zip(values, values[1:]))
+
+
+def test_the_lower_tail_continues_below_the_cornish_fisher_branch():
+    """P(s > x) → 1 as x falls, continuously and without rising: below the branch's lower
+    end the lower tail is the mirrored upper tail. Before, it stayed at Φ(-z_lo) (0.977 for
+    these cumulants), and a certain event came out at 0.94–0.98."""
+    k = (0.0, 1.0, 1.0, 0.5)
+    xs = [x / 100 for x in range(-1000, 1000)]
+    tails = [math.exp(log_upper_tail(k, x)) for x in xs]
+    assert all(b <= a + 1e-12 for a, b in zip(tails, tails[1:]))
+    assert max(abs(b - a) for a, b in zip(tails, tails[1:])) < 0.01
+    assert tails[0] > 1 - 1e-12 and math.exp(log_upper_tail(k, -1000.0)) == 1.0
+
+
+@pytest.mark.parametrize("method", ["gaussian", "cumulant", "polynomial", "auto"])
+def test_a_certain_event_has_probability_one(method):
+    """y = relu(x0) + relu(x1) ≥ 0, so P(y > -1000) = 1."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(2)), model[0].bias.zero_()
+        model[2].weight.fill_(1.0), model[2].bias.zero_()
+    assert explain(model, Gaussian.standard(2), method).probability(Above(0, -1000.0)).value == pytest.approx(1.0, abs=1e-9)

@@ -158,8 +158,9 @@ class Tracker:
                  input_shape: tuple[int, ...] | None = None) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive number of steps, got {every!r}")
-        if isinstance(check_samples, bool) or not isinstance(check_samples, int) or check_samples < 0:
-            raise ValueError(f"check_samples must be a non-negative integer, got {check_samples!r}")
+        if isinstance(check_samples, bool) or not isinstance(check_samples, int) or check_samples < 0 or check_samples == 1:
+            raise ValueError(f"check_samples must be 0 or an integer ≥ 2 (a mean's interval needs two draws), "
+                             f"got {check_samples!r}")
         if (isinstance(event_samples, bool) or not isinstance(event_samples, int)
                 or event_samples != 0 and event_samples < MIN_EVENT_SAMPLES):
             raise ValueError(f"event_samples must be 0 (zero-sample estimates) or at least {MIN_EVENT_SAMPLES:,} "
