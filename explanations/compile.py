@@ -158,6 +158,16 @@ def _family_kind(node: torch.fx.Node, path: str) -> str:
     return activation(f"{family}:{float(value)!r}").name
 
 
+def _flatten(start: object, end: object, path: str) -> Chain:
+    """Flattening each row (start_dim 1 to the last), which the graph's vectors already are;
+    UnsupportedModule for any other flattening (it mixes the batch's rows, or keeps axes
+    that a later Linear would act on one by one)."""
+    if start != 1 or end != -1:
+        raise UnsupportedModule(path, "flatten", f"only flattening each row is supported (start_dim=1, "
+                                f"end_dim=-1), got start_dim={start}, end_dim={end}")
+    return ()
+
+
 def _plain(module: nn.Module, base: type) -> bool:
     """An instance of `base` whose forward is base's own (a subclass may override it)."""
     return isinstance(module, base) and type(module).forward is base.forward
@@ -189,7 +199,9 @@ def _compile(module: nn.Module, path: str, options: _Options) -> Chain:
         return (spatial.Clamp(0.0, 6.0, 1.0 / 6.0, 3.0, path, "Hardsigmoid"),)
     if _plain(module, nn.GELU):
         return (Act(_gelu_kind(module.approximate, path), path),)
-    if _plain(module, nn.Identity) or _plain(module, nn.Flatten):
+    if _plain(module, nn.Flatten):
+        return _flatten(module.start_dim, module.end_dim, path)
+    if _plain(module, nn.Identity):
         return ()
     if _plain(module, nn.Dropout):
         if module.training and not options.inference:
@@ -262,7 +274,9 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
         return operand(args[0]) + (Act(_METHOD_ACTIVATIONS[node.target], f"{path}.{node.name}"),)
     if (node.op == "call_function" and node.target in _IDENTITIES) or (
             node.op == "call_method" and node.target == "flatten"):
-        return operand(args[0])
+        start = node.kwargs.get("start_dim", args[1] if len(args) > 1 else 0)
+        end = node.kwargs.get("end_dim", args[2] if len(args) > 2 else -1)
+        return operand(args[0]) + _flatten(start, end, f"{path}.{node.name}")
     if node.op == "call_method" and node.target == "size":
         dim = node.kwargs.get("dim", args[1] if len(args) > 1 else None)
         return _SHAPE if dim is None else _BATCH if dim == 0 else _SIZE

@@ -23,10 +23,10 @@ from torch import Tensor
 from torch.special import ndtr
 
 from .activations import activation, normal_pdf
-from .moments import HERMITE_DEGREE, ActivationMoments, hermite_basis, quadrature, split_deterministic
+from .moments import HERMITE_DEGREE, ActivationMoments, hermite_basis, quadrature, rho_limit, split_deterministic
 from .skew import relu_raw_moments
 
-_RHO_LIMIT = 1 - 1e-9
+_RHO_GAP = 1e-9
 
 
 def _derivative_expectations(kind: str, mean: Tensor, sd: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -104,7 +104,8 @@ def corrected_moments(kind: str, mean: Tensor, cov: Tensor, third: Tensor, fourt
     f, square, coefficients, flops = _derivative_expectations(kind, mean, sd)
     shift, square_shift = _mean_shifts(f, square, kappa3, fourth)
     variance_shift = square_shift - 2 * base.mean * shift - shift ** 2
-    rho = (cov / torch.outer(sd, sd)).clamp(-_RHO_LIMIT, _RHO_LIMIT)
+    limit = rho_limit(cov.dtype, _RHO_GAP)
+    rho = (cov / torch.outer(sd, sd)).clamp(-limit, limit)
     leak = activation(kind).leak
     if leak is not None:                 # f = c z + (1 - c) z⁺: f″ = (1 - c) δ, f‴ = (1 - c) δ′
         a = mean / sd

@@ -23,6 +23,14 @@ from .errors import InvalidModel
 FORMAT_VERSION = 1
 
 
+def _plain_array(tensor: Tensor) -> np.ndarray:
+    """`tensor` as a numpy array; dtypes numpy lacks (bfloat16, float8) become float32."""
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
 def _known_activation(kind: object) -> bool:
     try:
         activation(kind)
@@ -212,7 +220,8 @@ class Graph:
         return Graph(move(self.chain), self.n_inputs, self.input_shape)
 
     def to_plain(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """(JSON-able metadata, named arrays) from which `from_plain` rebuilds the graph."""
+        """(JSON-able metadata, named arrays) from which `from_plain` rebuilds the graph;
+        weights of dtypes numpy lacks (bfloat16, float8) become float32 arrays."""
         arrays: dict[str, np.ndarray] = {}
 
         def encode(chain: Chain) -> list:
@@ -220,8 +229,8 @@ class Graph:
             for op in chain:
                 if isinstance(op, Affine):
                     key = f"affine{len(arrays) // 2}"
-                    arrays[f"{key}.weight"] = op.weight.detach().cpu().numpy()
-                    arrays[f"{key}.bias"] = op.bias.detach().cpu().numpy()
+                    arrays[f"{key}.weight"] = _plain_array(op.weight)
+                    arrays[f"{key}.bias"] = _plain_array(op.bias)
                     out.append({"op": "affine", "array": key, "path": op.path}
                                | ({"flops": op.flops} if op.flops is not None else {}))
                 elif isinstance(op, Act):

@@ -50,7 +50,7 @@ from .mvn import bivariate_normal_cdf, bivariate_normal_cdf_flops
 
 HERMITE_DEGREE = 24
 QUADRATURE_PANELS, PANEL_NODES, QUADRATURE_RANGE = 30, 6, 9.0
-_RHO_LIMIT = 1 - 1e-12
+_RHO_GAP = 1e-12       # |ρ| ≤ 1 - gap (at least 8 ulps of the dtype: 1 - 1e-12 is 1.0 in float32)
 _RELU_PAIR_FLOPS = 40  # the elementwise formula around Φ₂, per pair
 PAIR_BLOCK = 1 << 19   # pairs per block of the ReLU pair formula: Φ₂ needs ~1 KB per pair at once
 
@@ -108,7 +108,14 @@ def split_sd(mean: Tensor, variance: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _correlation(cov: Tensor, sd_safe: Tensor, i: Tensor, j: Tensor) -> Tensor:
     """ρ_ij for the pairs (i, j), clamped inside (-1, 1): no n × n matrix of them is kept."""
-    return (cov[i, j] / (sd_safe[i] * sd_safe[j])).clamp(-_RHO_LIMIT, _RHO_LIMIT)
+    limit = rho_limit(cov.dtype, _RHO_GAP)
+    return (cov[i, j] / (sd_safe[i] * sd_safe[j])).clamp(-limit, limit)
+
+
+def rho_limit(dtype: torch.dtype, gap: float) -> float:
+    """The largest |ρ| kept: 1 - gap, or 1 - 8 ulps where the dtype cannot hold the gap (a
+    max pool's units (a, -a) have ρ = -1 exactly, and at |ρ| = 1 the pair formulas divide 0 by 0)."""
+    return 1 - max(gap, 8 * torch.finfo(dtype).eps)
 
 
 def _finish(mean: Tensor, second: Tensor, slope: Tensor, det: Tensor, mu: Tensor, kind: str,

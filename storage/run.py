@@ -5,7 +5,8 @@
     ck = run.at(step=500)               # exactly that step (KeyError naming the steps there)
     ck.explanation                      # π restored: explain(ck's explained graph, D, method)
     run.series("overshoot")             # that event's estimates over training, as arrays
-    run.refresh()                       # see checkpoints written since opening
+    run.refresh()                       # see checkpoints written since opening; checkpoints
+                                        # taken before stay readable (also after run.close())
 
 A checkpoint's π is the one the tracker held at that step: π is always
 explain(explained graph, D, method, **options) (a head update is the explanation of the
@@ -15,6 +16,7 @@ plain h5py reader see it without rebuilding.
 """
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from explanations.graph import Affine, iter_ops
 
 from .events import event_from_plain
 from .graphs import read_graph
-from .plain import read_json
+from .plain import numbers, read_json
 from .runfile import FORMAT, VERSION, RunFileError, parameter_name
 
 RESERVED_SERIES = ("expectation",)    # series names that are not events
@@ -73,14 +75,20 @@ class Series:
 
 
 class Checkpoint:
-    """One saved step: metadata, parameters, and π restored on demand."""
+    """One saved step: metadata, parameters, and π restored on demand. Its arrays are read
+    when first asked for: from the snapshot its run had open, or, once the run was
+    refreshed or closed, from the file reopened read-only by path, which must still hold
+    this checkpoint as it was read."""
 
     def __init__(self, run: "Run", group: h5py.Group) -> None:
         self.run = run
+        self._file, self._name = run.file, group.name       # the snapshot it was read from
         with reading(run.path, f"checkpoint '{group.name}'"):
-            self.meta = read_json(group, "meta", RunFileError)
+            self.meta = _with_nan(read_json(group, "meta", RunFileError))
             self.step: int = int(self.meta["step"])
-        self.group = group
+            # was π built by this step (the budget allows the first build only after a while)?
+            self.has_explanation: bool = "explained" in group
+        self._fingerprint = json.dumps(self.meta)           # to recognise it in a reopened file
 
     @property
     def update(self) -> str:
@@ -96,16 +104,37 @@ class Checkpoint:
         """The tracked events' estimates recorded at this step, by name."""
         return self.meta["estimates"]
 
-    @property
-    def has_explanation(self) -> bool:
-        """Was π built by this step (the budget allows the first build only after a while)?"""
-        return "explained" in self.group
+    @contextmanager
+    def _group(self, what: str) -> Iterator[h5py.Group]:
+        """This checkpoint's HDF5 group, to read `what` from (failures become RunFileError
+        naming it): in the run's snapshot while it is open, else in the file reopened."""
+        with reading(self.run.path, what):
+            if self._file:                                  # the snapshot is still open
+                yield self._file[self._name]
+                return
+            with self._reopened() as file:
+                yield file[self._name]
+
+    @contextmanager
+    def _reopened(self) -> Iterator[h5py.File]:
+        """The run file reopened read-only, checked to hold this checkpoint unchanged."""
+        try:
+            file = h5py.File(self.run.path, "r")
+        except OSError as error:
+            raise RunFileError(f"{self.run.path} cannot be reopened to read step {self.step} "
+                               f"(its run was refreshed or closed): {error}") from None
+        with file:
+            group = file.get(self._name)
+            if group is None or json.dumps(_with_nan(read_json(group, "meta", RunFileError))) != self._fingerprint:
+                raise RunFileError(f"{self.run.path} no longer holds step {self.step} as it was read (the file "
+                                   f"was replaced since): reopen it with open_run and take the checkpoint again")
+            yield file
 
     @cached_property
     def model(self) -> Graph:
         """The network's parameters at this step, as a formal graph."""
-        with reading(self.run.path, f"the model graph of step {self.step}"):
-            return read_graph(self.group["model"])
+        with self._group(f"the model graph of step {self.step}") as group:
+            return read_graph(group["model"])
 
     @cached_property
     def explained(self) -> Graph:
@@ -113,14 +142,14 @@ class Checkpoint:
         if not self.has_explanation:
             raise LookupError(f"no π at step {self.step} of {self.run.path}: the budget had not yet "
                               f"allowed building it")
-        with reading(self.run.path, f"the explained graph of step {self.step}"):
-            return read_graph(self.group["explained"])
+        with self._group(f"the explained graph of step {self.step}") as group:
+            return read_graph(group["explained"])
 
     @cached_property
     def state(self) -> dict[str, np.ndarray]:
         """π's stored state arrays by name (mean, cov, cross, …)."""
-        with reading(self.run.path, f"π's state at step {self.step}"):
-            return {name: np.asarray(data[()]) for name, data in self.group["state"].items()}
+        with self._group(f"π's state at step {self.step}") as group:
+            return {name: np.asarray(data[()]) for name, data in group["state"].items()}
 
     @cached_property
     def explanation(self) -> Explanation:
@@ -134,15 +163,28 @@ class Checkpoint:
         before checkpoints stored it give the affine maps of the compiled graph keyed
         "<path>.weight" / "<path>.bias", which is the state_dict only of models made of
         Linear layers and activations."""
-        with reading(self.run.path, f"the parameters of step {self.step}"):
-            if "parameters" in self.group:
+        with self._group(f"the parameters of step {self.step}") as group:
+            if "parameters" in group:
                 return {parameter_name(key): torch.as_tensor(np.asarray(data[()]))
-                        for key, data in self.group["parameters"].items()}
-            return {key: tensor for op in iter_ops(self.model.chain) if isinstance(op, Affine)
-                    for key, tensor in ((f"{op.path}.weight", op.weight), (f"{op.path}.bias", op.bias))}
+                        for key, data in group["parameters"].items()}
+        return {key: tensor for op in iter_ops(self.model.chain) if isinstance(op, Affine)
+                for key, tensor in ((f"{op.path}.weight", op.weight), (f"{op.path}.bias", op.bias))}
 
     def __repr__(self) -> str:
         return f"Checkpoint(step={self.step}, update={self.update!r})"
+
+
+def _with_nan(meta: dict) -> dict:
+    """Checkpoint `meta` with its number lists (π's E[y] and output sds, the sampling
+    check of E[y]) as floats, null (a non-finite number, `plain.write_json`) as NaN."""
+    for key in ("expectation", "output_sd"):
+        if key in meta:
+            meta[key] = numbers(meta[key])
+    check = (meta.get("checks") or {}).get("expectation") or {}
+    for key in ("value", "lo", "hi", "sd"):
+        if key in check:
+            check[key] = numbers(check[key])
+    return meta
 
 
 class Run:
@@ -209,7 +251,10 @@ class Run:
         return sorted(self._checkpoints)
 
     def at(self, step: int) -> Checkpoint:
-        """The checkpoint saved at `step`."""
+        """The checkpoint saved at `step` (checkpoints taken stay readable after `refresh`
+        and `close`; a closed run gives no new ones)."""
+        if self.file is None:
+            raise RunFileError(f"the run file {self.path} was closed; reopen it with open_run (or run.refresh())")
         if step not in self._checkpoints:
             raise KeyError(f"no checkpoint at step {step} in {self.path}; saved steps: {self.steps}")
         if step not in self._cache:
@@ -249,8 +294,10 @@ class Run:
         rows = [ck.estimates.get(name) or {} for ck in checkpoints]
         get = lambda key: np.array([nan if row.get(key) is None else row[key] for row in rows], dtype=float)
         checks = [ck.meta.get("checks", {}).get("events", {}).get(name) for ck in checkpoints]
-        pick = lambda key: np.array([c[key] if c else nan for c in checks], dtype=float)
-        return Series(name, steps, get("value"), get("log10"), get("flops"), None,
+        pick = lambda key: np.array([nan if not c or c[key] is None else c[key] for c in checks], dtype=float)
+        value, log10 = get("value"), get("log10")
+        log10[np.isnan(log10) & (value == 0)] = -np.inf     # log10 of a zero estimate, stored as null
+        return Series(name, steps, value, log10, get("flops"), None,
                       pick("value"), pick("lo"), pick("hi"), get("lo"), get("hi"))
 
     def close(self) -> None:

@@ -305,3 +305,30 @@ def test_bench_cnn_quick_runs_and_stays_close(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "cnn.csv")))
     assert {row["method"] for row in rows} == {"gaussian", "cumulant"}
     assert all(float(row["error_sd"]) < 0.1 and float(row["cost"]) < 10_000 for row in rows)
+
+
+def test_float32_moments_through_a_max_pool():
+    """A pool's units (a, -a) have ρ = -1; the clamp 1 - 1e-12 is 1.0 in float32, and the
+    pair formulas gave NaN ("rho must lie in [-1, 1]"). The limit keeps 8 ulps of the dtype."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 1)).to(F64)
+    D = Gaussian.standard(64)
+    double = explain(model, D, "gaussian", input_shape=(1, 8, 8)).expectation().value
+    single = explain(model, D, "gaussian", input_shape=(1, 8, 8), dtype=torch.float32).expectation().value
+    torch.testing.assert_close(single.double(), double, rtol=1e-4, atol=1e-5)
+
+
+def test_flattening_other_than_each_row_is_refused_by_name():
+    """Flatten(start_dim=2) then a Linear acts per channel, which the graph's flat vectors
+    cannot express: refused naming the flatten, not a shape mismatch further on."""
+    class PerChannel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(1, 2, 3), nn.Linear(16, 1)
+
+        def forward(self, x):
+            return self.head(torch.flatten(self.conv(x), 2))
+
+    for model in (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(2), nn.Linear(16, 1)), PerChannel()):
+        with pytest.raises(UnsupportedModule, match="only flattening each row is supported.*start_dim=2"):
+            compile_model(model, input_shape=(1, 6, 6))

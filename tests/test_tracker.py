@@ -272,3 +272,19 @@ def test_the_dtype_option_is_named_and_checked_when_the_tracker_is_built():
     with Tracker(model, optimizer, D, options={"dtype": "float32"}) as tr:
         train(model, optimizer, task, 2, torch.Generator().manual_seed(1), batch=256)
     assert tr.explanation is not None and tr.explanation.mean.dtype == torch.float32
+
+
+def test_a_second_tracker_on_a_live_run_is_refused_and_the_lock_goes_at_close(tmp_path):
+    from storage.runfile import RunFileError
+    model, D, task = setting()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    path = tmp_path / "run.h5"
+    with Tracker(model, optimizer, D, path=path, every=10):
+        with pytest.raises(RunFileError, match="being written by process"):
+            Tracker(model, optimizer, D, path=path)
+        train(model, optimizer, task, 10, torch.Generator().manual_seed(1))
+    assert not (tmp_path / "run.h5.lock").exists()
+    with pytest.raises(ValueError, match="differ in method"):
+        Tracker(model, optimizer, D, method="cumulant", path=path)     # refused on resume: lock released
+    with Tracker(model, optimizer, D, path=path, every=10) as tr:
+        assert tr.step == 10

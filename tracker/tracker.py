@@ -61,7 +61,10 @@ resumed: steps, ledger and π continue from its last checkpoint (load the parame
 with `open_run(path).last.state_dict()` first if the model was restarted). A resume is
 refused (ValueError naming what differs) when the file's method, options, events (their
 definitions), distribution or the model's structure differ from this Tracker's. Temporary
-files of dead writers are deleted after those checks, never a live writer's.
+files of dead writers are deleted after those checks, never a live writer's. One Tracker
+writes a file at a time: a second, while the first lives, gets RunFileError at once
+(`storage.WriterLock`, released at close; a dead writer's lock is taken over). A save that
+fails (a full disk) warns, leaves the file as it was, and training goes on.
 Distributed: every rank counts its rows and the step's FLOPs are all-reduced; rank 0
 alone builds π and writes (`explanation` is None on the other ranks; on resume only
 rank 0 restores the step count and ledger).
@@ -88,7 +91,7 @@ from explanations.guided import GuidedSampling
 from explanations.montecarlo import mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
 from storage.run import RESERVED_SERIES, open_run
-from storage.runfile import RunFileError, append_checkpoint, create_run, remove_stale_temporaries
+from storage.runfile import RunFileError, WriterLock, append_checkpoint, create_run, remove_stale_temporaries
 
 from .bounds import build_bound, query_bound
 from .costs import trainable_paths, training_step_flops
@@ -211,6 +214,7 @@ class Tracker:
         self._deferred: set[str] = set()           # events whose deferral was warned of
         self._rows = 0
         self.started = self._left = time.perf_counter()
+        self._lock: WriterLock | None = None
         if self.path is not None and self.rank == 0:
             self._open_file(resume)
         self._hooks = [self.module.register_forward_pre_hook(self._count_rows, with_kwargs=True),
@@ -354,6 +358,18 @@ class Tracker:
 
     # ---- saving ------------------------------------------------------------------------
     def _open_file(self, resume: bool) -> None:
+        """Hold the run's writer lock (`storage.WriterLock`: RunFileError while another live
+        Tracker writes it), then resume the file or create it; the lock is released on any
+        error here and at `close`."""
+        lock = WriterLock(self.path).acquire()
+        try:
+            self._resume_or_create(resume)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+
+    def _resume_or_create(self, resume: bool) -> None:
         if self.path.exists():
             if not resume:
                 raise FileExistsError(f"{self.path} exists; pass resume=True to continue it or choose another path")
@@ -512,17 +528,25 @@ class Tracker:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        if (self.rank == 0 and self.path is not None and self.step > 0 and self.saved_step != self.step
-                and self.stopped is None):
-            entered = time.perf_counter()
-            with torch.no_grad():
-                current = self._current()
-                if current is None or structure(current) != self.structure and not self._restructure(current):
-                    return
-                if self.last_update != "full":
-                    self._update(current, save=True, stale_counts=False)
-                self.ledger.tracking_seconds += time.perf_counter() - entered
-                self._save_or_warn(current)
+        try:
+            if (self.rank == 0 and self.path is not None and self.step > 0 and self.saved_step != self.step
+                    and self.stopped is None):
+                self._last_save()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def _last_save(self) -> None:
+        entered = time.perf_counter()
+        with torch.no_grad():
+            current = self._current()
+            if current is None or structure(current) != self.structure and not self._restructure(current):
+                return
+            if self.last_update != "full":
+                self._update(current, save=True, stale_counts=False)
+            self.ledger.tracking_seconds += time.perf_counter() - entered
+            self._save_or_warn(current)
 
     def __enter__(self) -> "Tracker":
         return self

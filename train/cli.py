@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
+import os
 from pathlib import Path
 
 
@@ -17,11 +19,44 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a budget in sample-equivalents)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def check_run_file(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Exit with a usage error unless a run file can be written at `path`: its folder
+    exists or can be made, and `path` is not a folder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"demo --run-file {path}: cannot create its folder {path.parent} ({error.strerror or error})")
+    if path.is_dir():
+        parser.error(f"demo --run-file {path}: is a folder; give a file name such as {path / 'run.h5'}")
+    if not os.access(path.parent, os.W_OK):
+        parser.error(f"demo --run-file {path}: its folder {path.parent} is not writable")
+
+
+def check_text_files(parser: argparse.ArgumentParser, paths: list[Path]) -> None:
+    """Exit with a usage error naming the first of `paths` that is not a readable UTF-8 text file."""
+    for path in paths:
+        try:
+            path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            parser.error(f"bench pool: {path} is not a readable CSV text file ({error})")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pitrack", description="π-tracker: catastrophe rates from structure")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="π vs sampling at equal FLOPs on the embedded default model")
-    demo.add_argument("--reference", type=int, default=5 * 10 ** 7, help="samples in the reference run")
+    demo.add_argument("--reference", type=positive_int, default=5 * 10 ** 7, help="samples in the reference run")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=positive_int, default=300, help="training steps tracked by π")
     demo.add_argument("--run-file", default="out/demo_run.h5", help="where the tracked run is written")
@@ -35,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = commands.add_parser("bench", help="benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True)
     expectation = benches.add_parser("expectation", help="π's E[y] vs a sampling reference")
-    expectation.add_argument("--reference", type=int, default=10 ** 7)
+    expectation.add_argument("--reference", type=positive_int, default=10 ** 7)
     expectation.add_argument("--seed", type=int, default=0)
     expectation.add_argument("--setting", choices=("foundation", "wide"), default="foundation")
     expectation.add_argument("--methods", default="gaussian", help="comma-separated methods")
@@ -52,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     tails.add_argument("--png", default="out/bench_tails.png")
     sampling = benches.add_parser("sampling", help="π-guided sampling vs plain sampling at equal FLOPs, repeated")
     sampling.add_argument("--repeats", type=positive_int, default=20)
-    sampling.add_argument("--budget", type=int, default=10_000, help="sample-equivalents per estimate")
+    sampling.add_argument("--budget", type=positive_int, default=10_000, help="sample-equivalents per estimate")
     sampling.add_argument("--quick", action="store_true", help="the three small cases of bench tails --quick")
     sampling.add_argument("--cases", help="comma-separated zoo case names (default: all)")
     sampling.add_argument("--first-seed", type=int, default=0, help="repeats use seeds first … first + repeats - 1")
@@ -75,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     halfspaces = benches.add_parser("halfspaces", help="halfspace intersections, 3-CNF and permanents vs exact answers")
     halfspaces.add_argument("--quick", action="store_true", help="a few small cases (under 10 s)")
     halfspaces.add_argument("--repeats", type=positive_int, default=10, help="seeds per case (MSE over repeats)")
-    halfspaces.add_argument("--budget", type=float, default=3000, help="sample-equivalents per estimate")
+    halfspaces.add_argument("--budget", type=positive_float, default=3000, help="sample-equivalents per estimate")
     halfspaces.add_argument("--csv", default="out/bench_halfspaces.csv")
     halfspaces.add_argument("--png", default="out/bench_halfspaces.png")
     args = parser.parse_args(argv)
@@ -85,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             run(reference=args.reference, seed=args.seed)
         else:
             from .demo_tracked import track, tracked_events
+            check_run_file(parser, Path(args.run_file))
             model = track(steps=args.steps, path=args.run_file, png=str(Path(args.run_file).with_suffix(".png")))
             print("final estimates of the trained model against sampling:")
             run(reference=args.reference, seed=args.seed, model=model, events=tracked_events())
@@ -95,9 +131,15 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError) as error:     # RunFileError is a ValueError
             parser.error(str(error))
     elif args.bench == "expectation":
+        from explanations.explain import METHODS
         from .bench_expectation import run as bench_run
-        bench_run(reference=args.reference, seed=args.seed, setting=args.setting,
-                  methods=tuple(args.methods.split(",")))
+        methods = tuple(args.methods.split(","))
+        known = ("auto", "guide", *sorted(METHODS))
+        unknown = [method for method in methods if method not in known]
+        if unknown:
+            parser.error(f"bench expectation --methods: unknown {', '.join(map(repr, unknown))}; "
+                         f"known methods: {', '.join(known)}")
+        bench_run(reference=args.reference, seed=args.seed, setting=args.setting, methods=methods)
     elif args.bench == "cnn":
         from .bench_cnn import run as cnn_run
         cnn_run(reference=args.reference, quick=args.quick, csv_path=args.csv)
@@ -125,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
                      first_seed=args.first_seed, runs_path=args.runs)
     elif args.bench == "pool":
         from .bench_pool import pool
+        check_text_files(parser, [Path(p) for p in args.runs])
         try:
             print(pool([Path(p) for p in args.runs]))
         except (OSError, ValueError) as error:

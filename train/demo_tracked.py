@@ -23,7 +23,7 @@ from torch import nn
 
 from explanations import Gaussian, explain
 from explanations.events import Above, Below, Event
-from storage import open_run
+from storage import Run, open_run
 from tracker import Tracker
 
 from .demo import DEFAULT_WIDTHS, default_model
@@ -62,6 +62,25 @@ def deviation_in_sds(pi_mean: torch.Tensor, fresh) -> float:
     return float(((pi_mean.to(sd.dtype) - fresh.mean).abs() / sd).max())
 
 
+def checkpoint_freshness(run: Run) -> str:
+    """max |E_π - E_fresh| / sd over the run's checkpoints with a π, in words."""
+    explained = [ck for ck in run if ck.has_explanation]
+    if not explained:
+        return f"none of the {len(run)} checkpoints has a π yet"
+    worst = max(deviation_in_sds(torch.tensor(ck.meta["expectation"]), explain(ck.model, run.distribution, run.method))
+                for ck in explained)
+    return (f"at every checkpoint with a π ({len(explained)} of {len(run)}), max |E_π - E_fresh| = {worst:.2e} "
+            f"output sds (fresh explain() on the saved parameters)")
+
+
+def drift_summary(drift: list[float]) -> str:
+    """The deviations of π from a fresh explain() over the steps with a π, in words."""
+    if not drift:
+        return "between checkpoints: no step had a π yet (the budget had not allowed a build)"
+    return (f"between checkpoints, over all {len(drift)} steps with a π: max {max(drift):.3f} sd, "
+            f"median {sorted(drift)[len(drift) // 2]:.4f} sd, {sum(d > 0.01 for d in drift)} steps above 0.01 sd")
+
+
 def track(steps: int = 300, path: str | Path = "out/demo_run.h5", png: str | Path = "out/demo_run.png",
           check_samples: int = 100_000) -> nn.Module:
     """Train with the Tracker, write the run file and its replay plot; returns the model."""
@@ -93,14 +112,7 @@ def track(steps: int = 300, path: str | Path = "out/demo_run.h5", png: str | Pat
     print(f"wall time: {baseline:.2f} s untracked, {tracked:.2f} s tracked: overhead {tracked / baseline - 1:+.0%} "
           f"(checkpoint writing and checks included)")
     with open_run(path) as run:
-        worst = 0.0
-        for ck in run:
-            fresh = explain(ck.model, run.distribution, run.method)
-            worst = max(worst, deviation_in_sds(torch.tensor(ck.meta["expectation"]), fresh))
-        print(f"freshness: at every checkpoint ({len(run)}), max |E_π - E_fresh| = {worst:.2e} output sds "
-              f"(fresh explain() on the saved parameters); between checkpoints, over all {len(drift)} steps "
-              f"with a π: max {max(drift):.3f} sd, median {sorted(drift)[len(drift) // 2]:.4f} sd, "
-              f"{sum(d > 0.01 for d in drift)} steps above 0.01 sd\n")
+        print(f"freshness: {checkpoint_freshness(run)}; {drift_summary(drift)}\n")
         print(replay_table(run))
         print(f"\nreplay plot: {replay_plot(run, png)}\n")
     return model
