@@ -71,10 +71,17 @@ class Act:
     @property
     def in_max_pool(self) -> bool:
         """A ReLU of a max pool's tournament (`spatial.max_pool`), whose units cancel in pairs."""
-        return self.path.endswith(MAX_POOL_UNITS)
+        return self.path.endswith((MAX_POOL_UNITS, MAX_POOL_EXTREMES))
+
+    @property
+    def unit_flops(self) -> int:
+        """Forward FLOPs per unit: the activation's price, or 0 for the units of a pool
+        rewritten around an activation (`spatial.expand_pools`), whose map carries the charge."""
+        return 0 if self.path.endswith(MAX_POOL_EXTREMES) else activation(self.kind).flops
 
 
-MAX_POOL_UNITS = " (max pool units)"   # the suffix of a tournament ReLU's path
+MAX_POOL_UNITS = " (max pool units)"       # the suffix of a tournament ReLU's path
+MAX_POOL_EXTREMES = " (max pool extremes)"  # … of one whose FLOPs its last map carries
 
 
 @dataclass(eq=False)
@@ -146,7 +153,7 @@ def chain_flops(chain: Chain, n_in: int) -> int:
             total += op.forward_flops
             n = op.n_out
         elif isinstance(op, Act):
-            total += activation(op.kind).flops * n
+            total += op.unit_flops * n
         else:
             total += sum(chain_flops(branch, n) for branch in op.branches)
             total += (len(op.branches) - 1) * n

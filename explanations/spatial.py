@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from .activations import activation
 from .errors import InvalidModel, UnsupportedModule
-from .graph import MAX_POOL_UNITS, Act, Affine, Chain, Residual, chain_flops
+from .graph import MAX_POOL_EXTREMES, MAX_POOL_UNITS, Act, Affine, Chain, Residual, chain_flops
 
 MAX_DENSE_ENTRIES = 50_000_000      # 200 MB in float32
 BASIS_CHUNK_ENTRIES = 1 << 22       # entries of the basis pushed through a layer at once
@@ -251,10 +251,11 @@ class MaxPool:
     cache: dict
     key: tuple
 
-    def tournament(self, extremes: bool = False, comparisons: bool = True) -> Chain:
+    def tournament(self, extremes: bool = False, comparisons: bool = True, free: bool = False) -> Chain:
         """The chain computing each window's max (with `extremes`, then each window's min:
         2m outputs for m windows); its last map charged the model's k - 1 comparisons per
-        window where `comparisons` (module docstring), every other map 0."""
+        window where `comparisons` (module docstring), every other map 0; with `free` its
+        ReLU units cost nothing (MAX_POOL_EXTREMES: `expand_pools` charges the rewrite)."""
         key = ("max", *self.key, extremes)
         if key not in self.cache:
             self.cache[key] = _tournament(self.windows, self.n_in, self.path, self.kind, extremes)
@@ -265,7 +266,7 @@ class MaxPool:
             matrix = matrix.to(device=self.device, dtype=self.dtype)
             chain += [Affine(matrix, matrix.new_zeros(matrix.shape[0]), self.path,
                              charge if i == len(matrices) - 1 else 0, matrix != 0),
-                      Act("relu", self.path + MAX_POOL_UNITS)]
+                      Act("relu", self.path + (MAX_POOL_EXTREMES if free else MAX_POOL_UNITS))]
         return tuple(chain[:-1])
 
 
@@ -280,10 +281,13 @@ def expand_pools(chain: Chain) -> Chain:
     The tournament then compares the affine map's outputs z, which π holds as Gaussian (for
     a first layer, exactly), instead of f's values, which π would have to treat as Gaussian
     at every round (a GELU net's worst mean: 0.99 sd off in place, measured in
-    `pitrack bench cnn`). The FLOPs of the units f no longer runs on (less those of the
-    added units) are charged to the pool's last map, so the graph's FLOPs stay the model's;
-    where the added units would cost more than that, or the extremes' tournament would not
-    fit MAX_DENSE_ENTRIES, f stays in place."""
+    `pitrack bench cnn`). The FLOPs of the units f no longer runs on are charged to the
+    pool's last map, so the graph's FLOPs stay the model's: for a rising f on top of the
+    pool's own charge; for a quasi-convex one the rewritten tournament's units are free
+    (MAX_POOL_EXTREMES) and its last map carries f's and the pool's charge less f on the 2m
+    extremes. f stays in place where that would be negative (f on 2m extremes dearer than on
+    the n inputs and the pool together: k = 2 windows at stride 1 for f pricier than 4) or the
+    extremes' tournament would not fit MAX_DENSE_ENTRIES."""
     out: list = []
     for op in chain:
         if isinstance(op, Residual):
@@ -311,10 +315,10 @@ def _around_extremes(pool: "MaxPool", maxima: Chain, act: Act) -> list | None:
     what f before the pool and the pool cost; None where that cannot be done."""
     m, n = pool.windows.shape[0], pool.n_in
     try:
-        extremes = pool.tournament(extremes=True, comparisons=False)
+        extremes = pool.tournament(extremes=True, comparisons=False, free=True)
         ends = torch.arange(m).unsqueeze(1) + torch.tensor([0, m])          # (max, min) of window i
         larger = MaxPool(ends, 2 * m, pool.path, pool.kind, pool.device, pool.dtype, pool.cache,
-                         ("extremes", *pool.key)).tournament(comparisons=False)
+                         ("extremes", *pool.key)).tournament(comparisons=False, free=True)
     except UnsupportedModule:
         return None
     written = [*extremes, act, *larger]

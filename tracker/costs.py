@@ -18,7 +18,6 @@ from __future__ import annotations
 from torch import nn
 
 from explanations import Graph
-from explanations.activations import activation
 from explanations.graph import Act, Affine, Chain, chain_flops, chain_width, iter_ops
 
 
@@ -40,7 +39,7 @@ def _backward(chain: Chain, n: int, trainable: frozenset[str], flowing: bool) ->
             flowing = flowing or own
             n = op.n_out
         elif isinstance(op, Act):
-            total += activation(op.kind).flops * n * int(flowing)
+            total += op.unit_flops * n * int(flowing)
         else:
             parts = [_backward(branch, n, trainable, flowing) for branch in op.branches]
             total += sum(cost for cost, _ in parts) + (len(op.branches) - 1) * n * int(flowing)
