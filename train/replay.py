@@ -1,7 +1,8 @@
 """`pitrack replay run.h5` and `pitrack inspect run.h5`: a run file, read back.
 
 replay:  a table over the saved steps (how π was updated, the ledger ratio, stale steps,
-         π's E[y] and every tracked event's probability, with the run's sampling checks
+         π's E[y] and every tracked event's probability (and its 95% interval where π
+         sampled it, Tracker(event_samples=N)), with the run's sampling checks
          beside them where recorded), and a PNG: E[y] per output and log10 P[event] over
          training, π as lines (with a band for its 95% interval where it sampled), sampling
          checks as points with their 95% intervals.
@@ -47,6 +48,8 @@ def replay_table(run: Run) -> str:
         for name in names:
             estimate = ck.estimates.get(name) or {}
             cell = _probability(estimate.get("value"), estimate.get("log10"))
+            if estimate.get("lo") is not None and estimate.get("hi") is not None:
+                cell += f" [{estimate['lo']:.1e}, {estimate['hi']:.1e}]"      # π sampled it
             if checks:
                 check = checks["events"][name]
                 cell += f" (MC {check['value']:.2e})"
