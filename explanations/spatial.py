@@ -251,16 +251,16 @@ class MaxPool:
     cache: dict
     key: tuple
 
-    def tournament(self, extremes: bool = False, comparisons: bool = True, free: bool = False) -> Chain:
+    def tournament(self, extremes: bool = False, free: bool = False) -> Chain:
         """The chain computing each window's max (with `extremes`, then each window's min:
         2m outputs for m windows); its last map charged the model's k - 1 comparisons per
-        window where `comparisons` (module docstring), every other map 0; with `free` its
-        ReLU units cost nothing (MAX_POOL_EXTREMES: `expand_pools` charges the rewrite)."""
+        window (module docstring), every other map 0. With `free` nothing is charged, its
+        ReLU units included (MAX_POOL_EXTREMES): `expand_pools` charges the rewrite."""
         key = ("max", *self.key, extremes)
         if key not in self.cache:
             self.cache[key] = _tournament(self.windows, self.n_in, self.path, self.kind, extremes)
         matrices = self.cache[key]
-        charge = self.windows.shape[0] * (self.windows.shape[1] - 1) if comparisons else 0
+        charge = 0 if free else self.windows.shape[0] * (self.windows.shape[1] - 1)
         chain: list = []
         for i, matrix in enumerate(matrices):
             matrix = matrix.to(device=self.device, dtype=self.dtype)
@@ -315,10 +315,10 @@ def _around_extremes(pool: "MaxPool", maxima: Chain, act: Act) -> list | None:
     what f before the pool and the pool cost; None where that cannot be done."""
     m, n = pool.windows.shape[0], pool.n_in
     try:
-        extremes = pool.tournament(extremes=True, comparisons=False, free=True)
+        extremes = pool.tournament(extremes=True, free=True)
         ends = torch.arange(m).unsqueeze(1) + torch.tensor([0, m])          # (max, min) of window i
         larger = MaxPool(ends, 2 * m, pool.path, pool.kind, pool.device, pool.dtype, pool.cache,
-                         ("extremes", *pool.key)).tournament(comparisons=False, free=True)
+                         ("extremes", *pool.key)).tournament(free=True)
     except UnsupportedModule:
         return None
     written = [*extremes, act, *larger]
