@@ -538,6 +538,8 @@ class Tracker:
                 self._lock = None
 
     def _last_save(self) -> None:
+        """The checkpoint at close: π refreshed if affordable (no training step is counted),
+        unless the model cannot be explained now or its inputs or outputs changed."""
         entered = time.perf_counter()
         with torch.no_grad():
             current = self._current()
