@@ -66,13 +66,13 @@ class Activation:
 def _leaky_relu(a: float) -> Activation:
     return Activation(f"leaky_relu:{a!r}", lambda z: F.leaky_relu(z, a),
                       lambda z: torch.where(z > 0, 1.0, a).to(z.dtype), 2,
-                      lambda: torch.nn.LeakyReLU(a), leak=a, increasing=a >= 0)
+                      lambda: torch.nn.LeakyReLU(a), leak=a, increasing=a >= 0, quasiconvex=a < 0)
 
 
 def _elu(alpha: float) -> Activation:
     return Activation(f"elu:{alpha!r}", lambda z: F.elu(z, alpha),
                       lambda z: torch.where(z > 0, torch.ones_like(z), alpha * torch.exp(z.clamp_max(0))), 3,
-                      lambda: torch.nn.ELU(alpha), increasing=alpha >= 0)
+                      lambda: torch.nn.ELU(alpha), increasing=alpha >= 0, quasiconvex=alpha < 0)
 
 
 def _softplus(beta: float) -> Activation:

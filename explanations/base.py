@@ -21,8 +21,8 @@ from .errors import InvalidDistribution
 from .estimate import Estimate
 from .events import Event
 from .graph import Graph
-from .montecarlo import (detector_flops, draw_cost, draws_within, mean_estimate, probability_estimate,
-                         sample_count, tally)
+from .montecarlo import (detector_flops, draw_cost, draws_within, flop_budget, mean_estimate,
+                         probability_estimate, sample_count, tally)
 from .mvn import OrthantResult
 
 
@@ -83,6 +83,7 @@ class Explanation(ABC):
         `flops` in all (π's part counted first, the rest buys draws)."""
         controlled = self.predict_flops < self.flops_per_sample
         if flops is not None:
+            flops = flop_budget(flops)
             fixed = self.build_flops if controlled else 0
             per_draw = control_draw_cost(self) if controlled else draw_cost(self.graph, self.distribution)
             samples = draws_within(flops, fixed, per_draw, samples, minimum=3 if controlled else 1)
@@ -102,6 +103,8 @@ class Explanation(ABC):
             raise ValueError("give either samples or flops, not both")
         if samples is not None:
             samples = sample_count(samples)
+        if flops is not None:
+            flops = flop_budget(flops)
         if samples is not None or flops is not None:
             return self._sampled_probability(event, samples, flops)
         return self._probability(event)

@@ -159,12 +159,15 @@ def _family_kind(node: torch.fx.Node, path: str) -> str:
 
 
 def _flatten(start: object, end: object, path: str) -> Chain:
-    """Flattening each row (start_dim 1 to the last), which the graph's vectors already are;
-    UnsupportedModule for any other flattening (it mixes the batch's rows, or keeps axes
-    that a later Linear would act on one by one)."""
-    if start != 1 or end != -1:
-        raise UnsupportedModule(path, "flatten", f"only flattening each row is supported (start_dim=1, "
-                                f"end_dim=-1), got start_dim={start}, end_dim={end}")
+    """Flattening each row, which the graph's vectors already are. UnsupportedModule where
+    the flattening starts at the batch axis (start_dim 0: it mixes the rows) or after the
+    first axis of a row (start_dim ≥ 2: a later Linear would act on the kept axes one by
+    one). A negative start_dim or an end_dim short of the last axis cannot be told from
+    here without the tensor's rank; the compile's reproduction check refuses what does
+    not flatten whole rows."""
+    if isinstance(start, int) and start >= 0 and start != 1:
+        raise UnsupportedModule(path, "flatten", f"only flattening each row is supported (start_dim=1), "
+                                f"got start_dim={start}, end_dim={end}")
     return ()
 
 

@@ -65,18 +65,25 @@ def sample_count(samples: object, minimum: int = 1, purpose: str = "") -> int:
     return int(samples)
 
 
+def flop_budget(flops: object) -> float:
+    """A FLOP budget as a float: a positive, finite real number (Python, NumPy or a one-element
+    tensor); ValueError naming the value otherwise (a bool or a string is not a budget)."""
+    number = math.nan
+    if isinstance(flops, torch.Tensor) and flops.numel() == 1 and not flops.dtype.is_complex:
+        number = float(flops)
+    elif isinstance(flops, numbers.Real) and not isinstance(flops, bool):
+        number = float(flops)
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"flops must be a positive number, got {flops!r}")
+    return number
+
+
 def draws_within(flops: float, fixed: float, per_draw: float, samples: int | None = None, minimum: int = 1) -> int:
     """How many draws a budget of `flops` buys after `fixed` FLOPs: ⌊(flops - fixed)/per_draw⌋.
     Give a FLOP budget or a sample count, not both; fewer than `minimum` draws is an error."""
     if samples is not None:
         raise ValueError("give either samples or flops, not both")
-    try:
-        number = float(flops) if not isinstance(flops, bool) else math.nan
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"flops must be a positive number, got {flops!r}")
-    flops = number
+    flops = flop_budget(flops)
     draws = int((flops - fixed) // per_draw)
     if draws < minimum:
         raise ValueError(f"a budget of {flops:.3g} FLOPs buys {max(draws, 0)} draws, this estimate needs "

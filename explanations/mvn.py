@@ -440,6 +440,26 @@ def log_union(
     return _boole([terms[(1 << i) - 1][1] for i in range(len(rows))], flops)
 
 
+def orthant_flops_bound(k: int, points: int, replicates: int) -> int:
+    """Upper bound on `log_orthant`'s FLOPs for k rows: the pivoted factor and the QMC
+    steps (one row is log Φ in closed form, no QMC)."""
+    n = points * replicates if k > 1 else 1
+    return n * (2 * k * k + 47 * k + 1) + 6 * k ** 3 + 22 * k * k + 13 * k + 5 * replicates
+
+
+def union_flops_bound(rows: list[int], d: int, points: int, replicates: int, extra: int = 0,
+                      bracket: bool = False) -> int:
+    """Upper bound on `log_union`'s FLOPs for clauses of `rows` rows each in a d-wide
+    Gaussian (plus `extra` rows and dimensions on every term): every inclusion–exclusion
+    term with all its rows, or with `bracket` the clauses alone (Boole's bracket)."""
+    masks = [1 << i for i in range(len(rows))] if bracket else range(1, 2 ** len(rows))
+    total = 0
+    for mask in masks:
+        m = sum(c for i, c in enumerate(rows) if mask >> i & 1) + extra
+        total += orthant_flops_bound(m, points, replicates) + 2 * m * (d + extra) * (d + extra + m + 1)
+    return total
+
+
 def _boole(singles: list[OrthantResult], flops: int) -> OrthantResult:
     """max_i P(C_i) ≤ P(∪ C_i) ≤ Σ_i P(C_i) (Boole): the lower end, with the bracket's width
     and the clauses' own errors as ``abs_error``."""

@@ -132,7 +132,7 @@ def test_the_shape_flags_match_the_derivative_s_signs():
     Checked on a grid of 10⁶ points over [-30, 30]."""
     from explanations.activations import ACTIVATIONS, activation
     z = torch.linspace(-30, 30, 1_000_001, dtype=F64)
-    for kind in [*ACTIVATIONS, "leaky_relu:0.1", "elu:0.5", "softplus:2.0"]:
+    for kind in [*ACTIVATIONS, "leaky_relu:0.1", "elu:0.5", "softplus:2.0", "leaky_relu:-0.5", "elu:-0.5"]:
         act = activation(kind)
         signs = torch.sign(act.derivative(z))
         signs = signs[signs != 0]

@@ -336,3 +336,6 @@ def test_flattening_other_than_each_row_is_refused_by_name():
     for model in (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(2), nn.Linear(16, 1)), PerChannel()):
         with pytest.raises(UnsupportedModule, match="only flattening each row is supported.*start_dim=2"):
             compile_model(model, input_shape=(1, 6, 6))
+    for whole_rows in (nn.Flatten(1, 3), nn.Flatten(-3, -1), nn.Flatten(1, -1)):
+        model = nn.Sequential(nn.Conv2d(1, 2, 3), whole_rows, nn.Linear(32, 1))
+        assert compile_model(model, input_shape=(1, 6, 6)).n_outputs == 1

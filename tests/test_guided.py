@@ -173,3 +173,23 @@ def test_thresholds_far_beyond_float64_s_squares_and_numpy_budgets():
         assert pi.probability(Above(0, 0.5), flops=flops).flops <= budget
     with pytest.raises(ValueError, match="flops must be a positive number"):
         pi.probability(Above(0, 0.5), flops=True)
+
+
+def test_the_bulk_test_keeps_to_its_share_of_a_flop_budget():
+    """A 6-clause union's inclusion–exclusion once cost 1,435 sample-equivalents of a 1,000
+    budget, and the call raised after spending it. Under a FLOP budget the bulk test takes
+    Boole's bracket where inclusion–exclusion would pass a quarter of what π's build leaves,
+    and plain sampling runs where even the bracket would."""
+    from train.models import mlp
+    model = mlp([8, 64, 3], "relu", seed=4, dtype=torch.float64)
+    pi = explain(model, Gaussian.standard(8), "gaussian")
+    unit = pi.graph.flops_per_sample
+    sd = pi.cov.diagonal().sqrt()
+    event = Any(*[kind(k, float(pi.mean[k] + sign * 3 * sd[k])) for k in range(3)
+                  for kind, sign in ((Above, 1), (Below, -1))])
+    for sample_equivalents in (200, 1000, 5000):
+        cap = pi.build_flops + sample_equivalents * unit
+        estimate = pi.probability(event, flops=cap)
+        assert estimate.flops <= cap and estimate.samples >= 1
+    with pytest.raises(ValueError, match="flops must be a positive number, got '1e9'"):
+        pi.probability(event, flops="1e9")

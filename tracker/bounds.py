@@ -56,7 +56,7 @@ from explanations.graph import Act, Affine, Chain
 from explanations.halfspaces import is_step_network
 from explanations.moments import HERMITE_DEGREE, PANEL_NODES, QUADRATURE_PANELS, _RELU_PAIR_FLOPS
 from explanations.montecarlo import detector_flops
-from explanations.mvn import bivariate_normal_cdf_flops
+from explanations.mvn import bivariate_normal_cdf_flops, union_flops_bound
 from explanations.hermite_cumulants import TETRAHEDRA_UP_TO, _plan
 from explanations.polynomial import CUMULANT_DEGREE as POLYNOMIAL_CUMULANT_DEGREE
 from explanations.polynomial import DEFAULT_DEGREE as POLYNOMIAL_DEGREE
@@ -230,23 +230,6 @@ def build_bound(graph: Graph, distribution: Gaussian, method: str, options: dict
 
 
 # ---- queries ----------------------------------------------------------------------------------
-def _orthant(k: int, points: int, replicates: int) -> int:
-    """`mvn.log_orthant` on k rows: the pivoted factor and the QMC steps, at most (one row
-    is log Φ in closed form, no QMC)."""
-    n = points * replicates if k > 1 else 1
-    return n * (2 * k * k + 47 * k + 1) + 6 * k ** 3 + 22 * k * k + 13 * k + 5 * replicates
-
-
-def _union(rows: list[int], v: int, points: int, replicates: int, extra: int = 0) -> int:
-    """`mvn.log_union` of clauses with `rows` rows each (plus `extra` rows on every term)
-    in a v-wide Gaussian: every inclusion–exclusion term with all its rows."""
-    total = 0
-    for mask in range(1, 2 ** len(rows)):
-        m = sum(c for i, c in enumerate(rows) if mask >> i & 1) + extra
-        total += _orthant(m, points, replicates) + 2 * m * (v + extra) * (v + extra + m + 1)
-    return total
-
-
 def _observed(event: Event, n: int) -> int:
     """`observed`: the detectors' Gaussian propagation from y and their regression."""
     detectors = event.detectors()
@@ -275,7 +258,7 @@ def _tilts(graph: Graph, distribution: Gaussian, event: Event, rows: list[int]) 
         (d + v) * (2 * v + 1) + v + 8 * d + 2 + 2 * d * extra + detector_flops([event]) + 2 * v * sum(rows)
     ) if event.reads_nonlinear_detector() else 0
     tilt = (_observed(event, n) + 10 * n ** 3 + 2 * d * n * v
-            + _union(rows, v, QMC_POINTS, QMC_REPLICATES, extra) + sampled)
+            + union_flops_bound(rows, v, QMC_POINTS, QMC_REPLICATES, extra) + sampled)
     return MAX_MODES * (_gaussian(graph, distribution) + tilt)
 
 
@@ -335,13 +318,13 @@ def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict
     rows = [len(clause) for clause in event.dnf()]
     if name == "halfspaces":       # its QMC takes at least 64 × 8 points, whatever the budget
         return int(2 * float(options.get("budget", 3000)) * graph.flops_per_sample
-                   + _union(rows, graph.n_inputs, 64, 8))
+                   + union_flops_bound(rows, graph.n_inputs, 64, 8))
     v = graph.n_outputs + len(event.detectors())
-    total = _observed(event, graph.n_outputs) + _union(rows, v, BULK_POINTS, BULK_REPLICATES)
+    total = _observed(event, graph.n_outputs) + union_flops_bound(rows, v, BULK_POINTS, BULK_REPLICATES)
     if name in ("cumulant", "polynomial"):
         atoms = sum(rows)
         marginals = (atoms * (_marginal(graph, name, options) + 2 * v * v + SADDLEPOINT_FLOPS)
-                     + _union(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v)
+                     + union_flops_bound(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v)
         if options.get("design", True):     # the search, then its modes' tilts or (none found) the marginals
             total += _search(graph, event, rows) + max(_tilts(graph, distribution, event, rows), marginals)
         else:
