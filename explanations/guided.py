@@ -90,6 +90,7 @@ DEGENERATE_HITS = 10
 DETECTOR_PILOT, DETECTOR_PILOT_HITS = 200, 4
 MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4), at most p0^10
 BULK_POINTS, BULK_REPLICATES, BULK_SHARE = 256, 2, 0.25
+UNION_CLAUSES = 12     # `mvn.log_union`'s inclusion–exclusion limit (its max_clauses)
 
 
 @dataclass
@@ -241,12 +242,23 @@ class GuidedSampling:
         detectors = event.detectors()
         mean, cov, flops = observed(self.mean, self.cov, detectors)
         rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
-        sizes, width = [a.shape[0] for a, _ in rows], mean.numel()
-        limit = {} if union_flops_bound(sizes, width, points, replicates) <= cap else {"max_clauses": 0}
-        if limit and union_flops_bound(sizes, width, points, replicates, bracket=True) > cap:
+        limit = {} if cap == math.inf else self._bulk_limit([a.shape[0] for a, _ in rows], mean.numel(),
+                                                            points, replicates, cap)
+        if limit is None:
             return mean, cov, rows, None, flops
         return mean, cov, rows, log_union(mean, cov, rows, points=points, replicates=replicates, seed=self.seed,
                                           bracket_beyond=bracket or bool(limit), **limit), flops
+
+    @staticmethod
+    def _bulk_limit(sizes: list[int], width: int, points: int, replicates: int, cap: float) -> dict | None:
+        """`log_union`'s clause limit under a FLOP cap on the integral: none where
+        inclusion–exclusion fits (up to its 12 clauses), 0 (Boole's bracket) where only the
+        bracket does, None where neither does. The 2ⁿ-term bound is taken only where
+        inclusion–exclusion could run at all."""
+        full = len(sizes) <= UNION_CLAUSES and union_flops_bound(sizes, width, points, replicates) <= cap
+        if full:
+            return {}
+        return {"max_clauses": 0} if union_flops_bound(sizes, width, points, replicates, bracket=True) <= cap else None
 
     def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,
                              spent: int = 0) -> Estimate:
@@ -259,10 +271,12 @@ class GuidedSampling:
         points instead of the zero-sample estimate's 4096 × 8 (on a 4 → 32 → 2 network the
         full integral costs 4,600 sample-equivalents), and a union of more clauses than
         inclusion–exclusion takes gets Boole's bracket max_i P(C_i) ≤ P(∪) ≤ Σ_i P(C_i).
-        Under a FLOP budget the bulk test may take BULK_SHARE of what π's build leaves: the
-        bracket where inclusion–exclusion would take more (a 6-clause union once took 1,435
-        sample-equivalents of a 1,000 budget, and the call raised), plain sampling where
-        even the bracket would."""
+        Under a FLOP budget the bulk integral may take BULK_SHARE of what π's build leaves:
+        the bracket where inclusion–exclusion would take more (a 6-clause union once took
+        1,435 sample-equivalents of a 1,000 budget, and the call raised), plain sampling
+        where even the bracket would. (An event on detectors first pays their Gaussian
+        summary, outside that share: a budget of a few dozen sample-equivalents can then
+        buy no draw, and the call raises.)"""
         cap = math.inf if flops is None else (flops - spent - self.build_flops) * BULK_SHARE
         *_, bulk, summary = self._bulk(event, BULK_POINTS, BULK_REPLICATES, bracket=True, cap=cap)
         spent += self.build_flops + summary + (bulk.flops if bulk is not None else 0)

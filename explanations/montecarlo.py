@@ -66,13 +66,19 @@ def sample_count(samples: object, minimum: int = 1, purpose: str = "") -> int:
 
 
 def flop_budget(flops: object) -> float:
-    """A FLOP budget as a float: a positive, finite real number (Python, NumPy or a one-element
-    tensor); ValueError naming the value otherwise (a bool or a string is not a budget)."""
-    number = math.nan
-    if isinstance(flops, torch.Tensor) and flops.numel() == 1 and not flops.dtype.is_complex:
-        number = float(flops)
-    elif isinstance(flops, numbers.Real) and not isinstance(flops, bool):
-        number = float(flops)
+    """A FLOP budget as a float: a positive, finite real number (Python or NumPy, or a
+    one-element tensor or array of a real dtype); ValueError naming the value otherwise
+    (a bool, a string, a Decimal or a complex number is not a budget)."""
+    if hasattr(flops, "dtype") and hasattr(flops, "shape"):          # a tensor, or a NumPy value
+        count = flops.numel() if isinstance(flops, torch.Tensor) else flops.size
+        real = str(flops.dtype).removeprefix("torch.").startswith(("float", "int", "uint", "bfloat"))
+        value = flops.item() if count == 1 and real else math.nan
+    else:
+        value = flops if isinstance(flops, numbers.Real) and not isinstance(flops, bool) else math.nan
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.nan
     if not math.isfinite(number) or number <= 0:
         raise ValueError(f"flops must be a positive number, got {flops!r}")
     return number

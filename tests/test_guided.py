@@ -193,3 +193,15 @@ def test_the_bulk_test_keeps_to_its_share_of_a_flop_budget():
         assert estimate.flops <= cap and estimate.samples >= 1
     with pytest.raises(ValueError, match="flops must be a positive number, got '1e9'"):
         pi.probability(event, flops="1e9")
+    with pytest.raises(ValueError, match="flops must be a positive number, got tensor\\(True\\)"):
+        pi.probability(event, flops=torch.tensor(True))
+    import numpy as np
+    assert pi.probability(event, flops=np.array(float(1000 * unit + pi.build_flops))).samples >= 1
+
+
+def test_a_union_past_inclusion_exclusion_is_bounded_by_its_bracket_alone():
+    """30 clauses: the 2³⁰-term bound is never formed (a 24-clause union once took 25 s in it)."""
+    from explanations.guided import GuidedSampling
+    assert GuidedSampling._bulk_limit([1] * 30, 30, 256, 2, cap=1e12) == {"max_clauses": 0}
+    assert GuidedSampling._bulk_limit([1] * 30, 30, 256, 2, cap=1.0) is None
+    assert GuidedSampling._bulk_limit([1, 2], 3, 256, 2, cap=1e12) == {}
