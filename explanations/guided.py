@@ -220,7 +220,7 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
         method=f"{pi.method}+subset-simulation", flops_per_sample=unit,
         details={**details, "coefficient_of_variation": result.cov,
                  "coefficient_of_variation_bound": result.cov_bound, "levels": result.levels,
-                 "reached": result.reached, "degenerate": not result.reached})
+                 "reached": result.reached, "degenerate": not result.reached or result.beyond_plan})
 
 
 class GuidedSampling:

@@ -231,6 +231,9 @@ class WriterLock:
         if host != socket.gethostname():
             raise RunFileError(f"{self.path} is being written by process {pid} on host {host} "
                                f"(lock {self.lock}): if that process is gone, delete the lock")
+        if pid == os.getpid():
+            raise RunFileError(f"{self.path} is being written by this process (lock {self.lock}): a Tracker on it "
+                               f"was not closed; call its close(), or use it in a `with` block")
         if _alive(pid):
             raise RunFileError(f"{self.path} is being written by process {pid} on this host ({host}, "
                                f"lock {self.lock}): two writers would lose each other's checkpoints; "

@@ -2,6 +2,7 @@
 import math
 import statistics
 
+import pytest
 import torch
 from torch import nn
 
@@ -111,3 +112,14 @@ def test_an_event_that_pi_calls_impossible_is_still_sampled():
 def test_wilson_interval_holds_the_ends_exactly():
     assert wilson_interval(0, 1946)[0] == 0.0 and wilson_interval(7, 7)[1] == 1.0
 
+
+
+def test_a_run_beyond_its_planned_levels_keeps_only_the_first_level_s_bound():
+    """A run 12 levels down (the sizes plan for 10) reported [10^-84, 10^-55] for P ≈ 10^-50;
+    its upper end is now at least Wilson's for no hit among the first level's draws."""
+    from explanations.splitting import SIZED_LEVELS, SplittingResult
+    planned = SplittingResult(1e-9, [0.2] * 9, [-1.0] * 9 + [0.0], 5000, True, 500, 500)
+    beyond = SplittingResult(1e-12, [0.2] * 12, [-1.0] * 12 + [0.0], 5000, True, 400, 500)
+    assert not planned.beyond_plan and beyond.beyond_plan and len(beyond.levels) > SIZED_LEVELS
+    assert planned.interval[1] < 1e-7
+    assert beyond.interval[1] == pytest.approx(wilson_interval(0, 500)[1]) and beyond.interval[0] < 1e-12

@@ -280,7 +280,7 @@ def test_a_second_tracker_on_a_live_run_is_refused_and_the_lock_goes_at_close(tm
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     path = tmp_path / "run.h5"
     with Tracker(model, optimizer, D, path=path, every=10):
-        with pytest.raises(RunFileError, match="being written by process"):
+        with pytest.raises(RunFileError, match="being written by this process .*was not closed"):
             Tracker(model, optimizer, D, path=path)
         train(model, optimizer, task, 10, torch.Generator().manual_seed(1))
     assert not (tmp_path / "run.h5.lock").exists()
@@ -288,3 +288,16 @@ def test_a_second_tracker_on_a_live_run_is_refused_and_the_lock_goes_at_close(tm
         Tracker(model, optimizer, D, method="cumulant", path=path)     # refused on resume: lock released
     with Tracker(model, optimizer, D, path=path, every=10) as tr:
         assert tr.step == 10
+
+
+def test_a_failing_block_surfaces_its_own_error_and_the_last_save_only_warns(tmp_path):
+    """A bad option value raises at the first build, inside the loop; the last save at close
+    would raise it again, and now only warns, so the block's error is the one seen."""
+    model, D, task = setting()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    with pytest.warns(RuntimeWarning, match="last checkpoint was not written at close"):
+        with pytest.raises(ValueError, match="order must be 2, 3 or 4"):
+            with Tracker(model, optimizer, D, method="cumulant", options={"order": 7}, budget=100.0,
+                         path=tmp_path / "run.h5", every=10):
+                train(model, optimizer, task, 2, torch.Generator().manual_seed(1), batch=256)
+    assert not (tmp_path / "run.h5.lock").exists()

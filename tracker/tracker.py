@@ -148,7 +148,8 @@ def _event_difference(old: Event, new: Event) -> str | None:
 def _plain_estimate(estimate) -> dict:
     lo, hi = estimate.interval if estimate.interval is not None else (None, None)
     return {"value": float(estimate.value), "log10": estimate.log10, "flops": float(estimate.flops),
-            "samples": estimate.samples, "method": estimate.method, "lo": lo, "hi": hi}
+            "samples": estimate.samples, "method": estimate.method, "lo": lo, "hi": hi,
+            "degenerate": bool(estimate.details.get("degenerate", False))}
 
 
 class Tracker:
@@ -172,7 +173,8 @@ class Tracker:
             raise ValueError("method 'sampling' is the baseline π is checked against: track an explanation "
                              "(gaussian, cumulant, polynomial, auto) and pass check_samples=N to sample beside it")
         if method != "auto" and method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; available: auto, {', '.join(sorted(METHODS))}")
+            raise ValueError(f"unknown method {method!r}; available: auto, "
+                             f"{', '.join(sorted(m for m in METHODS if m != 'sampling'))}")
         if not isinstance(distribution, Gaussian):
             raise TypeError(f"the input distribution must be an explanations.Gaussian, got {type(distribution).__name__}")
         self.module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -392,8 +394,10 @@ class Tracker:
         """Continue a run file from its last checkpoint: step, ledger, π (module docstring)."""
         with open_run(self.path) as run:
             mismatches = [what for what, same in (
-                ("method", run.method == self.method), ("options", run.options == self.options),
-                ("event_samples", run.meta.get("event_samples", 0) == self.event_samples),
+                (f"method (file: {run.method}, here: {self.method})", run.method == self.method),
+                (f"options (file: {run.options}, here: {self.options})", run.options == self.options),
+                (f"event_samples (file: {run.meta.get('event_samples', 0)}, here: {self.event_samples})",
+                 run.meta.get("event_samples", 0) == self.event_samples),
                 (f"events (file: {sorted(run.events)}, here: {sorted(self.events)})",
                  sorted(run.events) == sorted(self.events)),
                 (f"the model's inputs and outputs (file: {run.meta.get('n_inputs')} → {run.meta.get('n_outputs')}, "
@@ -553,8 +557,17 @@ class Tracker:
     def __enter__(self) -> "Tracker":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        """close(); where the block already raised, a failing last save only warns, so the
+        block's own error is the one that propagates."""
+        if kind is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as error:
+            warnings.warn(f"the Tracker's last checkpoint was not written at close ({error})", RuntimeWarning,
+                          stacklevel=2)
 
     def __repr__(self) -> str:
         return (f"Tracker(step={self.step}, method={self.method!r}, ratio={self.ledger.ratio:.3g}/"

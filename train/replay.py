@@ -115,7 +115,8 @@ def inspect(path: str | os.PathLike) -> str:
                  f"version {int(run.file.attrs['version'])}, this reader: {VERSION})",
                  f"method:        {run.method} {run.options or ''}",
                  f"budget:        {meta.get('budget')} × training FLOPs; checkpoint every {meta.get('every')} steps "
-                 f"(as created); "
+                 f"(as created); event_samples {meta.get('event_samples', 0)}, check_samples "
+                 f"{meta.get('check_samples', 0)}; "
                  f"{meta.get('world_size', 1)} process(es)",
                  f"distribution:  Gaussian over {run.distribution.dim} inputs"
                  f"{' (standard)' if run.distribution.is_standard else ''}",
