@@ -78,7 +78,7 @@ from .design import is_far
 from .estimate import Estimate
 from .events import Event
 from .montecarlo import detector_flops, draw_cost, draws_within, effective_count_interval, tally, wilson_interval
-from .mvn import OrthantResult, log_union, union_flops_bound
+from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union, union_flops_bound
 from .observed import clause_rows, observed
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
 from .structured import Search, search
@@ -90,7 +90,6 @@ DEGENERATE_HITS = 10
 DETECTOR_PILOT, DETECTOR_PILOT_HITS = 200, 4
 MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4), at most p0^10
 BULK_POINTS, BULK_REPLICATES, BULK_SHARE = 256, 2, 0.25
-UNION_CLAUSES = 12     # `mvn.log_union`'s inclusion–exclusion limit (its max_clauses)
 
 
 @dataclass
@@ -252,11 +251,10 @@ class GuidedSampling:
     @staticmethod
     def _bulk_limit(sizes: list[int], width: int, points: int, replicates: int, cap: float) -> dict | None:
         """`log_union`'s clause limit under a FLOP cap on the integral: none where
-        inclusion–exclusion fits (up to its 12 clauses), 0 (Boole's bracket) where only the
+        inclusion–exclusion fits (up to MAX_UNION_CLAUSES), 0 (Boole's bracket) where only the
         bracket does, None where neither does. The 2ⁿ-term bound is taken only where
         inclusion–exclusion could run at all."""
-        full = len(sizes) <= UNION_CLAUSES and union_flops_bound(sizes, width, points, replicates) <= cap
-        if full:
+        if len(sizes) <= MAX_UNION_CLAUSES and union_flops_bound(sizes, width, points, replicates) <= cap:
             return {}
         return {"max_clauses": 0} if union_flops_bound(sizes, width, points, replicates, bracket=True) <= cap else None
 

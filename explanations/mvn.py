@@ -368,12 +368,15 @@ def _draw_between(a: Tensor, b: Tensor, log_e: Tensor, u: Tensor) -> Tensor:
     )
 
 
+MAX_UNION_CLAUSES = 12     # inclusion–exclusion's 2ⁿ - 1 terms, at most
+
+
 def log_union(
     mean: Tensor,
     cov: Tensor,
     clauses: list[tuple[Tensor, Tensor]],
     *,
-    max_clauses: int = 12,
+    max_clauses: int = MAX_UNION_CLAUSES,
     points: int = 4096,
     replicates: int = 8,
     seed: int = 0,
