@@ -23,7 +23,7 @@ from .errors import InvalidModel
 FORMAT_VERSION = 1
 
 
-def _plain_array(tensor: Tensor) -> np.ndarray:
+def plain_array(tensor: Tensor) -> np.ndarray:
     """`tensor` as a numpy array; dtypes numpy lacks (bfloat16, float8) become float32."""
     tensor = tensor.detach().cpu()
     if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
@@ -236,8 +236,8 @@ class Graph:
             for op in chain:
                 if isinstance(op, Affine):
                     key = f"affine{len(arrays) // 2}"
-                    arrays[f"{key}.weight"] = _plain_array(op.weight)
-                    arrays[f"{key}.bias"] = _plain_array(op.bias)
+                    arrays[f"{key}.weight"] = plain_array(op.weight)
+                    arrays[f"{key}.bias"] = plain_array(op.bias)
                     out.append({"op": "affine", "array": key, "path": op.path}
                                | ({"flops": op.flops} if op.flops is not None else {}))
                 elif isinstance(op, Act):

@@ -91,7 +91,7 @@ def _replacing(path: Path, what: str, copy: bool) -> Iterator[h5py.File]:
     HDF5 never meets a failed write; its bytes then go to the temporary file in plain
     writes. On any error the temporary is removed and `path` is untouched; an OSError
     (a full disk, say) is raised again as a RunFileWriteError saying `what` was not written."""
-    target = Path(os.path.realpath(path))        # a symlink stays one: its target is replaced
+    target = _target(path)                       # a symlink stays one: its target is replaced
     try:
         buffer = io.BytesIO(target.read_bytes() if copy else b"")
         with h5py.File(buffer, "a" if copy else "w") as file:
@@ -123,6 +123,12 @@ def _install(target: Path, data: memoryview) -> None:
         os.close(folder)
 
 
+def _target(path: str | os.PathLike) -> Path:
+    """The file `path` names: a symlink's target, whose folder holds the temporaries and
+    the lock, and which a save replaces (the link itself stays)."""
+    return Path(os.path.realpath(path))
+
+
 def _alive(pid: int) -> bool:
     """Is process `pid` running on this machine (this one included)?"""
     if pid == os.getpid():
@@ -140,7 +146,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> None:
     """Delete temporary files `.<name>.<pid>.tmp` that writers of `path` killed mid-save
     left behind: only those whose process is gone (a live writer's save is in progress);
     never the run itself."""
-    path = Path(os.path.realpath(path))
+    path = _target(path)
     prefix = f".{path.name}."
     for leftover in path.parent.glob(f"{prefix}*.tmp"):
         pid = leftover.name[len(prefix):-len(".tmp")]
@@ -161,7 +167,7 @@ class WriterLock:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        target = Path(os.path.realpath(path))
+        target = _target(path)
         self.lock = target.with_name(f"{target.name}.lock")
 
     @property
@@ -246,7 +252,7 @@ def create_run(path: str | os.PathLike, meta: dict, mean: np.ndarray, cov: np.nd
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; open it to resume, or choose another path")
-    Path(os.path.realpath(path)).parent.mkdir(parents=True, exist_ok=True)
+    _target(path).parent.mkdir(parents=True, exist_ok=True)
     with _replacing(path, "the new run file", copy=False) as file:
         file.attrs["format"] = FORMAT
         file.attrs["version"] = VERSION

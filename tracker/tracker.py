@@ -87,6 +87,7 @@ from explanations import METHODS, DivergedModel, Explanation, Gaussian, Graph, c
 from explanations.events import Event
 from explanations.estimate import Estimate
 from explanations.explain import check_method
+from explanations.graph import plain_array
 from explanations.guided import GuidedSampling
 from explanations.montecarlo import mean_estimate, probability_estimate, tally
 from storage.events import event_to_plain
@@ -114,22 +115,16 @@ def explanation_state(pi: Explanation) -> dict[str, np.ndarray]:
     if getattr(pi, "penultimate", None) is not None:
         for field in ("mean", "cov", "cross"):
             state[f"penultimate_{field}"] = getattr(pi.penultimate, field)
-    return {name: tensor.detach().cpu().numpy() for name, tensor in state.items()}
+    return {name: plain_array(tensor) for name, tensor in state.items()}
 
 
 def parameters_state(module: nn.Module) -> dict[str, np.ndarray]:
-    """The module's state_dict as arrays (bfloat16 and other types numpy lacks as float32),
-    stored with each checkpoint so that `load_state_dict(ck.state_dict())` restores it.
-    Entries that are not tensors (a module's `get_extra_state`) have no array form and are
-    left out: load such a model with `strict=False`."""
-    out = {}
-    for name, tensor in module.state_dict().items():
-        if not isinstance(tensor, torch.Tensor):
-            continue
-        tensor = tensor.detach().cpu()
-        out[name] = (tensor.float() if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
-                     else tensor).numpy()
-    return out
+    """The module's state_dict as arrays (`graph.plain_array`: bfloat16 and other types numpy
+    lacks as float32), stored with each checkpoint so that `load_state_dict(ck.state_dict())`
+    restores it. Entries that are not tensors (a module's `get_extra_state`) have no array
+    form and are left out: load such a model with `strict=False`."""
+    return {name: plain_array(tensor) for name, tensor in module.state_dict().items()
+            if isinstance(tensor, torch.Tensor)}
 
 
 def _event_difference(old: Event, new: Event) -> str | None:
@@ -248,7 +243,7 @@ class Tracker:
             return
         with torch.no_grad():
             current = self._current() if self.rank == 0 else None
-        if current is not None and structure(current) != self.structure and not self._restructure(current):
+        if current is not None and not self._follow(current):
             return
         self.ledger.train(training_step_flops(self.graph, rows, trainable_paths(self.module)))
         self.step += 1
@@ -288,10 +283,12 @@ class Tracker:
         self.unexplainable = reason
         return graph
 
-    def _restructure(self, current: Graph) -> bool:
-        """Follow a change of the model's structure (module docstring); False when tracking
-        had to stop because the inputs or outputs changed."""
+    def _follow(self, current: Graph) -> bool:
+        """Follow the model's graph `current`, whose structure may have changed (module
+        docstring); False when tracking had to stop because its inputs or outputs changed."""
         change = structure_difference(self.structure, structure(current))
+        if change is None:
+            return True
         if current.n_inputs != self.graph.n_inputs or current.n_outputs != self.graph.n_outputs:
             self.stopped = (f"the model's structure changed at step {self.step + 1} ({change}): it now maps "
                             f"{current.n_inputs} inputs to {current.n_outputs} outputs, where the tracked "
@@ -370,15 +367,14 @@ class Tracker:
             lock.release()
             raise
         self._lock = lock
+        remove_stale_temporaries(self.path)         # dead writers' only, after the resume checks
 
     def _resume_or_create(self, resume: bool) -> None:
         if self.path.exists():
             if not resume:
                 raise FileExistsError(f"{self.path} exists; pass resume=True to continue it or choose another path")
             self._resume()
-            remove_stale_temporaries(self.path)
             return
-        remove_stale_temporaries(self.path)
         graphs: list[Graph] = []
         events = {name: event_to_plain(event, graphs) for name, event in self.events.items()}
         meta = {"method": self.method, "options": self.options, "events": events, "every": self.every,
@@ -547,7 +543,7 @@ class Tracker:
         entered = time.perf_counter()
         with torch.no_grad():
             current = self._current()
-            if current is None or structure(current) != self.structure and not self._restructure(current):
+            if current is None or not self._follow(current):
                 return
             if self.last_update != "full":
                 self._update(current, save=True, stale_counts=False)
