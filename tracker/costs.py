@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from explanations import Graph
-from explanations.graph import Act, Affine, Chain, chain_flops, chain_width, iter_ops
+from explanations.graph import Act, Affine, Chain, chain_width, iter_ops
 
 
 def trainable_paths(module: nn.Module) -> frozenset[str]:
@@ -54,6 +54,6 @@ def training_step_flops(graph: Graph, rows: int, trainable: frozenset[str] | Non
     if trainable is None:
         trainable = frozenset(op.path for op in iter_ops(graph.chain) if isinstance(op, Affine))
     backward, _ = _backward(graph.chain, graph.n_inputs, trainable, False)
-    return rows * (chain_flops(graph.chain, graph.n_inputs) + backward)
+    return rows * (graph.flops_per_sample + backward)
 
 
