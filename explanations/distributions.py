@@ -2,8 +2,11 @@
 
 Validation: a 1-D finite mean; a square, finite, symmetric covariance (|Σ - Σᵀ| ≤
 1e-8·max|Σ|) whose smallest eigenvalue is ≥ -1e-8·(largest). Sampling uses
-x = μ + F u with u ~ N(0, I) and F F ᵀ = Σ: the Cholesky factor when Σ is positive
-definite, else V·diag(√max(λ, 0)) from the eigendecomposition (singular Σ allowed).
+x = μ + F u with u ~ N(0, I) and F F ᵀ = Σ: the Cholesky factor when Σ is well
+conditioned (λ_min > 1e-8·λ_max), else V·diag(√λ') from the eigendecomposition, with
+λ' = 0 for eigenvalues at eigh's rounding level (λ ≤ n·ε·λ_max) and λ' = λ above it. A
+singular Σ is then sampled on its range: a Cholesky factor of a rank-deficient Σ would
+carry pivots of order √ε·|Σ| (rounding, not variance) and draws off the subspace.
 `Gaussian.fit(data)` takes the moments of a data set, with optional shrinkage of the
 covariance toward a multiple of I (Ledoit & Wolf 2004) where rows are few against columns.
 """
@@ -40,16 +43,18 @@ class Gaussian:
             raise InvalidDistribution(f"covariance is not symmetric (max |Σ - Σᵀ| = {asymmetry:.3g})")
         cov = (cov + cov.T) / 2
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)
-        if eigenvalues[0] < -_TOLERANCE * eigenvalues[-1].abs().clamp_min(1e-300):
+        largest = eigenvalues[-1].abs()
+        if eigenvalues[0] < -_TOLERANCE * largest.clamp_min(1e-300):
             raise InvalidDistribution(
                 f"covariance is not positive semi-definite: smallest eigenvalue {eigenvalues[0].item():.3g}")
         self.mean, self.cov = mean, cov
         self._identity = bool(torch.equal(cov, torch.eye(n, dtype=dtype, device=cov.device)))
         cholesky, info = torch.linalg.cholesky_ex(cov)
-        if info == 0:
+        if eigenvalues[0] > _TOLERANCE * largest and info == 0:
             self.factor = cholesky
         else:
-            self.factor = eigenvectors * eigenvalues.clamp_min(0).sqrt()
+            rounding = n * torch.finfo(dtype).eps * largest
+            self.factor = eigenvectors * eigenvalues.where(eigenvalues > rounding, 0).sqrt()
 
     @classmethod
     def standard(cls, n: int, *, dtype: torch.dtype = torch.float64,

@@ -147,7 +147,7 @@ def test_checkpoints_survive_sigkill_at_random_moments(tmp_path):
     rng = random.Random(0)
     committed: list[int] = []
     kills = mid_save = 0
-    for kill in range(50):
+    while mid_save < 10 and kills < 400:          # a fast disk makes mid-save kills rarer: kill until 10
         read, write = os.pipe()
         start = committed[-1] + 1 if committed else 0
         pid = os.fork()
@@ -160,7 +160,7 @@ def test_checkpoints_survive_sigkill_at_random_moments(tmp_path):
         os.close(write)
         reports = os.fdopen(read)
         # every fifth writer first makes one checkpoint durable, so the file grows on a loaded machine
-        first = reports.readline() if kill % 5 == 0 else ""
+        first = reports.readline() if kills % 5 == 0 else ""
         time.sleep(rng.uniform(0.0, 0.08))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -173,7 +173,7 @@ def test_checkpoints_survive_sigkill_at_random_moments(tmp_path):
         steps = verify(path, committed)                                 # every earlier checkpoint intact
         assert steps[: len(committed)] == committed
     print(f"kills {kills}, mid-save {mid_save}, checkpoints {len(committed)}")
-    assert kills == 50 and mid_save >= 10 and len(committed) >= 10, (mid_save, committed)
+    assert mid_save >= 10 and len(committed) >= 10, (kills, mid_save, committed)
 
 
 def test_a_reader_follows_a_run_while_it_is_written(tmp_path):
