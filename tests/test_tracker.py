@@ -236,7 +236,7 @@ def test_resume_refusals_say_what_differs(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     Tracker(model, optimizer, D, events={"high": Above(0, 1.5)}, path=path).close()      # a header, no checkpoint
     wider, _, _ = setting(widths=(6, 32, 32, 3))
-    with pytest.raises(ValueError, match="inputs and outputs \\(file: 6 → 2, here: 6 → 3\\)"):
+    with pytest.raises(ValueError, match="inputs and outputs \\(file: 6 → 2, here: 6 → 3\\).*holds no checkpoint yet"):
         Tracker(wider, torch.optim.SGD(wider.parameters(), lr=0.01), D, events={"high": Above(0, 1.5)}, path=path)
     detector = lambda width: Detector(nn.Sequential(nn.Linear(2, width), nn.ReLU(), nn.Linear(width, 1)), 1.0)
     other = tmp_path / "detector.h5"

@@ -449,6 +449,20 @@ def test_a_deferred_event_is_warned_of_once(tmp_path):
     assert sum("deferred" in str(w.message) for w in caught) == 1
 
 
+def test_a_deferral_at_the_last_save_says_the_checkpoint_goes_without_it(tmp_path):
+    """At close no later training pays for the estimate: the warning must not promise it."""
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    with pytest.warns(RuntimeWarning, match="deferred") as caught:
+        with Tracker(model, optimizer, Gaussian.standard(8), method="cumulant", events={"far": Above(0, 3.0)},
+                     path=tmp_path / "run.h5", every=2) as tr:
+            steps(model, optimizer, 41, rows=8)
+    messages = [str(w.message) for w in caught if "deferred" in str(w.message)]
+    assert len(messages) == 2 and "comes once training has paid" in messages[0], messages
+    assert "step 41" in messages[1] and "the last checkpoint goes without it" in messages[1], messages
+    assert tr.saved_step == 41 and open_run(tmp_path / "run.h5").last.estimates["far"] is None
+
+
 def test_explain_takes_inference_and_prints_intervals_apart():
     model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1)).train()
     pi = explain(model, Gaussian.standard(4), inference=True)

@@ -407,8 +407,9 @@ class Tracker:
                 mismatches += [f"the definition of event {name!r} ({difference})"
                                for name, difference in differences.items() if difference is not None]
             if mismatches:
+                empty = " (it holds no checkpoint yet: delete it to start over)" if run.last is None else ""
                 raise ValueError(f"cannot resume {self.path}: the file and this Tracker differ in "
-                                 f"{', '.join(mismatches)}; choose another path")
+                                 f"{', '.join(mismatches)}; choose another path{empty}")
             last = run.last
             if last is None:
                 return
@@ -427,19 +428,24 @@ class Tracker:
                 self.explanation, self.explained = last.explanation, last.explained
                 self.explained_step = last.meta.get("explained_step")
 
-    def _estimates(self) -> dict[str, dict | None]:
+    def _estimates(self, last: bool = False) -> dict[str, dict | None]:
+        """Each tracked event's estimate, or None where the budget does not cover its
+        predicted query yet (deferred, with a warning the first time; at the `last` save,
+        which training will not pay for again, always)."""
         out: dict[str, dict | None] = {}
         pi = self.explanation
         for name, event in self.events.items():
             if pi is None or not self.ledger.afford(self._predicted_query(name)):
                 out[name] = None                  # deferred: the budget does not cover it yet
-                if pi is not None and name not in self._deferred:
+                if pi is not None and (last or name not in self._deferred):
                     self._deferred.add(name)
                     left = self.ledger.budget * self.ledger.training_flops - self.ledger.explanation_flops
+                    later = ("the last checkpoint goes without it; a larger budget, batch or `every` would have "
+                             "paid for it" if last else
+                             "it comes once training has paid for it, sooner with a larger budget, batch or `every`")
                     warnings.warn(f"step {self.step}: the estimate of '{name}' is deferred: its cost bound "
                                   f"({self._predicted_query(name):.3g} FLOPs) is more than the budget leaves "
-                                  f"({left:.3g}); it comes once training has paid for it, sooner with a larger "
-                                  f"budget, batch or `every`", RuntimeWarning, stacklevel=5)
+                                  f"({left:.3g}); {later}", RuntimeWarning, stacklevel=5)
                 continue
             if self.event_samples:
                 estimate, query = self._sampled(pi, name)
@@ -484,22 +490,22 @@ class Tracker:
                 "expectation": {"value": mean.value.tolist(), "lo": lo.tolist(), "hi": hi.tolist(),
                                 "sd": mean.details["std"].tolist()}}
 
-    def _save_or_warn(self, current: Graph) -> None:
-        """`_save`, where an I/O error (a full disk, a lost mount) does not stop training: the
+    def _save_or_warn(self, current: Graph, last: bool = False) -> None:
+        """`_save` (`last` at close), where an I/O error (a full disk, a lost mount) does not stop training: the
         checkpoint is not written, a RuntimeWarning says so, every earlier checkpoint stays
         as it was, and the next save tries again."""
         try:
-            self._save(current)
+            self._save(current, last)
         except (OSError, RunFileError) as error:
             warnings.warn(f"step {self.step}: the checkpoint was not written ({error}); training goes on, "
                           f"earlier checkpoints in {self.path} are intact and the next save tries again",
                           RuntimeWarning, stacklevel=3)
 
-    def _save(self, current: Graph) -> None:
+    def _save(self, current: Graph, last: bool = False) -> None:
         """Write this step's checkpoint of the model's graph `current` (π's estimates first,
-        so the ledger is final)."""
+        so the ledger is final; `last` at close)."""
         pi = self.explanation
-        estimates = self._estimates()
+        estimates = self._estimates(last)
         meta = {"update": self.last_update, "explained_step": self.explained_step,
                 "estimates": estimates, "wall_time": time.perf_counter() - self.started, "time": time.time()}
         if self.check_samples:
@@ -548,7 +554,7 @@ class Tracker:
             if self.last_update != "full":
                 self._update(current, save=True, stale_counts=False)
             self.ledger.tracking_seconds += time.perf_counter() - entered
-            self._save_or_warn(current)
+            self._save_or_warn(current, last=True)
 
     def __enter__(self) -> "Tracker":
         return self
