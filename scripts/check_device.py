@@ -96,6 +96,36 @@ def tracker_cnn():
     return f"ledger ratio {tracker.ledger.ratio:.3f}, checkpoints {run.steps}, saved E[y] {last.tolist()} on {last.device}"
 check("Tracker on a CNN on device, file read back", tracker_cnn)
 
+def tracker_sampled_events():
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2)).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+    path = tempfile.mkdtemp() + "/run.h5"
+    with Tracker(model, optimizer, Gaussian.standard(6, device=dev), method="auto", every=20, event_samples=2000,
+                 events={"high": Above(0, 1.6)}, path=path) as tracker:
+        for _ in range(60):
+            inputs = torch.randn(256, 6, device=dev)
+            loss = ((model(inputs) - inputs[:, :2].sin()) ** 2).mean()
+            optimizer.zero_grad(); loss.backward(); optimizer.step()
+    series = open_run(path).series("high")
+    return (f"ledger ratio {tracker.ledger.ratio:.3f}, overruns {tracker.ledger.overruns}, "
+            f"last estimate {series.value[-1]:.2e} in [{series.lo[-1]:.2e}, {series.hi[-1]:.2e}]")
+check("Tracker with sampled events on device", tracker_sampled_events)
+
+def gelu_max_pool():
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.GELU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 1)).to(dev)
+    g = compile_model(net, input_shape=(1, 8, 8))
+    images = torch.randn(256, 1, 8, 8, device=dev)
+    return f"graph err {float((g.forward(images.flatten(1)) - net(images)).abs().max()):.1e}"
+check("GELU before a max pool (extremes rewrite) on device", gelu_max_pool)
+
+def singular_sampling():
+    v = torch.randn(5, device=dev, dtype=torch.float64)
+    x = Gaussian(torch.zeros(5, device=dev, dtype=torch.float64), torch.outer(v, v)).sample(10_000)
+    off = x - torch.outer(x @ v / (v @ v), v)
+    assert float(off.abs().max()) <= 1e-12 * float(x.abs().max()), float(off.abs().max())
+    return f"max off-range {float(off.abs().max()):.1e} of {float(x.abs().max()):.1f}"
+check("rank-one covariance sampled on its range on device", singular_sampling)
+
 def penalty():
     model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 2)).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), 3e-3)
