@@ -2,7 +2,7 @@
 
 Validation: a 1-D finite mean; a square, finite, symmetric covariance (|Σ - Σᵀ| ≤
 1e-8·max|Σ|) whose smallest eigenvalue is ≥ -1e-8·(largest). Sampling uses
-x = μ + F u with u ~ N(0, I) and F F ᵀ = Σ: the Cholesky factor when Σ is well
+x = μ + F u with u ~ N(0, I) and F F ᵀ = Σ: F = I for Σ = I, the Cholesky factor when Σ is well
 conditioned (λ_min > 1e-8·λ_max), else V·diag(√λ') from the eigendecomposition, with
 λ' = 0 for eigenvalues at eigh's rounding level (λ ≤ n·ε·λ_max) and λ' = λ above it. A
 singular Σ is then sampled on its range: a Cholesky factor of a rank-deficient Σ would
@@ -18,6 +18,21 @@ from torch import Tensor
 from .errors import InvalidDistribution
 
 _TOLERANCE = 1e-8
+
+
+def _factor(cov: Tensor) -> Tensor:
+    """F with F Fᵀ = Σ (module docstring) for a symmetric Σ, after checking that Σ is
+    positive semi-definite to _TOLERANCE."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    largest = eigenvalues[-1].abs()
+    if eigenvalues[0] < -_TOLERANCE * largest.clamp_min(1e-300):
+        raise InvalidDistribution(
+            f"covariance is not positive semi-definite: smallest eigenvalue {eigenvalues[0].item():.3g}")
+    cholesky, info = torch.linalg.cholesky_ex(cov)
+    if eigenvalues[0] > _TOLERANCE * largest and info == 0:
+        return cholesky
+    rounding = cov.shape[0] * torch.finfo(cov.dtype).eps * largest
+    return eigenvectors * eigenvalues.where(eigenvalues > rounding, 0).sqrt()
 
 
 class Gaussian:
@@ -42,19 +57,9 @@ class Gaussian:
         if asymmetry > _TOLERANCE * scale:
             raise InvalidDistribution(f"covariance is not symmetric (max |Σ - Σᵀ| = {asymmetry:.3g})")
         cov = (cov + cov.T) / 2
-        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
-        largest = eigenvalues[-1].abs()
-        if eigenvalues[0] < -_TOLERANCE * largest.clamp_min(1e-300):
-            raise InvalidDistribution(
-                f"covariance is not positive semi-definite: smallest eigenvalue {eigenvalues[0].item():.3g}")
         self.mean, self.cov = mean, cov
         self._identity = bool(torch.equal(cov, torch.eye(n, dtype=dtype, device=cov.device)))
-        cholesky, info = torch.linalg.cholesky_ex(cov)
-        if eigenvalues[0] > _TOLERANCE * largest and info == 0:
-            self.factor = cholesky
-        else:
-            rounding = n * torch.finfo(dtype).eps * largest
-            self.factor = eigenvectors * eigenvalues.where(eigenvalues > rounding, 0).sqrt()
+        self.factor = cov if self._identity else _factor(cov)     # (I needs no decomposition)
 
     @classmethod
     def standard(cls, n: int, *, dtype: torch.dtype = torch.float64,
