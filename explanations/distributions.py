@@ -1,7 +1,9 @@
 """Input distributions: `Gaussian(mean, cov)` and `BooleanCube(n)`.
 
-Validation: a 1-D finite mean; a square, finite, symmetric covariance (|Σ - Σᵀ| ≤
-1e-8·max|Σ|) whose smallest eigenvalue is ≥ -1e-8·(largest). Sampling uses
+Validation: a float32 or float64 dtype; a 1-D finite mean with at least one entry; a
+square, finite, symmetric covariance (|Σ - Σᵀ| ≤ 1e-8·max|Σ|) whose smallest eigenvalue is
+≥ -τ·(largest), τ = max(1e-8, 8nε) with ε the dtype's machine epsilon (eigh's own rounding
+in float32: a rank-9 sample covariance of 50 features had λ_min = -1.8e-6·λ_max). Sampling uses
 x = μ + F u with u ~ N(0, I) and F F ᵀ = Σ: F = I for Σ = I, the Cholesky factor when Σ is well
 conditioned (λ_min > 1e-8·λ_max), else V·diag(√λ') from the eigendecomposition, with
 λ' = 0 for eigenvalues at eigh's rounding level (λ ≤ n·ε·λ_max) and λ' = λ above it. A
@@ -22,27 +24,33 @@ _TOLERANCE = 1e-8
 
 def _factor(cov: Tensor) -> Tensor:
     """F with F Fᵀ = Σ (module docstring) for a symmetric Σ, after checking that Σ is
-    positive semi-definite to _TOLERANCE."""
+    positive semi-definite to τ."""
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)
     largest = eigenvalues[-1].abs()
-    if eigenvalues[0] < -_TOLERANCE * largest.clamp_min(1e-300):
+    rounding = cov.shape[0] * torch.finfo(cov.dtype).eps * largest
+    if eigenvalues[0] < -max(_TOLERANCE * largest.clamp_min(1e-300), 8 * rounding):
         raise InvalidDistribution(
             f"covariance is not positive semi-definite: smallest eigenvalue {eigenvalues[0].item():.3g}")
     cholesky, info = torch.linalg.cholesky_ex(cov)
     if eigenvalues[0] > _TOLERANCE * largest and info == 0:
         return cholesky
-    rounding = cov.shape[0] * torch.finfo(cov.dtype).eps * largest
     return eigenvectors * eigenvalues.where(eigenvalues > rounding, 0).sqrt()
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in (torch.float32, torch.float64):
+        raise InvalidDistribution(f"dtype must be torch.float32 or torch.float64 (moments and eigh need them), got {dtype}")
 
 
 class Gaussian:
     """The multivariate normal N(mean, cov) over flat input vectors."""
 
     def __init__(self, mean: Tensor, cov: Tensor, *, dtype: torch.dtype = torch.float64) -> None:
+        _check_dtype(dtype)
         mean = torch.as_tensor(mean).detach()       # a law, not a node of the caller's autograd graph
         cov = torch.as_tensor(cov).detach()
-        if mean.dim() != 1:
-            raise InvalidDistribution(f"mean must be a vector, got shape {tuple(mean.shape)}")
+        if mean.dim() != 1 or mean.shape[0] == 0:
+            raise InvalidDistribution(f"mean must be a vector with at least one entry, got shape {tuple(mean.shape)}")
         n = mean.shape[0]
         if cov.shape != (n, n):
             raise InvalidDistribution(
@@ -65,7 +73,7 @@ class Gaussian:
     def standard(cls, n: int, *, dtype: torch.dtype = torch.float64,
                  device: torch.device | str | None = None) -> "Gaussian":
         """N(0, I_n)."""
-        if not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidDistribution(f"dimension must be a positive integer, got {n!r}")
         return cls(torch.zeros(n, dtype=dtype, device=device),
                    torch.eye(n, dtype=dtype, device=device), dtype=dtype)
@@ -80,8 +88,9 @@ class Gaussian:
         Multivariate Analysis 88, 2004, §3.3): with centred rows x_k, S_n = Σ x_k x_kᵀ/n,
         m = tr S_n/d, δ² = |S_n - mI|², b² = min(Σ_k |x_k x_kᵀ - S_n|²/n², δ²) (|·| the
         Frobenius norm), λ = b²/δ²."""
+        _check_dtype(dtype)
         rows = torch.as_tensor(data).detach()
-        if rows.dim() < 2 or rows.shape[0] < 2:
+        if rows.dim() < 2 or rows.shape[0] < 2 or rows[0].numel() == 0:
             raise InvalidDistribution(f"data must hold at least 2 rows of features, got shape {tuple(rows.shape)}")
         rows = rows.reshape(rows.shape[0], -1).to(dtype)
         if not torch.isfinite(rows).all():

@@ -129,6 +129,80 @@ def _bvn_tail(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
     return series_integral + a * ((f - g) * _GL_WEIGHTS[2].to(h.device)).sum(-1)
 
 
+_DIRECT_FLOOR = 1e-8          # above it log Φ₂ is the log of `bivariate_normal_cdf` (relative error < 1e-7)
+_TAIL_REACH = 12.0            # the log-integrand falls by ≥ 72 this far from its maximum
+_NEWTON_STEPS = 60
+
+
+def log_bivariate_normal_cdf(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
+    """log Φ₂(h, k; ρ), differentiable in h, k and ρ, also where Φ₂ underflows float64 or
+    lies below the absolute error (1e-15) of `bivariate_normal_cdf`.
+
+    Where Φ₂ ≥ 1e-8: the log of `bivariate_normal_cdf`. Below (made for a few elements: a
+    Python loop over them), with h ≤ k by symmetry and σ = √(1 - ρ²),
+        Φ₂(h, k; ρ) = ∫_{-∞}^{h} φ(u) Φ((k - ρu)/σ) du,
+    whose log-integrand f(u) = log φ(u) + log Φ((k - ρu)/σ) is concave with
+    -1/σ² ≤ f'' ≤ -1 (f'' = -1 - (ρ/σ)² λ(z)(z + λ(z)), λ = φ/Φ the inverse Mills ratio,
+    0 < λ(z)(z + λ(z)) < 1). Its maximiser u* on (-∞, h] (Newton on f') and the scale
+    w = min(1/√(-f''(u*)), 1/f'(u*)) set 20-point Gauss–Legendre panels whose edges lie at
+    u* ± w·2^j up to ±12 (beyond, f has fallen by more than 72 nats), summed in log space.
+    ρ = ±1: the limits log Φ(min(h, k)) and log(Φ(h) - Φ(-k)) (-inf where h ≤ -k)."""
+    h, k, rho = torch.broadcast_tensors(*(torch.as_tensor(t, dtype=_F64) for t in (h, k, rho)))
+    if not bool(((rho >= -1) & (rho <= 1)).all()):
+        raise ValueError("rho must lie in [-1, 1]")
+    direct = bivariate_normal_cdf(h, k, rho)
+    small = (direct < _DIRECT_FLOOR).flatten().tolist()
+    logs = torch.log(direct.clamp_min(_DIRECT_FLOOR)).flatten()
+    if not any(small):
+        return logs.reshape(h.shape)
+    flat = [t.flatten() for t in (h, k, rho)]
+    values = [_log_bvn_small(flat[0][i], flat[1][i], flat[2][i]) if tiny else logs[i] for i, tiny in enumerate(small)]
+    return torch.stack(values).reshape(h.shape)
+
+
+def _log_bvn_small(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
+    """`log_bivariate_normal_cdf` for one element below _DIRECT_FLOOR (its docstring)."""
+    if float(h.detach()) > float(k.detach()):
+        h, k = k, h
+    r, top = float(rho.detach()), float(h.detach())
+    if abs(r) == 1:
+        return log_ndtr(h) if r > 0 else _log_prob_between(-k, h)
+    sigma = torch.sqrt((1 - rho) * (1 + rho))
+
+    def log_integrand(u: Tensor) -> Tensor:
+        return -u * u / 2 - 0.5 * math.log(2 * math.pi) + log_ndtr((k - rho * u) / sigma)
+
+    with torch.no_grad():
+        s = float(sigma.detach())
+
+        def slope_and_curvature(u: float) -> tuple[float, float]:
+            z = (float(k.detach()) - r * u) / s
+            mills = math.exp(-z * z / 2 - 0.5 * math.log(2 * math.pi) - float(log_ndtr(torch.tensor(z, dtype=_F64))))
+            return -u - r / s * mills, 1 + (r / s) ** 2 * mills * (z + mills)
+
+        u = top
+        slope, curvature = slope_and_curvature(u)
+        if slope < 0:                                  # the maximum lies inside (-∞, h): Newton on f'
+            for _ in range(_NEWTON_STEPS):
+                u = min(u + slope / curvature, top)
+                slope, curvature = slope_and_curvature(u)
+                if abs(slope) <= 1e-12 * curvature:
+                    break
+        scale = min(1 / math.sqrt(curvature), 1 / slope if slope > 0 else math.inf)
+    offsets = [0.0]
+    while offsets[-1] < _TAIL_REACH:
+        offsets.append(min(scale * 2.0 ** (len(offsets) - 1), _TAIL_REACH))
+    at_top = u >= top
+    centre = h if at_top else torch.tensor(u, dtype=_F64, device=h.device)
+    edges = [centre - d for d in reversed(offsets[1:])] + [centre]
+    if not at_top:
+        edges += [centre + d for d in offsets[1:] if u + d < top] + [h]
+    nodes, weights = _GL_NODES[2].to(h.device), _GL_WEIGHTS[2].to(h.device)
+    terms = [log_integrand(a + (b - a) * nodes) + torch.log((b - a) * weights)
+             for a, b in zip(edges[:-1], edges[1:])]
+    return torch.logsumexp(torch.cat(terms), 0)
+
+
 def bivariate_normal_cdf_flops(numel: int) -> int:
     """Flops of one ``bivariate_normal_cdf`` call on ``numel`` broadcast elements.
 

@@ -11,6 +11,7 @@ from explanations import Gaussian, InvalidDistribution, explain
     (torch.zeros(2), torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), "covariance has NaN"),
     (torch.zeros(2), torch.tensor([[1.0, 0.5], [0.0, 1.0]]), "not symmetric"),
     (torch.zeros(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]]), "not positive semi-definite"),
+    (torch.zeros(0), torch.zeros(0, 0), "at least one entry"),
 ])
 def test_bad_distributions_are_named(mean, cov, message):
     with pytest.raises(InvalidDistribution, match=message):
@@ -18,8 +19,34 @@ def test_bad_distributions_are_named(mean, cov, message):
 
 
 def test_standard_needs_a_positive_dimension():
-    with pytest.raises(InvalidDistribution):
-        Gaussian.standard(0)
+    for n in (0, True, 2.0):
+        with pytest.raises(InvalidDistribution, match="positive integer"):
+            Gaussian.standard(n)
+
+
+def test_dtypes_are_float32_or_float64():
+    """An integer dtype had rounded the mean and covariance silently ([0.5, 1.7] to [0, 1])."""
+    for dtype in (torch.int64, torch.float16, torch.bool):
+        with pytest.raises(InvalidDistribution, match="float32 or torch.float64"):
+            Gaussian(torch.tensor([0.5, 1.7]), torch.eye(2), dtype=dtype)
+        with pytest.raises(InvalidDistribution, match="float32 or torch.float64"):
+            Gaussian.fit(torch.randn(10, 2), dtype=dtype)
+
+
+def test_a_singular_covariance_is_accepted_in_float32():
+    """eigh in float32 rounds a rank-deficient Σ's zero eigenvalues to about ±nε·λ_max (a
+    rank-9 sample covariance of 50 features: λ_min = -1.8e-6·λ_max), which the fixed 1e-8
+    tolerance had refused as not positive semi-definite; float64 accepted the same data."""
+    g = torch.Generator().manual_seed(0)
+    few = torch.randn(10, 50, generator=g)
+    fitted = Gaussian.fit(few, dtype=torch.float32)
+    a = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    low_rank = Gaussian(torch.zeros(30), a @ a.T, dtype=torch.float32)
+    x = low_rank.sample(2000, generator=torch.Generator().manual_seed(1))
+    null = torch.linalg.svd(a.T).Vh[5:].float()
+    assert fitted.dim == 50 and (x @ null.T).abs().max() <= 1e-5 * x.abs().max()
+    with pytest.raises(InvalidDistribution, match="not positive semi-definite"):
+        Gaussian(torch.zeros(2), torch.tensor([[1.0, 0.0], [0.0, -1e-3]]), dtype=torch.float32)
 
 
 def test_samples_have_the_requested_moments():
@@ -94,7 +121,7 @@ def test_ledoit_wolf_shrinks_noise_and_keeps_structure():
 @pytest.mark.parametrize("data, shrinkage, message", [
     (torch.zeros(1, 3), 0.0, "at least 2 rows"), (torch.zeros(5), 0.0, "at least 2 rows"),
     (torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), 0.0, "NaN"), (torch.zeros(4, 2), 1.5, "shrinkage"),
-    (torch.zeros(4, 2), "oas", "shrinkage")])
+    (torch.zeros(4, 2), "oas", "shrinkage"), (torch.zeros(5, 0), 0.0, "at least 2 rows")])
 def test_fit_refuses_bad_data(data, shrinkage, message):
     with pytest.raises(InvalidDistribution, match=message):
         Gaussian.fit(data, shrinkage=shrinkage)

@@ -12,6 +12,7 @@ from explanations.mvn import (
     OrthantResult,
     bivariate_normal_cdf,
     bivariate_normal_cdf_flops,
+    log_bivariate_normal_cdf,
     log_orthant,
     log_union,
 )
@@ -132,6 +133,44 @@ def test_bvn_matches_plackett_integral():
     assert (reference - plackett_increment(h, k, rho, panels=30)).abs().max() < 1e-15  # converged
     error = (bivariate_normal_cdf(h, k, rho) - bivariate_normal_cdf(h, k, 0.0) - reference).abs()
     assert error.max() < 1e-14
+
+
+def test_log_bvn_far_in_the_tail_against_closed_forms_and_plackett():
+    """log Φ₂ where Φ₂ underflows or its absolute error would swamp it: ρ = 0 is log Φ(h) +
+    log Φ(k); ∂Φ₂/∂ρ = φ₂(h, k; ρ) (Plackett) and ∂Φ₂/∂h = φ(h) Φ((k - ρh)/σ) are closed
+    forms for its gradient; ρ = ±1 are the limits."""
+    for h, k in ((-10.0, -12.0), (-30.0, -5.0), (-3.0, -40.0)):
+        value = log_bivariate_normal_cdf(t(h), t(k), t(0.0))
+        assert float(value) == pytest.approx(float(log_ndtr(t(h)) + log_ndtr(t(k))), rel=1e-12)
+    for h, k, rho in ((-6.0, -6.0, -0.9), (-6.0, -5.0, -0.6), (-8.0, -7.0, 0.5), (-20.0, -3.0, 0.3),
+                      (-6.0, -6.0, -0.999), (-4.0, 2.0, -0.95)):
+        x = [torch.tensor(v, dtype=F64, requires_grad=True) for v in (h, k, rho)]
+        value = log_bivariate_normal_cdf(*x)
+        value.backward()
+        s2 = 1 - rho * rho
+        log_density = -(h * h - 2 * rho * h * k + k * k) / (2 * s2) - math.log(2 * math.pi * math.sqrt(s2))
+        along_h = float(log_ndtr(t((k - rho * h) / math.sqrt(s2)))) - h * h / 2 - 0.5 * math.log(2 * math.pi)
+        assert float(x[2].grad) == pytest.approx(math.exp(log_density - float(value.detach())), rel=1e-8)
+        assert float(x[0].grad) == pytest.approx(math.exp(along_h - float(value.detach())), rel=1e-8)
+    assert float(log_bivariate_normal_cdf(t(-50.0), t(-60.0), t(1.0))) == float(log_ndtr(t(-60.0)))
+    assert float(log_bivariate_normal_cdf(t(-50.0), t(-60.0), t(-1.0))) == -math.inf
+    assert float(log_bivariate_normal_cdf(t(-30.0), t(40.0), t(-1.0))) == pytest.approx(float(log_ndtr(t(-30.0))))
+
+
+def test_log_bvn_agrees_with_the_linear_form_where_both_hold():
+    """Where 1e-12 < Φ₂ < 1e-8 both forms apply (the linear one to 1e-15 absolute); above
+    1e-8 log Φ₂ is the linear form's log; symmetric in h and k."""
+    g = torch.Generator().manual_seed(0)
+    h, k = -(torch.rand(2, 600, generator=g, dtype=F64) * 6 + 1)
+    rho = torch.rand(600, generator=g, dtype=F64) * 2 - 1
+    linear = bivariate_normal_cdf(h, k, rho)
+    both = (linear > 1e-12) & (linear < 1e-8)
+    assert both.sum() > 20
+    small = torch.stack([mvn._log_bvn_small(a, b, r) for a, b, r in zip(h[both], k[both], rho[both])])
+    assert ((small - linear[both].log()).abs() <= 1e-15 / linear[both] + 1e-9).all()
+    logs = log_bivariate_normal_cdf(h, k, rho)
+    assert torch.equal(logs[linear >= 1e-8], linear[linear >= 1e-8].log())
+    assert torch.allclose(logs, log_bivariate_normal_cdf(k, h, rho), rtol=1e-12, atol=0)
 
 
 def test_bvn_broadcasts_and_validates():

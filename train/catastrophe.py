@@ -65,15 +65,16 @@ from torch import Tensor, nn
 from explanations import Gaussian, compile_model, explain
 from explanations.design import ClauseSearch
 from explanations.events import Event
-from explanations.mvn import bivariate_normal_cdf
+from explanations.mvn import log_bivariate_normal_cdf
 from explanations.observed import clause_margins, clause_rows, observer
 from explanations.splitting import event_margin
-from explanations.structured import search
+from explanations.structured import log_chi2_tail, search
 
 SEARCH_STARTS = 3
 HINGE_WIDTH = 0.2    # decades: the softness of the hinge at the target
 NEAR = 0.5          # a clause's row counts at a design point whose tangent plane passes this close
 REFINE = 30          # descent steps after a search: the envelope gradient needs the optimum (KKT)
+SAME_PLANE = 1e-9    # two modes of a clause whose active planes agree to this are one mode
 
 
 class CatastrophePenalty:
@@ -88,10 +89,12 @@ class CatastrophePenalty:
                  seed: int = 0, input_shape: tuple[int, ...] | None = None) -> None:
         if not isinstance(distribution, Gaussian):
             raise TypeError(f"the penalty needs a Gaussian input distribution, got {type(distribution).__name__}")
+        if not isinstance(event, Event):
+            raise TypeError(f"the event must be an explanations.events Event (Above, All, ...), got {event!r}")
         if not 0 < target < 1:
             raise ValueError(f"target must be a probability in (0, 1), got {target!r}")
-        if not weight >= 0:
-            raise ValueError(f"weight must be non-negative, got {weight!r}")
+        if not 0 <= weight < math.inf:
+            raise ValueError(f"weight must be finite and non-negative, got {weight!r}")
         for name, value in (("search_every", search_every), ("max_modes", max_modes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -100,11 +103,13 @@ class CatastrophePenalty:
         self.input_shape = input_shape
         graph = compile_model(model, input_shape=input_shape, inference=True)
         event.check(graph.n_outputs)
+        if distribution.dim != graph.n_inputs:
+            raise ValueError(f"the distribution has {distribution.dim} dimensions, the model {graph.n_inputs} inputs")
         self.model, self.event, self.target, self.weight = model, event, target, weight
-        self.distribution = distribution.to(dtype=torch.float64)
         parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
         self.input_dtype = parameter.dtype if parameter is not None else distribution.mean.dtype
         self.input_device = parameter.device if parameter is not None else distribution.mean.device
+        self.distribution = distribution.to(device=self.input_device, dtype=torch.float64)
         self.search_every, self.follow, self.max_modes, self.seed = search_every, follow, max_modes, seed
         self.calls, self.flops = 0, 0
         self.modes: list[tuple[int, Tensor]] = []       # (clause, ξ*) of each design point followed
@@ -134,14 +139,16 @@ class CatastrophePenalty:
         self.calls += 1
         if not common and not self.modes:         # no design point: the search finds the event unreachable
             self.log10_probability, self.planes = -math.inf, None
-            return torch.zeros((), dtype=torch.float64, device=graph.device)
+            return torch.zeros((), dtype=torch.float64, device=graph.device, requires_grad=True)
         observe_live = observer(live, self.distribution, detectors, torch.float64)[0]
         if common:
             points, masses = origin, self._origin_mass(observe_live, origin, clauses, unit)
+            log_p = torch.logsumexp(masses, 0)
         else:
-            points = torch.stack([point for _, point in self.modes])
-            masses = torch.stack([self._mode_mass(observe_live, point, *clauses[c], unit) for c, point in self.modes])
-        log_p = torch.logsumexp(masses, 0)
+            points, masses = self._distinct_masses(observe_live, clauses, unit)
+            log_p = torch.logsumexp(masses, 0)
+            cap = log_chi2_tail(self.distribution.dim, float(points.norm(dim=1).min()))
+            log_p = log_p - (log_p.detach() - cap).clamp_min(0)      # the value capped, the gradient kept
         self.planes = (points, masses.detach())
         self.log10_probability = float(log_p.detach()) / math.log(10)
         excess = log_p / math.log(10) - math.log10(self.target)
@@ -187,6 +194,22 @@ class CatastrophePenalty:
                 followed.append((clause, moved.detach()))
         self.modes = followed
 
+    def _distinct_masses(self, observe_live, clauses: list, unit: int) -> tuple[Tensor, Tensor]:
+        """The followed modes' points and log masses (`_mode_mass`), each set of tangent
+        planes counted once: descents along a corner's edge stop at different points of
+        the same planes (a linear ArgMax's two modes had summed to twice its exact value).
+        Modes that repeat an earlier one's planes are dropped from `modes`."""
+        kept, masses, planes = [], [], []
+        for clause, point in self.modes:
+            mass, plane = self._mode_mass(observe_live, point, *clauses[clause], unit)
+            if any(_same_planes((clause, *plane), other) for other in planes):
+                continue
+            kept.append((clause, point))
+            masses.append(mass)
+            planes.append((clause, *plane))
+        self.modes = kept
+        return torch.stack([point for _, point in kept]), torch.stack(masses)
+
     def _origin_mass(self, observe_live, origin: Tensor, clauses: list, unit: int) -> Tensor:
         """log Φ(-s) with s = -g(0; θ)/|∇g(0; θ)|, the origin's plane, differentiated whole."""
         with torch.enable_grad():
@@ -196,26 +219,47 @@ class CatastrophePenalty:
         self.flops += 5 * unit
         return torch.special.log_ndtr(value / slope.norm(dim=1).clamp_min(1e-12))
 
-    def _mode_mass(self, observe_live, point: Tensor, a: Tensor, b: Tensor, unit: int) -> Tensor:
-        """log P of the clause {A v > b} linearised at its design point: each row r whose plane
+    def _mode_mass(self, observe_live, point: Tensor, a: Tensor, b: Tensor, unit: int
+                   ) -> tuple[Tensor, tuple[tuple[int, ...], Tensor, Tensor]]:
+        """log P of the clause {A v > b} linearised at its design point, and its planes (the
+        active rows, their distances and unit normals, detached). Each row r whose plane
         passes within NEAR of ξ* (g_r/|∇g_r| ≤ NEAR) is the half-space n_r·ξ > s_r,
-        s_r = (∇g_r·ξ* - g_r(ξ*; θ))/|∇g_r|, n_r = ∇g_r/|∇g_r| (∇g_r held fixed). One row:
-        log Φ(-s). Several: the intersection of two, Φ₂(-s_i, -s_j; n_i·n_j) (`mvn`), for the
-        pair that makes it smallest (an upper bound where more rows meet)."""
+        s_r = (∇g_r·ξ* - g_r(ξ*; θ))/|∇g_r|, n_r = ∇g_r/|∇g_r|.
+        One row: log Φ(-s), ∇g held fixed (the envelope gradient), its value taken at
+        β' = |ξ*| - g(ξ*)/|∇g|, the design point's own distance: at a ReLU kink the one-sided
+        ∇g can lean off ξ* (cos 0.69 measured) and put the plane far nearer than the point
+        (s = 3.1 for β = 4.5: 4.5 decades too high). Several rows: log Φ₂(-s_i, -s_j; n_i·n_j)
+        (`mvn.log_bivariate_normal_cdf`, in log space) for the pair that makes it smallest (an
+        upper bound where more rows meet), with ∇g_r live: where rows meet, the corner's
+        value moves with the normals' angle, which the envelope argument does not cover
+        (exact for a linear model)."""
         with torch.enable_grad():
             at = point.detach().requires_grad_(True)
             rows = observe_live(at[None])[0] @ a.T - b
-            slopes = torch.stack([torch.autograd.grad(rows[r], at, retain_graph=True)[0] for r in range(len(rows))])
+            corner = len(rows) > 1
+            slopes = torch.stack([torch.autograd.grad(rows[r], at, retain_graph=True, create_graph=corner)[0]
+                                  for r in range(len(rows))])
         self.flops += (1 + 2 * len(rows)) * unit
         norms = slopes.norm(dim=1).clamp_min(1e-12)
-        gaps = rows.detach() / norms
+        gaps = rows.detach() / norms.detach()
         active = [r for r in range(len(rows)) if float(gaps[r]) <= float(gaps.min()) + NEAR]
         slopes, norms = slopes[active], norms[active]
         distances = ((slopes @ point) - rows[active]) / norms
-        if len(active) == 1:
-            return torch.special.log_ndtr(-distances[0])
         normals = slopes / norms[:, None]
+        planes = (tuple(active), distances.detach(), normals.detach())
+        if len(active) == 1:
+            beta = float(point.norm()) - float(rows[active[0]].detach() / norms[0].detach())
+            return torch.special.log_ndtr(-(distances[0] + (beta - distances[0].detach()))), planes
         pairs = [(i, j) for i in range(len(active)) for j in range(i + 1, len(active))]
-        joint = torch.stack([bivariate_normal_cdf(-distances[i], -distances[j], (normals[i] @ normals[j]).clamp(-1, 1))
-                             for i, j in pairs])
-        return torch.log(joint.min().clamp_min(1e-300))
+        joint = torch.stack([log_bivariate_normal_cdf(-distances[i], -distances[j],
+                                                      (normals[i] @ normals[j]).clamp(-1, 1)) for i, j in pairs])
+        return joint.min(), planes
+
+
+def _same_planes(one: tuple, other: tuple) -> bool:
+    """Do two modes' (clause, active rows, distances, normals) describe the same planes?"""
+    if one[:2] != other[:2]:
+        return False
+    scale = 1 + float(one[2].abs().max())
+    return (float((one[2] - other[2]).abs().max()) <= SAME_PLANE ** 0.5 * scale
+            and float((one[3] * other[3]).sum(1).min()) >= 1 - SAME_PLANE)

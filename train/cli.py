@@ -113,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     halfspaces.add_argument("--budget", type=positive_float, default=3000, help="sample-equivalents per estimate")
     halfspaces.add_argument("--csv", default="out/bench_halfspaces.csv")
     halfspaces.add_argument("--png", default="out/bench_halfspaces.png")
+    penalty = benches.add_parser("penalty", help="catastrophe-aware training against sampling (README's table)")
+    penalty.add_argument("--seeds", type=positive_int, default=4)
+    penalty.add_argument("--steps", type=positive_int, default=400, help="Adam steps of 256 rows")
+    penalty.add_argument("--draws", type=positive_int, default=4_000_000, help="samples for P after training")
+    penalty.add_argument("--csv", default="out/bench_penalty.csv")
+    penalty.add_argument("--png", default="out/bench_penalty.png")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from .demo import run
@@ -178,6 +184,10 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"bench detectors --budget: must be a positive number of sample-equivalents, got {args.budget}")
         quick = {"seeds": range(2), "quantiles": QUANTILES[:2], "draws": 10 ** 6} if args.quick else {}
         detectors_run(budget=args.budget, csv_path=Path(args.csv), png_path=Path(args.png), **quick)
+    elif args.bench == "penalty":
+        from .bench_penalty import run as penalty_run
+        penalty_run(seeds=args.seeds, steps=args.steps, draws=args.draws, csv_path=Path(args.csv),
+                    png_path=Path(args.png))
     elif args.bench == "halfspaces":
         from .bench_halfspaces import run as halfspaces_run
         halfspaces_run(quick=args.quick, repeats=args.repeats, budget=args.budget, csv_path=args.csv,
