@@ -8,8 +8,9 @@ For x ~ D, c(x) = π.predict(x) has E_D[c] = μ_π, π's own expectation, exactl
 (the regression control-variate estimator: Glasserman 2004, "Monte Carlo Methods in
 Financial Engineering", §4.1). Unbiased for a fixed β; fitting β adds a bias of order 1/N.
 π's mean error drops out: it only moves the control's centre, which is known. The 95%
-interval is Ê ± 1.96 se with se² = V̂ar(y - β c) / N, the residual variance taken with
-N - 2 degrees of freedom (one fitted coefficient). Cost: N draws and forward passes, N
+interval is Ê ± t se with se² = V̂ar(y - β c) / N, the residual variance taken with
+N - 2 degrees of freedom (one fitted coefficient) and t Student's for as many (measured
+with 1.96: 76–78% coverage at N = 5, 91–93% at N = 30). Cost: N draws and forward passes, N
 evaluations of π.predict (`Explanation.predict_flops`), and building π (its mean and the
 regression behind predict).
 """
@@ -19,7 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .estimate import Estimate
-from .montecarlo import PROGRESS_FROM, Z95, draw_cost, sample_count
+from .montecarlo import PROGRESS_FROM, draw_cost, sample_count, student_t_quantile
+
+
+CONTROL_MARGIN = 0.8     # under a FLOP budget: π's predicted variance must be at most 0.8 of plain sampling's
 
 
 def control_draw_cost(pi) -> int:
@@ -58,7 +62,7 @@ def controlled_mean(pi, samples: int, batch: int = 1 << 16) -> Estimate:
     beta = torch.where(var_c > 0, cov_yc / var_c.clamp_min(1e-300), torch.zeros_like(var_c))
     residual = ((var_y - 2 * beta * cov_yc + beta * beta * var_c) * (n - 1) / (n - 2)).clamp_min(0)
     value = shift_y + mean_y - beta * (shift_c + mean_c - centre)
-    half = Z95 * torch.sqrt(residual / n)
+    half = student_t_quantile(0.975, n - 2) * torch.sqrt(residual / n)
     flops = n * control_draw_cost(pi) + pi.build_flops
     return Estimate(value, None, (value - half, value + half), flops, n, f"{pi.method}+control",
                     pi.flops_per_sample, {"std": var_y.clamp_min(0).sqrt(), "beta": beta,

@@ -60,6 +60,16 @@ class GaussianExplanation(GuidedSampling, Explanation):
             n = x.dim
             self.flops["predict setup"] += 10 * n ** 3 + 2 * n * n * self.graph.n_outputs
 
+    def residual_fraction(self) -> Tensor:
+        """1 - Var(predict)/Var(y) per output under π: predict = μ_y + (x - μ_x) R with
+        R = Σ_x⁺ C has Var = diag(Rᵀ Σ_x R) = diag(Cᵀ Σ_x⁺ C), the share of Var(y) that is
+        linear in x; 0 for outputs π gives no variance."""
+        x = self.distribution.to(dtype=self.dtype)
+        explained = (self.regression * (x.cov @ self.regression)).sum(0)
+        variance = self.cov.diagonal()
+        fraction = torch.where(variance > 0, 1 - explained / variance.clamp_min(1e-300), torch.zeros_like(variance))
+        return fraction.clamp(0, 1).to(torch.float64)
+
     @property
     def predict_flops(self) -> int:
         """μ_y + (x - μ_x) Σ_x⁺ C: 2 d m + d + m per row."""

@@ -6,7 +6,8 @@ the hit count of each event, so several estimates share the same forward passes.
 Cost: N · (FLOPs of one forward pass + FLOPs of one draw + the events' detectors),
 counted exactly.
 
-Intervals (95%): for a mean, ȳ ± 1.96 s/√N (normal approximation); for a probability,
+Intervals (95%): for a mean, ȳ ± t s/√N with Student's t for N - 1 degrees of freedom
+(`student_t_quantile`; 1.96 for large N); for a probability,
 Wilson's score interval  (k + z²/2)/(N + z²) ± z/(N + z²) · √(k(N-k)/N + z²/4),
 which stays inside [0, 1] and is informative at k = 0. Weighted estimates (importance
 sampling, subset simulation) whose relative variance is 1/n (n their effective number of
@@ -130,7 +131,8 @@ def tally(graph: Graph, distribution: Gaussian, samples: int, events: list[Event
 
 
 def mean_estimate(counts: Tally, flops_per_sample: float) -> Estimate:
-    """E[y] with a 95% normal-approximation interval per output (None from a single draw)."""
+    """E[y] with a 95% interval ȳ ± t·s/√N per output, t Student's with N - 1 degrees of
+    freedom (the normal's 1.96 beyond a few hundred draws; None from a single draw)."""
     n = counts.samples
     centred = counts.total / n
     mean = counts.shift + centred
@@ -138,7 +140,7 @@ def mean_estimate(counts: Tally, flops_per_sample: float) -> Estimate:
         return Estimate(mean, None, None, counts.flops, n, "sampling", flops_per_sample,
                         {"std": torch.full_like(mean, math.nan)})
     variance = ((counts.total_squares - n * centred * centred) / (n - 1)).clamp_min(0)
-    half = Z95 * torch.sqrt(variance / n)
+    half = student_t_quantile(0.975, n - 1) * torch.sqrt(variance / n)
     return Estimate(mean, None, (mean - half, mean + half), counts.flops, n, "sampling",
                     flops_per_sample, {"std": variance.sqrt()})
 

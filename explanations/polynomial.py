@@ -123,6 +123,14 @@ class PolynomialExplanation(CumulantExplanation):
             self.readout = torch.linalg.pinv(x.factor).T @ self.directions.T   # u = (x - μ) (v L⁺)ᵀ
             self.flops["predict setup"] += 10 * d ** 3 + 2 * n * d * d
 
+    def residual_fraction(self) -> Tensor:
+        """ε²/(Var(P) + ε²) per output, ε the truncation error's bound on ‖y - P‖ and Var(P)
+        the surrogate's variance (the remainder beyond degree K is orthogonal to P); 0 for
+        outputs with neither."""
+        error = self.truncation_error ** 2
+        total = self.cov.diagonal() + error
+        return torch.where(total > 0, error / total.clamp_min(1e-300), torch.zeros_like(total)).to(torch.float64)
+
     @property
     def predict_flops(self) -> int:
         """The surrogate per row: readout 2dn, Hermite recurrence and sum 6Kn, head 2nm."""
