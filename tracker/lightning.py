@@ -6,7 +6,9 @@
 At fit start it attaches a `Tracker` to the LightningModule (or its submodule `module`,
 the network π explains) and to the trainer's first optimizer; at fit end, or when fit
 raises, it closes the Tracker (last checkpoint). Under Lightning's DDP strategy the
-Tracker sees torch.distributed and behaves as under plain DDP. Works with `lightning`
+Tracker sees torch.distributed and behaves as under plain DDP. Under "ddp_spawn" it lives
+in the spawned processes: the run file is written, but `callback.tracker` stays None in
+the process that called fit (read the file with `open_run`). Works with `lightning`
 or the older `pytorch_lightning` package; without either, constructing it raises
 ImportError.
 """
