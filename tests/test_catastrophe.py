@@ -258,3 +258,12 @@ def test_an_unreachable_event_gives_a_penalty_that_backpropagates():
     value = penalty()
     value.backward()                     # alone, as well as inside a loss
     assert float(value) == 0.0
+
+
+def test_the_penalty_bench_runs_and_writes_its_table(tmp_path, capsys):
+    from train.bench_penalty import CONFIGS, run
+    rows = run(seeds=1, steps=3, draws=20_000, csv_path=tmp_path / "p.csv", png_path=tmp_path / "p.png",
+               progress=False)
+    assert len(rows) == len(CONFIGS) and (tmp_path / "p.csv").exists() and (tmp_path / "p.png").stat().st_size > 0
+    assert all(0 <= r["sampled_low"] <= r["sampled_p"] <= r["sampled_high"] <= 1 for r in rows)
+    assert "sampled P after training" in capsys.readouterr().out
