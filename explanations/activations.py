@@ -12,6 +12,13 @@ leaky_relu:a     f(z) = max(z, 0) + a min(z, 0) = a z + (1 - a) max(z, 0)   (ReL
 elu:α            f(z) = z for z > 0, α(e^z - 1) otherwise
 softplus:β       f(z) = log(1 + e^{βz})/β,         f′ = σ(βz)
 (torch's Softplus turns linear past βz > threshold = 20, where the two differ by < 2e-9·|z|.)
+clamp:l,h,s,o    f(z) = s·clamp(z + o, l, h)  (ReLU6, Hardtanh, Hardsigmoid inside a composition;
+                 alone, `spatial.expand_clamps` writes a clamp as the ReLU network it is)
+compose:k1|k2|…  f = f_k2 ∘ f_k1 ∘ …, f′ by the chain rule, the parts' prices summed: a run of
+                 elementwise layers (ReLU → Dropout → ReLU; a max pool's moved ReLU and the
+                 model's next one), which `spatial.fuse_elementwise` makes one activation. A
+                 composition of the ReLU family is in it, leak a1·a2 (a1 if a1 < 0: the
+                 inner part's negative side is then positive, which the outer one passes).
 The ReLU family (`Activation.leak` set) has closed-form moments (`moments`, `skew`,
 `edgeworth`); the others go through Gauss–Legendre quadrature and Hermite series.
 `flops` is the price of one evaluation in our FLOP convention: one per arithmetic or
@@ -82,6 +89,64 @@ def _softplus(beta: float) -> Activation:
                       lambda z: torch.sigmoid(beta * z), 4, lambda: torch.nn.Softplus(beta), increasing=True)
 
 
+CLAMP_FLOPS = 4    # per unit, as `spatial.expand_clamps` charges: 2 comparisons and 2 ReLU units
+
+
+class ScaledClamp(torch.nn.Module):
+    """s·clamp(z + o, l, h) elementwise: the module of a "clamp:l,h,s,o" activation."""
+
+    def __init__(self, low: float, high: float, scale: float, offset: float) -> None:
+        super().__init__()
+        self.low, self.high, self.scale, self.offset = low, high, scale, offset
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.scale * torch.clamp(z + self.offset, self.low, self.high)
+
+
+def clamp_kind(low: float, high: float, scale: float, offset: float) -> str:
+    return f"clamp:{float(low)!r},{float(high)!r},{float(scale)!r},{float(offset)!r}"
+
+
+def _clamp(values: str) -> Activation:
+    low, high, scale, offset = (float(v) for v in values.split(","))
+    if not (low < high and all(map(math.isfinite, (low, high, scale, offset)))):
+        raise ValueError(f"a clamp needs finite low < high, scale and offset, got {values!r}")
+    inside = lambda z: ((z + offset > low) & (z + offset < high)).to(z.dtype)
+    return Activation(clamp_kind(low, high, scale, offset), lambda z: scale * torch.clamp(z + offset, low, high),
+                      lambda z: scale * inside(z), CLAMP_FLOPS, lambda: ScaledClamp(low, high, scale, offset),
+                      increasing=scale >= 0)
+
+
+def compose(kinds: list[str]) -> Activation:
+    """The activation f_kn ∘ … ∘ f_k1 of `kinds` (innermost first; compositions spliced in):
+    the module docstring's "compose" kind."""
+    parts = [part for kind in kinds for part in _parts(activation(kind))]
+    leak = parts[0].leak
+    for part in parts[1:]:
+        leak = None if leak is None or part.leak is None else leak * part.leak if leak >= 0 else leak
+
+    def fn(z: Tensor) -> Tensor:
+        for part in parts:
+            z = part.fn(z)
+        return z
+
+    def derivative(z: Tensor) -> Tensor:
+        slope = torch.ones_like(z)
+        for part in parts:
+            slope, z = slope * part.derivative(z), part.fn(z)
+        return slope
+
+    rising = [part.increasing for part in parts]
+    return Activation("compose:" + "|".join(part.name for part in parts), fn, derivative,
+                      sum(part.flops for part in parts), lambda: torch.nn.Sequential(*(p.module() for p in parts)),
+                      leak=leak, increasing=all(rising), quasiconvex=parts[0].quasiconvex and all(rising[1:]))
+
+
+def _parts(act: Activation) -> list[Activation]:
+    family, _, value = act.name.partition(":")
+    return [activation(kind) for kind in value.split("|")] if family == "compose" else [act]
+
+
 def _mish_derivative(z: Tensor) -> Tensor:
     t = torch.tanh(F.softplus(z))
     return t + z * torch.sigmoid(z) * (1 - t * t)
@@ -116,6 +181,13 @@ def activation(kind: str) -> Activation:
     if kind in ACTIVATIONS:
         return ACTIVATIONS[kind]
     family, colon, value = str(kind).partition(":")
+    try:
+        if family == "compose" and colon:
+            return compose(value.split("|"))
+        if family == "clamp" and colon:
+            return _clamp(value)
+    except ValueError as error:
+        raise ValueError(f"unknown activation {kind!r}: {error}") from None
     try:
         parameter = float(value) if colon else _DEFAULTS[family]
     except (ValueError, KeyError):

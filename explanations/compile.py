@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import spatial
-from .activations import Step, activation
+from .activations import ScaledClamp, Step, activation
 from .errors import DivergedModel, InvalidModel, UnsupportedModule
 from .graph import Act, Affine, Chain, Graph, Residual, first_width, iter_ops
 
@@ -70,7 +70,8 @@ def compile_model(module: nn.Module, n_inputs: int | None = None, *, input_shape
             raise InvalidModel(f"n_inputs={n_inputs} does not match input_shape={input_shape}")
         n_inputs, shapes = math.prod(input_shape), spatial.input_shapes(module, input_shape)
     options = _Options(inference, live, shapes, *spatial.placement(module))
-    chain = spatial.fold_normalisations(spatial.expand_pools(_compile(module, "", options)))
+    fuse = spatial.fuse_elementwise
+    chain = fuse(spatial.fold_normalisations(spatial.expand_pools(fuse(_compile(module, "", options)))))
     width = n_inputs if n_inputs is not None else first_width(chain)
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
@@ -200,6 +201,8 @@ def _compile(module: nn.Module, path: str, options: _Options) -> Chain:
         return (spatial.Clamp(float(module.min_val), float(module.max_val), 1.0, 0.0, path, "Hardtanh"),)
     if _plain(module, nn.Hardsigmoid):
         return (spatial.Clamp(0.0, 6.0, 1.0 / 6.0, 3.0, path, "Hardsigmoid"),)
+    if _plain(module, ScaledClamp):
+        return (spatial.Clamp(module.low, module.high, module.scale, module.offset, path, "ScaledClamp"),)
     if _plain(module, nn.GELU):
         return (Act(_gelu_kind(module.approximate, path), path),)
     if _plain(module, nn.Flatten):
