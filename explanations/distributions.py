@@ -1,9 +1,11 @@
 """Input distributions: `Gaussian(mean, cov)` and `BooleanCube(n)`.
 
 Validation: a float32 or float64 dtype; a 1-D finite mean with at least one entry; a
-square, finite, symmetric covariance (|Σ - Σᵀ| ≤ 1e-8·max|Σ|) whose smallest eigenvalue is
-≥ -τ·(largest), τ = max(1e-8, 8nε) with ε the dtype's machine epsilon (eigh's own rounding
-in float32: a rank-9 sample covariance of 50 features had λ_min = -1.8e-6·λ_max). Sampling uses
+square, finite, symmetric covariance (|Σ - Σᵀ| ≤ τ·max|Σ|) whose smallest eigenvalue is
+≥ -τ·(largest), τ = min(max(1e-8, 8nε), 1e-2) with ε the machine epsilon of the coarser of
+Σ's own dtype and the target dtype (float32 rounding: A Aᵀ computed in float32 is asymmetric
+by 4e-8·max|Σ|, and eigh in float32 put a rank-9 sample covariance of 50 features at
+λ_min = -1.8e-6·λ_max). Sampling uses
 x = μ + F u with u ~ N(0, I) and F F ᵀ = Σ: F = I for Σ = I, the Cholesky factor when Σ is well
 conditioned (λ_min > 1e-8·λ_max), else V·diag(√λ') from the eigendecomposition, with
 λ' = 0 for eigenvalues at eigh's rounding level (λ ≤ n·ε·λ_max) and λ' = λ above it. A
@@ -22,13 +24,23 @@ from .errors import InvalidDistribution
 _TOLERANCE = 1e-8
 
 
-def _factor(cov: Tensor) -> Tensor:
+def _epsilon(source: torch.dtype, dtype: torch.dtype) -> float:
+    """ε of the module docstring: of the coarser of Σ's own dtype and the target dtype."""
+    return max(torch.finfo(dtype).eps, torch.finfo(source).eps if source.is_floating_point else 0.0)
+
+
+def _tolerance(n: int, eps: float) -> float:
+    """τ of the module docstring for an n × n Σ."""
+    return min(max(_TOLERANCE, 8 * n * eps), 1e-2)
+
+
+def _factor(cov: Tensor, eps: float) -> Tensor:
     """F with F Fᵀ = Σ (module docstring) for a symmetric Σ, after checking that Σ is
     positive semi-definite to τ."""
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)
     largest = eigenvalues[-1].abs()
-    rounding = cov.shape[0] * torch.finfo(cov.dtype).eps * largest
-    if eigenvalues[0] < -max(_TOLERANCE * largest.clamp_min(1e-300), 8 * rounding):
+    rounding = cov.shape[0] * eps * largest
+    if eigenvalues[0] < -_tolerance(cov.shape[0], eps) * largest.clamp_min(1e-300):
         raise InvalidDistribution(
             f"covariance is not positive semi-definite: smallest eigenvalue {eigenvalues[0].item():.3g}")
     cholesky, info = torch.linalg.cholesky_ex(cov)
@@ -55,6 +67,7 @@ class Gaussian:
         if cov.shape != (n, n):
             raise InvalidDistribution(
                 f"covariance must have shape ({n}, {n}) to match the mean, got {tuple(cov.shape)}")
+        eps = _epsilon(cov.dtype, dtype)
         mean, cov = mean.to(dtype), cov.to(device=mean.device, dtype=dtype)
         if not torch.isfinite(mean).all():
             raise InvalidDistribution("mean has NaN or infinite entries")
@@ -62,12 +75,12 @@ class Gaussian:
             raise InvalidDistribution("covariance has NaN or infinite entries")
         scale = cov.abs().max().clamp_min(1e-300)
         asymmetry = (cov - cov.T).abs().max()
-        if asymmetry > _TOLERANCE * scale:
+        if asymmetry > _tolerance(n, eps) * scale:
             raise InvalidDistribution(f"covariance is not symmetric (max |Σ - Σᵀ| = {asymmetry:.3g})")
         cov = (cov + cov.T) / 2
         self.mean, self.cov = mean, cov
         self._identity = bool(torch.equal(cov, torch.eye(n, dtype=dtype, device=cov.device)))
-        self.factor = cov if self._identity else _factor(cov)     # (I needs no decomposition)
+        self.factor = cov if self._identity else _factor(cov, eps)     # (I needs no decomposition)
 
     @classmethod
     def standard(cls, n: int, *, dtype: torch.dtype = torch.float64,

@@ -125,3 +125,21 @@ def test_ledoit_wolf_shrinks_noise_and_keeps_structure():
 def test_fit_refuses_bad_data(data, shrinkage, message):
     with pytest.raises(InvalidDistribution, match=message):
         Gaussian.fit(data, shrinkage=shrinkage)
+
+
+def test_float32_covariances_are_judged_at_float32_rounding():
+    """A Aᵀ computed in float32 is asymmetric by ~4e-8·max|Σ| and a rank-2 float32 B Bᵀ has
+    eigenvalues of ±1e-7·λ_max: both were refused ("not symmetric", "not positive
+    semi-definite") even with dtype=float64, whose tolerance is float64's."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=g)
+    b = torch.randn(6, 2, generator=g)
+    low_rank = b @ b.T
+    for dtype in (torch.float64, torch.float32):
+        Gaussian(torch.zeros(6), a @ a.T / 6 + 0.1 * torch.eye(6), dtype=dtype)
+        x = Gaussian(torch.zeros(6), (low_rank + low_rank.T) / 2, dtype=dtype).sample(
+            2000, generator=torch.Generator().manual_seed(1))
+        null = torch.linalg.svd(b.T.double()).Vh[2:].to(dtype)
+        assert (x @ null.T).abs().max() <= 1e-5 * x.abs().max()
+    with pytest.raises(InvalidDistribution, match="not symmetric"):
+        Gaussian(torch.zeros(2), torch.tensor([[1.0, 1e-3], [0.0, 1.0]]))
