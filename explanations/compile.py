@@ -35,6 +35,7 @@ _LEAF_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn
 _FUNCTION_ACTIVATIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh", F.tanh: "tanh",
                          torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.silu: "silu", F.mish: "mish"}
 _METHOD_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
+_FUNCTION_CLAMPS = {F.relu6, F.hardtanh, F.hardsigmoid, torch.clamp}
 # families with a parameter: function → (family, parameter name, its position, default)
 _FUNCTION_FAMILIES = {F.leaky_relu: ("leaky_relu", "negative_slope", 1, 0.01),
                       F.elu: ("elu", "alpha", 1, 1.0), F.softplus: ("softplus", "beta", 1, 1.0)}
@@ -159,6 +160,23 @@ def _family_kind(node: torch.fx.Node, path: str) -> str:
     return activation(f"{family}:{float(value)!r}").name
 
 
+def _clamp_call(node: torch.fx.Node, path: str) -> spatial.Clamp:
+    """A call to F.relu6, F.hardtanh(x, min_val, max_val), F.hardsigmoid or torch.clamp(x, min,
+    max) (both bounds numbers) as the Clamp it is."""
+    args, kwargs, name = node.args, node.kwargs, getattr(node.target, "__name__", str(node.target))
+    if node.target is F.relu6:
+        return spatial.Clamp(0.0, 6.0, 1.0, 0.0, path, name)
+    if node.target is F.hardsigmoid:
+        return spatial.Clamp(0.0, 6.0, 1.0 / 6.0, 3.0, path, name)
+    names = ("min_val", "max_val") if node.target is F.hardtanh else ("min", "max")
+    defaults = (-1.0, 1.0) if node.target is F.hardtanh else (None, None)
+    low, high = (kwargs.get(key, args[i + 1] if len(args) > i + 1 else default)
+                 for i, (key, default) in enumerate(zip(names, defaults)))
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in (low, high)) or not low < high:
+        raise UnsupportedModule(path, name, f"needs two numbers as bounds, low < high (got {low!r}, {high!r})")
+    return spatial.Clamp(float(low), float(high), 1.0, 0.0, path, name)
+
+
 def _flatten(start: object, end: object, path: str) -> Chain:
     """Flattening each row, which the graph's vectors already are. UnsupportedModule where
     the flattening starts at the batch axis (start_dim 0: it mixes the rows) or after the
@@ -273,6 +291,8 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
         return operand(args[0]) + (Act(_FUNCTION_ACTIVATIONS[node.target], f"{path}.{node.name}"),)
     if node.op == "call_function" and node.target in _FUNCTION_FAMILIES:
         return operand(args[0]) + (Act(_family_kind(node, path), f"{path}.{node.name}"),)
+    if node.op == "call_function" and node.target in _FUNCTION_CLAMPS:
+        return operand(args[0]) + (_clamp_call(node, f"{path}.{node.name}"),)
     if node.op == "call_function" and node.target is F.gelu:
         approximate = node.kwargs.get("approximate", args[1] if len(args) > 1 else "none")
         return operand(args[0]) + (Act(_gelu_kind(approximate, path), f"{path}.{node.name}"),)

@@ -350,3 +350,31 @@ def test_an_activation_then_a_clamp_has_its_moments_from_the_composition():
     rebuilt = compile_model(graph_module(graph))
     assert [op.kind for op in rebuilt.chain if isinstance(op, Act)] == ["compose:relu|clamp:-0.5,0.5,1.0,0.0"]
     torch.testing.assert_close(rebuilt.forward(x[:100]), model(x[:100]), rtol=1e-12, atol=1e-12)
+
+
+class FunctionalClamps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = F.relu6(self.a(x)) + F.hardtanh(self.a(x), -0.5, max_val=0.5)
+        return self.d(torch.clamp(self.c(F.hardsigmoid(self.b(h))), 0.0, 6.0))
+
+
+def test_functional_clamps_compile_as_their_modules_do():
+    """F.relu6, F.hardtanh, F.hardsigmoid and torch.clamp with two bounds had been refused."""
+    model = FunctionalClamps().double()
+    x = 4 * torch.randn(256, 4, dtype=torch.float64)
+    torch.testing.assert_close(compile_model(model).forward(x), model(x), rtol=1e-12, atol=1e-12)
+
+    class OneSided(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return torch.clamp(self.a(x), min=0.0)
+
+    with pytest.raises(UnsupportedModule, match="needs two numbers as bounds"):
+        compile_model(OneSided())
