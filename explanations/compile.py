@@ -24,6 +24,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from . import spatial
 from .activations import ScaledClamp, Step, activation
@@ -160,6 +161,25 @@ def _family_kind(node: torch.fx.Node, path: str) -> str:
     return activation(f"{family}:{float(value)!r}").name
 
 
+def _linear_from_passes(module: nn.Linear, options: "_Options") -> tuple[Tensor, Tensor]:
+    """W and b of a Linear whose weight a forward pre-hook computes (the hook-style
+    nn.utils.weight_norm and spectral_norm, which refresh the attribute `weight` only at the
+    next forward: after load_state_dict or a step, it is stale, and a compile had silently
+    used it): b = module(0), W = [module(e_j) - b]_j, in eval mode (spectral_norm's power
+    iteration moves only in training) and differentiable where `live`."""
+    parameter = next(module.parameters())
+    inputs = torch.cat([parameter.new_zeros(1, module.in_features), torch.eye(module.in_features).to(parameter)])
+    training = module.training
+    module.eval()
+    try:
+        with torch.set_grad_enabled(options.live and torch.is_grad_enabled()):
+            out = module(inputs)
+    finally:
+        module.train(training)
+    bias, weight = out[0], (out[1:] - out[0]).T
+    return (weight, bias) if options.live else (weight.detach().clone(), bias.detach().clone())
+
+
 def _clamp_call(node: torch.fx.Node, path: str) -> spatial.Clamp:
     """A call to F.relu6, F.hardtanh(x, min_val, max_val), F.hardsigmoid or torch.clamp(x, min,
     max) (both bounds numbers) as the Clamp it is."""
@@ -202,6 +222,8 @@ def _compile(module: nn.Module, path: str, options: _Options) -> Chain:
     if _plain(module, nn.Linear):
         if isinstance(module.weight, nn.parameter.UninitializedParameter):
             raise UnsupportedModule(path, type(module).__name__, "uninitialised lazy parameters")
+        if "weight" not in module._parameters and not parametrize.is_parametrized(module, "weight"):
+            return (Affine(*_linear_from_passes(module, options), path),)
         weight = options.take(module.weight)
         bias = options.take(module.bias) if module.bias is not None else weight.new_zeros(weight.shape[0]).detach()
         return (Affine(weight, bias, path),)

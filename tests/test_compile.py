@@ -378,3 +378,26 @@ def test_functional_clamps_compile_as_their_modules_do():
 
     with pytest.raises(UnsupportedModule, match="needs two numbers as bounds"):
         compile_model(OneSided())
+
+
+@pytest.mark.parametrize("wrap", [nn.utils.weight_norm, nn.utils.spectral_norm])
+def test_hook_computed_weights_are_read_fresh(wrap):
+    """The hook-style weight_norm and spectral_norm refresh `weight` only at the next forward:
+    after load_state_dict a compile had used the stale one (graph 1.3–6.4 off the model).
+    Compiling leaves spectral_norm's power-iteration state as it was, in training mode too."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        models = [nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1)) for _ in range(2)]
+        for model in models:
+            wrap(model[0])
+    model, other = models
+    compile_model(model.eval())
+    model.load_state_dict(other.state_dict())
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    graph = compile_model(model, inference=True)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    x = torch.randn(64, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(graph.forward(x), model.eval()(x), rtol=1e-5, atol=1e-6)
