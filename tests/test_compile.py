@@ -401,3 +401,27 @@ def test_hook_computed_weights_are_read_fresh(wrap):
     x = torch.randn(64, 4)
     with torch.no_grad():
         torch.testing.assert_close(graph.forward(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_clamp_too_wide_to_write_out_stays_one_activation(monkeypatch):
+    """ReLU6 after a convolution on 1 × 28 × 28 needed a 7.9·10⁷-entry matrix and was refused;
+    it now stays an activation `clamp:l,h,s,o` whose quadrature moments match sampling."""
+    from explanations import Gaussian, explain, spatial
+    mnist = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU6(), nn.Flatten(), nn.Linear(8 * 28 * 28, 2))
+    graph = compile_model(mnist, input_shape=(1, 28, 28))
+    assert [op.kind for op in graph.chain if isinstance(op, Act)] == ["clamp:0.0,6.0,1.0,0.0"]
+    images = 4 * torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(graph.forward(images.flatten(1)), mnist(images), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(spatial, "MAX_DENSE_ENTRIES", 100)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU6(), nn.Linear(16, 3)).double()
+    with torch.no_grad():
+        model[0].weight.mul_(4)                                      # both ends of the clamp in play
+    pi = explain(model, Gaussian.standard(8), "gaussian")
+    assert [op.kind for op in pi.graph.chain if isinstance(op, Act)] == ["clamp:0.0,6.0,1.0,0.0"]
+    x = torch.randn(200_000, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x)
+    assert ((pi.expectation().value - y.mean(0)).abs() < 5 * y.std(0) / 200_000 ** 0.5).all()
+    assert torch.allclose(pi.cov.diagonal(), y.var(0), rtol=0.03)
