@@ -77,6 +77,11 @@ def compile_model(module: nn.Module, n_inputs: int | None = None, *, input_shape
     width = n_inputs if n_inputs is not None else first_width(chain)
     if width is None:
         raise InvalidModel("the model has no Linear layer; pass n_inputs to compile_model")
+    first = first_width(chain)
+    if input_shape is not None and len(input_shape) > 1 and first == input_shape[-1] != width:
+        raise InvalidModel(f"the first map takes {first} inputs, the last axis of input_shape {input_shape}: a Linear "
+                           f"applied along one axis of a multi-axis input (per position or time step) is not "
+                           f"supported; the graph reads each input flattened to {width} values (nn.Flatten first)")
     graph = Graph(spatial.expand_clamps(chain, width, options.dtype, options.device)[0], width, input_shape)
     input_shape = input_shape or (width,)
     device, dtype = spatial.placement(module)

@@ -425,3 +425,10 @@ def test_a_clamp_too_wide_to_write_out_stays_one_activation(monkeypatch):
         y = model(x)
     assert ((pi.expectation().value - y.mean(0)).abs() < 5 * y.std(0) / 200_000 ** 0.5).all()
     assert torch.allclose(pi.cov.diagonal(), y.var(0), rtol=0.03)
+
+
+def test_a_linear_along_one_axis_of_a_multi_axis_input_is_named():
+    """A per-time-step Linear on (T, F) inputs had failed with "'0' expects 3 inputs but receives 15"."""
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Flatten(), nn.Linear(20, 1))
+    with pytest.raises(InvalidModel, match="last axis of input_shape \\(5, 3\\).*flattened to 15 values"):
+        compile_model(model, input_shape=(5, 3))
