@@ -470,3 +470,20 @@ def test_explain_takes_inference_and_prints_intervals_apart():
     estimate = pi.probability(Above(0, float(pi.mean[0])), samples=20_000)
     low, high = str(estimate).split("95% in [")[1].split("]")[0].split(", ")
     assert low != high
+
+
+@pytest.mark.parametrize("ending", [[nn.Sigmoid()], [nn.ReLU(), nn.ReLU6()]])
+def test_a_model_ending_in_an_activation_is_tracked_with_events(tmp_path, ending):
+    """The cumulant query bound read the last op's n_in, which an activation has not: the
+    first save raised AttributeError (a final ReLU → ReLU6 is one activation since fusion)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2), *ending)
+    optimizer = torch.optim.SGD(model.parameters(), 1e-3)
+    with Tracker(model, optimizer, Gaussian.standard(6), method="auto", events={"high": Above(0, 0.6)},
+                 path=tmp_path / "run.h5", every=2, budget=5.0) as tr:
+        for _ in range(6):
+            loss = model(torch.randn(512, 6)).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    assert tr.ledger.overruns == 0 and open_run(tmp_path / "run.h5").series("high").value.size == 3

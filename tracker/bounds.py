@@ -306,7 +306,9 @@ def _marginal(graph: Graph, name: str, options: dict) -> int:
                      int(options.get("degree", POLYNOMIAL_DEGREE)))
         up_to = int(options.get("tetrahedra_up_to", TETRAHEDRA_UP_TO))
     else:
-        n, order = graph.chain[-1].n_in, int(options.get("order", 3))
+        chain = graph.chain          # `cumulant` expands a last Act → Affine; other endings have no diagrams
+        ends = len(chain) >= 2 and isinstance(chain[-1], Affine) and isinstance(chain[-2], Act)
+        n, order = chain[-1].n_in if ends else 0, int(options.get("order", 3))
         degree, up_to = int(options.get("degree", CUMULANT_DEGREE)), TETRAHEDRA_UP_TO
     tetrahedra = 0 if order < 4 else _tetrahedra(n, degree) if n <= up_to else _tetrahedra_bound(n, degree)
     return 4 * CUMULANT_BUDGET * graph.flops_per_sample + tetrahedra
