@@ -49,17 +49,27 @@ def is_two_layer(graph: Graph) -> bool:
 def check_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str, options: dict) -> None:
     """Raise now what `explain(graph, distribution, method, **options)` would raise for the
     method's name, the network's structure, an option's name or the dtype, without building
-    π (other option values are checked when π is built)."""
+    π (other option values are checked when π is built). "auto" and "guide" are checked as
+    the method they pick for this network and distribution (the choice `explain` makes):
+    an option that method does not take is a TypeError naming both."""
     if method not in ("auto", "guide") and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: auto, guide, {', '.join(sorted(METHODS))}")
     if method in METHODS:
-        METHODS[method].check_structure(graph)
-    classes = [METHODS[method]] if method in METHODS else list(METHODS.values())
-    accepted = {name for cls in classes for name in inspect.signature(cls.__init__).parameters} - {"self", "graph",
-                                                                                                 "distribution"}
+        name = method
+    elif is_step_network(graph):
+        name = "halfspaces"
+    elif not isinstance(distribution, Gaussian):
+        name = "sampling"
+    elif is_two_layer(graph):
+        name = "polynomial"
+    else:
+        name = "cumulant" if method == "auto" else "gaussian"
+    METHODS[name].check_structure(graph)
+    accepted = set(inspect.signature(METHODS[name].__init__).parameters) - {"self", "graph", "distribution"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise TypeError(f"method {method!r} takes no option {', '.join(map(repr, unknown))}; "
+        picked = "" if name == method else f" (here {name!r}, which it picks for this network and distribution)"
+        raise TypeError(f"method {method!r}{picked} takes no option {', '.join(map(repr, unknown))}; "
                         f"its options: {', '.join(sorted(accepted))}")
     if "dtype" in options:
         moment_dtype(options["dtype"])

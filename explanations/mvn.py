@@ -161,42 +161,46 @@ def log_bivariate_normal_cdf(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
 
 
 def _log_bvn_small(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
-    """`log_bivariate_normal_cdf` for one element below _DIRECT_FLOOR (its docstring)."""
+    """`log_bivariate_normal_cdf` for one element below _DIRECT_FLOOR (its docstring). Beside
+    the panels around u*, edges at u₀ = k/ρ ± (σ/|ρ|)·2^j resolve the step that Φ((k - ρu)/σ)
+    takes there over a width σ/|ρ| (near ρ = -1 the mass can sit in a window of 1e-7)."""
     if float(h.detach()) > float(k.detach()):
         h, k = k, h
-    r, top = float(rho.detach()), float(h.detach())
-    if abs(r) == 1:
-        return log_ndtr(h) if r > 0 else _log_prob_between(-k, h)
+    r, top, right = float(rho.detach()), float(h.detach()), float(k.detach())
+    if top == -math.inf:
+        return torch.full_like(h, -math.inf)
+    if abs(r) == 1 or right == math.inf:
+        return log_ndtr(h) if r > 0 or right == math.inf else _log_prob_between(-k, h)
     sigma = torch.sqrt((1 - rho) * (1 + rho))
 
     def log_integrand(u: Tensor) -> Tensor:
         return -u * u / 2 - 0.5 * math.log(2 * math.pi) + log_ndtr((k - rho * u) / sigma)
 
-    with torch.no_grad():
-        s = float(sigma.detach())
+    s = float(sigma.detach())
 
-        def slope_and_curvature(u: float) -> tuple[float, float]:
-            z = (float(k.detach()) - r * u) / s
-            mills = math.exp(-z * z / 2 - 0.5 * math.log(2 * math.pi) - float(log_ndtr(torch.tensor(z, dtype=_F64))))
-            return -u - r / s * mills, 1 + (r / s) ** 2 * mills * (z + mills)
+    def slope_and_curvature(u: float) -> tuple[float, float]:
+        z = (right - r * u) / s
+        mills = math.sqrt(2 / math.pi) / float(torch.special.erfcx(torch.tensor(-z / math.sqrt(2), dtype=_F64)))
+        spread = min(max(mills * (z + mills), 0.0), 1.0)      # in (0, 1); rounding can leave it outside
+        return -u - r / s * mills, 1 + (r / s) ** 2 * spread
 
-        u = top
-        slope, curvature = slope_and_curvature(u)
-        if slope < 0:                                  # the maximum lies inside (-∞, h): Newton on f'
-            for _ in range(_NEWTON_STEPS):
-                u = min(u + slope / curvature, top)
-                slope, curvature = slope_and_curvature(u)
-                if abs(slope) <= 1e-12 * curvature:
-                    break
-        scale = min(1 / math.sqrt(curvature), 1 / slope if slope > 0 else math.inf)
-    offsets = [0.0]
-    while offsets[-1] < _TAIL_REACH:
-        offsets.append(min(scale * 2.0 ** (len(offsets) - 1), _TAIL_REACH))
-    at_top = u >= top
-    centre = h if at_top else torch.tensor(u, dtype=_F64, device=h.device)
-    edges = [centre - d for d in reversed(offsets[1:])] + [centre]
-    if not at_top:
-        edges += [centre + d for d in offsets[1:] if u + d < top] + [h]
+    u = top
+    slope, curvature = slope_and_curvature(u)
+    if slope < 0:                                      # the maximum lies inside (-∞, h): Newton on f'
+        for _ in range(_NEWTON_STEPS):
+            u = min(u + slope / curvature, top)
+            slope, curvature = slope_and_curvature(u)
+            if abs(slope) <= 1e-12 * curvature:
+                break
+    scale = min(1 / math.sqrt(curvature), 1 / slope if slope > 0 else math.inf)
+    reach = [scale * 2.0 ** j for j in range(80) if scale * 2.0 ** j < _TAIL_REACH] + [_TAIL_REACH]
+    points = {u - d for d in reach} | {u + d for d in reach} | {u}
+    if r != 0:
+        step, width = right / r, s / abs(r)
+        points |= {step} | {step + sign * width * 2.0 ** j for j in range(80) for sign in (-1, 1)
+                            if width * 2.0 ** j < 2 * _TAIL_REACH}
+    inner = sorted(p for p in points if u - _TAIL_REACH <= p < top)
+    edges = [torch.tensor(p, dtype=_F64, device=h.device) for p in inner] + [h]
     nodes, weights = _GL_NODES[2].to(h.device), _GL_WEIGHTS[2].to(h.device)
     terms = [log_integrand(a + (b - a) * nodes) + torch.log((b - a) * weights)
              for a, b in zip(edges[:-1], edges[1:])]
@@ -222,11 +226,20 @@ class OrthantResult:
     ``abs_error`` estimates the absolute error of p = exp(log_p) itself (not of
     its log): three standard errors across randomised QMC replicates, or 0.0
     when p was computed in closed form. ``flops`` counts the work done.
+    ``relative_se`` is one standard error of p̂ relative to p̂ and ``replicates``
+    the number of independent randomised replicates it comes from: kept apart
+    from ``abs_error`` because p̂ · relative_se underflows with p̂ below about
+    1e-308 while the ratio does not. ``log_orthant`` and the halfspace solvers
+    fill them (0.0 and 0 where p is exact; relative_se nan where no spread is
+    known: every replicate 0, or no replicates at all); other producers leave
+    the defaults and carry their error in ``abs_error`` only.
     """
 
     log_p: float
     abs_error: float
     flops: int
+    relative_se: float = 0.0
+    replicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -283,8 +296,10 @@ def log_orthant(
     ``abs_error`` is three standard errors of the replicate means: 0.0 when p
     is exact (k = 1, r = 1, a deterministic zero) or the integrand is constant
     (independent components), and, being absolute, it underflows with p below
-    about 1e-308. Conditional factors below about 1e-300 on their own lose
-    accuracy (Φ⁻¹ is evaluated no lower than the smallest normal float64).
+    about 1e-308; ``relative_se`` (one standard error over p̂, with
+    ``replicates``) does not. Conditional factors below about 1e-300 on their
+    own lose accuracy (Φ⁻¹ is evaluated no lower than the smallest normal
+    float64).
     ``flops`` counts the factorisation and the sampling, not input validation.
 
     Raises ValueError on non-finite input, mismatched shapes, a non-symmetric or
@@ -313,8 +328,8 @@ def log_orthant(
     if len(steps) == 1:
         log_e = _log_prob_between(*_step_limits(steps[0], c.new_zeros(1, 0)))
         return OrthantResult(float(log_e), 0.0, flops + _step_flops(steps[0], False, 1))
-    log_p, abs_error, qmc_flops = _sov_qmc(steps, points, replicates, seed)
-    return OrthantResult(log_p, abs_error, flops + qmc_flops)
+    log_p, abs_error, relative_se, qmc_flops = _sov_qmc(steps, points, replicates, seed)
+    return OrthantResult(log_p, abs_error, flops + qmc_flops, relative_se, replicates)
 
 
 def _check_gaussian(mean: Tensor, cov: Tensor) -> tuple[Tensor, Tensor]:
@@ -367,8 +382,9 @@ def _sov_factor(corr: Tensor, c: Tensor) -> tuple[list[_Step], int]:
     return steps, flops + 2 * k**3 + 3 * k * k
 
 
-def _sov_qmc(steps: list[_Step], points: int, replicates: int, seed: int) -> tuple[float, float, int]:
-    """Randomised-QMC estimate of log p, 3 standard errors of p, and the flops used."""
+def _sov_qmc(steps: list[_Step], points: int, replicates: int, seed: int) -> tuple[float, float, float, int]:
+    """Randomised-QMC estimate of log p, 3 standard errors of p, one standard error
+    relative to p (nan when every replicate is 0), and the flops used."""
     dim, device = len(steps) - 1, steps[0].coef.device
     seeds = torch.randint(0, 2**62, (replicates,), generator=torch.Generator().manual_seed(seed))
     u = torch.cat(
@@ -390,9 +406,9 @@ def _sov_qmc(steps: list[_Step], points: int, replicates: int, seed: int) -> tup
     n = len(log_f)
     flops = sum(_step_flops(s, j < dim, n) for j, s in enumerate(steps)) + n + 5 * replicates
     if log_p == -math.inf:
-        return log_p, 0.0, flops
+        return log_p, 0.0, math.nan, flops
     rel_se = float(torch.exp(log_means - log_p).std()) / math.sqrt(replicates)
-    return log_p, 3 * rel_se * math.exp(log_p), flops
+    return log_p, 3 * rel_se * math.exp(log_p), rel_se, flops
 
 
 def _step_limits(step: _Step, y_before: Tensor) -> tuple[Tensor, Tensor]:

@@ -119,7 +119,7 @@ def test_cube_smc_matches_enumeration(k, b, weights):
     h = halfspaces(a, torch.full((k,), b))
     exact = math.exp(exact_cube_log_probability(h))
     result = cube_log_probability(h, particles=256, replicates=8, seed=0)
-    se = (result.interval[1] - math.exp(result.log_p)) / 1.96
+    se = result.relative_se * math.exp(result.log_p)
     assert exact > 0
     assert abs(math.exp(result.log_p) - exact) <= 5 * se + 1e-12
 
