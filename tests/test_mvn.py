@@ -157,6 +157,20 @@ def test_log_bvn_far_in_the_tail_against_closed_forms_and_plackett():
     assert float(log_bivariate_normal_cdf(t(-30.0), t(40.0), t(-1.0))) == pytest.approx(float(log_ndtr(t(-30.0))))
 
 
+def test_log_bvn_at_its_edges():
+    """Infinite limits, ρ a hair from -1 (a window 1e-7 wide holds all the mass:
+    Φ₂(-6, 6.0000001; ρ) → Φ(-6) - Φ(-6.0000001) ≈ φ(6)·1e-7), and arguments whose inverse
+    Mills ratio cancels in float64: these had raised a math domain error or returned NaN."""
+    inf = math.inf
+    assert float(log_bivariate_normal_cdf(t(-inf), t(0.0), t(0.5))) == -inf
+    assert float(log_bivariate_normal_cdf(t(-30.0), t(inf), t(0.5))) == pytest.approx(float(log_ndtr(t(-30.0))))
+    window = math.log(1e-7) - 18 - 0.5 * math.log(2 * math.pi)
+    assert float(log_bivariate_normal_cdf(t(-6.0), t(6.0000001), t(-1 + 1.1e-16))) == pytest.approx(window, abs=2e-3)
+    for h, k, rho in ((-10.0, -3.0, -1 + 1e-12), (-40.0, -40.0, -0.999999), (-6.0, 5.9, -1 + 1e-16)):
+        value = float(log_bivariate_normal_cdf(t(h), t(k), t(rho)))
+        assert -math.inf < value < float(log_bivariate_normal_cdf(t(h), t(k), t(-0.99)))
+
+
 def test_log_bvn_agrees_with_the_linear_form_where_both_hold():
     """Where 1e-12 < Φ₂ < 1e-8 both forms apply (the linear one to 1e-15 absolute); above
     1e-8 log Φ₂ is the linear form's log; symmetric in h and k."""
