@@ -118,12 +118,11 @@ def truth(case: Case, h: Halfspaces, big_budget_flops: float) -> tuple[float, st
     """(log p, how, relative error of the truth)."""
     if case.family == "gaussian":
         r = gaussian_log_probability(h, Gaussian.standard(h.n), points=1 << 14, replicates=16, seed=12345)
-        return r.log_p, "sov 2^14x16", r.abs_error / 3 / math.exp(r.log_p) if r.log_p > -math.inf else 0.0
+        return r.log_p, "sov 2^14x16", r.relative_se if r.log_p > -math.inf else 0.0
     if h.n <= 22:
         return exact_cube_log_probability(h), "enumeration", 0.0
     r = cube_log_probability(h, flops=big_budget_flops, replicates=8, seed=12345)
-    p = math.exp(r.log_p)
-    return r.log_p, "smc x16", (r.interval[1] - p) / 1.96 / p if p > 0 else 0.0
+    return r.log_p, "smc x16", r.relative_se if r.log_p > -math.inf else 0.0
 
 
 def evaluate(case: Case, repeats: int, budget: float, scipy: bool = True) -> dict:
