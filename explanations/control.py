@@ -23,6 +23,7 @@ from .estimate import Estimate
 from .montecarlo import PROGRESS_FROM, draw_cost, sample_count, student_t_quantile
 
 
+CONTROL_BUILD_SHARE = 0.25   # under a FLOP budget: π's build may take at most this share of it
 CONTROL_MARGIN = 0.8     # under a FLOP budget: π's predicted variance must be at most 0.8 of plain sampling's
 
 
