@@ -166,22 +166,29 @@ def _family_kind(node: torch.fx.Node, path: str) -> str:
     return activation(f"{family}:{float(value)!r}").name
 
 
-def _linear_from_passes(module: nn.Linear, options: "_Options") -> tuple[Tensor, Tensor]:
+def _linear_from_passes(module: nn.Linear, options: "_Options", chunk: int = 128) -> tuple[Tensor, Tensor]:
     """W and b of a Linear whose weight a forward pre-hook computes (the hook-style
     nn.utils.weight_norm and spectral_norm, which refresh the attribute `weight` only at the
     next forward: after load_state_dict or a step, it is stale, and a compile had silently
-    used it): b = module(0), W = [module(e_j) - b]_j, in eval mode (spectral_norm's power
-    iteration moves only in training) and differentiable where `live`."""
+    used it): b = module(0), W = [module(e_j) - b]_j over `chunk` basis vectors a pass (memory
+    chunk × in, not in²), in eval mode (spectral_norm's power iteration moves only in
+    training) and differentiable where `live`."""
     parameter = next(module.parameters())
-    inputs = torch.cat([parameter.new_zeros(1, module.in_features), torch.eye(module.in_features).to(parameter)])
+    n = module.in_features
     training = module.training
     module.eval()
     try:
         with torch.set_grad_enabled(options.live and torch.is_grad_enabled()):
-            out = module(inputs)
+            bias = module(parameter.new_zeros(1, n))[0]
+            columns = []
+            for start in range(0, n, chunk):
+                rows = torch.arange(min(chunk, n - start), device=parameter.device)
+                basis = parameter.new_zeros(len(rows), n)
+                basis[rows, start + rows] = 1.0
+                columns.append(module(basis) - bias)
     finally:
         module.train(training)
-    bias, weight = out[0], (out[1:] - out[0]).T
+    weight = torch.cat(columns).T
     return (weight, bias) if options.live else (weight.detach().clone(), bias.detach().clone())
 
 
