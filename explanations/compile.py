@@ -36,7 +36,7 @@ _LEAF_ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn
 _FUNCTION_ACTIVATIONS = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh", F.tanh: "tanh",
                          torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.silu: "silu", F.mish: "mish"}
 _METHOD_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid"}
-_FUNCTION_CLAMPS = {F.relu6, F.hardtanh, F.hardsigmoid, torch.clamp}
+_FUNCTION_CLAMPS = {F.relu6, F.hardtanh, F.hardsigmoid, torch.clamp, torch.clip}
 # families with a parameter: function → (family, parameter name, its position, default)
 _FUNCTION_FAMILIES = {F.leaky_relu: ("leaky_relu", "negative_slope", 1, 0.01),
                       F.elu: ("elu", "alpha", 1, 1.0), F.softplus: ("softplus", "beta", 1, 1.0)}
@@ -194,7 +194,7 @@ def _linear_from_passes(module: nn.Linear, options: "_Options", chunk: int = 128
 
 def _clamp_call(node: torch.fx.Node, path: str) -> spatial.Clamp:
     """A call to F.relu6, F.hardtanh(x, min_val, max_val), F.hardsigmoid or torch.clamp(x, min,
-    max) (both bounds numbers) as the Clamp it is."""
+    max) (also torch.clip, x.clamp, x.clip; both bounds numbers) as the Clamp it is."""
     args, kwargs, name = node.args, node.kwargs, getattr(node.target, "__name__", str(node.target))
     if node.target is F.relu6:
         return spatial.Clamp(0.0, 6.0, 1.0, 0.0, path, name)
@@ -325,7 +325,8 @@ def _trace_step(node: torch.fx.Node, chains: dict, module: nn.Module, path: str,
         return operand(args[0]) + (Act(_FUNCTION_ACTIVATIONS[node.target], f"{path}.{node.name}"),)
     if node.op == "call_function" and node.target in _FUNCTION_FAMILIES:
         return operand(args[0]) + (Act(_family_kind(node, path), f"{path}.{node.name}"),)
-    if node.op == "call_function" and node.target in _FUNCTION_CLAMPS:
+    if (node.op == "call_function" and node.target in _FUNCTION_CLAMPS
+            or node.op == "call_method" and node.target in ("clamp", "clip")):
         return operand(args[0]) + (_clamp_call(node, f"{path}.{node.name}"),)
     if node.op == "call_function" and node.target is F.gelu:
         approximate = node.kwargs.get("approximate", args[1] if len(args) > 1 else "none")
