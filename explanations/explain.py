@@ -46,6 +46,21 @@ def is_two_layer(graph: Graph) -> bool:
     return kinds == [Affine, Act, Affine]
 
 
+def picked_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str) -> str:
+    """The method `explain` runs for `method`: itself, or for "auto" and "guide" by structure
+    (halfspaces for Linear → Step networks, plain sampling on the Boolean cube otherwise,
+    polynomial for 2-layer networks, then cumulant for "auto" and gaussian for "guide")."""
+    if method in METHODS:
+        return method
+    if is_step_network(graph):
+        return "halfspaces"
+    if not isinstance(distribution, Gaussian):
+        return "sampling"
+    if is_two_layer(graph):
+        return "polynomial"
+    return "cumulant" if method == "auto" else "gaussian"
+
+
 def check_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str, options: dict) -> None:
     """Raise now what `explain(graph, distribution, method, **options)` would raise for the
     method's name, the network's structure, an option's name or the dtype, without building
@@ -54,16 +69,7 @@ def check_method(graph: Graph, distribution: Gaussian | BooleanCube, method: str
     an option that method does not take is a TypeError naming both."""
     if method not in ("auto", "guide") and method not in METHODS:
         raise ValueError(f"unknown method {method!r}; available: auto, guide, {', '.join(sorted(METHODS))}")
-    if method in METHODS:
-        name = method
-    elif is_step_network(graph):
-        name = "halfspaces"
-    elif not isinstance(distribution, Gaussian):
-        name = "sampling"
-    elif is_two_layer(graph):
-        name = "polynomial"
-    else:
-        name = "cumulant" if method == "auto" else "gaussian"
+    name = picked_method(graph, distribution, method)
     METHODS[name].check_structure(graph)
     accepted = set(inspect.signature(METHODS[name].__init__).parameters) - {"self", "graph", "distribution"}
     unknown = sorted(set(options) - accepted)
@@ -86,14 +92,6 @@ def explain(model: nn.Module | Graph, distribution: Gaussian | BooleanCube, meth
     check_method(graph, distribution, method, options)
     if method in METHODS:
         return METHODS[method](graph, distribution, **options)
-    if is_step_network(graph):
-        name = "halfspaces"
-    elif not isinstance(distribution, Gaussian):
-        name = "sampling"
-    elif is_two_layer(graph):
-        name = "polynomial"
-    else:
-        name = "cumulant" if method == "auto" else "gaussian"
-    chosen = METHODS[name](graph, distribution, **options)
+    chosen = METHODS[picked_method(graph, distribution, method)](graph, distribution, **options)
     chosen.method = f"{method}:{chosen.method}"
     return chosen

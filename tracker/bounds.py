@@ -51,9 +51,8 @@ from explanations.activations import activation
 from explanations.cumulant import CUMULANT_BUDGET, DEFAULT_DEGREE as CUMULANT_DEGREE
 from explanations.design import MAX_MODES
 from explanations.events import Event
-from explanations.explain import is_two_layer
+from explanations.explain import picked_method
 from explanations.graph import Act, Affine, Chain
-from explanations.halfspaces import is_step_network
 from explanations.moments import HERMITE_DEGREE, PANEL_NODES, QUADRATURE_PANELS, _RELU_PAIR_FLOPS
 from explanations.montecarlo import detector_flops
 from explanations.mvn import bivariate_normal_cdf_flops, union_flops_bound
@@ -70,17 +69,6 @@ BULK_POINTS, BULK_REPLICATES = 4096, 8          # `guided._bulk`'s zero-sample i
 PILOT, STARTS, REACH, DESCENT, HALVINGS = 384, 3, 30, 10, 10   # `design.find_modes`' loop limits
 SCAN = 13 + 8                                   # a full ray scan: 13 points and 8 bisections
 NEAR_SCAN = 7 + 6 + SCAN                        # a near scan, then the full one
-
-
-def resolved_method(graph: Graph, method: str) -> str:
-    """The method `explain` runs for `method` ("auto" and "guide" choose by structure)."""
-    if method not in ("auto", "guide"):
-        return method
-    if is_step_network(graph):
-        return "halfspaces"
-    if is_two_layer(graph):
-        return "polynomial"
-    return "cumulant" if method == "auto" else "gaussian"
 
 
 # ---- Gaussian propagation ----------------------------------------------------------------
@@ -219,7 +207,7 @@ def _polynomial(graph: Graph, distribution: Gaussian, options: dict) -> int:
 
 def build_bound(graph: Graph, distribution: Gaussian, method: str, options: dict) -> int:
     """Upper bound on `explain(graph, distribution, method, **options).build_flops`."""
-    name = resolved_method(graph, method)
+    name = picked_method(graph, distribution, method)
     if name == "cumulant":
         return _cumulant(graph, distribution, options)
     if name == "polynomial":
@@ -316,7 +304,7 @@ def _marginal(graph: Graph, name: str, options: dict) -> int:
 
 def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict, event: Event) -> int:
     """Upper bound on the FLOPs `π.probability(event)` spends beyond π's build (module docstring)."""
-    name = resolved_method(graph, method)
+    name = picked_method(graph, distribution, method)
     rows = [len(clause) for clause in event.dnf()]
     if name == "halfspaces":       # its QMC takes at least 64 × 8 points, whatever the budget
         return int(2 * float(options.get("budget", 3000)) * graph.flops_per_sample
