@@ -23,10 +23,13 @@ fixed, the value of s is the design point's β = |ξ*| (g* = 0 there), and its g
 the boundary at the design point is all that moves β to first order. So the penalty is
 differentiable at the cost of one forward and backward pass of the network per mode, at
 the live parameters (`compile_model(..., live=True)`, the network as eval() computes it).
-Where the origin itself is in the event (a common event), there is no design point: the
-plane is taken at ξ = 0 (the first-order second-moment index), s = -g(0; θ)/|∇g(0; θ)|,
-differentiated whole (∇g through a double backward pass), since ξ = 0 is no optimum and
-the envelope theorem does not apply there.
+Modes on the same planes count once, a single-plane mode's value is taken at its own
+distance, and the sum is capped at P(|ξ| ≥ β_min) (`_mode_mass`, `_distinct_masses`).
+Where the origin itself is in the event (a common event), there is no design point: each
+clause's rows are linearised at ξ = 0 (the first-order second-moment index),
+d_r = g_r(0; θ)/|∇g_r(0; θ)|, their half-spaces intersected as at a corner, the clauses
+added and capped at 1, all differentiated whole (∇g through a double backward pass), since
+ξ = 0 is no optimum and the envelope theorem does not apply there.
 
     penalty = weight · w · softplus((log10 P - log10 target)/w),   w = HINGE_WIDTH = 0.2
 
@@ -142,8 +145,9 @@ class CatastrophePenalty:
             return torch.zeros((), dtype=torch.float64, device=graph.device, requires_grad=True)
         observe_live = observer(live, self.distribution, detectors, torch.float64)[0]
         if common:
-            points, masses = origin, self._origin_mass(observe_live, origin, clauses, unit)
-            log_p = torch.logsumexp(masses, 0)
+            masses = self._origin_masses(observe_live, origin, clauses, unit)
+            points, log_p = origin.expand(len(masses), -1), torch.logsumexp(masses, 0)
+            log_p = log_p - log_p.detach().clamp_min(0)                 # Boole's sum capped at 1
         else:
             points, masses = self._distinct_masses(observe_live, clauses, unit)
             log_p = torch.logsumexp(masses, 0)
@@ -210,14 +214,31 @@ class CatastrophePenalty:
         self.modes = kept
         return torch.stack([point for _, point in kept]), torch.stack(masses)
 
-    def _origin_mass(self, observe_live, origin: Tensor, clauses: list, unit: int) -> Tensor:
-        """log Φ(-s) with s = -g(0; θ)/|∇g(0; θ)|, the origin's plane, differentiated whole."""
+    def _origin_masses(self, observe_live, origin: Tensor, clauses: list, unit: int) -> Tensor:
+        """Per clause {A v > b}, log P of its rows' half-spaces linearised at ξ = 0 (where the
+        origin lies in the event): n_r·ξ > -d_r, d_r = g_r(0; θ)/|∇g_r(0; θ)|. One row: log Φ(d);
+        several: log Φ₂(d_i, d_j; n_i·n_j) for the pair that makes it smallest. Differentiated
+        whole (∇g through a double backward pass: ξ = 0 is no optimum). The tightest row alone
+        had put All(y0 < ½, y1 < ½) of a linear model at 0.69 for 0.48."""
+        masses, rows_seen = [], 0
         with torch.enable_grad():
             at = origin.detach().requires_grad_(True)
-            value = event_margin(observe_live(at), clauses)
-            slope, = torch.autograd.grad(value.sum(), at, create_graph=True)
-        self.flops += 5 * unit
-        return torch.special.log_ndtr(value / slope.norm(dim=1).clamp_min(1e-12))
+            v = observe_live(at)[0]
+            for a, b in clauses:
+                rows = v @ a.T - b
+                slopes = torch.stack([torch.autograd.grad(rows[r], at, retain_graph=True, create_graph=True)[0][0]
+                                      for r in range(len(rows))])
+                norms = slopes.norm(dim=1).clamp_min(1e-12)
+                depth, normals = rows / norms, slopes / norms[:, None]
+                if len(rows) == 1:
+                    masses.append(torch.special.log_ndtr(depth[0]))
+                else:
+                    masses.append(torch.stack([
+                        log_bivariate_normal_cdf(depth[i], depth[j], (normals[i] @ normals[j]).clamp(-1, 1))
+                        for i in range(len(rows)) for j in range(i + 1, len(rows))]).min())
+                rows_seen += len(rows)
+        self.flops += (1 + 4 * rows_seen) * unit
+        return torch.stack(masses)
 
     def _mode_mass(self, observe_live, point: Tensor, a: Tensor, b: Tensor, unit: int
                    ) -> tuple[Tensor, tuple[tuple[int, ...], Tensor, Tensor]]:
