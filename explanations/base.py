@@ -8,6 +8,7 @@ design points in cumulant explanations (`guided`). predict(x) is π's prediction
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import replace
@@ -24,6 +25,7 @@ from .graph import Graph
 from .montecarlo import (detector_flops, draw_cost, draws_within, flop_budget, mean_estimate,
                          probability_estimate, sample_count, tally)
 from .mvn import OrthantResult
+from .ranges import settled
 
 
 MOMENT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -131,6 +133,12 @@ class Explanation(ABC):
             flops = flop_budget(flops)
         if samples is not None or flops is not None:
             return self._sampled_probability(event, samples, flops)
+        certain, box_flops = settled(event, self.graph)
+        if certain is not None:                 # impossible or certain for every input (`ranges`)
+            return Estimate.probability(0.0 if certain else -math.inf, interval=(float(certain), float(certain)),
+                                        flops=self.build_flops + box_flops, samples=0,
+                                        method=f"{self.method}+range", flops_per_sample=self.flops_per_sample,
+                                        details={"build_flops": self.build_flops, "query_flops": box_flops})
         return self._probability(event)
 
     def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,

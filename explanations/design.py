@@ -38,6 +38,10 @@ from .distributions import Gaussian
 
 MAX_MODES = 4
 MODE_BAND = 3.0          # keep modes with β ≤ β_min + MODE_BAND
+REACH_GROWTH = 2.0       # a Gauss–Newton step of `reach` moves at most this × (1 + |ξ|): from ξ = 0 a
+                         # saturated sigmoid's step was 7e16 long (mode found at |ξ| = 1.5e7 for 20)
+MERGE_FLOOR = 0.1        # modes closer than max(0.1·β, this) are one: near the origin 0.1·β is ~0, and four
+                         # modes of one common clause at β ≈ 0 had summed a union to 1.0 for 0.545
 
 
 @dataclass(frozen=True)
@@ -139,14 +143,22 @@ class ClauseSearch:
 
     def reach(self, start: Tensor, iterations: int = 30) -> Tensor | None:
         """Gauss–Newton steps on the violated rows from an infeasible point until it is
-        feasible: Δ = 1.2·Jᵀ(J Jᵀ)⁻¹(-m) over the rows with m < 0 (overshooting slightly)."""
+        feasible: Δ = 1.2·Jᵀ(J Jᵀ + εI)⁻¹(-m) over the rows with m < 0 (overshooting slightly),
+        ε = 1e-12 of J Jᵀ's largest diagonal entry: relative, so that a saturated unit's tiny
+        slopes still step (an absolute 1e-12 shrank the steps 100× once a sigmoid saturated, and
+        P(sigmoid > 1 - 1e-7) = 10^-58 came out 10^-2.1 with no design point found), each step
+        at most REACH_GROWTH·(1 + |ξ|) long."""
         point = start.detach()
         for _ in range(iterations):
             values, violated, jac = self.rows(point, lambda m: [r for r in range(m.shape[0]) if float(m[r]) < 0])
             if not violated:
                 return point
-            gram = jac @ jac.T + 1e-12 * torch.eye(len(violated), dtype=jac.dtype, device=jac.device)
-            point = point + 1.2 * (jac.T @ torch.linalg.solve(gram, -values[violated]))
+            gram = jac @ jac.T
+            gram = gram + 1e-12 * gram.diagonal().max().clamp_min(1e-300) * torch.eye(
+                len(violated), dtype=jac.dtype, device=jac.device)
+            step = 1.2 * (jac.T @ torch.linalg.solve(gram, -values[violated]))
+            room = REACH_GROWTH * (1 + float(point.norm()))           # a trust region: saturated units'
+            point = point + step * min(1.0, room / max(float(step.norm()), 1e-300))   # slopes extrapolate far
         return None
 
     def descend(self, start: Tensor, iterations: int = 10) -> Tensor | None:
@@ -241,7 +253,7 @@ def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tenso
         if point is None:
             continue
         beta = float(point.norm())
-        if all(float((point - m.point).norm()) > 0.1 * max(beta, m.beta) for m in modes):
+        if all(float((point - m.point).norm()) > max(0.1 * max(beta, m.beta), MERGE_FLOOR) for m in modes):
             modes.append(Mode(point, beta))
 
 

@@ -10,7 +10,7 @@ from explanations.compile import compile_model
 from explanations.design import find_modes
 from explanations.events import Above, All, Any, Below, Detector
 from explanations.gaussian import GaussianExplanation
-from explanations.structured import design_estimate
+from explanations.structured import design_estimate, log_chi2_tail
 from train.bench_detectors import setting
 
 F64 = torch.float64
@@ -108,7 +108,8 @@ def test_saturated_mode_is_capped_by_the_chi_square_tail():
         model[0].bias.fill_(-40.0)
     result, _, details = estimate(nn.Sequential(*model, nn.Identity()), Gaussian.standard(1), Above(0, 0.5))
     assert details["modes"][0] == pytest.approx(20.0, rel=1e-3)
-    assert log_normal_tail(20.0) - 1.0 <= result.log_p <= log_normal_tail(20.0) + math.log(2) + 1e-6
+    cap = log_chi2_tail(1, details["modes"][0])                      # 2Φ(-β) at the β found
+    assert log_normal_tail(20.0) - 1.0 <= result.log_p <= cap + 1e-9 and cap <= log_normal_tail(19.98) + math.log(2)
 
 
 def test_search_effort_and_mode_cap_bound_the_descents():

@@ -43,7 +43,8 @@ def tracked_run(path, steps=30, every=10, method="gaussian", check_samples=0):
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     events = {"y0 high": Above(0, 1.0), "y1 low": Below(1, -1.0),
-              "flagged": Detector(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)), threshold=0.5)}
+              "flagged": Detector(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)), threshold=-0.5)}
+    # (at threshold 0.5 this detector cannot fire on the tanh net's outputs: π says 0 exactly, `ranges`)
     with Tracker(model, optimizer, D, method=method, events=events, path=path, every=every,
                  check_samples=check_samples, budget=8.0) as tr:     # the queries' bounds fit by step 30
         train_steps(model, optimizer, task, steps, 512, generator)

@@ -28,7 +28,8 @@ paying it. These bounds follow each method's own FLOP count (the counters in
         rest as Gaussian (residual sums, max pools)
   polynomial: its closed count (2-layer networks)
 
-An event's query (zero-sample probability) is bounded from its clauses: the bulk
+An event's query (zero-sample probability) is bounded from its clauses: the range check
+(`ranges.settled`, whose FLOPs depend on the shapes alone), the bulk
 integral over every inclusion–exclusion term (`mvn.log_union`, 4096 × 8 QMC points per
 orthant), and for explanations with design points (cumulant, polynomial) the design
 search at its loop limits (`design.find_modes`: pilot, Newton pushes, descents with their
@@ -52,6 +53,7 @@ from explanations.cumulant import CUMULANT_BUDGET, DEFAULT_DEGREE as CUMULANT_DE
 from explanations.design import MAX_MODES
 from explanations.events import Event
 from explanations.explain import picked_method
+from explanations.ranges import settled
 from explanations.graph import Act, Affine, Chain
 from explanations.moments import HERMITE_DEGREE, PANEL_NODES, QUADRATURE_PANELS, _RELU_PAIR_FLOPS
 from explanations.montecarlo import detector_flops
@@ -306,11 +308,12 @@ def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict
     """Upper bound on the FLOPs `π.probability(event)` spends beyond π's build (module docstring)."""
     name = picked_method(graph, distribution, method)
     rows = [len(clause) for clause in event.dnf()]
+    box = settled(event, graph)[1]        # the range check first (its FLOPs depend on shapes alone)
     if name == "halfspaces":       # its QMC takes at least 64 × 8 points, whatever the budget
-        return int(2 * float(options.get("budget", 3000)) * graph.flops_per_sample
+        return int(box + 2 * float(options.get("budget", 3000)) * graph.flops_per_sample
                    + union_flops_bound(rows, graph.n_inputs, 64, 8))
     v = graph.n_outputs + len(event.detectors())
-    total = _observed(event, graph.n_outputs) + union_flops_bound(rows, v, BULK_POINTS, BULK_REPLICATES)
+    total = box + _observed(event, graph.n_outputs) + union_flops_bound(rows, v, BULK_POINTS, BULK_REPLICATES)
     if name in ("cumulant", "polynomial"):
         atoms = sum(rows)
         marginals = (atoms * (_marginal(graph, name, options) + 2 * v * v + SADDLEPOINT_FLOPS)

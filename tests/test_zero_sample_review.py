@@ -1,0 +1,88 @@
+"""Zero-sample probabilities a review found wrong: events a bounded output cannot reach (or
+cannot miss), saturated design points, and modes of a common clause near the origin."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from explanations import Gaussian, explain
+from explanations.events import Above, All, Any, ArgMax, Below, Detector
+from explanations.ranges import settled
+from train.models import mlp
+
+F64 = torch.float64
+
+
+def unit(act: nn.Module) -> nn.Sequential:
+    """y = act(0.6 x1 + 0.8 x2), x ~ N(0, I): y = act(z) with z ~ N(0, 1)."""
+    model = nn.Sequential(nn.Linear(2, 1), act, nn.Linear(1, 1)).double()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.6, 0.8]]))
+        model[0].bias.zero_()
+        model[2].weight.fill_(1.0)
+        model[2].bias.zero_()
+    return model
+
+
+@pytest.mark.parametrize("method", ["gaussian", "cumulant", "polynomial", "auto"])
+def test_events_out_of_an_outputs_reach_are_settled_exactly(method):
+    """P(tanh(z) > 1) is 0 and P(relu(z) < -0.2) is 0, P(relu(z) > -0.2) is 1 (they had come
+    out 0.06, 0.13–0.26 and 0.74–0.87); a threshold inside the range is left to π."""
+    D = Gaussian.standard(2)
+    squashed, rectified = explain(unit(nn.Tanh()), D, method), explain(unit(nn.ReLU()), D, method)
+    never = squashed.probability(Above(0, 1.0))
+    assert never.value == 0.0 and never.interval == (0.0, 0.0) and never.method.endswith("+range")
+    assert never.flops > squashed.build_flops
+    assert rectified.probability(Below(0, -0.2)).value == 0.0
+    always = rectified.probability(Above(0, -0.2))
+    assert always.value == 1.0 and always.interval == (1.0, 1.0)
+    assert not squashed.probability(Above(0, 1 - 1e-12)).method.endswith("+range")
+
+
+def test_the_range_check_is_sound_at_its_edges():
+    """The box holds the real outputs with rounding taken outward: never settles an event that
+    sampling sees happen, on a detector, a union and ArgMax."""
+    torch.manual_seed(0)
+    model = mlp([4, 16, 2], "tanh", seed=1, bias_std=0.1)
+    detector = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    graph = explain(model, Gaussian.standard(4)).graph
+    with torch.no_grad():
+        y = model(5 * torch.randn(200_000, 4))
+        score = detector(y)[:, 0]
+    top = float(score.max())
+    for threshold, expected in ((top + 10.0, False), (top - 1e-3, None)):
+        event = Detector(detector, threshold)
+        event.check(2)
+        assert settled(event, graph)[0] is expected
+    bound = float(y[:, 0].abs().max())
+    assert settled(Any(Above(0, 100.0), Below(0, 100.0)), graph)[0] is True
+    assert settled(All(Above(0, 100.0), Above(1, -bound)), graph)[0] is False
+    argmax = ArgMax(1)
+    argmax.check(2)
+    assert settled(argmax, graph)[0] is None
+
+
+def test_a_saturated_design_point_is_reached():
+    """P(sigmoid(z) > 1 - 1e-7) = Φ(-logit(1 - 1e-7)) = 10^-58.0: the search's absolute ridge
+    had shrunk its steps 100× once the sigmoid saturated, found no design point and the copula
+    said 10^-2.1."""
+    h = 1 - 1e-7
+    truth = math.log10(0.5 * math.erfc(math.log(h / (1 - h)) / math.sqrt(2)))
+    estimate = explain(unit(nn.Sigmoid()), Gaussian.standard(2), "cumulant").probability(Above(0, h))
+    assert "design" in estimate.method and abs(estimate.log10 - truth) < 2.0
+
+
+def test_modes_of_a_common_clause_near_the_origin_count_once():
+    """Four modes at β ≈ 0 of ArgMax(0) (p = 0.545) had put Any(detector, ArgMax(0)) at 1.0."""
+    model = mlp([4, 16, 16, 2], "tanh", seed=2, bias_std=0.3).double()
+    torch.manual_seed(2)
+    detector = nn.Sequential(nn.Linear(2, 4), nn.GELU(), nn.Linear(4, 1)).double()
+    x = torch.randn(400_000, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+    with torch.no_grad():
+        y = model(x)
+        threshold = float(torch.quantile(detector(y)[:, 0].float(), 1 - 1e-3))
+    event = Any(Detector(detector, threshold), ArgMax(0))
+    truth = float(event.evaluate(y).double().mean())
+    pi = explain(model, Gaussian.standard(4), "cumulant")
+    assert abs(pi.probability(event).value - truth) < 0.1
