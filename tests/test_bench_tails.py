@@ -148,7 +148,7 @@ def test_unknown_method_is_refused(tmp_path):
     (["bench", "tails", "--methods", "foo@3"], "unknown method 'foo'"),
     (["bench", "sampling", "--cases", "r01,zz"], "unknown cases ['zz']; the zoo has r01"),
     (["bench", "sampling", "--quick", "--cases", "r01"], "the quick zoo has q1"),
-    (["bench", "detectors", "--budget", "-5"], "must be a positive number of sample-equivalents"),
+    (["bench", "detectors", "--budget", "-5"], "--budget: must be a positive number, got -5"),
 ])
 def test_bad_bench_arguments_are_usage_errors(argv, message, capsys):
     """Before: a traceback (unknown methods), a matplotlib error after the run (unknown

@@ -279,6 +279,13 @@ def test_the_tracked_demo_runs_for_a_few_steps(tmp_path, capsys):
     (["bench", "expectation", "--methods", "gaussian,bogus"],
      "unknown 'bogus'; known methods: auto, guide, cumulant, gaussian"),
     (["demo", "--run-file", "/proc/nope/x.h5"], "demo --run-file /proc/nope/x.h5: cannot create its folder"),
+    (["demo", "--untrained", "--reference", "1"], "a reference needs at least 2 samples"),
+    (["bench", "detectors", "--budget", "inf"], "--budget: must be a positive number, got inf"),
+    (["bench", "sampling", "--openturns-repeats", "0"], "must be a positive integer, got 0"),
+    (["demo", "--run-file", "/tmp/plot.png"], "the replay plot goes to the run file with .png"),
+    (["bench", "cnn", "--quick", "--csv", "/tmp"], "--csv /tmp: is a folder"),
+    (["bench", "tails", "--quick", "--cache", "/etc/hostname"], "--cache /etc/hostname: is a file"),
+    (["bench", "halfspaces", "--quick", "--budget", "50"], "bench halfspaces: "),
 ])
 def test_bad_arguments_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -291,3 +298,39 @@ def test_bench_pool_names_a_file_that_is_not_csv(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "pool", str(tmp_path / "run.h5")])
     assert f"bench pool: {tmp_path / 'run.h5'} is not a readable CSV text file" in capsys.readouterr().err
+
+
+def test_demo_leaves_a_run_file_another_tracker_writes(tmp_path, capsys):
+    """The demo deleted its run file before taking the lock: a live writer's file was lost."""
+    from storage import WriterLock
+    path = tmp_path / "live.h5"
+    path.write_bytes(b"held")
+    lock = WriterLock(path).acquire()
+    try:
+        with pytest.raises(SystemExit):
+            main(["demo", "--steps", "2", "--reference", "1000", "--run-file", str(path)])
+    finally:
+        lock.release()
+    assert path.read_bytes() == b"held" and "demo" not in capsys.readouterr().out
+
+
+def test_a_plot_without_matplotlib_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
+    import builtins
+    from explanations import Gaussian
+    from tracker import Tracker
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Tracker(model, optimizer, Gaussian.standard(3), path=tmp_path / "run.h5", every=1):
+        for _ in range(2):
+            model(torch.randn(64, 3)).square().mean().backward()
+            optimizer.step()
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ModuleNotFoundError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    main(["replay", str(tmp_path / "run.h5"), "--png", str(tmp_path / "plot")])
+    assert "plot: skipped: plots need matplotlib" in capsys.readouterr().out

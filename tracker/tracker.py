@@ -553,8 +553,10 @@ class Tracker:
                 return
             if self.last_update != "full":
                 self._update(current, save=True, stale_counts=False)
-            self.ledger.tracking_seconds += time.perf_counter() - entered
+            self.ledger.tracking_seconds += time.perf_counter() - entered   # (what the checkpoint stores)
+            written = time.perf_counter()
             self._save_or_warn(current, last=True)
+            self.ledger.tracking_seconds += time.perf_counter() - written
 
     def __enter__(self) -> "Tracker":
         return self

@@ -142,8 +142,9 @@ def run(repeats: int = 20, budget: int = 10_000, quick: bool = False, cache: Pat
             rows.append(versus_openturns(row, graph, D, event, budget, ot_repeats) if openturns else row)
     write_csv(rows, Path(csv_path), COLUMNS + (OT_COLUMNS + ["best_ot_over_hybrid"] if openturns else []))
     write_csv(runs, Path(runs_path), RUN_COLUMNS)
-    plot(rows, Path(png_path), budget)
     print(report(rows, budget, Path(csv_path), Path(png_path)))
+    if any(r.get("mse_ratio") is not None for r in rows):        # nothing to plot where every event failed
+        plot(rows, Path(png_path), budget)
     print(report_runs(runs, Path(runs_path)))
     if openturns:
         ot_png = Path(png_path).with_name(Path(png_path).stem + "_openturns.png")

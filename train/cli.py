@@ -19,6 +19,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def reference_count(text: str) -> int:
+    """argparse type: a sample count of at least 2 (a reference needs a spread)."""
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"a reference needs at least 2 samples, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (a budget in sample-equivalents)."""
     try:
@@ -41,6 +49,32 @@ def check_run_file(parser: argparse.ArgumentParser, path: Path) -> None:
         parser.error(f"demo --run-file {path}: is a folder; give a file name such as {path / 'run.h5'}")
     if not os.access(path.parent, os.W_OK):
         parser.error(f"demo --run-file {path}: its folder {path.parent} is not writable")
+    if path.suffix == ".png":
+        parser.error(f"demo --run-file {path}: the replay plot goes to the run file with .png; name the run file "
+                     f"{path.with_suffix('.h5')}")
+
+
+def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error, before any work, where an output (--csv, --png, --runs) is a
+    folder or cannot be created, or where --cache is a file; a --png without a suffix gets
+    .png (what matplotlib writes)."""
+    for name in ("csv", "png", "runs"):
+        value = getattr(args, name, None)
+        if not isinstance(value, str):       # absent, or bench pool's input files
+            continue
+        path = Path(value)
+        if name == "png" and not path.suffix:
+            path = path.with_suffix(".png")
+            setattr(args, name, str(path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"--{name} {value}: cannot create its folder ({error.strerror or error})")
+        if path.is_dir() or not os.access(path.parent, os.W_OK):
+            parser.error(f"--{name} {value}: {'is a folder' if path.is_dir() else 'its folder is not writable'}")
+    cache = getattr(args, "cache", None)
+    if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
+        parser.error(f"--cache {cache}: is a file; give a folder")
 
 
 def check_text_files(parser: argparse.ArgumentParser, paths: list[Path]) -> None:
@@ -56,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="pitrack", description="π-tracker: catastrophe rates from structure")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="π vs sampling at equal FLOPs on the embedded default model")
-    demo.add_argument("--reference", type=positive_int, default=5 * 10 ** 7, help="samples in the reference run")
+    demo.add_argument("--reference", type=reference_count, default=5 * 10 ** 7, help="samples in the reference run")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=positive_int, default=300, help="training steps tracked by π")
     demo.add_argument("--run-file", default="out/demo_run.h5", help="where the tracked run is written")
@@ -70,12 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     bench = commands.add_parser("bench", help="benchmarks")
     benches = bench.add_subparsers(dest="bench", required=True)
     expectation = benches.add_parser("expectation", help="π's E[y] vs a sampling reference")
-    expectation.add_argument("--reference", type=positive_int, default=10 ** 7)
+    expectation.add_argument("--reference", type=reference_count, default=10 ** 7)
     expectation.add_argument("--seed", type=int, default=0)
     expectation.add_argument("--setting", choices=("foundation", "wide"), default="foundation")
     expectation.add_argument("--methods", default="gaussian", help="comma-separated methods")
     cnn = benches.add_parser("cnn", help="π's E[y] on small convolutional nets vs a sampling reference")
-    cnn.add_argument("--reference", type=positive_int, default=400_000, help="reference draws per net")
+    cnn.add_argument("--reference", type=reference_count, default=400_000, help="reference draws per net")
     cnn.add_argument("--quick", action="store_true", help="the 14×14 ReLU max-pool net only")
     cnn.add_argument("--csv", default="out/bench_cnn.csv")
     tails = benches.add_parser("tails", help="tail-probability estimators vs ground truth over a zoo of networks")
@@ -98,13 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     sampling.add_argument("--openturns", action="store_true",
                           help="also OpenTURNS' FORM, SORM, subset sampling and cross-entropy IS at equal "
                                "model evaluations (needs the extra: pip install -e '.[openturns]')")
-    sampling.add_argument("--openturns-repeats", type=int,
+    sampling.add_argument("--openturns-repeats", type=positive_int,
                           help="runs of OpenTURNS' stochastic methods per event (default: --repeats)")
     pooled = benches.add_parser("pool", help="the runs CSVs of several bench sampling calls (seed sets) as one")
     pooled.add_argument("runs", nargs="+", help="runs CSVs written by bench sampling --runs")
     detectors = benches.add_parser("detectors", help="events on learned detectors vs sampling (about 20 s)")
     detectors.add_argument("--quick", action="store_true", help="two nets, two levels, 10⁶ draws (seconds)")
-    detectors.add_argument("--budget", type=float, default=10_000, help="sample-equivalents of the sampled estimate")
+    detectors.add_argument("--budget", type=positive_float, default=10_000,
+                           help="sample-equivalents of the sampled estimate")
     detectors.add_argument("--csv", default="out/bench_detectors.csv")
     detectors.add_argument("--png", default="out/bench_detectors.png")
     halfspaces = benches.add_parser("halfspaces", help="halfspace intersections, 3-CNF and permanents vs exact answers")
@@ -120,6 +155,17 @@ def main(argv: list[str] | None = None) -> None:
     penalty.add_argument("--csv", default="out/bench_penalty.csv")
     penalty.add_argument("--png", default="out/bench_penalty.png")
     args = parser.parse_args(argv)
+    check_outputs(parser, args)
+    try:
+        _run(parser, args)
+    except ValueError as error:          # a budget too small for π's part, a method the network does not take, …
+        if args.command != "bench":      # (RunFileError is one too: demo's run file held by a live writer)
+            parser.error(str(error))
+        parser.error(f"bench {args.bench}: {error}")
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The subcommand `args` names."""
     if args.command == "demo":
         from .demo import run
         if args.untrained:
@@ -180,8 +226,6 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"bench pool: {error}")
     elif args.bench == "detectors":
         from .bench_detectors import QUANTILES, run as detectors_run
-        if not args.budget > 0:
-            parser.error(f"bench detectors --budget: must be a positive number of sample-equivalents, got {args.budget}")
         quick = {"seeds": range(2), "quantiles": QUANTILES[:2], "draws": 10 ** 6} if args.quick else {}
         detectors_run(budget=args.budget, csv_path=Path(args.csv), png_path=Path(args.png), **quick)
     elif args.bench == "penalty":

@@ -24,11 +24,11 @@ from torch import nn
 
 from explanations import Gaussian, explain
 from explanations.events import Above, Below, Event
-from storage import Run, open_run
+from storage import Run, WriterLock, open_run
 from tracker import Tracker
 
 from .demo import DEFAULT_WIDTHS, default_model
-from .replay import replay_plot, replay_table
+from .replay import plot_or_note, replay_table
 from .tasks import RegressionTask, train_steps
 
 METHOD, BUDGET, EVERY, BATCH, LR = "auto", 1.0, 50, 256, 3e-3
@@ -85,8 +85,10 @@ def drift_summary(drift: list[float]) -> str:
 
 def track(steps: int = 300, path: str | Path = "out/demo_run.h5", png: str | Path = "out/demo_run.png",
           check_samples: int = 100_000) -> nn.Module:
-    """Train with the Tracker, write the run file and its replay plot; returns the model."""
+    """Train with the Tracker, write the run file and its replay plot; returns the model. An
+    earlier run file at `path` is replaced, unless a live Tracker writes it (RunFileError)."""
     path = Path(path)
+    WriterLock(path).acquire().release()      # refuses a file another Tracker is writing
     path.unlink(missing_ok=True)
     D = Gaussian.standard(DEFAULT_WIDTHS[0])
     baseline_model = default_model()
@@ -95,14 +97,19 @@ def track(steps: int = 300, path: str | Path = "out/demo_run.h5", png: str | Pat
     model = default_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     drift: list[float] = []
+    started = time.perf_counter()                       # the Tracker's start and last save included
     with Tracker(model, optimizer, D, method=METHOD, events=tracked_events(), budget=BUDGET, path=path,
                  every=EVERY, check_samples=check_samples, event_samples=EVENT_SAMPLES) as tracker:
+        entered = time.perf_counter() - started
+
         def monitor() -> None:
             ledger = tracker.ledger
             assert ledger.explanation_flops <= ledger.budget * ledger.training_flops, "budget broken"
             if tracker.explanation is not None:
                 drift.append(deviation_in_sds(tracker.explanation.mean, explain(model, D, METHOD)))
         tracked = _train(model, optimizer, steps, monitor)
+        closing = time.perf_counter()
+    tracked += entered + time.perf_counter() - closing
     ledger = tracker.ledger
 
     print(f"training: {steps} Adam steps of batch {BATCH} on the default model, tracked by π ({METHOD}), "
@@ -117,5 +124,5 @@ def track(steps: int = 300, path: str | Path = "out/demo_run.h5", png: str | Pat
     with open_run(path) as run:
         print(f"freshness: {checkpoint_freshness(run)}; {drift_summary(drift)}\n")
         print(replay_table(run))
-        print(f"\nreplay plot: {replay_plot(run, png)}\n")
+        print(f"\nreplay plot: {plot_or_note(run, png)}\n")
     return model

@@ -7,8 +7,12 @@ from typing import Any
 
 
 def subplots(path: Path, *grid: int, **options: Any) -> tuple[Any, Any]:
-    """plt.subplots(*grid, **options) on the Agg backend, with `path`'s folder made."""
-    import matplotlib
+    """plt.subplots(*grid, **options) on the Agg backend, with `path`'s folder made; an
+    ImportError that names the extra where matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError(f"plots need matplotlib, the optional extra: pip install -e '.[plots]' ({error})") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

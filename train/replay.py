@@ -96,15 +96,21 @@ def replay_plot(run: Run, png: str | os.PathLike) -> Path:
     return png
 
 
-def replay(path: str | os.PathLike, png: str | os.PathLike | None = None) -> Path:
+def plot_or_note(run: Run, png: str | os.PathLike) -> str:
+    """`replay_plot`'s path, or why there is no plot (matplotlib, an optional extra, missing)."""
+    try:
+        return str(replay_plot(run, png))
+    except ImportError as error:
+        return f"skipped: {error}"
+
+
+def replay(path: str | os.PathLike, png: str | os.PathLike | None = None) -> None:
     """Print the table and write the plot (next to the run file by default)."""
     with open_run(path) as run:
         if not len(run):
             raise ValueError(f"{path} holds no checkpoint yet")
         print(replay_table(run))
-        out = replay_plot(run, png or Path(path).with_suffix(".png"))
-    print(f"\nplot: {out}")
-    return out
+        print(f"\nplot: {plot_or_note(run, png or Path(path).with_suffix('.png'))}")
 
 
 def inspect(path: str | os.PathLike) -> str:
