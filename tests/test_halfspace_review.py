@@ -16,15 +16,7 @@ from explanations.halfspaces import (Halfspaces, exact_cube_log_probability, fro
                                      replicate_interval, sov_flops_bound)
 from explanations.montecarlo import student_t_quantile
 from explanations.permanent import godsil_gutman, ryser, sinkhorn_sis, uniform_permutations
-
-
-def step_net(a, c):
-    a = torch.as_tensor(a, dtype=torch.float64)
-    linear = nn.Linear(a.shape[1], a.shape[0]).double()
-    with torch.no_grad():
-        linear.weight.copy_(a)
-        linear.bias.copy_(torch.as_tensor(c, dtype=torch.float64))
-    return nn.Sequential(linear, Step())
+from test_halfspaces import step_net        # tests/ is on sys.path (pytest's default import mode)
 
 
 def every(k):
