@@ -1,10 +1,10 @@
 """Device paths: every public piece on the model's device. `PYTHONPATH=. python scripts/check_device.py cuda`
 (not run by CI; any device torch knows, `cpu` included). Prints OK or FAIL with the traceback per check."""
-import math, sys, tempfile, time, traceback
+import sys, tempfile, time, traceback
 import torch
 from torch import nn
 from explanations import Gaussian, compile_model, explain
-from explanations.events import Above, All, Any, ArgMax, Below, Detector
+from explanations.events import Above, All, ArgMax, Below, Detector
 from storage import open_run
 from tracker import Tracker
 from train.catastrophe import CatastrophePenalty
