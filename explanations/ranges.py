@@ -17,7 +17,7 @@ ones: a dot product of k terms is widened by γ_k Σ|a_i x_i|, γ_k = k ε/(1 - 
 coefficient ±1, which is exact), an activation's value at a finite end by 4 ulps (at an
 infinite end torch's limits, tanh(∞) = 1 and the like, are exact), so P(tanh(z) > 1) is 0
 and P(tanh(z) > 1 - 1e-16) is left to the estimators. Graphs with more than MAX_WEIGHTS
-weights in all are not boxed (the box copies each weight matrix twice).
+weights in all are not boxed (the box holds about six float64 copies of a weight matrix).
 """
 from __future__ import annotations
 
@@ -33,12 +33,12 @@ from .graph import Act, Affine, Chain, Graph, iter_ops
 from .observed import clause_rows
 
 _FAR = 1e30        # ±∞ enter activations as ±_FAR (GELU(-∞) is nan in torch) and come back as ±∞
-MAX_WEIGHTS = 10_000_000
+MAX_WEIGHTS = 2_000_000   # the box holds about six float64 copies of a weight matrix at once
 
 
 def chain_box(chain: Chain, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor, int]:
-    """The box of `chain`'s outputs for inputs in [low, high], and its FLOPs (4 per weight
-    of an affine map, 4 per unit of an activation)."""
+    """The box of `chain`'s outputs for inputs in [low, high], and its FLOPs (6 per weight
+    of an affine map: two products, the rounding bound; 4 per unit of an activation)."""
     flops = 0
     for op in chain:
         if isinstance(op, Affine):
@@ -87,7 +87,7 @@ def _product(weight: Tensor, ends: Tensor) -> Tensor:
 def _activation_box(kind: str, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
     act = activation(kind)
 
-    def f(z: Tensor) -> Tensor:              # at finite ends widened by 4 ulps, outward for either end
+    def f(z: Tensor) -> tuple[Tensor, Tensor]:    # the value, and 4 ulps of it at a finite end
         value = _back(act.fn(z.clamp(-_FAR, _FAR)))
         return value, torch.where(torch.isfinite(z), 4 * torch.finfo(z.dtype).eps * value.abs(), 0.0)
 
