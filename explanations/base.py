@@ -139,7 +139,9 @@ class Explanation(ABC):
                                         flops=self.build_flops + box_flops, samples=0,
                                         method=f"{self.method}+range", flops_per_sample=self.flops_per_sample,
                                         details={"build_flops": self.build_flops, "query_flops": box_flops})
-        return self._probability(event)
+        estimate = self._probability(event)
+        details = {**estimate.details, "query_flops": estimate.details.get("query_flops", 0) + box_flops}
+        return replace(estimate, flops=estimate.flops + box_flops, details=details)    # the range check paid too
 
     def _sampled_probability(self, event: Event, samples: int | None, flops: float | None,
                              spent: int = 0) -> Estimate:

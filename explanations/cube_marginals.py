@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 from torch.special import log_ndtr
 
-from .cube_smc import MIN_PARTICLES, ROOT_FLOPS, BudgetTooSmall, deviating_rows, tail_argument
+from .cube_smc import MIN_PARTICLES, ROOT_FLOPS, deviating_rows, tail_argument
+from .errors import BudgetTooSmall
 
 FLOPS_PER_UPDATE = 30
 

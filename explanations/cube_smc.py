@@ -78,6 +78,7 @@ import torch
 from torch import Tensor
 from torch.special import log_ndtr, xlogy
 
+from .errors import BudgetTooSmall
 from .halfspaces import Halfspaces, replicate_interval
 
 LOG_HALF = -math.log(2.0)
@@ -86,15 +87,6 @@ EXACT_BLOCK = 8      # the last coordinates, enumerated jointly: G exact from th
 MIN_PARTICLES = 16   # the fewest particles per run a FLOP budget may buy
 DEVIATION_NATS = 0.5  # rows whose normal tail is off by more at the start take the signed root (bench cases: < 0.05)
 ROOT_FLOPS = 12      # the signed root's extra FLOPs per term over (s + h)/σ
-
-
-class BudgetTooSmall(ValueError):
-    """A FLOP budget below what the estimator's minimum run costs; `minimum_flops` is that
-    cost and `spent` what was already spent finding it out (tables built)."""
-
-    def __init__(self, message: str, minimum_flops: float, spent: int = 0) -> None:
-        super().__init__(message)
-        self.minimum_flops, self.spent = minimum_flops, spent
 
 
 @dataclass(frozen=True)

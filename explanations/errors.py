@@ -30,3 +30,13 @@ class InvalidDistribution(PiTrackerError, ValueError):
 
 class InvalidEvent(PiTrackerError, ValueError):
     """An event that cannot be evaluated on this model (index out of range, NaN threshold)."""
+
+
+class BudgetTooSmall(PiTrackerError, ValueError):
+    """A budget that cannot pay for what an estimate needs at least (π's part and its fewest
+    draws or particles); `minimum_flops` is that least cost where known and `spent` what was
+    already spent finding it out."""
+
+    def __init__(self, message: str, minimum_flops: float = float("nan"), spent: int = 0) -> None:
+        super().__init__(message)
+        self.minimum_flops, self.spent = minimum_flops, spent

@@ -34,9 +34,9 @@ import torch
 
 from .base import Explanation, RunsTheModel
 from .cube_marginals import cube_marginal_log_probabilities
-from .cube_smc import BudgetTooSmall, CubeResult, cube_log_probability
+from .cube_smc import CubeResult, cube_log_probability
 from .distributions import BooleanCube, Gaussian
-from .errors import InvalidEvent, InvalidModel
+from .errors import BudgetTooSmall, InvalidEvent, InvalidModel
 from .estimate import Estimate
 from .events import Event
 from .graph import Graph
@@ -122,11 +122,11 @@ class HalfspaceExplanation(RunsTheModel, Explanation):
                                              "relative_se": result.relative_se, "replicates": result.replicates,
                                              "constraints": halfspaces.k, "solver": self._solver_name()})
 
-    def _too_small(self, error: BudgetTooSmall, query: str) -> ValueError:
+    def _too_small(self, error: BudgetTooSmall, query: str) -> BudgetTooSmall:
         """The cube's minimum, in the sample-equivalents that `budget` counts."""
-        return ValueError(f"budget={self.budget:g} sample-equivalents is below the "
-                          f"{error.minimum_flops / self.flops_per_sample:.4g} that {query} needs on the cube "
-                          f"({error}); pass a larger budget")
+        return BudgetTooSmall(f"budget={self.budget:g} sample-equivalents is below the "
+                              f"{error.minimum_flops / self.flops_per_sample:.4g} that {query} needs on the cube "
+                              f"({error}); pass a larger budget", error.minimum_flops)
 
     def _solver_name(self) -> str:
         return "cube-smc" if self.cube else f"gaussian-{self.gaussian}"

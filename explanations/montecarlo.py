@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .distributions import Gaussian
+from .errors import BudgetTooSmall
 from .estimate import Estimate
 from .events import Event
 from .graph import Graph
@@ -93,8 +94,9 @@ def draws_within(flops: float, fixed: float, per_draw: float, samples: int | Non
     flops = flop_budget(flops)
     draws = int((flops - fixed) // per_draw)
     if draws < minimum:
-        raise ValueError(f"a budget of {flops:.3g} FLOPs buys {max(draws, 0)} draws, this estimate needs "
-                         f"{minimum}: the explanation's part costs {fixed:.3g} and one draw {per_draw:.3g}")
+        raise BudgetTooSmall(f"a budget of {flops:.3g} FLOPs buys {max(draws, 0)} draws, this estimate needs "
+                             f"{minimum}: the explanation's part costs {fixed:.3g} and one draw {per_draw:.3g}",
+                             fixed + minimum * per_draw)
     return draws
 
 

@@ -86,3 +86,57 @@ def test_modes_of_a_common_clause_near_the_origin_count_once():
     truth = float(event.evaluate(y).double().mean())
     pi = explain(model, Gaussian.standard(4), "cumulant")
     assert abs(pi.probability(event).value - truth) < 0.1
+
+
+def test_the_range_check_rounds_in_the_networks_own_precision():
+    """A float32 net y = tanh(100x) + 7e-8·tanh(100x) - 1 computes 1.19e-7 when saturated,
+    above the real supremum 7e-8: the box in float64 rounding had called P(y > 1e-7) = 0."""
+    model = nn.Sequential(nn.Linear(1, 2), nn.Tanh(), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight[:] = torch.tensor([[100.0], [100.0]])
+        model[0].bias.zero_()
+        model[2].weight[:] = torch.tensor([[1.0, 7e-8]])
+        model[2].bias[:] = -1.0
+    graph = explain(model, Gaussian.standard(1)).graph
+    assert graph.dtype == torch.float32 and settled(Above(0, 1e-7), graph)[0] is None
+    assert settled(Above(0, 1e-6), graph)[0] is False
+
+
+def test_the_range_check_sees_unbounded_and_steep_activations():
+    """A leaky ReLU's limit at -∞ is -∞ (its value at -1e30 had stood in for it), and a steep
+    fused activation's minimum is bounded by search, not by a slope assumed ≤ 2."""
+    leaky = nn.Sequential(nn.Linear(1, 1), nn.LeakyReLU(0.01)).double()
+    with torch.no_grad():
+        leaky[0].weight.fill_(1e31)
+        leaky[0].bias.zero_()
+    graph = explain(leaky, Gaussian.standard(1)).graph
+    assert settled(Below(0, -2e28), graph)[0] is None
+    steep = nn.Sequential(nn.Linear(1, 1), nn.SiLU(), nn.LeakyReLU(1e6)).double()
+    graph = explain(steep, Gaussian.standard(1)).graph
+    with torch.no_grad():
+        low = float(steep(torch.linspace(-3, 3, 200_001, dtype=F64)[:, None]).min())
+    assert settled(Below(0, low + 1e-3), graph)[0] is None
+
+
+def test_a_detector_with_an_inverted_final_activation_is_not_settled():
+    """The inverse of a saturating final sigmoid is exact arithmetic; float32 sigmoid(16.7) = 1
+    fires above 1 - 5e-8 where the inverse says the score cannot reach."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 1))
+    detector = nn.Sequential(nn.Linear(1, 1), nn.Tanh(), nn.Linear(1, 1), nn.Sigmoid())
+    with torch.no_grad():
+        detector[2].weight.fill_(16.7)
+        detector[2].bias.zero_()
+    event = Detector(detector, 1 - 5e-8)
+    event.check(1)
+    assert settled(event, explain(model, Gaussian.standard(2)).graph)[0] is None
+
+
+def test_the_range_check_is_charged_when_it_settles_nothing():
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    pi = explain(model, Gaussian.standard(3), "gaussian")
+    event = Above(0, 0.1)
+    box = settled(event, pi.graph)[1]
+    estimate = pi.probability(event)
+    assert box > 0 and estimate.flops >= pi.build_flops + box
+    assert estimate.details["query_flops"] == estimate.flops - pi.build_flops

@@ -156,10 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     penalty.add_argument("--png", default="out/bench_penalty.png")
     args = parser.parse_args(argv)
     check_outputs(parser, args)
+    from explanations.errors import PiTrackerError      # (after parsing: --help needs no torch)
+    from storage import RunFileError
     try:
         _run(parser, args)
-    except ValueError as error:          # a budget too small for π's part, a method the network does not take, …
-        if args.command != "bench":      # (RunFileError is one too: demo's run file held by a live writer)
+    except (PiTrackerError, RunFileError) as error:   # a budget too small, a method the network does not take,
+        if args.command != "bench":                   # a run file a live writer holds: the user's input, not a bug
             parser.error(str(error))
         parser.error(f"bench {args.bench}: {error}")
 
