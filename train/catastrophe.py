@@ -229,13 +229,7 @@ class CatastrophePenalty:
                 slopes = torch.stack([torch.autograd.grad(rows[r], at, retain_graph=True, create_graph=True)[0][0]
                                       for r in range(len(rows))])
                 norms = slopes.norm(dim=1).clamp_min(1e-12)
-                depth, normals = rows / norms, slopes / norms[:, None]
-                if len(rows) == 1:
-                    masses.append(torch.special.log_ndtr(depth[0]))
-                else:
-                    masses.append(torch.stack([
-                        log_bivariate_normal_cdf(depth[i], depth[j], (normals[i] @ normals[j]).clamp(-1, 1))
-                        for i in range(len(rows)) for j in range(i + 1, len(rows))]).min())
+                masses.append(_intersection_log_mass(rows / norms, slopes / norms[:, None]))
                 rows_seen += len(rows)
         self.flops += (1 + 4 * rows_seen) * unit
         return torch.stack(masses)
@@ -271,10 +265,17 @@ class CatastrophePenalty:
         if len(active) == 1:
             beta = float(point.norm()) - float(rows[active[0]].detach() / norms[0].detach())
             return torch.special.log_ndtr(-(distances[0] + (beta - distances[0].detach()))), planes
-        pairs = [(i, j) for i in range(len(active)) for j in range(i + 1, len(active))]
-        joint = torch.stack([log_bivariate_normal_cdf(-distances[i], -distances[j],
-                                                      (normals[i] @ normals[j]).clamp(-1, 1)) for i, j in pairs])
-        return joint.min(), planes
+        return _intersection_log_mass(-distances, normals), planes
+
+
+def _intersection_log_mass(depths: Tensor, normals: Tensor) -> Tensor:
+    """log P(n_r·ξ > -d_r for every row r), ξ ~ N(0, I), unit normals n_r: log Φ(d) for one row;
+    for several, the smallest log Φ₂(d_i, d_j; n_i·n_j) over pairs (`mvn.log_bivariate_normal_cdf`;
+    an upper bound where more than two rows meet)."""
+    if len(depths) == 1:
+        return torch.special.log_ndtr(depths[0])
+    return torch.stack([log_bivariate_normal_cdf(depths[i], depths[j], (normals[i] @ normals[j]).clamp(-1, 1))
+                        for i in range(len(depths)) for j in range(i + 1, len(depths))]).min()
 
 
 def _same_planes(one: tuple, other: tuple) -> bool:

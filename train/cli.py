@@ -38,17 +38,23 @@ def positive_float(text: str) -> float:
     return value
 
 
-def check_run_file(parser: argparse.ArgumentParser, path: Path) -> None:
-    """Exit with a usage error unless a run file can be written at `path`: its folder
-    exists or can be made, and `path` is not a folder."""
+def check_writable(parser: argparse.ArgumentParser, label: str, path: Path, hint: str = "") -> None:
+    """Exit with a usage error (`label`: what is wrong) unless a file can be written at
+    `path`: its folder exists or can be made and is writable, and `path` is not a folder."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        parser.error(f"demo --run-file {path}: cannot create its folder {path.parent} ({error.strerror or error})")
+        parser.error(f"{label}: cannot create its folder {path.parent} ({error.strerror or error})")
     if path.is_dir():
-        parser.error(f"demo --run-file {path}: is a folder; give a file name such as {path / 'run.h5'}")
+        parser.error(f"{label}: is a folder{hint}")
     if not os.access(path.parent, os.W_OK):
-        parser.error(f"demo --run-file {path}: its folder {path.parent} is not writable")
+        parser.error(f"{label}: its folder {path.parent} is not writable")
+
+
+def check_run_file(parser: argparse.ArgumentParser, path: Path) -> None:
+    """Exit with a usage error unless a run file can be written at `path` (`check_writable`)
+    and is not the replay plot's own .png."""
+    check_writable(parser, f"demo --run-file {path}", path, f"; give a file name such as {path / 'run.h5'}")
     if path.suffix == ".png":
         parser.error(f"demo --run-file {path}: the replay plot goes to the run file with .png; name the run file "
                      f"{path.with_suffix('.h5')}")
@@ -66,12 +72,7 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         if name == "png" and not path.suffix:
             path = path.with_suffix(".png")
             setattr(args, name, str(path))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            parser.error(f"--{name} {value}: cannot create its folder ({error.strerror or error})")
-        if path.is_dir() or not os.access(path.parent, os.W_OK):
-            parser.error(f"--{name} {value}: {'is a folder' if path.is_dir() else 'its folder is not writable'}")
+        check_writable(parser, f"--{name} {value}", path)
     cache = getattr(args, "cache", None)
     if cache is not None and Path(cache).exists() and not Path(cache).is_dir():
         parser.error(f"--cache {cache}: is a file; give a folder")
