@@ -22,8 +22,8 @@ contractions (O(n³) for κ3, see `hermite_cumulants`).
 
 Events: if π's Gaussian puts the event below 5e-2, or the event reads a detector whose
 score is nonlinear in y (a moment-matched Gaussian of it can miss the tail by orders of
-magnitude), the input-space structure decides (design points and tilted Gaussians,
-`structured`). Otherwise each halfspace atom a·v > t
+magnitude), the input-space structure decides (design points and the network's local
+quadratics there, `structured`). Otherwise each halfspace atom a·v > t
 gets a cumulant tail (`tails.log_upper_tail`, Cornish–Fisher) and atoms are joined by the
 Gaussian copula of π (`tails.copula_probability`); atoms involving a learned detector's
 score keep Gaussian marginals.
@@ -99,11 +99,6 @@ class CumulantExplanation(GuidedSampling, Explanation):
         estimate = degree ** 2 / 4 * 2 * n ** 3 * (degree if order >= 4 else 1)
         return estimate <= CUMULANT_BUDGET * self.flops_per_sample
 
-    def _rebuild(self, distribution: Gaussian) -> GaussianExplanation:
-        """π's Gaussian model (mean, cov, Cov(x, y), build_flops) under another input
-        distribution: the design-point estimate rebuilds it at each mode."""
-        return GaussianExplanation(self.graph, distribution, dtype=self.dtype, seed=self.seed)
-
     def _probability(self, event: Event) -> Estimate:
         """If π's Gaussian summary puts the event below 5e-2, or the event reads a detector
         whose score is nonlinear in y, the design-point estimate of `structured`; otherwise
@@ -113,7 +108,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
         spent = [flops + bulk.flops]
         fallback = {}
         if self.design and (is_far(bulk.log_p) or event.reads_nonlinear_detector()):
-            found = design_estimate(self, event, self._rebuild)
+            found = design_estimate(self, event)
             if found is not None:
                 result, details = found
                 return self._estimate(result, spent[0], f"{self.method}+design",

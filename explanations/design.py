@@ -1,4 +1,4 @@
-"""Tail structure in input space: most likely catastrophe points and tilted Gaussians.
+"""Tail structure in input space: most likely catastrophe points (design points).
 
 Write x = μ + F ξ with ξ ~ N(0, I) (F Fᵀ = Σ). For a clause {v : A v > b}, where
 v(ξ) = (y, detector scores) at x(ξ), the most likely catastrophe point (design point) is
@@ -14,16 +14,12 @@ their norm merge.
 The large-deviation rate is β = |ξ*|: P ≈ Φ(-β) to first order (FORM; Hasofer & Lind
 1974, Rackwitz & Fiessler 1978).
 
-Zero-sample estimate at a mode (the exponentially tilted Gaussian). The identity
-P(C) = E_q[1_C(ξ) φ(ξ)/q(ξ)] holds for q = N(ξ*, I), where φ/q = exp(-ξ*·ξ + |ξ*|²/2).
-Under π's Gaussian model of (ξ, y) built at q (propagation from N(μ + F ξ*, Σ)), tilting
-by exp(-ξ*·ξ) keeps the covariance and moves the mean of y by -Cov(y, ξ) ξ*, and the
-normalising constants cancel, so
-    P(C) ≈ P_{y ~ N(μ_y^q - Cov_q(y, ξ) ξ*, Σ_y^q)}(C),
-a Gaussian model of y linearised statistically around the catastrophe instead of around
-the bulk. Several modes are combined cell by cell (see `structured`).
+Zero-sample estimate at a mode: the network's least-squares quadratic of the clause's
+margins there (`quadratic`), integrated under N(0, I) along lines through the mode's
+Voronoi cell (see `structured`).
 Assumptions: the event's mass is concentrated near the modes found (a failure region
-not reached from any start is missed), and π's Gaussian model is good near each mode.
+not reached from any start is missed), and the margins are near quadratic within a unit
+or two of each mode.
 """
 from __future__ import annotations
 
@@ -48,6 +44,7 @@ MERGE_FLOOR = 0.1        # modes closer than max(0.1·β, this) are one: near th
 class Mode:
     point: Tensor   # ξ*, whitened input
     beta: float     # |ξ*|
+    clause: int     # the clause whose search found it
 
 
 class OutOfBudget(Exception):
@@ -214,7 +211,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
         search = ClauseSearch(batch, limit - forwards - 2 * backwards)
         try:
             _clause_modes(search, cloud, starts, guesses[c] if guesses else None, effort - forwards - 2 * backwards,
-                          iterations, modes)
+                          iterations, modes, c)
         except OutOfBudget:
             limit = -math.inf                # no pass for the clauses left either
         forwards += search.forwards
@@ -226,7 +223,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
 
 
 def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tensor | None, effort: float,
-                  iterations: int, modes: list[Mode]) -> None:
+                  iterations: int, modes: list[Mode], clause: int) -> None:
     """One clause of `find_modes`: its starts from the pilot `cloud` (and `guess`), and
     descents from them while its search has spent under `effort`, adding new modes to `modes`."""
     dim = cloud.shape[1]
@@ -254,13 +251,7 @@ def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tenso
             continue
         beta = float(point.norm())
         if all(float((point - m.point).norm()) > max(0.1 * max(beta, m.beta), MERGE_FLOOR) for m in modes):
-            modes.append(Mode(point, beta))
-
-
-def shifted(distribution: Gaussian, mode: Mode) -> Gaussian:
-    """N(μ + F ξ*, Σ): the input distribution moved to the design point."""
-    factor = distribution.factor.to(mode.point.dtype)
-    return Gaussian(distribution.mean + factor @ mode.point, distribution.cov)
+            modes.append(Mode(point, beta, clause))
 
 
 def whitened_cross(cross_xy: Tensor, distribution: Gaussian) -> Tensor:

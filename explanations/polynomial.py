@@ -25,7 +25,7 @@ cumulants(a):   κ1..κ4 of a·P(ξ) by the diagram formula (`hermite_cumulants`
                 L³, L⁴ (its high-degree terms put large values where |u| ≫ 1): on tanh, the
                 surrogate's κ4 is -0.053, -0.046, 0.36, 5.1, 74 at K = 4, 6, 8, 10, 12 against
                 the network's -0.12. So cumulants use the degree-≤`cumulant_degree` part (6).
-probability(e): as every CumulantExplanation: design points and tilted Gaussians for events
+probability(e): as every CumulantExplanation: design points and local quadratics for events
                 π's Gaussian summary puts below 5e-2, cumulant marginals and a Gaussian copula
                 otherwise.
 truncation_error: per output, a bound on the RMS error ‖y - P‖_{L²(D)}. With r_j = f - f_K,
@@ -147,11 +147,6 @@ class PolynomialExplanation(CumulantExplanation):
     def _expectation(self) -> Estimate:
         return Estimate(self.mean.clone(), None, None, self.build_flops, 0, self.method, self.flops_per_sample,
                         {"cov": self.cov.clone(), "truncation_error": self.truncation_error.clone()})
-
-    def _rebuild(self, distribution: Gaussian) -> "PolynomialExplanation":
-        """The surrogate under a shifted input distribution (cheaper than propagation)."""
-        return PolynomialExplanation(self.graph, distribution, degree=self.degree, design=False,
-                                     dtype=self.dtype, seed=self.seed)
 
     def _diagram_size(self) -> tuple[int, int, int]:
         return self.w2.shape[1], self.cumulant_degree, 4

@@ -34,8 +34,8 @@ integral over every inclusion–exclusion term (`mvn.log_union`, 4096 × 8 QMC p
 orthant), and for explanations with design points (cumulant, polynomial) the design
 search at its loop limits (`design.find_modes`: pilot, Newton pushes, descents with their
 line searches, every forward pass one sample-equivalent and every backward pass two),
-then the dearer of its two endings: MAX_MODES rebuilt Gaussian models with their tilted
-integrals where it finds modes, cumulant marginals joined by a copula where it finds none
+then the dearer of its two endings: MAX_MODES local quadratics, fitted and integrated
+along lines, where it finds modes, cumulant marginals joined by a copula where it finds none
 (each marginal gated by CUMULANT_BUDGET sample-equivalents, counted at 4× that, plus the
 exact tetrahedral κ4 diagrams that gate leaves out).
 tests/test_tracker_review.py checks bound ≥ cost over architectures, methods and events.
@@ -62,7 +62,7 @@ from explanations.hermite_cumulants import TETRAHEDRA_UP_TO, _plan
 from explanations.polynomial import CUMULANT_DEGREE as POLYNOMIAL_CUMULANT_DEGREE
 from explanations.polynomial import DEFAULT_DEGREE as POLYNOMIAL_DEGREE
 from explanations.propagate import SPARSE_DENSITY, carries_skew
-from explanations.structured import QMC_POINTS, QMC_REPLICATES
+from explanations.quadratic import DOUBLING_SHARE, LINE_RANGE, MAX_LINES, fit_flops_bound, line_flops, pairs
 from explanations.tails import SADDLEPOINT_FLOPS
 
 NODES = QUADRATURE_PANELS * PANEL_NODES
@@ -239,17 +239,16 @@ def _search(graph: Graph, event: Event, rows: list[int]) -> int:
     return total
 
 
-def _tilts(graph: Graph, distribution: Gaussian, event: Event, rows: list[int]) -> int:
-    """`structured.design_estimate` after its search: MAX_MODES rebuilt Gaussian models and
-    their tilted integrals."""
-    d, n, v = graph.n_inputs, graph.n_outputs, graph.n_outputs + len(event.detectors())
-    extra = MAX_MODES - 1
-    sampled = 10 * v ** 3 + 2 * d * v * v + QMC_REPLICATES * QMC_POINTS * (
-        (d + v) * (2 * v + 1) + v + 8 * d + 2 + 2 * d * extra + detector_flops([event]) + 2 * v * sum(rows)
-    ) if event.reads_nonlinear_detector() else 0
-    tilt = (_observed(event, n) + 10 * n ** 3 + 2 * d * n * v
-            + union_flops_bound(rows, v, QMC_POINTS, QMC_REPLICATES, extra) + sampled)
-    return MAX_MODES * (_gaussian(graph, distribution) + tilt)
+def _quadratics(graph: Graph, event: Event, rows: list[int]) -> int:
+    """`structured.design_estimate` after its search: MAX_MODES local quadratics of the
+    widest clause, each fitted and integrated over its cell (`quadratic`)."""
+    d = graph.n_inputs
+    r, walls = max(rows), MAX_MODES - 1
+    unit = graph.flops_per_sample + detector_flops([event]) + 2 * d * d + d
+    points = 2 * pairs(d)
+    fitting = (points + 2 * points * r) * unit + fit_flops_bound(d, r)
+    lines = min(line_flops(d, r, walls, MAX_LINES), max(line_flops(d, r, walls, LINE_RANGE[0]), DOUBLING_SHARE * fitting))
+    return MAX_MODES * (fitting + lines)
 
 
 def _tetrahedra(n: int, degree: int) -> int:
@@ -318,8 +317,8 @@ def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict
         atoms = sum(rows)
         marginals = (atoms * (_marginal(graph, name, options) + 2 * v * v + SADDLEPOINT_FLOPS)
                      + union_flops_bound(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v)
-        if options.get("design", True):     # the search, then its modes' tilts or (none found) the marginals
-            total += _search(graph, event, rows) + max(_tilts(graph, distribution, event, rows), marginals)
+        if options.get("design", True):     # the search, then its modes' quadratics or (none found) the marginals
+            total += _search(graph, event, rows) + max(_quadratics(graph, event, rows), marginals)
         else:
             total += marginals
     return total

@@ -177,11 +177,7 @@ class CatastrophePenalty:
         pi = explain(graph, self.distribution, "gaussian", seed=self.seed)
         found = search(pi, self.event, starts=SEARCH_STARTS, max_modes=self.max_modes)
         self.flops += pi.build_flops + found.flops
-        with torch.no_grad():
-            clause_of = lambda point: int(torch.stack([(found.observe(point[None]) @ a.T - b).min()
-                                                       for a, b in found.clauses]).argmax())
-            self.modes = [(clause_of(m.point), m.point.detach()) for m in found.modes]
-        self.flops += len(found.modes) * found.observe_flops * len(found.clauses)
+        self.modes = [(m.clause, m.point.detach()) for m in found.modes]
         self._follow(clause_margins(found.observe, found.clauses), found.observe_flops, REFINE)
         self.found_nothing = not self.modes
 
