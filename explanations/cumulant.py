@@ -113,7 +113,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
                 result, details = found
                 return self._estimate(result, spent[0], f"{self.method}+design",
                                       {**details, "bulk_log10": bulk.log_p / math.log(10)})
-            fallback = {"design": "no design point found; cumulant copula used"}
+            fallback = {"design": "no design point beyond the origin's unit ball; cumulant copula used"}
 
         affordable = self._affordable()
 

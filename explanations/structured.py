@@ -29,6 +29,8 @@ from .quadratic import fit, log_cell_probability
 if TYPE_CHECKING:
     from .gaussian import GaussianExplanation
 
+NEAR = 1.0     # a mode nearer the origin than this is no tail: the local quadratic is not the model
+
 
 def log_chi2_tail(dim: int, beta: float) -> float:
     """log P(χ²_dim ≥ β²) = log Q(dim/2, β²/2), with the leading asymptotic term
@@ -101,13 +103,15 @@ def linear_guesses(pi: GaussianExplanation, clauses: list[tuple[Tensor, Tensor]]
 def design_estimate(pi: GaussianExplanation, event: Event) -> tuple[OrthantResult, dict] | None:
     """log P(event) from the local quadratics at the design points (`quadratic`), each
     mode's own clause integrated over its Voronoi cell, with every FLOP spent in the
-    result, and details; None if no design point was found (the caller falls back).
+    result, and details; None if no design point was found, or one within NEAR of the origin
+    (the event is then no tail, and a quadratic fitted within ½ of one point does not describe
+    it: four modes at β ≈ 0.1 put ArgMax(0) at p = 0.55 as 0.33), and the caller falls back.
 
     The event lies outside the ball |ξ| < β_min (β_min the smallest mode's distance, if the
     search found the global minimum), so the estimate is capped at P(χ²_dim ≥ β_min²)."""
     found = search(pi, event)
     modes, D, flops = found.modes, found.distribution, found.flops
-    if not modes:
+    if not modes or modes[0].beta < NEAR:
         return None
     margins = clause_margins(found.observe, found.clauses)
     beta = modes[0].beta

@@ -178,7 +178,7 @@ def test_a_band_shaped_detector_event_is_seen_through_the_detector():
     unit turns on), which no Gaussian score can describe: the tilted Gaussian put it at
     8.0e-2 against 9.9e-3. The local quadratics of the score's margin, fitted through the
     detector's graph, put it at 2.0e-2 (y drawn from π's local Gaussian had given 1.1e-2;
-    over the detectors bench's 54 events the quadratics are better, median 0.06 dex
+    over the detectors bench's 54 events the quadratics are better, median 0.07 dex
     against 0.12)."""
     estimate, truth = _relu_detector_case(5, 0.99)
     assert abs(estimate.log10 - math.log10(truth)) <= 0.35
