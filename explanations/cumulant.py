@@ -108,11 +108,11 @@ class CumulantExplanation(GuidedSampling, Explanation):
         spent = [flops + bulk.flops]
         fallback = {}
         if self.design and (is_far(bulk.log_p) or event.reads_nonlinear_detector()):
-            found = design_estimate(self, event)
-            if found is not None:
-                result, details = found
+            result, details = design_estimate(self, event)
+            if result is not None:
                 return self._estimate(result, spent[0], f"{self.method}+design",
                                       {**details, "bulk_log10": bulk.log_p / math.log(10)})
+            spent.append(details["search_flops"])
             fallback = {"design": "no design point beyond the origin's unit ball; cumulant copula used"}
 
         affordable = self._affordable()

@@ -100,23 +100,23 @@ def linear_guesses(pi: GaussianExplanation, clauses: list[tuple[Tensor, Tensor]]
     return guesses
 
 
-def design_estimate(pi: GaussianExplanation, event: Event) -> tuple[OrthantResult, dict] | None:
+def design_estimate(pi: GaussianExplanation, event: Event) -> tuple[OrthantResult | None, dict]:
     """log P(event) from the local quadratics at the design points (`quadratic`), each
     mode's own clause integrated over its Voronoi cell, with every FLOP spent in the
-    result, and details; None if no design point was found, or one within NEAR of the origin
-    (the event is then no tail, and a quadratic fitted within ½ of one point does not describe
-    it: four modes at β ≈ 0.1 put ArgMax(0) at p = 0.55 as 0.33), and the caller falls back.
+    result, and details; None in place of the result if no design point was found, or one
+    within NEAR of the origin (the event is then no tail, and a quadratic fitted within ½ of
+    one point does not describe it: four modes at β ≈ 0.1 put ArgMax(0) at p = 0.55 as 0.33),
+    with the search's FLOPs in details["search_flops"] for the caller's fallback to charge.
 
     The event lies outside the ball |ξ| < β_min (β_min the smallest mode's distance, if the
     search found the global minimum), so the estimate is capped at P(χ²_dim ≥ β_min²)."""
     found = search(pi, event)
     modes, D, flops = found.modes, found.distribution, found.flops
     if not modes or modes[0].beta < NEAR:
-        return None
+        return None, {"search_flops": flops}
     margins = clause_margins(found.observe, found.clauses)
-    beta = modes[0].beta
-    radius = max(beta - 1 / beta, 0.0) if beta > 0 else 0.0    # the ball the event avoids, less the
-                                                               # search's slack (density e-fold at 1/β)
+    radius = modes[0].beta - 1 / modes[0].beta      # the ball the event avoids, less the search's
+                                                    # slack (the density falls e-fold in 1/β)
     generator = torch.Generator().manual_seed(pi.seed)
     forwards, backwards = found.forwards, found.backwards
     log_probabilities, numerical_error = [], 0.0
