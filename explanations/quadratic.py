@@ -83,13 +83,13 @@ def fit(margins: Callable[[Tensor], Tensor], point: Tensor, generator: torch.Gen
     with torch.inference_mode(False), torch.enable_grad():
         values = margins(xi)
         rows = values.shape[1]
+        n = u.shape[0]
+        design = torch.cat([u.new_ones(n, 1), u], dim=1)                  # [points, d + 1]
         if not values.requires_grad:                                      # piecewise constant (Step)
-            return _fit_values(values.detach(), u)
+            return _fit_values(values.detach(), design)
         grads = torch.stack([torch.autograd.grad(values[:, r].sum(), xi, retain_graph=r < rows - 1)[0]
                              for r in range(rows)], dim=1).detach()       # [points, rows, d]
     values = values.detach()
-    n = u.shape[0]
-    design = torch.cat([u.new_ones(n, 1), u], dim=1)                      # [points, d + 1]
     coefficients = _least_squares(design, grads.reshape(n, rows * d)).reshape(d + 1, rows, d)
     slope = coefficients[0]
     curvature = coefficients[1:].permute(1, 2, 0)                         # [rows, d (gradient), d (u)]
@@ -99,17 +99,16 @@ def fit(margins: Callable[[Tensor], Tensor], point: Tensor, generator: torch.Gen
     return Quadratic(value, slope, curvature, n, n * rows, _gradients_flops(n, d, rows))
 
 
-def _fit_values(values: Tensor, u: Tensor) -> Quadratic:
+def _fit_values(values: Tensor, design: Tensor) -> Quadratic:
     """Margins without gradients (a piecewise-constant network): the least-squares
-    hyperplane of the values (features 1, u), whose slope stands for the margin's jumps across
-    the boundary. (A quadratic fitted to a step's values bends back across it: on a
+    hyperplane of the values on `design` = (1, u), whose slope stands for the margin's jumps
+    across the boundary. (A quadratic fitted to a step's values bends back across it: on a
     6 → 8 → Step → 1 net it put P = 7e-3 at 0.15, the hyperplane at 1.4e-2.)"""
-    n, d = u.shape
-    design = torch.cat([u.new_ones(n, 1), u], dim=1)
+    n, features = design.shape
     coefficients = _least_squares(design, values)                         # [d + 1, rows]
-    rows = values.shape[1]
-    return Quadratic(coefficients[0], coefficients[1:].T, u.new_zeros(rows, d, d), n, 0,
-                     _values_flops(n, d + 1, rows))
+    rows, d = values.shape[1], features - 1
+    return Quadratic(coefficients[0], coefficients[1:].T, design.new_zeros(rows, d, d), n, 0,
+                     _values_flops(n, features, rows))
 
 
 def fit_flops_bound(d: int, rows: int) -> int:

@@ -227,10 +227,16 @@ def _observed(event: Event, n: int) -> int:
     return total + (10 * n ** 3 + 2 * n * n * len(detectors) if detectors else 0)
 
 
+def _observe_unit(graph: Graph, event: Event) -> int:
+    """One whitened input's v = (y, detector scores): `structured.search`'s observe_flops."""
+    d = graph.n_inputs
+    return graph.flops_per_sample + detector_flops([event]) + 2 * d * d + d
+
+
 def _search(graph: Graph, event: Event, rows: list[int]) -> int:
     """`design.find_modes` at its loop limits (module docstring)."""
     d, v = graph.n_inputs, graph.n_outputs + len(event.detectors())
-    unit = graph.flops_per_sample + detector_flops([event]) + 2 * d * d + d
+    unit = _observe_unit(graph, event)
     total = 0
     for count in rows:
         forwards = PILOT + (STARTS + 1) * (REACH + 1) + STARTS + (STARTS + 1) * (SCAN + DESCENT * (1 + HALVINGS * NEAR_SCAN))
@@ -244,7 +250,7 @@ def _quadratics(graph: Graph, event: Event, rows: list[int]) -> int:
     widest clause, each fitted and integrated over its cell (`quadratic`)."""
     d = graph.n_inputs
     r, walls = max(rows), MAX_MODES - 1
-    unit = graph.flops_per_sample + detector_flops([event]) + 2 * d * d + d
+    unit = _observe_unit(graph, event)
     points = 2 * pairs(d)
     fitting = (points + 2 * points * r) * unit + fit_flops_bound(d, r)
     lines = min(line_flops(d, r, walls, MAX_LINES), max(line_flops(d, r, walls, LINE_RANGE[0]), DOUBLING_SHARE * fitting))
