@@ -182,11 +182,12 @@ def log_cell_probability(quadratic: Quadratic, point: Tensor, others: list[Tenso
         drawn += batch
         logs = torch.stack([torch.logsumexp(torch.stack(parts), 0) for parts in sums]) - math.log(drawn)
         log_p = float(torch.logsumexp(logs, 0)) - math.log(LINE_REPLICATES)
-        spread = 3 * float(logs.exp().std()) / math.sqrt(LINE_REPLICATES)
-        if (spread <= SPREAD_TARGET * math.exp(log_p) or 2 * drawn > MAX_LINES
+        relative = 3 * float((logs - log_p).exp().std()) / math.sqrt(LINE_REPLICATES)   # scaled: no underflow
+        if (relative <= SPREAD_TARGET or 2 * drawn > MAX_LINES        # (NaN where every line is empty)
                 or line_flops(d, rows, cells, 2 * drawn) > DOUBLING_SHARE * spend):
             break
         batch = drawn
+    spread = relative * math.exp(log_p) if log_p > -math.inf else 0.0
     return OrthantResult(log_p, spread, line_flops(d, rows, cells, drawn))
 
 

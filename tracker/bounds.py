@@ -246,15 +246,18 @@ def _search(graph: Graph, event: Event, rows: list[int]) -> int:
 
 
 def _quadratics(graph: Graph, event: Event, rows: list[int]) -> int:
-    """`structured.design_estimate` after its search: MAX_MODES local quadratics of the
-    widest clause, each fitted and integrated over its cell (`quadratic`)."""
+    """`structured.design_estimate` after its search: up to MAX_MODES modes and one more per
+    clause (`structured._kept`), each a local quadratic of the widest clause, fitted and
+    integrated over its cell (`quadratic`), then at worst integrated twice more (anchored at
+    the mode's margins, then its tangent planes) after one more pass."""
     d = graph.n_inputs
-    r, walls = max(rows), MAX_MODES - 1
+    modes = MAX_MODES + len(rows)
+    r, walls = max(rows), modes - 1
     unit = _observe_unit(graph, event)
     points = 2 * pairs(d)
     fitting = (points + 2 * points * r) * unit + fit_flops_bound(d, r)
     lines = min(line_flops(d, r, walls, MAX_LINES), max(line_flops(d, r, walls, LINE_RANGE[0]), DOUBLING_SHARE * fitting))
-    return MAX_MODES * (fitting + lines)
+    return modes * (fitting + unit + 3 * lines)
 
 
 def _tetrahedra(n: int, degree: int) -> int:
