@@ -135,13 +135,13 @@ def design_estimate(pi: GaussianExplanation, event: Event) -> tuple[OrthantResul
         if result.log_p == -math.inf:        # the quadratic holds none of the event its mode lies on
             with torch.no_grad():
                 value = margins[mode.clause](mode.point[None])[0].clamp_min(0)
-            forwards, flops = forwards + 1, flops + found.observe_flops + result.flops
+            forwards, flops = forwards + 1, flops + found.observe_flops
             for curvature in (local.curvature, torch.zeros_like(local.curvature)):   # anchored, then tangent
+                flops += result.flops                                              # the integral given up
                 anchored = Quadratic(value, local.slope, curvature, 1, 0, 0)
                 result = log_cell_probability(anchored, mode.point, others, radius, fitting, pi.seed)
                 if result.log_p > -math.inf:
                     break
-                flops += result.flops
             anchored_modes += 1
         log_probabilities.append(result.log_p)
         numerical_error += result.abs_error
