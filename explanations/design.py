@@ -36,6 +36,7 @@ MAX_MODES = 4
 MODE_BAND = 3.0          # keep modes with β ≤ β_min + MODE_BAND
 REACH_GROWTH = 2.0       # a Gauss–Newton step of `reach` moves at most this × (1 + |ξ|): from ξ = 0 a
                          # saturated sigmoid's step was 7e16 long (mode found at |ξ| = 1.5e7 for 20)
+ACTIVE_REACH = 1e-3      # a face within this × (1 + |ξ|) of a boundary point is active in the descent
 MERGE_FLOOR = 0.1        # modes closer than max(0.1·β, this) are one: near the origin 0.1·β is ~0, and four
                          # modes of one common clause at β ≈ 0 had summed a union to 1.0 for 0.545
 
@@ -89,10 +90,16 @@ class ClauseSearch:
         grads = [torch.autograd.grad(values[r], point, retain_graph=True)[0] for r in picked]
         return values.detach(), picked, torch.stack(grads) if grads else point.new_zeros(0, point.shape[0])
 
-    def normals(self, point: Tensor, tolerance: float) -> Tensor:
-        """Gradients of the (nearly) active rows at a boundary point: [k, dim]."""
-        active = lambda m: [r for r in range(m.shape[0]) if float(m[r]) <= float(m.min()) + tolerance]
-        return self.rows(point, active)[2]
+    def normals(self, point: Tensor, reach: float) -> Tensor:
+        """Gradients of the rows active at a boundary point, [k, dim]: the row that bounds it
+        and every row whose face lies within `reach` of it (m_r/|∇m_r| ≤ reach, the face's
+        distance to first order). A face a hair away counts: the descent otherwise follows
+        the bounding face alone, steps across the other, halves its step, and crawls along
+        their edge (on a linear wedge in d = 3, ten steps from |ξ| = 12.4 stopped at 11.2,
+        1.2 short of the design point, with the second face 0.003 away)."""
+        values, _, grads = self.rows(point, lambda m: list(range(m.shape[0])))
+        distance = values / grads.norm(dim=1).clamp_min(1e-300)
+        return grads[(distance <= reach) | (values <= values.min())]
 
     def to_boundary(self, direction: Tensor, near: bool = False) -> Tensor | None:
         """The boundary point nearest the origin on the ray through `direction` (grid scan
@@ -165,7 +172,7 @@ class ClauseSearch:
             return None
         step = 0.5
         for _ in range(iterations):
-            normals = self.normals(point, 1e-6 * (1 + float(point.norm())))
+            normals = self.normals(point, ACTIVE_REACH * (1 + float(point.norm())))
             basis = torch.linalg.qr(normals.T).Q                      # span of the active normals
             tangent = point - basis @ (basis.T @ point)
             if float(tangent.norm()) <= 1e-4 * float(point.norm()):
@@ -195,11 +202,14 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
     points of largest margin are pushed in by Newton steps on the margin). `guesses[c]`, if
     given, is one more start for clause c (π's statistically linearised design point),
     pushed in the same way when infeasible. A descent after a clause's first starts only
-    while the search has spent less than `effort` forward-pass equivalents (a backward pass
-    counts two); each descent takes at most `iterations` steps. `limit` is a hard cap in the
-    same units: a pass that would cross it is not made, and the search ends with the modes
-    found so far (a budgeted estimate then has its draws left). Keeps the `max_modes`
-    nearest modes within MODE_BAND of the nearest.
+    while the clause has spent less than its share of `effort` forward-pass equivalents (a
+    backward pass counts two); each descent takes at most `iterations` steps. `limit` is a
+    hard cap in the same units: a pass that would cross the clause's share of it is not
+    made, and the clause ends with the modes found so far (a budgeted estimate then has its
+    draws left). Clause c of C has (effort - spent)/(C - c) and (limit - spent)/(C - c), so an
+    early clause cannot leave a later one unsearched (under one shared limit, a 6-clause
+    union on a small network left its last two clauses without a search). Keeps the
+    `max_modes` nearest modes within MODE_BAND of the nearest.
     Returns (modes, forward passes, backward passes).
     """
     generator = torch.Generator().manual_seed(seed)
@@ -208,12 +218,13 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
     modes: list[Mode] = []
     forwards = backwards = 0
     for c, batch in enumerate(batch_margins):
-        search = ClauseSearch(batch, limit - forwards - 2 * backwards)
+        left, spent = len(batch_margins) - c, forwards + 2 * backwards
+        search = ClauseSearch(batch, (limit - spent) / left)
         try:
-            _clause_modes(search, cloud, starts, guesses[c] if guesses else None, effort - forwards - 2 * backwards,
+            _clause_modes(search, cloud, starts, guesses[c] if guesses else None, (effort - spent) / left,
                           iterations, modes, c)
         except OutOfBudget:
-            limit = -math.inf                # no pass for the clauses left either
+            pass                             # this clause's share is spent; the next has its own
         forwards += search.forwards
         backwards += search.backwards
     modes.sort(key=lambda m: m.beta)
@@ -249,9 +260,14 @@ def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tenso
         point = search.descend(start, iterations)
         if point is None:
             continue
-        beta = float(point.norm())
-        if all(float((point - m.point).norm()) > max(0.1 * max(beta, m.beta), MERGE_FLOOR) for m in modes):
-            modes.append(Mode(point, beta, clause))
+        if is_new(point, modes):
+            modes.append(Mode(point, float(point.norm()), clause))
+
+
+def is_new(point: Tensor, modes: list[Mode]) -> bool:
+    """Is `point` farther than max(0.1 β, MERGE_FLOOR) from every mode (β the larger norm)?"""
+    beta = float(point.norm())
+    return all(float((point - m.point).norm()) > max(0.1 * max(beta, m.beta), MERGE_FLOOR) for m in modes)
 
 
 def whitened_cross(cross_xy: Tensor, distribution: Gaussian) -> Tensor:

@@ -29,10 +29,11 @@ distance β: relative variance O(β) per draw instead of 1/p).
 The search behind the mixture. A part of the event that no design point describes is
 visited only by the defensive and broad components: the estimate is then low, with an
 interval as narrow as the hits near the known modes make it. A sampling budget therefore
-pays for a wider search than the zero-sample estimate's: SEARCH_STARTS = 10 starts per
-clause (3 there), descents of SEARCH_ITERATIONS = 5 steps (10 there: the mixture needs a
-point near each failure mode, not the exact design point, so more, shorter descents find
-more of the modes at the same cost), up to SEARCH_MODES = 8 modes (4 there), a descent
+pays for a wide search (`structured`, as the zero-sample design estimate's): WIDE_STARTS =
+10 starts per clause (3 in a Tracker's catastrophe penalty), descents of WIDE_ITERATIONS =
+5 steps (10 there: the mixture needs a point near each failure mode, not the exact design
+point, so more, shorter descents find more of the modes at the same cost), up to
+SEARCH_MODES = 8 modes (4 there), a descent
 after each clause's first begun only while the search has spent under SEARCH_SHARE = 30%
 of the budget, for events π's bulk model puts below WIDE_SEARCH_BELOW = 1e-2 (nearer the
 bulk, plain sampling's ~100 hits in 10⁴ draws leave the wider search's cost unpaid: on r16
@@ -81,10 +82,10 @@ from .montecarlo import detector_flops, draw_cost, draws_within, effective_count
 from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union, union_flops_bound
 from .observed import clause_rows, observed
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
-from .structured import Search, search
+from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, search
 
 DEFENSIVE, BROAD, BROAD_SCALE, MODE_MASS_SHARE = 0.2, 0.1, 2.0, 0.5
-SEARCH_STARTS, SEARCH_MODES, SEARCH_ITERATIONS, SEARCH_SHARE, WIDE_SEARCH_BELOW = 10, 8, 5, 0.3, 1e-2
+SEARCH_MODES, WIDE_SEARCH_BELOW = 8, 1e-2
 PILOT_SHARE, PILOT_MIN, PILOT_HITS = 0.1, 200, 3.0
 DEGENERATE_HITS = 10
 DETECTOR_PILOT, DETECTOR_PILOT_HITS = 200, 4
@@ -303,7 +304,7 @@ class GuidedSampling:
             unit = self.graph.flops_per_sample + detector_flops([event])
             options["limit"] = (flops - spent - 2 * PILOT_MIN * draw_cost(self.graph, self.distribution)) / unit
         if log_guess < math.log(WIDE_SEARCH_BELOW):
-            options.update(starts=SEARCH_STARTS, max_modes=SEARCH_MODES, iterations=SEARCH_ITERATIONS)
+            options.update(starts=WIDE_STARTS, max_modes=SEARCH_MODES, iterations=WIDE_ITERATIONS)
         found = search(self, event, **options)
         spent += found.flops
         if flops is not None and flops - spent < 2 * PILOT_MIN * draw_cost(self.graph, self.distribution):

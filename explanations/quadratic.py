@@ -49,7 +49,7 @@ from torch.special import ndtri
 from .mvn import OrthantResult, _log_prob_between
 
 SCALE = 0.5                          # s: the fit's neighbourhood N(ξ*, s²I)
-LINE_RANGE = (64, 1024)              # QMC lines per replicate to start with (`line_count`)
+LINE_RANGE = (32, 1024)              # QMC lines per replicate to start with (`line_count`)
 MAX_LINES = 4096                     # ... and at most, after doubling
 LINE_REPLICATES = 4                  # replicates give the spread
 SPREAD_TARGET = 0.1                  # lines double while the spread exceeds this share of the estimate
@@ -179,10 +179,11 @@ def log_cell_probability(quadratic: Quadratic, point: Tensor, others: list[Tenso
                          spend: float, seed: int) -> OrthantResult:
     """log P_{ξ ~ N(0, I)}(q(ξ - ξ*) > 0 row-wise, |ξ| ≥ radius, ξ nearer ξ* = `point` than
     every point in `others`), by lines along ξ*/|ξ*| in each of LINE_REPLICATES replicates
-    (module docstring): `line_count(…, spend)` each to start with (`spend`: the fit's FLOPs),
-    doubled (the Sobol sequences continued) while the replicates' spread (3 standard errors,
-    the numerical error returned) exceeds SPREAD_TARGET of the estimate, up to MAX_LINES and
-    DOUBLING_SHARE × `spend` in all; and FLOPs.
+    (module docstring): `line_count(…, spend / DOUBLING_SHARE)` each to start with
+    (`spend`: the most FLOPs the integral may take; `structured` gives it DOUBLING_SHARE
+    times the fit's, or less under a budget), doubled (the Sobol sequences continued) while
+    the replicates' spread (3 standard errors, the numerical error returned) exceeds
+    SPREAD_TARGET of the estimate, up to MAX_LINES and `spend` in all; and FLOPs.
     `radius` is about β_min, the nearest mode's distance: the search takes the event to lie
     outside that ball (as the χ² cap does), and a quadratic fitted at the mode is not
     trusted back to the origin, where one bent the other way had put mass (measured: QMC
@@ -218,7 +219,7 @@ def log_cell_probability(quadratic: Quadratic, point: Tensor, others: list[Tenso
     rows, cells = quadratic.value.shape[0], walls.shape[0]
     ranks = (spikes.shape[1], stretch.shape[0])
     engines = [SobolEngine(d, scramble=True, seed=seed + r) for r in range(LINE_REPLICATES)]
-    drawn, sums, batch = 0, [[] for _ in engines], line_count(d, rows, cells, spend, *ranks)
+    drawn, sums, batch = 0, [[] for _ in engines], line_count(d, rows, cells, spend / DOUBLING_SHARE, *ranks)
     while True:
         for engine, parts in zip(engines, sums):
             z = ndtri(engine.draw(batch, dtype=torch.float64).clamp(1e-15, 1 - 1e-15)).to(point)
@@ -228,7 +229,7 @@ def log_cell_probability(quadratic: Quadratic, point: Tensor, others: list[Tenso
         log_p = float(torch.logsumexp(logs, 0)) - math.log(LINE_REPLICATES)
         relative = 3 * float((logs - log_p).exp().std()) / math.sqrt(LINE_REPLICATES)   # scaled: no underflow
         if (relative <= SPREAD_TARGET or 2 * drawn > MAX_LINES        # (NaN where every line is empty)
-                or line_flops(d, rows, cells, 2 * drawn, *ranks) > DOUBLING_SHARE * spend):
+                or line_flops(d, rows, cells, 2 * drawn, *ranks) > spend):
             break
         batch = drawn
     spread = relative * math.exp(log_p) if log_p > -math.inf else 0.0

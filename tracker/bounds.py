@@ -51,6 +51,7 @@ from explanations import Gaussian, Graph
 from explanations.activations import activation
 from explanations.cumulant import CUMULANT_BUDGET, DEFAULT_DEGREE as CUMULANT_DEGREE
 from explanations.design import MAX_MODES
+from explanations.structured import POLISH_ITERATIONS, WIDE_ITERATIONS, WIDE_STARTS
 from explanations.events import Event
 from explanations.explain import picked_method
 from explanations.ranges import settled
@@ -68,7 +69,7 @@ from explanations.tails import SADDLEPOINT_FLOPS
 NODES = QUADRATURE_PANELS * PANEL_NODES
 K = HERMITE_DEGREE
 BULK_POINTS, BULK_REPLICATES = 4096, 8          # `guided._bulk`'s zero-sample integrals
-PILOT, STARTS, REACH, DESCENT, HALVINGS = 384, 3, 30, 10, 10   # `design.find_modes`' loop limits
+PILOT, REACH, HALVINGS = 384, 30, 10              # `design.find_modes`' loop limits
 SCAN = 13 + 8                                   # a full ray scan: 13 points and 8 bisections
 NEAR_SCAN = 7 + 6 + SCAN                        # a near scan, then the full one
 
@@ -234,30 +235,35 @@ def _observe_unit(graph: Graph, event: Event) -> int:
 
 
 def _search(graph: Graph, event: Event, rows: list[int]) -> int:
-    """`design.find_modes` at its loop limits (module docstring)."""
+    """`structured.design_estimate`'s wide search (`design.find_modes`) at its loop limits
+    (module docstring); each descent's step takes the gradients of every row."""
     d, v = graph.n_inputs, graph.n_outputs + len(event.detectors())
     unit = _observe_unit(graph, event)
     total = 0
     for count in rows:
-        forwards = PILOT + (STARTS + 1) * (REACH + 1) + STARTS + (STARTS + 1) * (SCAN + DESCENT * (1 + HALVINGS * NEAR_SCAN))
-        backwards = (STARTS + 1) * (REACH + DESCENT) * count
+        forwards = (PILOT + (WIDE_STARTS + 1) * (REACH + 1) + WIDE_STARTS
+                    + (WIDE_STARTS + 1) * (SCAN + WIDE_ITERATIONS * (1 + HALVINGS * NEAR_SCAN)))
+        backwards = (WIDE_STARTS + 1) * (REACH + WIDE_ITERATIONS) * count
         total += (forwards + 2 * backwards) * unit + 10 * v ** 3 + 2 * d * v * (count + 1)
     return total
 
 
 def _quadratics(graph: Graph, event: Event, rows: list[int]) -> int:
     """`structured.design_estimate` after its search: up to MAX_MODES modes and one more per
-    clause (`structured._kept`), each a local quadratic of the widest clause, fitted and
-    integrated over its cell (`quadratic`), then at worst integrated twice more (anchored at
-    the mode's margins, then its tangent planes) after one more pass."""
+    clause (`structured._kept`), each polished (a descent of POLISH_ITERATIONS steps: a full
+    scan, then per step the gradients of every row and at most HALVINGS near scans), a local
+    quadratic of the widest clause, fitted and integrated over its cell (`quadratic`), then
+    at worst integrated twice more (anchored at the mode's margins, then its tangent planes)
+    after one more pass."""
     d = graph.n_inputs
     modes = MAX_MODES + len(rows)
     r, walls = max(rows), modes - 1
     unit = _observe_unit(graph, event)
+    polish = (SCAN + POLISH_ITERATIONS * (1 + HALVINGS * NEAR_SCAN) + 2 * POLISH_ITERATIONS * r) * unit
     points = 2 * pairs(d)
     fitting = (points + 2 * points * r) * unit + fit_flops_bound(d, r)
     lines = min(line_flops(d, r, walls, MAX_LINES), max(line_flops(d, r, walls, LINE_RANGE[0]), DOUBLING_SHARE * fitting))
-    return modes * (fitting + unit + 3 * lines)
+    return modes * (polish + fitting + unit + 3 * lines)
 
 
 def _tetrahedra(n: int, degree: int) -> int:
