@@ -34,8 +34,9 @@ integral over every inclusion–exclusion term (`mvn.log_union`, 4096 × 8 QMC p
 orthant), and for explanations with design points (cumulant, polynomial) the design
 search at its loop limits (`design.find_modes`: pilot, Newton pushes, descents with their
 line searches, every forward pass one sample-equivalent and every backward pass two),
-then the dearer of its two endings: MAX_MODES local quadratics, fitted and integrated
-along lines, where it finds modes, cumulant marginals joined by a copula where it finds none
+then the dearer of its two endings: KEPT_MODES local quadratics (each polished first),
+fitted and integrated along lines, where it finds modes, cumulant marginals joined by a
+copula where it finds none
 (each marginal gated by CUMULANT_BUDGET sample-equivalents, counted at 4× that, plus the
 exact tetrahedral κ4 diagrams that gate leaves out).
 tests/test_tracker_review.py checks bound ≥ cost over architectures, methods and events.
@@ -50,8 +51,7 @@ from torch import Tensor
 from explanations import Gaussian, Graph
 from explanations.activations import activation
 from explanations.cumulant import CUMULANT_BUDGET, DEFAULT_DEGREE as CUMULANT_DEGREE
-from explanations.design import MAX_MODES
-from explanations.structured import POLISH_ITERATIONS, WIDE_ITERATIONS, WIDE_STARTS
+from explanations.structured import KEPT_MODES, POLISH_ITERATIONS, WIDE_ITERATIONS, WIDE_STARTS
 from explanations.events import Event
 from explanations.explain import picked_method
 from explanations.ranges import settled
@@ -249,14 +249,14 @@ def _search(graph: Graph, event: Event, rows: list[int]) -> int:
 
 
 def _quadratics(graph: Graph, event: Event, rows: list[int]) -> int:
-    """`structured.design_estimate` after its search: up to MAX_MODES modes and one more per
+    """`structured.design_estimate` after its search: up to KEPT_MODES modes and one more per
     clause (`structured._kept`), each polished (a descent of POLISH_ITERATIONS steps: a full
     scan, then per step the gradients of every row and at most HALVINGS near scans), a local
     quadratic of the widest clause, fitted and integrated over its cell (`quadratic`), then
     at worst integrated twice more (anchored at the mode's margins, then its tangent planes)
     after one more pass."""
     d = graph.n_inputs
-    modes = MAX_MODES + len(rows)
+    modes = KEPT_MODES + len(rows)
     r, walls = max(rows), modes - 1
     unit = _observe_unit(graph, event)
     polish = (SCAN + POLISH_ITERATIONS * (1 + HALVINGS * NEAR_SCAN) + 2 * POLISH_ITERATIONS * r) * unit
