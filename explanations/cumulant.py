@@ -107,7 +107,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
         probability is a test, not the answer: like the sampled estimators' it takes
         BULK_POINTS × BULK_REPLICATES quasi-random points (4096 × 8 had cost 4,600
         sample-equivalents on a 4 → 32 → 2 network, half the budget)."""
-        mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES)   # a test: digits unneeded
+        mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES)   # a test
         n = self.mean.shape[0]
         spent = [flops + bulk.flops]
         fallback = {}

@@ -5,11 +5,11 @@ whitened inputs ξ), write ξ = ξ* + u. Each margin row m_r(ξ) = a_r·v(ξ) - 
     q_r(u) = c_r + B_r·u + ½ uᵀ H_r u,
 fitted at 2P antithetic points u_k = ±s z_k, z_k ~ N(0, I), s = SCALE, P = `pairs(d)`:
 the margins' gradients regressed on (1, u_k) give B_r (intercept) and H_r (slope,
-symmetrised, its regression noise taken out of its spectrum by `denoised`), and c_r is the mean of m_r(ξ* + u_k) - B_r·u_k - ½ u_kᵀ H_r u_k. In the limit
-H_r = E[∇²m_r] over N(ξ*, s²I) (Stein: E[∇m(ξ* + u) uᵀ] = s² E[∇²m]): on a ReLU network,
-whose pointwise Hessian is zero almost everywhere, the curvature its kinks make on the
-scale s. The clause's mass in the mode's Voronoi cell C (points nearer ξ* than any other
-mode) is then
+symmetrised, its regression noise taken out of its spectrum by `denoised`), and c_r is
+the mean of m_r(ξ* + u_k) - B_r·u_k - ½ u_kᵀ H_r u_k. In the limit H_r = E[∇²m_r] over
+N(ξ*, s²I) (Stein: E[∇m(ξ* + u) uᵀ] = s² E[∇²m]): on a ReLU network, whose pointwise
+Hessian is zero almost everywhere, the curvature its kinks make on the scale s. The
+clause's mass in the mode's Voronoi cell C (points nearer ξ* than any other mode) is then
     P(clause ∩ C) ≈ P_{ξ ~ N(0, I)}(q(ξ - ξ*) > 0 row-wise, ξ ∈ C),
 integrated along lines parallel to e = ξ*/|ξ*| (line sampling, Koutsourelakis, Pradlwarter
 & Schuëller 2004): with ξ = t e + w, w ⊥ e, every q_r is a quadratic in t and every cell
@@ -119,8 +119,8 @@ def denoised(curvature: Tensor, noise: float) -> Tensor:
     inside it, with H's eigenvectors. At d = 16 the semicircle's edge is loose: the extreme
     noise eigenvalue is 2τ√d + τd^(-1/6)·TW₁ (Tracy & Widom, CMP 177, 1996), so the
     threshold is 2τ√d + TRACY_WIDOM·τd^(-1/6), about TW₁'s 99th percentile (measured on
-    the tail benchmark, two seeds: median 0.116 and 0.094 dex with the bare edge, 0.102
-    and 0.084 with this margin).
+    the tail benchmark with the 3-start search of the time, two seeds: median 0.116 and
+    0.094 dex with the bare edge, 0.102 and 0.084 with this margin).
     Why: the line integral's mass goes as Π(1 - βκ_i)^(-1/2) over the tangent curvatures
     κ_i, so noise that widens the spectrum biases it upward (on a 16-input ReLU net, 64
     points left eigenvalues up to ±0.3 where 4× the points found none; one mode at β = 5.7
@@ -249,10 +249,10 @@ def low_rank(curvature: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def line_count(d: int, rows: int, walls: int, spend: float, rank: int | None = None, law_rank: int | None = None) -> int:
-    """Lines per replicate whose integral costs at most `spend` FLOPs (the fit's cost: on a
-    small network the surrogate must not cost more than the network it stands for), as a
-    power of two (Sobol's points balance at powers of two) within LINE_RANGE. Measured on
-    the tail benchmark: 64 lines gave median 0.13 dex and 256 gave 0.11."""
+    """Lines per replicate whose integral costs at most `spend` FLOPs (`log_cell_probability`
+    starts at a DOUBLING_SHARE-th of its allowance), as a power of two (Sobol's points
+    balance at powers of two) within LINE_RANGE. Measured on the tail benchmark (stop 19):
+    64 lines gave median 0.13 dex and 256 gave 0.11."""
     lines = LINE_RANGE[0]
     while 2 * lines <= LINE_RANGE[1] and line_flops(d, rows, walls, 2 * lines, rank, law_rank) <= spend:
         lines *= 2

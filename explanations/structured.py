@@ -201,13 +201,12 @@ def _polished(candidates: list[Mode], margins: list[Callable[[Tensor], Tensor]],
     the passes spent (forward-pass equivalents). A candidate is polished and kept while the
     search, the polishing so far and the kept modes' fits and smallest integrals leave room
     in `allowed` FLOPs for its own polishing (as the mean so far), fit and smallest
-    integral; each clause's nearest mode is kept regardless. The wide search's descents are short, to find many modes for their
-    cost; the quadratic is fitted at its mode and integrated from it, so the kept few are
-    taken to the design point (on a linear wedge in d = 3, a 5-step descent stopped at
-    |ξ| = 11.2 beside the design point at 9.9, and the second cell it made cut the wedge)."""
-    nearest: dict[int, Mode] = {}
-    for mode in candidates:
-        nearest.setdefault(mode.clause, mode)
+    integral; each clause's nearest mode is kept regardless. The wide search's descents are
+    short, to find many modes for their cost; the quadratic is fitted at its mode and
+    integrated from it, so the kept few are taken to the design point (on a linear wedge in
+    d = 3, a 5-step descent stopped at |ξ| = 11.2 beside the design point at 9.9, and the
+    second cell it made cut the wedge)."""
+    nearest = _nearest_per_clause(candidates)
     d, walls = found.distribution.dim, len(candidates) - 1
     polished, passes, reserved, tried = [], 0, 0.0, 0
     for mode in candidates:
@@ -233,7 +232,13 @@ def _kept(modes: list[Mode]) -> list[Mode]:
     """The KEPT_MODES nearest modes (`find_modes` sorts them) and each clause's nearest: every
     mode integrates its own clause only, so a clause without a mode would be left out of a
     union (a 12-clause union of halfspaces read 0.47 dex low when four modes were kept)."""
-    nearest = {}
+    nearest = _nearest_per_clause(modes)
+    return [m for i, m in enumerate(modes) if i < KEPT_MODES or nearest[m.clause] is m]
+
+
+def _nearest_per_clause(modes: list[Mode]) -> dict[int, Mode]:
+    """Each clause's first mode in `modes` (sorted by β: its nearest)."""
+    nearest: dict[int, Mode] = {}
     for mode in modes:
         nearest.setdefault(mode.clause, mode)
-    return [m for i, m in enumerate(modes) if i < KEPT_MODES or nearest[m.clause] is m]
+    return nearest
