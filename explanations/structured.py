@@ -14,8 +14,11 @@ descent always), the fits take what they need, and the line integrals share what
 (each at most DOUBLING_SHARE times its fit; at least 32 lines a replicate). The budget is
 sampling's horizon: 10⁴ draws see an event of 10⁻³ about ten times, so a zero-sample
 estimate that cost more would be beaten by plain sampling where it is least needed. It is
-exceeded where the minimum is more: a union of many clauses on a network of a few dozen
-FLOPs (a 384-point pilot per clause, 32 lines per replicate and cell).
+exceeded where the minimum is more: a union of many clauses on a small network (π's bulk
+test runs inclusion–exclusion over its 2^clauses terms, and each clause takes a 384-point
+pilot: 12 clauses on a 4 → 8 → 6 net cost 2.6·10⁶ sample-equivalents), and inputs of 64
+and more on a small network (one mode's fit, 4d points, and its integral alone: 1.7·10⁴,
+5.6·10⁴ and 2.1·10⁵ at d = 64, 128, 256 on d → 16 → 1 nets; review).
 """
 from __future__ import annotations
 
