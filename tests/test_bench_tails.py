@@ -77,6 +77,10 @@ def test_quick_run_writes_outputs_and_reuses_cache(tmp_path, monkeypatch):
     second = bench_tails.run(quick=True, methods=["gaussian"], progress=False, **paths)
     assert second.truth_draws == 0
     assert [r["true_p"] for r in second.rows] == [r["true_p"] for r in first.rows]
+    seeds, real_explain = [], bench_tails.explain            # --seed reaches π
+    monkeypatch.setattr(bench_tails, "explain", lambda *a, **k: seeds.append(k["seed"]) or real_explain(*a, **k))
+    bench_tails.run(quick=True, methods=["gaussian"], progress=False, seed=5, **paths)
+    assert seeds and set(seeds) == {5}
 
     # bench sampling on the same (warm) truth: repeats of the hybrid against exact plain-sampling MSE
     rows = bench_sampling.run(repeats=2, budget=20_000, quick=True, cache=paths["cache"], progress=False,

@@ -616,8 +616,9 @@ def parse_method(method: str, flops_per_sample: int = 1) -> tuple[str, int | Non
 
 
 def evaluate(case: Case, model: nn.Module, graph: Graph, D: Gaussian, truth: dict, methods: list[str],
-             settings: Settings, trained_loss: float | None) -> tuple[list[dict], list[str]]:
-    """One CSV row per (event, method) and notes on skipped methods."""
+             settings: Settings, trained_loss: float | None, seed: int = 0) -> tuple[list[dict], list[str]]:
+    """One CSV row per (event, method) and notes on skipped methods; `seed` is π's (its
+    searches, fits and draws)."""
     rows, notes = [], []
     unit = draw_cost(graph, D)
     budget = min(settings.sampling_cap, int(settings.sampling_flops // unit))
@@ -626,7 +627,7 @@ def evaluate(case: Case, model: nn.Module, graph: Graph, D: Gaussian, truth: dic
     for method in methods:
         name, samples, flops = parse_method(method, graph.flops_per_sample)
         try:
-            pi = explain(model, D, method=name)
+            pi = explain(model, D, method=name, seed=seed)
         except ValueError as error:
             notes.append(f"{case.name}: {method} skipped ({error})")
             continue
@@ -719,8 +720,10 @@ class Report:
 
 
 def run(quick: bool = False, methods: list[str] | None = None, cache: Path = DEFAULT_CACHE,
-        csv_path: Path = DEFAULT_CSV, png_path: Path = DEFAULT_PNG, progress: bool = True) -> Report:
-    """Build the zoo, measure (or load) ground truth, query every method, write and print."""
+        csv_path: Path = DEFAULT_CSV, png_path: Path = DEFAULT_PNG, progress: bool = True,
+        seed: int = 0) -> Report:
+    """Build the zoo, measure (or load) ground truth, query every method (π built with
+    `seed`), write and print."""
     if methods is None:
         methods = [m for m in METHODS if m != "sampling"] + ["auto"]
     for method in methods:
@@ -734,7 +737,7 @@ def run(quick: bool = False, methods: list[str] | None = None, cache: Path = DEF
         if measured:
             truth_draws += sum(truth["draws"].values())
         truths[case.name] = truth
-        case_rows, case_notes = evaluate(case, model, graph, D, truth, methods, settings, loss)
+        case_rows, case_notes = evaluate(case, model, graph, D, truth, methods, settings, loss, seed)
         rows += case_rows
         notes += case_notes
         zoo_lines.append(f"{case.name:<4} {case.architecture:<22} {case.activation:<5} {case.inputs:<10} "

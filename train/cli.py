@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     tails.add_argument("--cache", default=".pitrack-cache/bench-tails", help="ground-truth cache folder")
     tails.add_argument("--csv", default="out/bench_tails.csv")
     tails.add_argument("--png", default="out/bench_tails.png")
+    tails.add_argument("--seed", type=int, default=0, help="π's seed (its searches, fits and draws)")
     sampling = benches.add_parser("sampling", help="π-guided sampling vs plain sampling at equal FLOPs, repeated")
     sampling.add_argument("--repeats", type=positive_int, default=20)
     sampling.add_argument("--budget", type=positive_int, default=10_000, help="sample-equivalents per estimate")
@@ -207,7 +208,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         except ValueError as error:
             parser.error(f"bench tails --methods: {error}")
         tails_run(quick=args.quick, methods=methods,
-                  cache=args.cache, csv_path=args.csv, png_path=args.png)
+                  cache=args.cache, csv_path=args.csv, png_path=args.png, seed=args.seed)
     elif args.bench == "sampling":
         from .bench_sampling import chosen_cases, run as sampling_run
         try:
