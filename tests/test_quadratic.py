@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.special import log_ndtr
 
 from explanations import Gaussian, explain
-from explanations.events import Above, Any, Below
+from explanations.events import Above, All, Any, Below
 from explanations import quadratic
 from explanations.quadratic import SPREAD_TARGET, Quadratic, denoised, fit, log_cell_probability
 from train.bench_tails import build, zoo
@@ -177,3 +177,18 @@ def test_the_numerical_error_of_a_deep_tail_does_not_underflow():
                       -kappa * torch.diag(torch.tensor([0.0] + [1.0] * (d - 1), dtype=F64))[None], 0, 0, 0)
     result = log_cell_probability(local, t * torch.eye(d, dtype=F64)[0], [], t, 1e12, seed=0)
     assert result.log_p < -200 and 0 < result.abs_error <= SPREAD_TARGET * math.exp(result.log_p)
+
+
+def test_zero_sample_queries_stay_within_the_design_budget():
+    """`pitrack bench tails`' r04 (16 → 32 → 32 → 2 ReLU, correlated inputs): its rare events,
+    π's build included, cost at most DESIGN_BUDGET sample-equivalents (before the budget:
+    up to 12,100 on this net, 18,600 on the zoo)."""
+    from explanations.structured import DESIGN_BUDGET
+    case = next(c for c in zoo() if c.name == "r04")
+    model, D, _ = build(case)
+    pi = explain(model, D, "auto")
+    events = [Above(1, 2.44), Below(1, -4.4), All(Below(0, -5.93), Above(1, 2.35)), Any(Below(0, -8.19), Above(1, 3.46))]
+    for event in events:
+        estimate = pi.probability(event)
+        assert estimate.method.endswith("+design")
+        assert estimate.flops <= DESIGN_BUDGET * pi.graph.flops_per_sample
