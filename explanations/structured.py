@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .gaussian import GaussianExplanation
 
 NEAR = 1.0     # a mode nearer the origin than this is no tail: the local quadratic is not the model
-DESIGN_BUDGET = 10_000              # sample-equivalents a zero-sample design estimate spends at most
+DESIGN_BUDGET = 10_000              # sample-equivalents a zero-sample design estimate aims at
 WIDE_STARTS, WIDE_ITERATIONS = 10, 5   # starts per clause and descent steps of a wide search
 POLISH_ITERATIONS = 10                  # further descent steps for each kept mode (`_polished`)
 KEPT_MODES = 6                          # the nearest modes integrated, as the budget allows (`_kept`)
@@ -65,6 +65,7 @@ class Search:
     modes: list[Mode]
     observe: Callable[[Tensor], Tensor]     # ξ batch → v = (y, detector scores)
     clauses: list[tuple[Tensor, Tensor]]    # {v : A v > b}
+    margins: list[Callable[[Tensor], Tensor]]   # per clause: ξ batch → A v(ξ) - b (`clause_margins`)
     distribution: Gaussian                  # D in float64
     flops: int
     forwards: int
@@ -93,7 +94,8 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
                                                 max_modes=max_modes, effort=effort, iterations=iterations,
                                                 limit=limit)
     observe_flops = unit + 2 * D.dim * D.dim + D.dim
-    return Search(modes, observe, clauses, D, (forwards + 2 * backwards) * unit, forwards, backwards, observe_flops)
+    return Search(modes, observe, clauses, batch_margins, D, (forwards + 2 * backwards) * unit, forwards, backwards,
+                  observe_flops)
 
 
 def linear_guesses(pi: GaussianExplanation, clauses: list[tuple[Tensor, Tensor]], D: Gaussian
@@ -148,8 +150,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     passes = allowed / (pi.graph.flops_per_sample + detector_flops([event]))
     found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31,
                    effort=SEARCH_SHARE * passes)                  # `_kept` picks the modes
-    margins = clause_margins(found.observe, found.clauses)
-    modes, polish_passes = _polished(_kept(found.modes), margins, found, allowed)
+    modes, polish_passes = _polished(_kept(found.modes), found, allowed)
     D, flops = found.distribution, found.flops + polish_passes * found.observe_flops
     if not modes or modes[0].beta < NEAR:
         return None, {"search_flops": flops}
@@ -161,14 +162,14 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     forwards, backwards = found.forwards + polish_passes, found.backwards
     log_probabilities, numerical_error, anchored_modes = [], 0.0, 0
     for mode, fit_cost in zip(modes, fits):
-        local = fit(margins[mode.clause], mode.point, generator)
+        local = fit(found.margins[mode.clause], mode.point, generator)
         fitting = (local.forwards + 2 * local.backwards) * found.observe_flops + local.flops
         spend = min(DOUBLING_SHARE * fit_cost, share)
         others = [m.point for m in modes if m is not mode]
         result = log_cell_probability(local, mode.point, others, radius, spend, pi.seed)
         if result.log_p == -math.inf:        # the quadratic holds none of the event its mode lies on
             with torch.no_grad():
-                value = margins[mode.clause](mode.point[None])[0].clamp_min(0)
+                value = found.margins[mode.clause](mode.point[None])[0].clamp_min(0)
             forwards, flops = forwards + 1, flops + found.observe_flops
             for curvature in (local.curvature, torch.zeros_like(local.curvature)):   # anchored, then tangent
                 flops += result.flops                                              # the integral given up
@@ -197,8 +198,7 @@ def _fit_cost(found: Search, mode: Mode) -> float:
     return (points + 2 * points * rows) * found.observe_flops + fit_flops_bound(d, rows)
 
 
-def _polished(candidates: list[Mode], margins: list[Callable[[Tensor], Tensor]], found: Search,
-              allowed: float) -> tuple[list[Mode], int]:
+def _polished(candidates: list[Mode], found: Search, allowed: float) -> tuple[list[Mode], int]:
     """The candidate modes the budget pays for, each descended POLISH_ITERATIONS steps
     further, merged where they meet (`design.is_new`, within a clause), nearest first; and
     the passes spent (forward-pass equivalents). A candidate is polished and kept while the
@@ -220,7 +220,7 @@ def _polished(candidates: list[Mode], margins: list[Callable[[Tensor], Tensor]],
                 and nearest[mode.clause] is not mode):
             continue
         tried += 1
-        descent = ClauseSearch(margins[mode.clause])
+        descent = ClauseSearch(found.margins[mode.clause])
         with torch.inference_mode(False), torch.enable_grad():
             point = descent.descend(mode.point, POLISH_ITERATIONS)
         passes += descent.forwards + 2 * descent.backwards

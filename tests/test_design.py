@@ -65,7 +65,7 @@ def test_correlated_inputs_and_a_conjunction_on_a_linear_network():
     event = All(Above(0, mu[0] + 3 * sd[0]), Above(1, mu[1] + 3 * sd[1]))
     exact = pi.probability(event)               # a linear network: π's Gaussian is exact
     result, _, _ = estimate(layer, D, event)
-    p = 10.0 ** exact.log10                       # 4.7e-25: a thin wedge, integrated along 4 × 64 lines
+    p = 10.0 ** exact.log10                       # 4.7e-25: a thin wedge, integrated along 4 × 32–64 lines
     assert abs(math.exp(result.log_p) - p) <= 2 * result.abs_error and result.abs_error < 0.15 * p
 
 

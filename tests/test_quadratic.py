@@ -24,7 +24,6 @@ def random_quadratic(d: int, rows: int, seed: int) -> tuple[Tensor, Tensor, Tens
             h + h.transpose(1, 2))
 
 
-
 def test_fit_recovers_a_quadratic_margin_exactly():
     d, rows = 7, 3
     c, b, h = random_quadratic(d, rows, 0)

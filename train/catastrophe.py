@@ -178,7 +178,7 @@ class CatastrophePenalty:
         found = search(pi, self.event, starts=SEARCH_STARTS, max_modes=self.max_modes)
         self.flops += pi.build_flops + found.flops
         self.modes = [(m.clause, m.point.detach()) for m in found.modes]
-        self._follow(clause_margins(found.observe, found.clauses), found.observe_flops, REFINE)
+        self._follow(found.margins, found.observe_flops, REFINE)
         self.found_nothing = not self.modes
 
     def _follow(self, margins: list, unit: int, steps: int) -> None:
