@@ -9,7 +9,7 @@ import torch
 from explanations import compile_model
 from explanations.events import Above
 from explanations.montecarlo import tally
-from train import bench_pool, bench_sampling, bench_tails
+from train import bench_compare, bench_pool, bench_sampling, bench_tails
 from train.bench_tails import Reference, Settings, Spec, input_distribution
 from train.cli import main
 from train.models import mlp
@@ -138,6 +138,31 @@ def test_pool_joins_seed_sets_per_event(tmp_path):
     assert "> 0.3:   1" in report and "coverage 75.0%" in report and "relu" in report    # r01 is a ReLU net
     with pytest.raises(ValueError, match="not a bench sampling runs CSV"):
         bench_pool.read_runs([tmp_path / "a.csv", Path(__file__)])
+
+
+def test_compare_lines_up_tables_per_event(tmp_path, capsys):
+    """Two tables of one method: each column's median, worst, count beyond 0.5 dex and mean
+    signed error from the rows given, the second's better and worse events against the
+    first, events outside SUMMARY_RANGE left out, an estimate of 0 counted as the worst."""
+    def table(name, log10s, method="auto"):
+        rows = [{"case": "r01", "event": f"Above(0, {i})", "method": method, "true_p": p,
+                 "estimate_log10": math.log10(p) + error, "sample_equivalents": 100 * (i + 1)}
+                for i, (p, error) in enumerate(zip((1e-4, 1e-6, 1e-8, 1e-2), log10s))]
+        write_csv(rows, tmp_path / name, bench_tails.COLUMNS)
+        return tmp_path / name
+    first = table("a.csv", (0.1, -0.3, 0.6, 5.0))            # the last event is outside the summary range
+    second = table("b.csv", (0.05, -0.31, -math.inf, 0.0))
+    columns = bench_compare.read_tables([first, second])
+    assert [len(c) for c in columns.values()] == [3, 3]
+    report = bench_compare.compare([first, second])
+    assert f"[0] {first}: auto: 3 events  median 0.3000  worst 0.60  > 0.5: 1  mean error +0.133  max cost 300" in report
+    assert "worst inf" in report and "vs the first: 1 better, 1 worse of 3" in report
+    assert "* r01 Above(0, 2)" in report and "  r01 Above(0, 0)" in report and "Above(0, 3)" not in report
+    with pytest.raises(ValueError, match="not a bench tails CSV"):
+        bench_compare.read_tables([first, Path(__file__)])
+    with pytest.raises(SystemExit):
+        main(["bench", "compare", str(first), str(tmp_path / "missing.csv")])
+    assert f"bench compare: {tmp_path / 'missing.csv'} is not a readable CSV text file" in capsys.readouterr().err
 
 
 def test_unknown_method_is_refused(tmp_path):

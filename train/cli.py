@@ -66,7 +66,7 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     .png (what matplotlib writes)."""
     for name in ("csv", "png", "runs"):
         value = getattr(args, name, None)
-        if not isinstance(value, str):       # absent, or bench pool's input files
+        if not isinstance(value, str):       # absent, or bench pool's and compare's input files
             continue
         path = Path(value)
         if name == "png" and not path.suffix:
@@ -78,13 +78,13 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--cache {cache}: is a file; give a folder")
 
 
-def check_text_files(parser: argparse.ArgumentParser, paths: list[Path]) -> None:
+def check_text_files(parser: argparse.ArgumentParser, paths: list[Path], bench: str = "pool") -> None:
     """Exit with a usage error naming the first of `paths` that is not a readable UTF-8 text file."""
     for path in paths:
         try:
             path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            parser.error(f"bench pool: {path} is not a readable CSV text file ({error})")
+            parser.error(f"bench {bench}: {path} is not a readable CSV text file ({error})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
                           help="runs of OpenTURNS' stochastic methods per event (default: --repeats)")
     pooled = benches.add_parser("pool", help="the runs CSVs of several bench sampling calls (seed sets) as one")
     pooled.add_argument("runs", nargs="+", help="runs CSVs written by bench sampling --runs")
+    compared = benches.add_parser("compare", help="bench tails CSVs (seeds, variants) side by side, event by event")
+    compared.add_argument("tables", nargs="+", help="CSVs written by bench tails --csv; the first is the baseline")
     detectors = benches.add_parser("detectors", help="events on learned detectors vs sampling (about 20 s)")
     detectors.add_argument("--quick", action="store_true", help="two nets, two levels, 10⁶ draws (seconds)")
     detectors.add_argument("--budget", type=positive_float, default=10_000,
@@ -228,6 +230,13 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             print(pool([Path(p) for p in args.runs]))
         except (OSError, ValueError) as error:
             parser.error(f"bench pool: {error}")
+    elif args.bench == "compare":
+        from .bench_compare import compare
+        check_text_files(parser, [Path(p) for p in args.tables], "compare")
+        try:
+            print(compare([Path(p) for p in args.tables]))
+        except (OSError, ValueError) as error:
+            parser.error(f"bench compare: {error}")
     elif args.bench == "detectors":
         from .bench_detectors import QUANTILES, run as detectors_run
         quick = {"seeds": range(2), "quantiles": QUANTILES[:2], "draws": 10 ** 6} if args.quick else {}
