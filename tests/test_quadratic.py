@@ -8,11 +8,13 @@ import torch
 from torch import Tensor
 from torch.special import log_ndtr
 
-from explanations import Gaussian, explain
+from explanations import Gaussian, compile_model, explain
 from explanations.events import Above, All, Any, Below
 from explanations import quadratic
-from explanations.quadratic import SPREAD_TARGET, Quadratic, denoised, fit, log_cell_probability
+from explanations.quadratic import SPREAD_TARGET, Quadratic, _offset_law, denoised, fit, log_cell_probability, widened
+from explanations.structured import grows_linearly
 from train.bench_tails import build, zoo
+from train.models import mlp
 
 F64 = torch.float64
 
@@ -34,6 +36,35 @@ def test_fit_recovers_a_quadratic_margin_exactly():
     assert torch.allclose(local.slope, b, atol=1e-9)
     assert torch.allclose(local.curvature, h, atol=1e-9)
     assert local.forwards == 64 and local.backwards == 64 * rows
+
+
+def test_a_widened_refit_recovers_a_quadratic_margin_in_the_original_coordinates():
+    """A design point of one exact quadratic margin (slope along ξ*, so the KKT multiplier is
+    positive), whose tangent curvatures give the offsets' law spreads between ½ and 1 and
+    beyond them, so L is neither I nor a multiple of it: the refit on L ũ, changed back by
+    B = b̃ L⁻¹ and H = L⁻ᵀ H̃ L⁻¹, is the margin itself, and counts both fits."""
+    d = 6
+    point = torch.zeros(d, dtype=F64)
+    point[0] = 3.0
+    h = torch.diag(torch.tensor([0.0, -0.6, -0.2, 0.1, 0.25, -2.0], dtype=F64))   # 1 - βκ from 0.1 to 7
+    h[1, 2] = h[2, 1] = 0.05
+    b = torch.zeros(1, d, dtype=F64)
+    b[0, 0] = 1.0
+    margins = lambda xi: (xi - point) @ b.T + 0.5 * torch.einsum("nd,de,ne->n", xi - point, h, xi - point)[:, None]
+    first = fit(margins, point, torch.Generator().manual_seed(2))
+    _, stretch, _ = _offset_law(first, point, point / point.norm())
+    assert bool(((stretch.rsqrt() > 0.5) & (stretch.rsqrt() < 1)).any()) and bool((stretch.rsqrt() < 0.5).any())
+    local = widened(first, margins, point, torch.Generator().manual_seed(3))
+    assert torch.allclose(local.value, torch.zeros(1, dtype=F64), atol=1e-9)
+    assert torch.allclose(local.slope, b, atol=1e-9)
+    assert torch.allclose(local.curvature[0], h, atol=1e-9)
+    assert local.forwards == 128 and local.backwards == 128
+
+
+def test_linear_growth_tells_cone_shaped_networks_from_saturating_ones():
+    assert grows_linearly(compile_model(mlp([4, 8, 8, 1], "relu", seed=0)))
+    assert grows_linearly(compile_model(mlp([4, 8, 1], "gelu", seed=0)))
+    assert not grows_linearly(compile_model(mlp([4, 8, 8, 1], "tanh", seed=0)))
 
 
 def test_denoising_keeps_a_spike_and_clears_the_noise_bulk():

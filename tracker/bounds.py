@@ -63,7 +63,8 @@ from explanations.hermite_cumulants import TETRAHEDRA_UP_TO, _plan
 from explanations.polynomial import CUMULANT_DEGREE as POLYNOMIAL_CUMULANT_DEGREE
 from explanations.polynomial import DEFAULT_DEGREE as POLYNOMIAL_DEGREE
 from explanations.propagate import SPARSE_DENSITY, carries_skew
-from explanations.quadratic import DOUBLING_SHARE, LINE_RANGE, MAX_LINES, fit_flops_bound, line_flops, pairs
+from explanations.quadratic import (DOUBLING_SHARE, LINE_RANGE, MAX_LINES, fit_flops_bound, line_flops, pairs,
+                                    widening_flops)
 from explanations.tails import SADDLEPOINT_FLOPS
 
 NODES = QUADRATURE_PANELS * PANEL_NODES
@@ -252,9 +253,9 @@ def _quadratics(graph: Graph, event: Event, rows: list[int]) -> int:
     """`structured.design_estimate` after its search: up to KEPT_MODES modes and one more per
     clause (`structured._kept`), each polished (a descent of POLISH_ITERATIONS steps: a full
     scan, then per step the gradients of every row and at most HALVINGS near scans), a local
-    quadratic of the widest clause, fitted and integrated over its cell (`quadratic`), then
-    at worst integrated twice more (anchored at the mode's margins, then its tangent planes)
-    after one more pass."""
+    quadratic of the widest clause, fitted twice (`quadratic.widened`) and integrated over
+    its cell (`quadratic`), then at worst integrated twice more (anchored at the mode's
+    margins, then its tangent planes) after one more pass."""
     d = graph.n_inputs
     modes = KEPT_MODES + len(rows)
     r, walls = max(rows), modes - 1
@@ -263,7 +264,7 @@ def _quadratics(graph: Graph, event: Event, rows: list[int]) -> int:
     points = 2 * pairs(d)
     fitting = (points + 2 * points * r) * unit + fit_flops_bound(d, r)
     lines = min(line_flops(d, r, walls, MAX_LINES), max(line_flops(d, r, walls, LINE_RANGE[0]), DOUBLING_SHARE * fitting))
-    return modes * (polish + fitting + unit + 3 * lines)
+    return modes * (polish + 2 * fitting + widening_flops(d, r) + unit + 3 * lines)
 
 
 def _tetrahedra(n: int, degree: int) -> int:
