@@ -12,12 +12,12 @@ where any |e| exceeds FLAGGED. An estimate of 0 reads e = -inf and counts as the
 """
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from pathlib import Path
 
 from .bench_tails import SUMMARY_RANGE
+from .tables import read_csv
 
 REQUIRED = ["case", "event", "method", "true_p", "estimate_log10", "sample_equivalents"]
 MOVED = 0.02            # dex: a smaller change in |e| is not counted as better or worse
@@ -30,18 +30,13 @@ def read_tables(paths: list[Path]) -> dict[str, dict[tuple[str, str], dict]]:
     lo, hi = SUMMARY_RANGE
     columns: dict[str, dict[tuple[str, str], dict]] = {}
     for path in paths:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: not a bench tails CSV (no column {', '.join(missing)})")
-            for row in reader:
-                p = float(row["true_p"])
-                if not lo <= p <= hi or row["estimate_log10"] == "":      # out of range, or failed
-                    continue
-                column = columns.setdefault(f"{path}: {row['method']}", {})
-                column[row["case"], row["event"]] = {"error": float(row["estimate_log10"]) - math.log10(p),
-                                                     "cost": float(row["sample_equivalents"]), "p": p}
+        for row in read_csv(path, REQUIRED, "bench tails CSV"):
+            p = float(row["true_p"])
+            if not lo <= p <= hi or row["estimate_log10"] == "":      # out of range, or failed
+                continue
+            column = columns.setdefault(f"{path}: {row['method']}", {})
+            column[row["case"], row["event"]] = {"error": float(row["estimate_log10"]) - math.log10(p),
+                                                 "cost": float(row["sample_equivalents"]), "p": p}
     return columns
 
 

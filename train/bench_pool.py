@@ -13,7 +13,6 @@ seed twice would count one draw as two.
 """
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from collections import defaultdict
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from .bench_sampling import sampler_lines
 from .bench_tails import zoo
+from .tables import read_csv
 
 REQUIRED = ["case", "event", "seed", "true_p", "value", "log10", "covered", "sampler"]
 
@@ -29,19 +29,14 @@ def read_runs(paths: list[Path]) -> list[dict]:
     """The rows of runs CSVs written by `bench sampling`, typed; ValueError on a run seen twice."""
     runs, seen = [], {}
     for path in paths:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: not a bench sampling runs CSV (no column {', '.join(missing)})")
-            for row in reader:
-                key = (row["case"], row["event"], int(row["seed"]))
-                if key in seen:
-                    raise ValueError(f"{path}: run {key} is already in {seen[key]}; pool distinct seed sets "
-                                     "(bench sampling --first-seed)")
-                seen[key] = path
-                runs.append({**row, "seed": key[2], "true_p": float(row["true_p"]), "value": float(row["value"]),
-                             "log10": float(row["log10"]), "covered": row["covered"] == "True"})
+        for row in read_csv(path, REQUIRED, "bench sampling runs CSV"):
+            key = (row["case"], row["event"], int(row["seed"]))
+            if key in seen:
+                raise ValueError(f"{path}: run {key} is already in {seen[key]}; pool distinct seed sets "
+                                 "(bench sampling --first-seed)")
+            seen[key] = path
+            runs.append({**row, "seed": key[2], "true_p": float(row["true_p"]), "value": float(row["value"]),
+                         "log10": float(row["log10"]), "covered": row["covered"] == "True"})
     return runs
 
 
