@@ -111,10 +111,11 @@ def fit(margins: Callable[[Tensor], Tensor], point: Tensor, generator: torch.Gen
 def widened(first: Quadratic, margins: Callable[[Tensor], Tensor], point: Tensor,
             generator: torch.Generator) -> Quadratic:
     """The quadratic refitted (`fit`) at `point` on a design spread where `first`'s cell
-    integral spreads: u = L ũ with ũ the isotropic design, L = ½ along e = ξ*/|ξ*| and, along
-    the tangent eigenvectors of the offsets' law S (`_offset_law`), clamp(√S_ii, WIDE_TANGENTS);
-    ½ along the normal. The regression on ũ gives q̃(ũ) = c + b̃·ũ + ½ ũᵀH̃ũ for
-    m(ξ* + L ũ), so B = b̃ L⁻¹ and H = L⁻ᵀ H̃ L⁻¹ (by Stein's identity as in the module
+    integral spreads: u = L ũ with ũ `fit`'s isotropic design of scale s = ½, and L = I
+    along the normal e = ξ*/|ξ*| and clamp(√S_ii, WIDE_TANGENTS)/s along the tangent
+    eigenvectors of the offsets' law S (`_offset_law`; S_ii = 1 off its moved axes). The
+    regression on ũ gives q̃(ũ) = c + b̃·ũ + ½ ũᵀH̃ũ for m(ξ* + L ũ), so B = b̃ L⁻¹ and
+    H = L⁻ᵀ H̃ L⁻¹ (by Stein's identity as in the module
     docstring, H is then E[∇²m] over N(ξ*, s²LLᵀ): the curvature averaged where the cell's
     mass lies). The counts and FLOPs are both fits'.
     Why: where a network's output grows linearly along rays (ReLU, GELU), its failure set
@@ -127,8 +128,8 @@ def widened(first: Quadratic, margins: Callable[[Tensor], Tensor], point: Tensor
     low, high = WIDE_TANGENTS
     normal = torch.outer(e, e)
     eye = torch.eye(d, dtype=point.dtype, device=point.device)
-    spread = (stretch.rsqrt().clamp(low, high) - high)
-    design = (high * (eye - normal) + SCALE * normal + (axes * spread) @ axes.T) / SCALE      # L, symmetric
+    moved = stretch.rsqrt().clamp(low, high) - high
+    design = (high * (eye - normal) + SCALE * normal + (axes * moved) @ axes.T) / SCALE      # L, symmetric
     inverse = torch.linalg.inv(design)
     second = fit(lambda xi: margins(point + (xi - point) @ design), point, generator)
     rows = first.value.shape[0]

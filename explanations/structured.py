@@ -157,8 +157,8 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     each mode's cell is integrated outside the mode's own ball, |ξ| ≥ β - 1/β: ξ* is where
     a descent of |ξ| over the event stopped, so the event near it lies outside that ball
     (a paraboloid whose tangent curvatures κ keep βκ < 1 never enters it), and a quadratic
-    bent further toward the origin is not trusted back to a nearer mode's radius. (With the nearest
-    mode's radius for every cell, a far mode's quadratic put its mass there: on r11 at
+    bent further toward the origin is not trusted back to a nearer mode's radius. (With
+    the nearest mode's radius for every cell, a far mode's quadratic put its mass there: on r11 at
     p = 1e-8 the mode at β = 6.2 read 10^-7.7, more than the one at 4.7, and the event +0.43
     dex. Over seeds 0–2 of the tail benchmark, 7 events moved by over 0.02 dex for the
     better and 3 for the worse; 4, 8 and 9 events beyond 0.5 dex against 4, 7 and 10.)
