@@ -152,8 +152,12 @@ def test_compare_lines_up_tables_per_event(tmp_path, capsys):
         return tmp_path / name
     first = table("a.csv", (0.1, -0.3, 0.6, 5.0))            # the last event is outside the summary range
     second = table("b.csv", (0.05, -0.31, -math.inf, 0.0))
-    columns = bench_compare.read_tables([first, second])
-    assert [len(c) for c in columns.values()] == [3, 3]
+    columns, failed = bench_compare.read_tables([first, second])
+    assert [len(c) for c in columns.values()] == [3, 3] and not failed
+    rows = list(csv.DictReader(open(first)))
+    rows[1]["estimate_log10"] = ""                            # a failed query
+    write_csv(rows, tmp_path / "c.csv", bench_tails.COLUMNS)
+    assert "2 events (1 failed, left out)  median 0.3500" in bench_compare.compare([tmp_path / "c.csv"])
     report = bench_compare.compare([first, second])
     assert f"[0] {first}: auto: 3 events  median 0.3000  worst 0.60  > 0.5: 1  mean error +0.133  max cost 300" in report
     assert "worst inf" in report and "vs the first: 1 better, 1 worse of 3" in report
