@@ -62,9 +62,10 @@ def test_a_widened_refit_recovers_a_quadratic_margin_in_the_original_coordinates
 
 
 def test_linear_growth_tells_cone_shaped_networks_from_saturating_ones():
-    assert grows_linearly(compile_model(mlp([4, 8, 8, 1], "relu", seed=0)))
-    assert grows_linearly(compile_model(mlp([4, 8, 1], "gelu", seed=0)))
-    assert not grows_linearly(compile_model(mlp([4, 8, 8, 1], "tanh", seed=0)))
+    relu, gelu = compile_model(mlp([4, 8, 8, 1], "relu", seed=0)), compile_model(mlp([4, 8, 1], "gelu", seed=0))
+    tanh, linear = compile_model(mlp([4, 8, 8, 1], "tanh", seed=0)), compile_model(torch.nn.Linear(4, 2))
+    assert grows_linearly([relu]) and grows_linearly([gelu, linear])
+    assert not grows_linearly([tanh]) and not grows_linearly([relu, tanh]) and not grows_linearly([linear])
 
 
 def test_denoising_keeps_a_spike_and_clears_the_noise_bulk():
