@@ -230,7 +230,7 @@ def _widens(found: Search, mode: Mode) -> bool:
     For a single-row clause of a network whose activations grow linearly. Measured on the
     tail benchmark, π's seeds 0–2 (stop 21; `pitrack bench compare`): medians 0.089, 0.072,
     0.108 → 0.086, 0.088, 0.096; worst 0.70, 2.21, 1.79 → 0.82, 0.99, 1.79; beyond 0.5 dex
-    4, 8, 9 → 5, 6, 9; 61 events better and 34 worse by more than 0.02 dex. On every
+    4, 8, 9 → 5, 6, 8; 59 events better and 31 worse by more than 0.02 dex. On every
     network and clause (a prototype) the refit took the median to 0.075 on seed 0 but left
     10 events beyond 0.5 dex (tanh nets and wedges, moved by 0.4–1.3 dex): a saturating
     network's curvature is not a cone's, and a wedge's faces are already linear."""
