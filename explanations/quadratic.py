@@ -115,9 +115,9 @@ def widened(first: Quadratic, margins: Callable[[Tensor], Tensor], point: Tensor
     along the normal e = ξ*/|ξ*| and clamp(√S_ii, WIDE_TANGENTS)/s along the tangent
     eigenvectors of the offsets' law S (`_offset_law`; S_ii = 1 off its moved axes). The
     regression on ũ gives q̃(ũ) = c + b̃·ũ + ½ ũᵀH̃ũ for m(ξ* + L ũ), so B = b̃ L⁻¹ and
-    H = L⁻ᵀ H̃ L⁻¹ (by Stein's identity as in the module
-    docstring, H is then E[∇²m] over N(ξ*, s²LLᵀ): the curvature averaged where the cell's
-    mass lies). The counts and FLOPs are both fits'.
+    H = L⁻ᵀ H̃ L⁻¹ (by Stein's identity as in the module docstring, H is then E[∇²m] over
+    N(ξ*, s²LLᵀ): the curvature averaged where the cell's mass lies). The counts and FLOPs
+    are both fits'.
     Why: where a network's output grows linearly along rays (ReLU, GELU), its failure set
     widens into a cone, whose curvature falls with the distance from the mode; at scale ½
     the fit sees the curvature next to the mode (on r13, 16 → 512 → 1 ReLU, Below at 1e-6:

@@ -220,9 +220,14 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
 def _fit_cost(found: Search, mode: Mode) -> float:
     """FLOPs of `quadratic.fit` at `mode`, at most: its points' forward passes and one
     backward pass per row, and the regression."""
-    d, rows = found.distribution.dim, found.clauses[mode.clause][0].shape[0]
+    d, rows = found.distribution.dim, _rows(found, mode)
     points = 2 * pairs(d)
     return (points + 2 * points * rows) * found.observe_flops + fit_flops_bound(d, rows)
+
+
+def _rows(found: Search, mode: Mode) -> int:
+    """The margin rows (halfspaces) of the mode's clause."""
+    return found.clauses[mode.clause][0].shape[0]
 
 
 def _widens(found: Search, mode: Mode) -> bool:
@@ -234,7 +239,7 @@ def _widens(found: Search, mode: Mode) -> bool:
     network and clause (a prototype) the refit took the median to 0.075 on seed 0 but left
     10 events beyond 0.5 dex (tanh nets and wedges, moved by 0.4–1.3 dex): a saturating
     network's curvature is not a cone's, and a wedge's faces are already linear."""
-    return found.linear_growth and found.clauses[mode.clause][0].shape[0] == 1
+    return found.linear_growth and _rows(found, mode) == 1
 
 
 def _affordable_refits(modes: list[Mode], found: Search, left: float) -> list[bool]:
@@ -244,7 +249,7 @@ def _affordable_refits(modes: list[Mode], found: Search, left: float) -> list[bo
     d = 32, and the refits it was dropped for were then not affordable (review: an Any event
     on a 32 → 32 → 32 → 3 ReLU net read +1.0 dex on one seed in four)."""
     d, walls = found.distribution.dim, len(modes) - 1
-    smallest = sum(line_flops(d, found.clauses[m.clause][0].shape[0], walls, LINE_RANGE[0]) for m in modes)
+    smallest = sum(line_flops(d, _rows(found, m), walls, LINE_RANGE[0]) for m in modes)
     widen = [_widens(found, mode) for mode in modes]
     for i in reversed(range(len(modes))):
         if sum(_fitting_cost(found, m, w) for m, w in zip(modes, widen)) + smallest <= left:
@@ -258,8 +263,7 @@ def _fitting_cost(found: Search, mode: Mode, widen: bool) -> float:
     where it is widened."""
     if not widen:
         return _fit_cost(found, mode)
-    d, rows = found.distribution.dim, found.clauses[mode.clause][0].shape[0]
-    return 2 * _fit_cost(found, mode) + widening_flops(d, rows)
+    return 2 * _fit_cost(found, mode) + widening_flops(found.distribution.dim, _rows(found, mode))
 
 
 def _polished(candidates: list[Mode], found: Search, allowed: float) -> tuple[list[Mode], int]:
@@ -277,7 +281,7 @@ def _polished(candidates: list[Mode], found: Search, allowed: float) -> tuple[li
     d, walls = found.distribution.dim, len(candidates) - 1
     polished, passes, reserved, tried = [], 0, 0.0, 0
     for mode in candidates:
-        rows = found.clauses[mode.clause][0].shape[0]
+        rows = _rows(found, mode)
         reserve = _fit_cost(found, mode) + line_flops(d, rows, walls, LINE_RANGE[0])    # refits come after modes
         polish = passes / tried * found.observe_flops if tried else 0.0      # as the polishing so far
         if (found.flops + passes * found.observe_flops + reserved + reserve + polish > allowed
