@@ -41,15 +41,31 @@ at p = 9.6e-3 a 6-start search brought the MSE ratio to plain sampling from 1.5 
 over 60 repeats). Measured on `pitrack bench sampling` (106 events at 10⁴ sample-
 equivalents, seeds 0–19 and 20–39) against 6 starts of 10 steps: median relative RMSE
 0.162 → 0.134 and 0.163 → 0.133; against the zero-sample search, coverage of the
-importance-sampling runs 88.5% → 89–91%.
+importance-sampling runs 88.5% → 89–91%. The wide search fills its starts (`search`'s
+`fill`): where fewer of its pilot cloud's points are feasible than it has starts, the
+cloud's best infeasible points are pushed in and descended from (`design._clause_modes`).
+On r07 Below at p = 1e-6 (8 → 128³ → 1 ReLU) the cloud often held one feasible point,
+and 4 runs in 20 missed the modes at β ≈ 3.6 that hold most of the mass (0.001–0.4 of
+the truth); with the fill every run finds them.
 
 Choosing the sampler. A pilot of PILOT_SHARE of the draws (at least PILOT_MIN; none below
 2·PILOT_MIN draws, where importance sampling takes them all) runs the importance sampler
-first. Where its effective number of hits reaches PILOT_HITS, the rest of the draws run
-it again and make the estimate; otherwise, or without a design point, the failure region
+first. Where its effective number of hits reaches PILOT_HITS, or PILOT_MODE_HITS of its
+hits were drawn by the components at the design points, the rest of the draws run it
+again and make the estimate; otherwise, or without a design point, the failure region
 is not where the design points say (scattered islands in rough, deep networks) and the
 rest of the budget runs subset simulation (`splitting`), which needs no picture of the
-region. The pilot only chooses: it is charged but not
+region. Kong's effective count alone sent runs whose modes were right but whose few
+pilot hits had unequal weights (effective hits 1.3–2.9 at p = 1e-8 on a ReLU net; their
+main runs, where taken, had 8–27) to subset simulation, which did worse there; the hits
+at the modes tell those from the scattered islands of tanh nets, where the pilot's one
+or two hits come from the defensive or broad component. Measured on `pitrack bench
+sampling` (seeds 0–39 pooled, 40 repeats an event), events with relative RMSE above 0.3
+and the median: before both, 34 and 0.130; the fill alone 34 and 0.142 (its extra
+modes thin the pilot's hits, and more runs go to subset simulation); the mode hits alone
+35 and 0.115; both 30 and 0.117. A PILOT_HITS of 1 instead (any hit) with the fill gave
+29 and 0.117, but put r06 Any at p = 1e-6 (16 → 64² → 2 tanh) from 0.92 to 2.40. The
+pilot only chooses: it is charged but not
 pooled, so the estimate that follows is unbiased for importance sampling.
 
 Events on a detector with an activation inside. π's bulk Gaussian of such a score can put
@@ -86,7 +102,7 @@ from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, sear
 
 DEFENSIVE, BROAD, BROAD_SCALE, MODE_MASS_SHARE = 0.2, 0.1, 2.0, 0.5
 SEARCH_MODES, WIDE_SEARCH_BELOW = 8, 1e-2
-PILOT_SHARE, PILOT_MIN, PILOT_HITS = 0.1, 200, 3.0
+PILOT_SHARE, PILOT_MIN, PILOT_HITS, PILOT_MODE_HITS = 0.1, 200, 3.0, 3
 DEGENERATE_HITS = 10
 DETECTOR_PILOT, DETECTOR_PILOT_HITS = 200, 4
 MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4), at most p0^10
@@ -104,6 +120,7 @@ class Weighted:
     log_largest: float
     defensive: int = 0        # draws from the defensive component N(0, I) …
     defensive_hits: int = 0   # … and how many of them hit
+    mode_hits: int = 0        # hits drawn by the components at the design points
 
     @property
     def log_p(self) -> float:
@@ -150,7 +167,7 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          (math.log(1 - DEFENSIVE - BROAD) + share.log()).to(points)])
     log_sums = torch.full((3,), -math.inf, dtype=torch.float64)         # log Σw, log Σw², log max w
-    hits = done = defensive = defensive_hits = 0
+    hits = done = defensive = defensive_hits = mode_hits = 0
     with torch.no_grad():
         while done < samples:
             size = min(batch, samples - done)
@@ -173,8 +190,9 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
             plain = component == 0
             defensive += int(plain.sum())
             defensive_hits += int((hit & plain).sum())
+            mode_hits += int((hit & (component >= 2)).sum())
             done += size
-    return Weighted(samples, hits, *(float(v) for v in log_sums), defensive, defensive_hits)
+    return Weighted(samples, hits, *(float(v) for v in log_sums), defensive, defensive_hits, mode_hits)
 
 
 def guided_probability(pi: "GuidedSampling", event: Event, found: Search, samples: int | None,
@@ -197,8 +215,8 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
     if k:
         trial = importance_sampling(event, found, pilot, generator, pi.graph.n_outputs)
         spent += pilot * importance_draw
-        details["pilot_effective_hits"] = trial.effective_hits
-        if trial.effective_hits >= PILOT_HITS or not pilot:
+        details.update(pilot_effective_hits=trial.effective_hits, pilot_mode_hits=trial.mode_hits)
+        if trial.effective_hits >= PILOT_HITS or trial.mode_hits >= PILOT_MODE_HITS or not pilot:
             run = importance_sampling(event, found, samples - pilot, generator, pi.graph.n_outputs)
             effective = run.effective_hits
             return Estimate.probability(
@@ -304,7 +322,7 @@ class GuidedSampling:
             unit = self.graph.flops_per_sample + detector_flops([event])
             options["limit"] = (flops - spent - 2 * PILOT_MIN * draw_cost(self.graph, self.distribution)) / unit
         if log_guess < math.log(WIDE_SEARCH_BELOW):
-            options.update(starts=WIDE_STARTS, max_modes=SEARCH_MODES, iterations=WIDE_ITERATIONS)
+            options.update(starts=WIDE_STARTS, max_modes=SEARCH_MODES, iterations=WIDE_ITERATIONS, fill=True)
         found = search(self, event, **options)
         spent += found.flops
         if flops is not None and flops - spent < 2 * PILOT_MIN * draw_cost(self.graph, self.distribution):

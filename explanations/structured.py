@@ -78,11 +78,13 @@ class Search:
 
 
 def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: int = MAX_MODES,
-           effort: float = math.inf, iterations: int = 10, limit: float = math.inf) -> Search:
+           effort: float = math.inf, iterations: int = 10, limit: float = math.inf,
+           fill: bool = False) -> Search:
     """Find the event's design points through the compiled graph and detector graphs
     (`design.find_modes`: `starts` per clause, at most `max_modes`, descents of at most
-    `iterations` steps begun while under `effort` forward-pass equivalents, and no pass
-    past `limit` of them)."""
+    `iterations` steps begun while under `effort` forward-pass equivalents, no pass past
+    `limit` of them, and with `fill` pushed starts wherever the pilot cloud has fewer than
+    `starts` feasible points)."""
     detectors = event.detectors()
     dtype = torch.float64          # bisections and finite differences need it, whatever π's dtype
     like = pi.mean.to(dtype)
@@ -96,7 +98,7 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
         modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype,
                                                 device=like.device, guesses=guesses, starts=starts,
                                                 max_modes=max_modes, effort=effort, iterations=iterations,
-                                                limit=limit)
+                                                limit=limit, fill=fill)
     observe_flops = unit + 2 * D.dim * D.dim + D.dim
     growth = grows_linearly([pi.graph] + [d.score_graph() for d in detectors])
     return Search(modes, observe, clauses, batch_margins, D, (forwards + 2 * backwards) * unit, forwards, backwards,

@@ -123,6 +123,23 @@ def test_search_effort_and_mode_cap_bound_the_descents():
     assert len(find_modes(two_sided, 3, starts=6, seed=0, max_modes=1)[0]) == 1
 
 
+def test_a_cloud_with_one_feasible_point_still_starts_descents_elsewhere():
+    """With `fill`, where fewer cloud points are feasible than there are starts, the
+    infeasible points of largest margin are pushed in: the second mode of {|ξ_0| > 4} is
+    found from the pilot's best point on the other side."""
+    from explanations.design import ClauseSearch, _clause_modes
+
+    two_sided = lambda xi: xi[:, :1].abs() - 4.0                 # noqa: E731
+    cloud = torch.tensor([[5.0, 0.3], [-3.0, 0.2], [0.5, -1.0], [0.0, 2.0]], dtype=F64)
+    modes = []
+    _clause_modes(ClauseSearch(two_sided), cloud, 3, None, math.inf, 10, modes, 0, fill=True)
+    assert sorted(round(float(m.point[0]), 3) for m in modes) == [-4.0, 4.0]
+    for starts, fill in ((1, True), (3, False)):          # one start, or no filling: the feasible point only
+        alone = []
+        _clause_modes(ClauseSearch(two_sided), cloud, starts, None, math.inf, 10, alone, 0, fill=fill)
+        assert [round(float(m.point[0]), 3) for m in alone] == [4.0]
+
+
 def test_step_networks_have_no_gradients_and_still_get_estimates():
     """Linear → Step → Linear: the search's autograd has nothing to differentiate (before:
     RuntimeError from torch.autograd.grad). The search's normals are zero, its pilot cloud

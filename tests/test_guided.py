@@ -25,6 +25,8 @@ def test_rare_linear_tail_is_estimated_within_its_standard_error():
     assert est.interval[0] <= truth <= est.interval[1] or abs(est.value - truth) <= 4 * se
     assert est.flops > est.details["search_flops"] > 0
     assert est.details["effective_hits"] > 100 and not est.details["degenerate"]
+    # the pilot's 400 draws: 280 from N(ξ*, I), half of which fall in the halfspace
+    assert 100 <= est.details["pilot_mode_hits"] <= 180
     few = pi.probability(Above(0, t), samples=8)                  # no pilot; at most 8 hits: flagged
     assert few.details["effective_hits"] <= 8 and few.details["degenerate"]
 

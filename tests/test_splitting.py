@@ -8,6 +8,7 @@ from torch import nn
 
 from explanations import Gaussian, explain
 from explanations.events import All, Above, Any, Below
+from explanations.guided import PILOT_HITS, PILOT_MODE_HITS
 from explanations.montecarlo import effective_count_interval, gamma_quantile, wilson_interval
 from explanations.splitting import clause_margin, subset_simulation
 from explanations.structured import search
@@ -72,10 +73,11 @@ def test_clause_margin_is_positive_exactly_on_the_event():
 
 
 def test_rough_network_switches_to_subset_simulation_and_stays_in_budget():
-    """A deep tanh network at large gain has scattered failure islands: the pilot's
-    importance sampler finds few hits and the budget goes to subset simulation. Over four
-    seeds, the median estimate is within a factor 2 of a 2·10⁶-sample reference, each
-    within a factor 5, and the FLOPs within budget."""
+    """A deep tanh network at large gain has scattered failure islands: where the pilot's
+    importance sampler finds few hits (under PILOT_HITS effective ones and under
+    PILOT_MODE_HITS drawn at the design points), the budget goes to subset simulation; so
+    it does on most of eight seeds. Over them, the median estimate is within a factor 2 of
+    a 2·10⁶-sample reference, each within a factor 5, and the FLOPs within budget."""
     torch.manual_seed(4)
     layers = []
     for n_in, n_out in ((4, 64), (64, 64), (64, 64)):
@@ -89,15 +91,18 @@ def test_rough_network_switches_to_subset_simulation_and_stays_in_budget():
         y = model(x)[:, 0]
     t = torch.quantile(y[:500_000], 1 - 2e-4).item()
     truth = float((y > t).double().mean())
-    ratios = []
-    for seed in range(4):
+    ratios, splitting = [], 0
+    for seed in range(8):
         pi = explain(model, D, "gaussian", seed=seed)
         budget = 8_000 * pi.flops_per_sample
         estimate = pi.probability(Above(0, t), flops=budget)
         assert estimate.flops <= budget
-        assert estimate.method == "gaussian+subset-simulation"
-        assert estimate.details["pilot_effective_hits"] < 3
+        few = (estimate.details["pilot_effective_hits"] < PILOT_HITS
+               and estimate.details["pilot_mode_hits"] < PILOT_MODE_HITS)
+        assert estimate.method == ("gaussian+subset-simulation" if few else "gaussian+design-IS")
+        splitting += few
         ratios.append(estimate.value / truth)
+    assert splitting >= 5
     assert 0.5 < statistics.median(ratios) < 2 and all(0.2 < r < 5 for r in ratios)
 
 

@@ -53,7 +53,7 @@ DEFAULT_RUNS = Path("out/bench_sampling_runs.csv")
 RANGE = (1e-8, 1e-2)
 COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_equivalents", "hybrid_mse",
            "plain_mse", "mse_ratio", "relative_rmse", "covered", "methods", "note"]
-RUN_DETAILS = ["effective_hits", "pilot_effective_hits", "coefficient_of_variation_bound"]   # from Estimate.details
+RUN_DETAILS = ["effective_hits", "pilot_effective_hits", "pilot_mode_hits", "coefficient_of_variation_bound"]   # from Estimate.details
 RUN_COLUMNS = ["case", "event", "true_p", "seed", "value", "log10", "low", "high", "covered", "sampler",
                "sample_equivalents"] + RUN_DETAILS
 
