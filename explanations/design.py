@@ -239,7 +239,7 @@ def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tenso
     """One clause of `find_modes`: its starts from the pilot `cloud` (and `guess`), and
     descents from them while its search has spent under `effort`, adding new modes to `modes`.
     Where no cloud point is feasible, or with `fill` where fewer than `starts` are (in
-    distinct directions), the infeasible points of largest margin (in distinct directions)
+    distinct directions), as many infeasible points of largest margin, in new directions,
     are pushed in and descended from, one by one, while effort is left. On `pitrack bench
     sampling`'s r07 (8 → 128³ → 1 ReLU) at p = 1e-6 the cloud often holds one feasible
     point; its descent and the linear guess's spent 800 of 3,000 passes and missed the modes
