@@ -151,16 +151,21 @@ class ClauseSearch:
         ε = 1e-12 of J Jᵀ's largest diagonal entry: relative, so that a saturated unit's tiny
         slopes still step (an absolute 1e-12 shrank the steps 100× once a sigmoid saturated, and
         P(sigmoid > 1 - 1e-7) = 10^-58 came out 10^-2.1 with no design point found), each step
-        at most REACH_GROWTH·(1 + |ξ|) long."""
+        at most REACH_GROWTH·(1 + |ξ|) long. None where a margin is not finite or the violated
+        rows are flat (zero slopes make the step 0·∞: a NaN point that no row calls violated)."""
         point = start.detach()
         for _ in range(iterations):
             values, violated, jac = self.rows(point, lambda m: [r for r in range(m.shape[0]) if float(m[r]) < 0])
+            if not bool(torch.isfinite(values).all()):
+                return None
             if not violated:
                 return point
             gram = jac @ jac.T
             gram = gram + 1e-12 * gram.diagonal().max().clamp_min(1e-300) * torch.eye(
                 len(violated), dtype=jac.dtype, device=jac.device)
             step = 1.2 * (jac.T @ torch.linalg.solve(gram, -values[violated]))
+            if not bool(torch.isfinite(step).all()):
+                return None
             room = REACH_GROWTH * (1 + float(point.norm()))           # a trust region: saturated units'
             point = point + step * min(1.0, room / max(float(step.norm()), 1e-300))   # slopes extrapolate far
         return None
@@ -199,8 +204,8 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
     Network outputs are far from linear, so a gradient taken in the bulk can point away
     from the catastrophe: starts are the feasible points of smallest norm among `pilot`
     draws from N(0, s²I), s = 1.5, 2.5, 4, in distinct directions (if none is feasible, or with
-    `fill` where fewer than `starts` are, the infeasible points of largest margin are pushed
-    in by Newton steps on the margin: `_clause_modes`). `guesses[c]`, if
+    `fill` where fewer than `starts` directions are, infeasible points of largest margin are
+    pushed in by Newton steps on the margin: `_clause_modes`). `guesses[c]`, if
     given, is one more start for clause c (π's statistically linearised design point),
     pushed in the same way when infeasible. A descent after a clause's first starts only
     while the clause has spent less than its share of `effort` forward-pass equivalents (a
@@ -273,7 +278,8 @@ def _distinct(points: Tensor, count: int, taken: list[Tensor] = ()) -> list[Tens
     for point in points:
         if len(chosen) == count:
             break
-        if all(float(torch.dot(point, q) / (point.norm() * q.norm())) < 0.9 for q in [*taken, *chosen]):
+        if all(float(torch.dot(point, q) / (point.norm() * q.norm()).clamp_min(1e-300)) < 0.9
+               for q in [*taken, *chosen]):
             chosen.append(point)
     return chosen
 

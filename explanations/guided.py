@@ -112,7 +112,8 @@ BULK_POINTS, BULK_REPLICATES, BULK_SHARE = 256, 2, 0.25
 @dataclass
 class Weighted:
     """Sums of one importance-sampling run, in log space (weights of events far in a tail
-    underflow float64, and their squares sooner), and the hits of its defensive draws."""
+    underflow float64, and their squares sooner), the hits of its defensive draws, and the
+    hits drawn by its mode components (the pilot's test, module docstring)."""
     samples: int
     hits: int
     log_total: float          # log Σ 1_C w

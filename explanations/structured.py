@@ -83,8 +83,8 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
     """Find the event's design points through the compiled graph and detector graphs
     (`design.find_modes`: `starts` per clause, at most `max_modes`, descents of at most
     `iterations` steps begun while under `effort` forward-pass equivalents, no pass past
-    `limit` of them, and with `fill` pushed starts wherever the pilot cloud has fewer than
-    `starts` feasible points)."""
+    `limit` of them, and with `fill` pushed starts wherever the pilot cloud's feasible
+    points give fewer than `starts` directions)."""
     detectors = event.detectors()
     dtype = torch.float64          # bisections and finite differences need it, whatever π's dtype
     like = pi.mean.to(dtype)

@@ -140,6 +140,21 @@ def test_a_cloud_with_one_feasible_point_still_starts_descents_elsewhere():
         assert [round(float(m.point[0]), 3) for m in alone] == [4.0]
 
 
+def test_a_guess_on_a_flat_plateau_is_dropped_and_the_other_starts_still_run():
+    """On a plateau (zero slopes) the Gauss–Newton step is 0·∞; `reach` used to return that
+    NaN point as feasible, and every start compared against it was taken for a duplicate."""
+    from explanations.design import ClauseSearch, _clause_modes
+
+    plateau = lambda xi: torch.where(xi[:, 1:2] > 5, -1 + 0 * xi[:, :1], xi[:, :1].abs() - 4.0)   # noqa: E731
+    guess = torch.tensor([0.0, 6.0], dtype=F64)
+    assert ClauseSearch(plateau).reach(guess) is None
+    cloud = torch.tensor([[3.0, 0.3], [-3.0, 0.2], [0.5, -1.0]], dtype=F64)
+    for fill in (False, True):
+        modes = []
+        _clause_modes(ClauseSearch(plateau), cloud, 3, guess, math.inf, 10, modes, 0, fill=fill)
+        assert sorted(round(float(m.point[0]), 3) for m in modes) == [-4.0, 4.0]
+
+
 def test_step_networks_have_no_gradients_and_still_get_estimates():
     """Linear → Step → Linear: the search's autograd has nothing to differentiate (before:
     RuntimeError from torch.autograd.grad). The search's normals are zero, its pilot cloud
