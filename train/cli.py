@@ -78,7 +78,7 @@ def check_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"--cache {cache}: is a file; give a folder")
 
 
-def check_text_files(parser: argparse.ArgumentParser, paths: list[Path], bench: str = "pool") -> None:
+def check_text_files(parser: argparse.ArgumentParser, paths: list[Path], bench: str) -> None:
     """Exit with a usage error naming the first of `paths` that is not a readable UTF-8 text file."""
     for path in paths:
         try:
@@ -223,20 +223,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                      csv_path=args.csv, png_path=args.png, openturns=args.openturns,
                      openturns_repeats=args.openturns_repeats, cases=args.cases.split(",") if args.cases else None,
                      first_seed=args.first_seed, runs_path=args.runs)
-    elif args.bench == "pool":
-        from .bench_pool import pool
-        check_text_files(parser, [Path(p) for p in args.runs])
-        try:
-            print(pool([Path(p) for p in args.runs]))
-        except (OSError, ValueError) as error:
-            parser.error(f"bench pool: {error}")
-    elif args.bench == "compare":
+    elif args.bench in ("pool", "compare"):
         from .bench_compare import compare
-        check_text_files(parser, [Path(p) for p in args.tables], "compare")
+        from .bench_pool import pool
+        report, paths = (pool, args.runs) if args.bench == "pool" else (compare, args.tables)
+        paths = [Path(p) for p in paths]
+        check_text_files(parser, paths, args.bench)
         try:
-            print(compare([Path(p) for p in args.tables]))
+            print(report(paths))
         except (OSError, ValueError) as error:
-            parser.error(f"bench compare: {error}")
+            parser.error(f"bench {args.bench}: {error}")
     elif args.bench == "detectors":
         from .bench_detectors import QUANTILES, run as detectors_run
         quick = {"seeds": range(2), "quantiles": QUANTILES[:2], "draws": 10 ** 6} if args.quick else {}
