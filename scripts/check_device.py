@@ -3,8 +3,9 @@
 import sys, tempfile, time, traceback
 import torch
 from torch import nn
-from explanations import Gaussian, compile_model, explain
-from explanations.events import Above, All, ArgMax, Below, Detector
+import math
+from explanations import BooleanCube, Gaussian, Step, compile_model, explain
+from explanations.events import Above, All, Any, ArgMax, Below, Detector
 from storage import open_run
 from tracker import Tracker
 from train.catastrophe import CatastrophePenalty
@@ -144,5 +145,49 @@ def fit():
     fitted = Gaussian.fit(data, shrinkage="ledoit-wolf")
     return f"{fitted} on {fitted.mean.device}"
 check("Gaussian.fit on device", fit)
+
+def subset_simulation():
+    torch.manual_seed(4)
+    layers = []
+    for n_in, n_out in ((4, 64), (64, 64), (64, 64)):
+        linear = nn.Linear(n_in, n_out)
+        nn.init.normal_(linear.weight, std=2.5 / math.sqrt(n_in))
+        layers += [linear, nn.Tanh()]
+    rough = nn.Sequential(*layers, nn.Linear(64, 1)).double().to(dev)
+    D4 = Gaussian.standard(4, device=dev)
+    with torch.no_grad():
+        out = rough(D4.sample(2_000_000, generator=torch.Generator(dev).manual_seed(1)))[:, 0]
+    t = float(torch.quantile(out[:500_000].cpu(), 1 - 2e-4))
+    truth = float((out > t).double().mean())
+    rows = []
+    for seed in range(3):
+        pi = explain(rough, D4, "gaussian", seed=seed)
+        e = pi.probability(Above(0, t), flops=8_000 * pi.flops_per_sample)
+        assert 0.2 < e.value / truth < 5, (e.value, truth)
+        rows.append(f"{e.method} {e.value / truth:.2f}")
+    return f"truth {truth:.2e}; estimate/truth: " + ", ".join(rows)
+check("rough tanh net: subset simulation or design IS on device", subset_simulation)
+
+def zero_sample_methods():
+    two = nn.Sequential(nn.Linear(6, 48), nn.GELU(), nn.Linear(48, 2)).double().to(dev)
+    D6 = Gaussian.standard(6, device=dev)
+    with torch.no_grad():
+        out = two(D6.sample(2_000_000, generator=torch.Generator(dev).manual_seed(2)))
+    t0, t1 = (float(torch.quantile(out[:500_000, i].cpu(), 0.999)) for i in (0, 1))
+    truth = float(((out[:, 0] > t0) | (out[:, 1] > t1)).double().mean())
+    rows = []
+    for method in ("polynomial", "auto"):
+        pi = explain(two, D6, method)
+        e = pi.probability(Any(Above(0, t0), Above(1, t1)))
+        assert on_device(pi.predict(torch.randn(3, 6, device=dev, dtype=torch.float64)))
+        rows.append(f"{e.method} {math.log10(e.value / truth):+.2f} dex")
+    step = nn.Sequential(nn.Linear(5, 3), Step()).double().to(dev)
+    cube = BooleanCube(5, device=dev)
+    hs = explain(step, cube, "auto").probability(All(Above(0, 0.5), Above(1, 0.5)))
+    draws = step(cube.sample(400_000, generator=torch.Generator(dev).manual_seed(3)))
+    hs_truth = float(((draws[:, 0] > 0.5) & (draws[:, 1] > 0.5)).double().mean())
+    rows.append(f"cube halfspaces {hs.value:.4f} vs sampled {hs_truth:.4f}")
+    return "; ".join(rows) + f" (Any truth {truth:.2e})"
+check("polynomial, auto and halfspaces zero-sample on device", zero_sample_methods)
 
 print("FAILURES:", failures or "none")
