@@ -36,7 +36,8 @@ the activation's as K grows (it diverges for K ≳ 10), and its diagrams cost O(
 tetrahedra). So the default order is 3 (κ4 = 0); order=4 adds κ4. The skew that deeper
 layers carry into the output is not added to the output's κ3 (on 16 → 128³ → 1 ReLU:
 π's output skew -0.03, sampling's 0.24). A network that does not end in activation → affine has no last-layer non-Gaussianity to
-add: its κ3 = κ4 = 0 (e.g. linear networks, exact).
+add: its κ3 = κ4 = 0 (e.g. linear networks, exact). A network without any activation has
+a Gaussian output, which π holds exactly: its events are π's Gaussian integrals.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ from .edgeworth import corrected_mean
 from .estimate import Estimate
 from .events import Event
 from .gaussian import GaussianExplanation
-from .graph import Act, Affine, Chain, Graph
+from .graph import Act, Affine, Chain, Graph, iter_ops
 from .guided import BULK_POINTS, BULK_REPLICATES, GuidedSampling
 from .hermite_cumulants import hermite_cumulants
 from .moments import hermite_coefficients, split_deterministic, split_sd
@@ -79,6 +80,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
 
     mean: Tensor
     cov: Tensor
+    exact = False    # is π's Gaussian the output's law (a network without activations)?
 
     def cumulants(self, direction: Tensor) -> Tensor:
         """κ1..κ4 of direction·y under π: a [4] tensor."""
@@ -106,7 +108,11 @@ class CumulantExplanation(GuidedSampling, Explanation):
         minimum); otherwise cumulant marginals joined by π's Gaussian copula. The summary's
         probability is a test, not the answer: like the sampled estimators' it takes
         BULK_POINTS × BULK_REPLICATES quasi-random points (4096 × 8 had cost 4,600
-        sample-equivalents on a 4 → 32 → 2 network, half the budget)."""
+        sample-equivalents on a 4 → 32 → 2 network, half the budget). Where π is `exact`
+        and the event reads no nonlinear detector, the answer is π's Gaussian integral."""
+        if self.exact and not event.reads_nonlinear_detector():
+            _, _, _, result, flops = self._bulk(event)
+            return self._estimate(result, flops, details={"exact": "a network without activations: y is Gaussian"})
         mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES)   # a test
         n = self.mean.shape[0]
         spent = [flops + bulk.flops]
@@ -147,6 +153,7 @@ class CumulantPropagation(CumulantExplanation, GaussianExplanation):
         dtype = moment_dtype(dtype)
         self.order, self.degree, self.dtype, self.design = order, degree, dtype, design
         chain = graph.to(dtype=dtype).chain
+        self.exact = not any(isinstance(op, Act) for op in iter_ops(chain))
         x = self.distribution.to(dtype=dtype)
         state = GaussianState(x.mean, x.cov, x.cov)
         self.last = None

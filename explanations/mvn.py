@@ -130,6 +130,10 @@ def _bvn_tail(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
 
 
 _DIRECT_FLOOR = 1e-8          # above it log Φ₂ is the log of `bivariate_normal_cdf` (relative error < 1e-7)
+_BVN_ABS_ERROR = 1e-15        # `bivariate_normal_cdf`'s absolute error [G04]
+_BVN_REL_ERROR = 1e-7         # log Φ₂'s relative error below _DIRECT_FLOOR (tests/test_mvn.py)
+_PANEL_FLOPS = 20 * 16        # a 20-node panel of `_log_bvn_small`: 14 elementwise operations a node
+                              # (node, integrand with its log Φ, log weight) and 2 for the logsumexp
 _TAIL_REACH = 12.0            # the log-integrand falls by ≥ 72 this far from its maximum
 _NEWTON_STEPS = 60
 
@@ -147,30 +151,45 @@ def log_bivariate_normal_cdf(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
     w = min(1/√(-f''(u*)), 1/f'(u*)) set 20-point Gauss–Legendre panels whose edges lie at
     u* ± w·2^j up to ±12 (beyond, f has fallen by more than 72 nats), summed in log space.
     ρ = ±1: the limits log Φ(min(h, k)) and log(Φ(h) - Φ(-k)) (-inf where h ≤ -k)."""
+    return _log_bvn(h, k, rho)[0]
+
+
+def _log_bvn(h: Tensor, k: Tensor, rho: Tensor) -> tuple[Tensor, int]:
+    """`log_bivariate_normal_cdf` and its flops: `bivariate_normal_cdf_flops` for every
+    element, and _PANEL_FLOPS per Gauss–Legendre panel of the elements below _DIRECT_FLOOR."""
     h, k, rho = torch.broadcast_tensors(*(torch.as_tensor(t, dtype=_F64) for t in (h, k, rho)))
     if not bool(((rho >= -1) & (rho <= 1)).all()):
         raise ValueError("rho must lie in [-1, 1]")
     direct = bivariate_normal_cdf(h, k, rho)
+    flops = bivariate_normal_cdf_flops(direct.numel()) + 2 * direct.numel()
     small = (direct < _DIRECT_FLOOR).flatten().tolist()
     logs = torch.log(direct.clamp_min(_DIRECT_FLOOR)).flatten()
     if not any(small):
-        return logs.reshape(h.shape)
+        return logs.reshape(h.shape), flops
     flat = [t.flatten() for t in (h, k, rho)]
-    values = [_log_bvn_small(flat[0][i], flat[1][i], flat[2][i]) if tiny else logs[i] for i, tiny in enumerate(small)]
-    return torch.stack(values).reshape(h.shape)
+    values = []
+    for i, tiny in enumerate(small):
+        if not tiny:
+            values.append(logs[i])
+            continue
+        value, panels = _log_bvn_small(flat[0][i], flat[1][i], flat[2][i])
+        values.append(value)
+        flops += panels * _PANEL_FLOPS
+    return torch.stack(values).reshape(h.shape), flops
 
 
-def _log_bvn_small(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
-    """`log_bivariate_normal_cdf` for one element below _DIRECT_FLOOR (its docstring). Beside
-    the panels around u*, edges at u₀ = k/ρ ± (σ/|ρ|)·2^j resolve the step that Φ((k - ρu)/σ)
-    takes there over a width σ/|ρ| (near ρ = -1 the mass can sit in a window of 1e-7)."""
+def _log_bvn_small(h: Tensor, k: Tensor, rho: Tensor) -> tuple[Tensor, int]:
+    """`log_bivariate_normal_cdf` for one element below _DIRECT_FLOOR (its docstring), and the
+    number of panels it summed. Beside the panels around u*, edges at u₀ = k/ρ ± (σ/|ρ|)·2^j
+    resolve the step that Φ((k - ρu)/σ) takes there over a width σ/|ρ| (near ρ = -1 the mass
+    can sit in a window of 1e-7)."""
     if float(h.detach()) > float(k.detach()):
         h, k = k, h
     r, top, right = float(rho.detach()), float(h.detach()), float(k.detach())
     if top == -math.inf:
-        return torch.full_like(h, -math.inf)
+        return torch.full_like(h, -math.inf), 0
     if abs(r) == 1 or right == math.inf:
-        return log_ndtr(h) if r > 0 or right == math.inf else _log_prob_between(-k, h)
+        return (log_ndtr(h) if r > 0 or right == math.inf else _log_prob_between(-k, h)), 0
     sigma = torch.sqrt((1 - rho) * (1 + rho))
 
     def log_integrand(u: Tensor) -> Tensor:
@@ -204,7 +223,7 @@ def _log_bvn_small(h: Tensor, k: Tensor, rho: Tensor) -> Tensor:
     nodes, weights = _GL_NODES[2].to(h.device), _GL_WEIGHTS[2].to(h.device)
     terms = [log_integrand(a + (b - a) * nodes) + torch.log((b - a) * weights)
              for a, b in zip(edges[:-1], edges[1:])]
-    return torch.logsumexp(torch.cat(terms), 0)
+    return torch.logsumexp(torch.cat(terms), 0), len(terms)
 
 
 def bivariate_normal_cdf_flops(numel: int) -> int:
@@ -265,7 +284,8 @@ def log_orthant(
     variance is at most 1e-10 times the largest are deterministic: w_i = mean_i,
     so they drop out if mean_i > 0 and make p = 0 otherwise. The rest are
     standardised, z = D⁻¹x ~ N(0, R), c = D⁻¹mean, so p = P(z < c); k = 1 is then
-    exact, p = Φ(c).
+    exact, p = Φ(c), and k = 2 is closed-form, p = Φ₂(c_1, c_2; R_12)
+    (`log_bivariate_normal_cdf`; abs_error 1e-15, or 1e-7·p below p = 1e-8; 0 at |R_12| = 1).
 
     For k ≥ 2, z = L y with y ~ N(0, I) and L a Cholesky factor of R pivoted by
     Genz & Bretz's rule [GB09, 4.1.3]: the next variable is the one with the
@@ -323,6 +343,15 @@ def log_orthant(
     n = c.numel()
     if n <= 1:
         return OrthantResult(float(log_ndtr(c).sum()), 0.0, 3 * n)
+    if n == 2:
+        rho = cov[~fixed][:, ~fixed][0, 1] / (sd[0] * sd[1])
+        if float(1 - rho * rho) < -_REL_TOL:
+            raise ValueError("cov is not positive semi-definite: negative conditional variance")
+        rho = rho.clamp(-1, 1)
+        log_p, flops = _log_bvn(c[0], c[1], rho)
+        p = math.exp(float(log_p))
+        error = 0.0 if float(rho.abs()) == 1 else _BVN_ABS_ERROR if p >= _DIRECT_FLOOR else _BVN_REL_ERROR * p
+        return OrthantResult(float(log_p), error, flops + 14)
     steps, factor_flops = _sov_factor(cov[~fixed][:, ~fixed] / sd.outer(sd), c)
     flops = 2 * n * (n + 1) + factor_flops
     if len(steps) == 1:

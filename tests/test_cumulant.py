@@ -135,3 +135,26 @@ def test_guide_is_the_cheapest_explanation_that_guides_sampling():
     sd = guide.cov[0, 0].sqrt().item()
     estimate = guide.probability(Above(0, guide.mean[0].item() + 4 * sd), flops=5_000 * guide.flops_per_sample)
     assert estimate.method.startswith("guide:gaussian+") and estimate.flops <= 5_000 * guide.flops_per_sample
+
+
+def test_a_network_without_activations_gets_its_exact_gaussian_cheaply():
+    """Linear → Linear: y is Gaussian, so `auto` (cumulant) answers with π's Gaussian
+    integral, with no design search. Truth: P(y0 > a, y1 < b) = ∫_{u > α} φ(u)
+    Φ((β - ρu)/√(1 - ρ²)) du by a fine trapezoid (independent of `mvn`), and Φ for one
+    halfspace. Each answer within 1e-6 relative, at most 1,000 sample-equivalents (before,
+    the design search cost 28,000 on d = 32 and was 2% off on the intersection)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 8), nn.Linear(8, 2)).double()
+    pi = explain(model, Gaussian.standard(32), "auto")
+    mean, sd = pi.mean, pi.cov.diagonal().sqrt()
+    rho = float(pi.cov[0, 1] / (sd[0] * sd[1]))
+    alpha, beta = 3.0, -2.5
+    a, b = float(mean[0] + alpha * sd[0]), float(mean[1] + beta * sd[1])
+    u = torch.linspace(alpha, alpha + 12, 400_001, dtype=F64)
+    density = torch.exp(-u * u / 2) / math.sqrt(2 * math.pi) * torch.special.ndtr((beta - rho * u) / math.sqrt(1 - rho ** 2))
+    for event, truth in ((All(Above(0, a), Below(1, b)), float(torch.trapezoid(density, u))),
+                         (Above(0, a), float(torch.special.ndtr(torch.tensor(-alpha, dtype=F64))))):
+        estimate = pi.probability(event)
+        assert estimate.value == pytest.approx(truth, rel=1e-6)
+        assert estimate.method == "auto:cumulant" and "exact" in estimate.details
+        assert estimate.sample_equivalents <= 1_000

@@ -42,6 +42,31 @@ def test_structure_is_a_union_of_halfspace_clauses():
     assert [h.terms for h in argmax.dnf()[0]] == [((1, 1.0), (0, -1.0)), ((1, 1.0), (2, -1.0))]
 
 
+def test_nested_clauses_are_absorbed_and_the_union_is_unchanged():
+    """A ∪ (A ∩ B) = A and A ∩ A′ = A′ for A′ ⊆ A: contained clauses and implied halfspaces
+    leave the DNF (the first of equal ones stays); different keys, opposite directions and
+    different detectors do not absorb. Semantics are checked on random outputs."""
+    def thresholds(event):
+        return [[(h.terms, h.threshold) for h in clause] for clause in event.dnf()]
+    assert thresholds(Any(Above(0, 3.0), Above(0, 4.0))) == [[(((0, 1.0),), 3.0)]]
+    assert thresholds(All(Above(0, 3.0), Above(0, 4.0))) == [[(((0, 1.0),), 4.0)]]
+    assert thresholds(Any(Above(0, 3.0), Above(0, 3.0))) == [[(((0, 1.0),), 3.0)]]
+    assert thresholds(Any(All(Above(0, 3.0), Below(1, 0.0)), Above(0, 2.0))) == [[(((0, 1.0),), 2.0)]]
+    assert len(Any(All(Above(0, 3.0), Below(1, 0.0)), Above(0, 4.0)).dnf()) == 2
+    assert len(Any(Above(0, 3.0), Below(0, 4.0), Above(1, 5.0)).dnf()) == 3
+    first, second = Detector(nn.Linear(3, 1), 0.5), Detector(nn.Linear(3, 1), 0.5)
+    assert len(Any(first, second).dnf()) == 2 and len(Any(first, All(first, Above(0, 1.0))).dnf()) == 1
+    y = torch.randn(4000, 3, generator=torch.Generator().manual_seed(0)) * 3
+    event = Any(All(Above(0, 1.0), Below(1, 0.0)), Above(0, 2.0), All(Above(0, 0.5), Above(0, 1.5)))
+    from_dnf = torch.zeros(4000, dtype=torch.bool)
+    for clause in event.dnf():
+        inside = torch.ones(4000, dtype=torch.bool)
+        for h in clause:
+            inside &= sum(c * y[:, k] for k, c in h.terms) > h.threshold
+        from_dnf |= inside
+    assert len(event.dnf()) == 2 and torch.equal(from_dnf, event.evaluate(y))
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: Above(0, float("nan")), "finite, got nan"),
     (lambda: Below(1, float("-inf")), "finite, got -inf"),
