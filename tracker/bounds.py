@@ -38,7 +38,8 @@ then the dearer of its two endings: KEPT_MODES local quadratics (each polished f
 fitted and integrated along lines, where it finds modes, cumulant marginals joined by a
 copula where it finds none
 (each marginal gated by CUMULANT_BUDGET sample-equivalents, counted at 4× that, plus the
-exact tetrahedral κ4 diagrams that gate leaves out).
+exact tetrahedral κ4 diagrams that gate leaves out) and the plain draws that check it (at
+most what DESIGN_BUDGET leaves); and the pilot's PILOT_DRAWS draws (`explanations.pilot`).
 tests/test_tracker_review.py checks bound ≥ cost over architectures, methods and events.
 """
 from __future__ import annotations
@@ -51,13 +52,14 @@ from torch import Tensor
 from explanations import Gaussian, Graph
 from explanations.activations import activation
 from explanations.cumulant import CUMULANT_BUDGET, DEFAULT_DEGREE as CUMULANT_DEGREE
-from explanations.structured import KEPT_MODES, POLISH_ITERATIONS, WIDE_ITERATIONS, WIDE_STARTS
+from explanations.structured import DESIGN_BUDGET, KEPT_MODES, POLISH_ITERATIONS, WIDE_ITERATIONS, WIDE_STARTS
 from explanations.events import Event
 from explanations.explain import picked_method
 from explanations.ranges import settled
 from explanations.graph import Act, Affine, Chain
 from explanations.moments import HERMITE_DEGREE, PANEL_NODES, QUADRATURE_PANELS, _RELU_PAIR_FLOPS
-from explanations.montecarlo import detector_flops
+from explanations.montecarlo import detector_flops, draw_cost
+from explanations.pilot import PILOT_DRAWS
 from explanations.mvn import bivariate_normal_cdf_flops, union_flops_bound
 from explanations.hermite_cumulants import TETRAHEDRA_UP_TO, _plan
 from explanations.polynomial import CUMULANT_DEGREE as POLYNOMIAL_CUMULANT_DEGREE
@@ -333,8 +335,10 @@ def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict
         atoms = sum(rows)
         marginals = (atoms * (_marginal(graph, name, options) + 2 * v * v + SADDLEPOINT_FLOPS)
                      + union_flops_bound(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v)
-        if options.get("design", True):     # the search, then its modes' quadratics or (none found) the marginals
-            total += _search(graph, event, rows) + max(_quadratics(graph, event, rows), marginals)
+        if options.get("design", True):     # a pilot, the search, then its modes' quadratics or (none
+            pilot = PILOT_DRAWS * (draw_cost(graph, distribution) + detector_flops([event]))   # found) the
+            leftover = DESIGN_BUDGET * graph.flops_per_sample             # marginals and the budget's draws
+            total += pilot + _search(graph, event, rows) + max(_quadratics(graph, event, rows), marginals + leftover)
         else:
             total += marginals
     return total

@@ -1,0 +1,67 @@
+"""A plain pilot that checks a zero-sample answer which claims an event is common.
+
+π's Gaussian summary (or its cumulant copula) can call an event common when it is rare:
+on the short, bounded side of a skewed output, or near a final tanh's bound, the moments
+put mass where the network has none (relu 2 → 8 → 8 → 1: P(y > 0.375) = 1e-4, π's
+Gaussian 0.16 and its Cornish–Fisher tail 0.39). Such a claim is checkable for a few
+forward passes: n draws from D with h hits contradict a claimed p where
+    P(Binomial(n, p) ≤ h) = Σ_{k ≤ h} C(n, k) p^k (1 - p)^(n-k) < CONTRADICTION,
+summed in log space. Only claims with n·p ≥ log(1/CONTRADICTION) can be contradicted
+(zero hits then have probability (1 - p)^n ≤ e^{-np} below the level), so a pilot is
+drawn only for those (`checkable`): with PILOT_DRAWS, p ≥ 0.027. A contradicted answer is
+not returned as it is: the caller tries the input-space structure, and where that finds
+nothing, moves the answer into the draws' 95% Wilson interval.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .events import Event
+from .graph import Graph
+from .montecarlo import tally, wilson_interval
+from .distributions import Gaussian
+
+PILOT_DRAWS = 256       # 2.6% of a zero-sample query's 10⁴ sample-equivalents
+CONTRADICTION = 1e-3    # the binomial tail below which the pilot rejects a claimed p
+
+
+@dataclass(frozen=True)
+class Pilot:
+    """h hits of an event in n plain draws, and their FLOPs."""
+    hits: int
+    draws: int
+    flops: int
+
+    def contradicts(self, log_p: float) -> bool:
+        """Is P(Binomial(n, p) ≤ h) < CONTRADICTION for p = exp(log_p)?"""
+        p = math.exp(log_p)
+        if p >= 1:
+            return self.hits < self.draws
+        if p <= 0:
+            return False
+        n, log_q = self.draws, math.log1p(-p)
+        terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
+                 for k in range(self.hits + 1)]
+        top = max(terms)
+        return top + math.log(sum(math.exp(t - top) for t in terms)) < math.log(CONTRADICTION)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """Wilson's 95% interval for h/n."""
+        return wilson_interval(self.hits, self.draws)
+
+
+def checkable(log_p: float, draws: int = PILOT_DRAWS) -> bool:
+    """Could `draws` plain draws contradict a claimed p (module docstring)?"""
+    return draws * math.exp(log_p) >= math.log(1 / CONTRADICTION)
+
+
+def draw_pilot(graph: Graph, distribution: Gaussian, event: Event, seed: int, draws: int = PILOT_DRAWS,
+               before: Pilot | None = None) -> Pilot:
+    """`draws` plain draws of the event (`montecarlo.tally`), pooled with `before` (draws of
+    another seed) where given."""
+    counts = tally(graph, distribution, draws, [event], seed=seed, progress=False)
+    if before is None:
+        return Pilot(counts.hits[0], draws, counts.flops)
+    return Pilot(before.hits + counts.hits[0], before.draws + draws, before.flops + counts.flops)
