@@ -77,11 +77,13 @@ class Quadratic:
     flops: int           # the regression's own arithmetic
 
 
-def fit(margins: Callable[[Tensor], Tensor], point: Tensor, generator: torch.Generator) -> Quadratic:
+def fit(margins: Callable[[Tensor], Tensor], point: Tensor, generator: torch.Generator,
+        scale: float = SCALE) -> Quadratic:
     """The least-squares quadratic of `margins` (ξ batch → [batch, rows]) around `point`
-    (module docstring). Gradients by autograd, one backward pass per row over the batch."""
+    (module docstring), on N(ξ*, scale²I). Gradients by autograd, one backward pass per row
+    over the batch."""
     d = point.shape[0]
-    half = torch.randn(pairs(d), d, generator=generator, dtype=point.dtype).to(point.device) * SCALE
+    half = torch.randn(pairs(d), d, generator=generator, dtype=point.dtype).to(point.device) * scale
     u = torch.cat([half, -half])
     xi = (point.detach() + u).requires_grad_(True)
     with torch.inference_mode(False), torch.enable_grad():

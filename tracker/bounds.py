@@ -258,15 +258,28 @@ def _quadratics(graph: Graph, event: Event, rows: list[int]) -> int:
     quadratic of the widest clause, fitted twice (`quadratic.widened`) and integrated over
     its cell (`quadratic`), then at worst integrated twice more (anchored at the mode's
     margins, then its tangent planes) after one more pass."""
-    d = graph.n_inputs
-    modes = KEPT_MODES + len(rows)
-    r, walls = max(rows), modes - 1
+    d, r, modes = graph.n_inputs, max(rows), KEPT_MODES + len(rows)
     unit = _observe_unit(graph, event)
     polish = (SCAN + POLISH_ITERATIONS * (1 + HALVINGS * NEAR_SCAN) + 2 * POLISH_ITERATIONS * r) * unit
-    points = 2 * pairs(d)
-    fitting = (points + 2 * points * r) * unit + fit_flops_bound(d, r)
-    lines = min(line_flops(d, r, walls, MAX_LINES), max(line_flops(d, r, walls, LINE_RANGE[0]), DOUBLING_SHARE * fitting))
+    fitting, lines = _fit_and_lines(graph, event, rows)
     return modes * (polish + 2 * fitting + widening_flops(d, r) + unit + 3 * lines)
+
+
+def _fit_and_lines(graph: Graph, event: Event, rows: list[int]) -> tuple[int, int]:
+    """One local quadratic's fit (`quadratic.fit`) and one cell integral, at most."""
+    d, r, walls = graph.n_inputs, max(rows), KEPT_MODES + len(rows) - 1
+    points = 2 * pairs(d)
+    fitting = (points + 2 * points * r) * _observe_unit(graph, event) + fit_flops_bound(d, r)
+    lines = min(line_flops(d, r, walls, MAX_LINES), max(line_flops(d, r, walls, LINE_RANGE[0]), DOUBLING_SHARE * fitting))
+    return fitting, lines
+
+
+def _refilled(graph: Graph, event: Event, rows: list[int]) -> int:
+    """What fills the zero-sample budget: the draws that check a copula's answer where the
+    search found no mode (up to DESIGN_BUDGET with all else), and the narrower refits
+    (`structured._narrowed`), made only while the design estimate stays within its budget,
+    after which each mode may still take the two fallback integrals."""
+    return DESIGN_BUDGET * graph.flops_per_sample + 2 * (KEPT_MODES + len(rows)) * _fit_and_lines(graph, event, rows)[1]
 
 
 def _tetrahedra(n: int, degree: int) -> int:
@@ -337,8 +350,9 @@ def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict
                      + union_flops_bound(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v)
         if options.get("design", True):     # a pilot, the search, then its modes' quadratics or (none
             pilot = PILOT_DRAWS * (draw_cost(graph, distribution) + detector_flops([event]))   # found) the
-            leftover = DESIGN_BUDGET * graph.flops_per_sample             # marginals and the budget's draws
-            total += pilot + _search(graph, event, rows) + max(_quadratics(graph, event, rows), marginals + leftover)
+            search = _search(graph, event, rows)                          # marginals; the draws that check
+            total += pilot + max(search + _quadratics(graph, event, rows), search + marginals,  # those and
+                                 _refilled(graph, event, rows))           # narrower refits fill the budget
         else:
             total += marginals
     return total
