@@ -62,9 +62,9 @@ from .hermite_cumulants import hermite_cumulants
 from .moments import hermite_coefficients, split_deterministic, split_sd
 from .montecarlo import detector_flops, draw_cost
 from .pilot import checkable, draw_pilot
-from .ranges import settled
 from .propagate import (GaussianState, WeightProduct, finish_affine, propagate, propagate_skewed,
                         skewed_activation, sources_through_affine)
+from .ranges import settled
 from .skew import third_fourth
 from .structured import DESIGN_BUDGET, design_estimate
 from .tails import copula_probability

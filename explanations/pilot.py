@@ -17,10 +17,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .distributions import Gaussian
 from .events import Event
 from .graph import Graph
 from .montecarlo import tally, wilson_interval
-from .distributions import Gaussian
 
 PILOT_DRAWS = 256       # 2.6% of a zero-sample query's 10⁴ sample-equivalents
 CONTRADICTION = 1e-3    # the binomial tail below which the pilot rejects a claimed p

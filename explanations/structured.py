@@ -155,9 +155,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     β = 15 where the failures lie at 3.4–7 (r06, p = 1e-7: read 10^-50 on one seed), and
     left 8, 9 and 14 of 85 events beyond 0.5 dex on seeds 0, 1 and 2; the wide, polished
     search leaves 5, 8 and 9, the worst 0.77, 2.2 and 1.8 dex (from 3.2, 44 and 3.7), and
-    with up to NARROW = 0.25                           # a mode's second fit, where its first holds (almost) nothing of the
-NARROW_BELOW = 1e-6                     # event (under NARROW_BELOW × Φ(-β)), at NARROW × SCALE
-KEPT_MODES = 6 modes in place of 4, 4, 7 and 10 (median 0.115, 0.086, 0.117
+    with up to KEPT_MODES = 6 modes in place of 4, 4, 7 and 10 (median 0.115, 0.086, 0.117
     → 0.101, 0.072, 0.108: single thresholds whose design points ring the origin at one β
     had been 0.15–0.25 dex low, with four cells holding part of the ring).
     The event lies outside the ball |ξ| < β_min (β_min the smallest mode's distance, if the
