@@ -158,3 +158,17 @@ def test_a_network_without_activations_gets_its_exact_gaussian_cheaply():
         assert estimate.value == pytest.approx(truth, rel=1e-6)
         assert estimate.method == "auto:cumulant" and "exact" in estimate.details
         assert estimate.sample_equivalents <= 1_000
+
+
+def test_an_edgeworth_covariance_that_is_not_psd_is_projected():
+    """gelu 2 → 8 → 8 → 2 (bias sd 0.3, seed 3): the skew-corrected output covariance had
+    corr(y0, y1) = 1.046 and every two-output event raised. Projected onto the PSD cone,
+    All(y0 > 0.355, y1 > 0.574) reads within 0.1 dex of 10⁶ draws (about 120,000 hits)."""
+    model = mlp([2, 8, 8, 2], "gelu", seed=3, bias_std=0.3).double()
+    pi = explain(model, Gaussian.standard(2), "cumulant")
+    assert float(torch.linalg.eigvalsh(pi.cov).min()) >= -1e-12 * float(pi.cov.diagonal().max())
+    event = All(Above(0, 0.355317), Above(1, 0.57354))
+    with torch.no_grad():
+        y = model(torch.randn(1_000_000, 2, generator=torch.Generator().manual_seed(5), dtype=F64))
+    truth = float(event.evaluate(y).double().mean())
+    assert abs(math.log10(pi.probability(event).value / truth)) < 0.1

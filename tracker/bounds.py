@@ -214,8 +214,8 @@ def _polynomial(graph: Graph, distribution: Gaussian, options: dict) -> int:
 def build_bound(graph: Graph, distribution: Gaussian, method: str, options: dict) -> int:
     """Upper bound on `explain(graph, distribution, method, **options).build_flops`."""
     name = picked_method(graph, distribution, method)
-    if name == "cumulant":
-        return _cumulant(graph, distribution, options)
+    if name == "cumulant":          # and the output covariance's PSD projection (`cumulant.psd_projected`)
+        return _cumulant(graph, distribution, options) + 10 * graph.n_outputs ** 3
     if name == "polynomial":
         return _polynomial(graph, distribution, options)
     if name == "halfspaces":
