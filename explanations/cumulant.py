@@ -148,9 +148,10 @@ class CumulantExplanation(GuidedSampling, Explanation):
         mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES)   # a test
         n = self.mean.shape[0]
         spent = [flops + bulk.flops]
+        checked = settled(event, self.graph)[1] if self.design else 0     # the range check `probability` paid
         pilot = None
         rare = is_far(bulk.log_p) or event.reads_nonlinear_detector()
-        if self.design and not rare and self._draws_left(event, sum(spent)) >= PILOT_DRAWS:
+        if self.design and not rare and self._draws_left(event, sum(spent) + checked) >= PILOT_DRAWS:
             pilot = draw_pilot(self.graph, self.distribution, event, self.seed + 1)
             spent.append(pilot.flops)
             rare = pilot.contradicts(bulk.log_p)
@@ -159,9 +160,9 @@ class CumulantExplanation(GuidedSampling, Explanation):
             left = DESIGN_BUDGET - (self.build_flops + sum(spent)) / self.flops_per_sample
             result, details = design_estimate(self, event, max(left, 0.0))
             if result is not None:
-                checked = {"pilot_draws": pilot.draws, "pilot_hits": pilot.hits} if pilot else {}
+                drawn = {"pilot_draws": pilot.draws, "pilot_hits": pilot.hits} if pilot else {}
                 return self._estimate(result, sum(spent), f"{self.method}+design",
-                                      {**details, **checked, "bulk_log10": bulk.log_p / math.log(10)})
+                                      {**details, **drawn, "bulk_log10": bulk.log_p / math.log(10)})
             spent.append(details["search_flops"])
             fallback = {"design": "no design point beyond the origin's unit ball; cumulant copula used"}
 
@@ -176,7 +177,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
 
         result = copula_probability(rows, cov, marginal, seed=self.seed)
         details = {"cumulants": "used" if affordable else "over budget", **fallback}
-        draws = self._draws_left(event, sum(spent) + result.flops)
+        draws = self._draws_left(event, sum(spent) + checked + result.flops)
         checking = fallback and checkable(result.log_p, draws + (pilot.draws if pilot else 0))
         if self.design and draws and (checking or pilot is not None and pilot.contradicts(result.log_p)):
             drawn = pilot.flops if pilot else 0        # the draws decide: what the budget leaves buys more
@@ -192,11 +193,9 @@ class CumulantExplanation(GuidedSampling, Explanation):
         return self._estimate(result, sum(spent), details=details)
 
     def _draws_left(self, event: Event, spent: float) -> int:
-        """Plain draws of the event that DESIGN_BUDGET leaves after π's build, `spent` and the
-        range check (`ranges.settled`, paid by `probability`)."""
+        """Plain draws of the event that DESIGN_BUDGET leaves after π's build and `spent`."""
         unit = draw_cost(self.graph, self.distribution) + detector_flops([event])
-        paid = self.build_flops + spent + settled(event, self.graph)[1]
-        return max(int((DESIGN_BUDGET * self.flops_per_sample - paid) // unit), 0)
+        return max(int((DESIGN_BUDGET * self.flops_per_sample - self.build_flops - spent) // unit), 0)
 
     def _exact_probability(self, event: Event) -> Estimate | None:
         """π's Gaussian integral of the event, at the most quasi-random points (4096 down to
