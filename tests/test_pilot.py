@@ -32,7 +32,7 @@ def test_contradiction_is_the_binomial_tail():
         assert Pilot(h, n, 0).contradicts(math.log(p)) == (tail < CONTRADICTION)
     assert Pilot(0, 256, 0).contradicts(math.log(0.05)) and not Pilot(40, 256, 0).contradicts(math.log(0.16))
     assert not Pilot(0, 256, 0).contradicts(-math.inf) and Pilot(255, 256, 0).contradicts(0.0)
-    assert checkable(math.log(0.03)) and not checkable(math.log(0.02))
+    assert checkable(math.log(0.02)) and not checkable(math.log(0.017))
     assert checkable(math.log(0.002), 4000) and not checkable(math.log(0.001), 4000)
     assert Pilot(0, PILOT_DRAWS, 0).interval[0] == 0.0
 
