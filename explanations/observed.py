@@ -59,18 +59,25 @@ def clause_margins(observe: Callable[[Tensor], Tensor], clauses: list[tuple[Tens
     return [lambda xi, a=a, b=b: observe(xi) @ a.T - b for a, b in clauses]
 
 
+def input_map_flops(distribution: Gaussian) -> int:
+    """FLOPs of x = μ + F ξ for one point: 2d² + d, and none for N(0, I), where x = ξ."""
+    d = distribution.dim
+    return 0 if distribution.is_standard else 2 * d * d + d
+
+
 def observer(graph: Graph, distribution: Gaussian, detectors: list, dtype: torch.dtype
              ) -> tuple[Callable[[Tensor], Tensor], int]:
-    """ξ ↦ v = (y, detector scores) at x = μ + F ξ (F Fᵀ = Σ) for a batch of whitened inputs
-    [batch, d] → [batch, outputs + detectors], in `dtype` on the graph's device; and the
-    FLOPs of the network and detectors per point."""
+    """ξ ↦ v = (y, detector scores) at x = μ + F ξ (F Fᵀ = Σ; x = ξ for N(0, I)) for a batch
+    of whitened inputs [batch, d] → [batch, outputs + detectors], in `dtype` on the graph's
+    device; and the FLOPs of the network and detectors per point (`input_map_flops` adds
+    the map's)."""
     graph = graph.to(dtype=dtype)
     detector_graphs = [d.score_graph().to(device=graph.device, dtype=dtype) for d in detectors]
     D = distribution.to(dtype=dtype)
-    mean, factor = D.mean, D.factor
+    mean, factor, standard = D.mean, D.factor, D.is_standard
 
     def observe(xi: Tensor) -> Tensor:
-        y = graph.forward(mean + xi @ factor.T)
+        y = graph.forward(xi if standard else mean + xi @ factor.T)
         return torch.cat([y] + [g.forward(y) for g in detector_graphs], dim=1)
 
     return observe, graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)

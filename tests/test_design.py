@@ -218,3 +218,21 @@ def test_a_band_shaped_detector_event_is_seen_through_the_detector():
     halved the worst error (2.11 → 1.08 dex)."""
     estimate, truth = _relu_detector_case(5, 0.99)
     assert abs(estimate.log10 - math.log10(truth)) <= 0.5
+
+
+def test_standard_inputs_are_observed_without_a_factor_multiply():
+    """x = μ + F ξ costs 2d² + d a point, and nothing for N(0, I), where x = ξ; both maps
+    give the network's outputs at x."""
+    from explanations.observed import input_map_flops, observer
+
+    model = nn.Sequential(linear(3, 4, 5), nn.Tanh(), linear(4, 2, 6))
+    graph = compile_model(model)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 3, generator=g, dtype=F64)
+    general = Gaussian(torch.tensor([0.5, -1.0, 2.0], dtype=F64), a @ a.T + 0.1 * torch.eye(3, dtype=F64))
+    xi = torch.randn(5, 3, generator=g, dtype=F64)
+    assert input_map_flops(Gaussian.standard(3)) == 0 and input_map_flops(general) == 2 * 9 + 3
+    observe, _ = observer(graph, Gaussian.standard(3), [], F64)
+    torch.testing.assert_close(observe(xi), model(xi))
+    observe, _ = observer(graph, general, [], F64)
+    torch.testing.assert_close(observe(xi), model(general.mean + xi @ general.factor.T))

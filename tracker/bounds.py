@@ -232,7 +232,8 @@ def _observed(event: Event, n: int) -> int:
 
 
 def _observe_unit(graph: Graph, event: Event) -> int:
-    """One whitened input's v = (y, detector scores): `structured.search`'s observe_flops."""
+    """One whitened input's v = (y, detector scores): `structured.search`'s observe_flops at
+    most (the input map counted as a general Gaussian's; N(0, I) needs none)."""
     d = graph.n_inputs
     return graph.flops_per_sample + detector_flops([event]) + 2 * d * d + d
 
