@@ -18,9 +18,9 @@ exceeded where the minimum is more: a union of many clauses on a small network (
 test runs inclusion–exclusion over its 2^clauses terms, and each clause takes a 384-point
 pilot: 12 clauses on a 4 → 8 → 6 net cost 2.6·10⁶ sample-equivalents), and inputs of 64
 and more on a small network (one mode's fit, 4d points, and its integral alone: 1.7·10⁴,
-5.6·10⁴ and 2.1·10⁵ at d = 64, 128, 256 on d → 16 → 1 nets; review; a standard normal
-input is not multiplied by the identity since, and such a query costs 11,743 and 40,826 at
-d = 64 and 128 on `mlp([d, 16, 1], "relu")`, against 14,837 and 56,045).
+5.6·10⁴ and 2.1·10⁵ at d = 64, 128, 256 on d → 16 → 1 nets; review. Since a standard
+normal input skips the identity multiply, such a query on `mlp([d, 16, 1], "relu")` costs
+11,743 and 40,826 at d = 64 and 128, against 14,837 and 56,045 before).
 """
 from __future__ import annotations
 
@@ -221,10 +221,10 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
             with torch.no_grad():
                 value = found.margins[mode.clause](mode.point[None])[0].clamp_min(0)
             forwards, flops = forwards + 1, flops + found.observe_flops
-            fewest = line_flops(D.dim, _rows(found, mode), len(others), LINE_RANGE[0])    # a rescue, as the
-            for curvature in (local.curvature, torch.zeros_like(local.curvature)):   # narrow refits: anchored,
-                flops += result.flops                                              # then tangent; the integral
-                anchored = Quadratic(value, local.slope, curvature, 1, 0, 0)       # given up is charged
+            fewest = line_flops(D.dim, _rows(found, mode), len(others), LINE_RANGE[0])   # a rescue (`_narrowed`)
+            for curvature in (local.curvature, torch.zeros_like(local.curvature)):   # anchored, then tangent
+                flops += result.flops                                              # the integral given up
+                anchored = Quadratic(value, local.slope, curvature, 1, 0, 0)
                 result = log_cell_probability(anchored, mode.point, others, radius, fewest, pi.seed)
                 if result.log_p > -math.inf:
                     break
