@@ -10,7 +10,8 @@ summed in log space. Only claims with n·p ≥ log(1/CONTRADICTION) can be contr
 (zero hits then have probability (1 - p)^n ≤ e^{-np} below the level), so a pilot is
 drawn only for those (`checkable`): with PILOT_DRAWS, p ≥ 0.018. A contradicted answer is
 not returned as it is: the caller tries the input-space structure, and where that finds
-nothing, moves the answer into the draws' 95% Wilson interval.
+nothing, returns the draws' own h/n with its 95% Wilson interval (without a hit, the
+interval's upper end).
 """
 from __future__ import annotations
 

@@ -106,8 +106,8 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
                                                 limit=limit, fill=fill)
     observe_flops = unit + input_map_flops(D)
     growth = grows_linearly([pi.graph] + [d.score_graph() for d in detectors])
-    return Search(modes, observe, clauses, batch_margins, D, (forwards + 2 * backwards) * unit, forwards, backwards,
-                  observe_flops, growth)
+    return Search(modes, observe, clauses, batch_margins, D, (forwards + 2 * backwards) * observe_flops, forwards,
+                  backwards, observe_flops, growth)
 
 
 def grows_linearly(graphs: list[Graph]) -> bool:
@@ -187,7 +187,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     counted in details["anchored_modes"]. These fallbacks integrate at the fewest lines, as
     the narrow refits do, and the refits leave room for the first of them (`_narrowed`)."""
     allowed = budget * pi.graph.flops_per_sample
-    passes = allowed / (pi.graph.flops_per_sample + detector_flops([event]))
+    passes = allowed / (pi.graph.flops_per_sample + detector_flops([event]) + input_map_flops(pi.distribution))
     found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31,
                    effort=SEARCH_SHARE * passes)                  # `_kept` picks the modes
     modes, polish_passes = _polished(_kept(found.modes), found, allowed)
@@ -248,24 +248,26 @@ def _narrowed(found: Search, mode: Mode, first: OrthantResult, others: list[Tens
     (none, or a sliver), the quadratic refitted at NARROW·SCALE, then NARROW²·SCALE, and the
     first refit whose integral holds more taken (`design_estimate`'s docstring), each only
     where `room` FLOPs pay for its fit and its integral, which takes the fewest lines
-    (LINE_RANGE[0]: a rescue, on budgets already shared out), and while the event is still
-    empty, for the anchored fallback's integral that follows if the refit holds nothing too
-    (without it the L1 ball's estimate with both refits empty cost 11,100–11,200
-    sample-equivalents of the 10⁴, four integrals of 2,078 each). Returns the result, the
+    (LINE_RANGE[0]: a rescue, on budgets already shared out); the second refit, while the
+    event is still empty, only where room is left too for the anchored fallback's integral
+    that follows if it holds nothing either (without that, the L1 ball's estimate with both
+    refits empty cost 11,100–11,200 sample-equivalents of the 10⁴, four integrals of 2,078
+    each; the first refit keeps its chance: where it alone is paid for and holds nothing, the
+    fallback can pass the budget). Returns the result, the
     (FLOPs, forward passes, backward passes) spent beyond `first` (the integral given up
     included), and whether a refit was taken."""
     smoothed = float(log_ndtr(torch.tensor(-mode.beta, dtype=torch.float64))) + math.log(NARROW_BELOW)
     smallest = line_flops(found.distribution.dim, _rows(found, mode), len(others), LINE_RANGE[0])
     result, flops, forwards, backwards = first, 0, 0, 0
-    for scale in (SCALE * NARROW, SCALE * NARROW ** 2):
-        fallback = smallest if result.log_p == -math.inf else 0.0         # the anchored integral, if it fails
+    for second_refit, scale in enumerate((SCALE * NARROW, SCALE * NARROW ** 2)):
+        fallback = smallest if second_refit and result.log_p == -math.inf else 0.0    # the anchored integral
         if result.log_p >= smoothed or flops + _fit_cost(found, mode) + smallest + fallback > room:
             break
         narrow = fit(found.margins[mode.clause], mode.point, generator, scale)
         flops += (narrow.forwards + 2 * narrow.backwards) * found.observe_flops + narrow.flops
         forwards, backwards = forwards + narrow.forwards, backwards + narrow.backwards
         second = log_cell_probability(narrow, mode.point, others, radius, smallest, seed)
-        flops += min(result, second, key=lambda r: r.log_p).flops                  # the integral given up
+        flops += (result if second.log_p > result.log_p else second).flops       # the integral given up
         if second.log_p > result.log_p:
             return second, (flops, forwards, backwards), True
     return result, (flops, forwards, backwards), False
