@@ -185,7 +185,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     4.6e-8 on the L1 balls), and where that too holds nothing its tangent hyperplanes (FORM
     in the cell; an overestimate, not a claim that the event cannot happen); such modes are
     counted in details["anchored_modes"]. These fallbacks integrate at the fewest lines, as
-    the narrow refits do, and the refits leave room for the first of them (`_narrowed`)."""
+    the narrow refits do, and the second refit leaves room for the first of them (`_narrowed`)."""
     allowed = budget * pi.graph.flops_per_sample
     passes = allowed / (pi.graph.flops_per_sample + detector_flops([event]) + input_map_flops(pi.distribution))
     found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31,
@@ -267,9 +267,9 @@ def _narrowed(found: Search, mode: Mode, first: OrthantResult, others: list[Tens
         flops += (narrow.forwards + 2 * narrow.backwards) * found.observe_flops + narrow.flops
         forwards, backwards = forwards + narrow.forwards, backwards + narrow.backwards
         second = log_cell_probability(narrow, mode.point, others, radius, smallest, seed)
-        flops += (result if second.log_p > result.log_p else second).flops       # the integral given up
-        if second.log_p > result.log_p:
-            return second, (flops, forwards, backwards), True
+        if second.log_p > result.log_p:                                    # the integral given up is charged
+            return second, (flops + result.flops, forwards, backwards), True
+        flops += second.flops
     return result, (flops, forwards, backwards), False
 
 
