@@ -3,6 +3,7 @@ quadratics, the line integrals against closed forms, and the zero-sample estimat
 sampling where the tilted Gaussian it replaced was orders of magnitude off."""
 import math
 import statistics
+from dataclasses import replace
 
 import pytest
 import torch
@@ -224,6 +225,32 @@ def test_a_bump_no_fit_holds_is_not_called_impossible(monkeypatch):
     assert estimate.details["anchored_modes"] == 1
     assert abs(estimate.log10 - math.log10(truth)) < 0.3
     assert estimate.sample_equivalents <= structured.DESIGN_BUDGET
+
+
+def test_every_cell_integral_of_a_mode_is_charged_once(monkeypatch):
+    """With both refits empty (NARROW = 1), the L1 ball's mode integrates its first
+    quadratic, a refit and the anchored one: each cell integral is charged exactly once.
+    Tagging the k-th integral's FLOPs with +k moves the estimate's FLOPs by 1 + 2 + … + n.
+    (Choosing the integral given up by min(log p) charged the first one thrice and the
+    refit's never: +5 for 6.)"""
+    monkeypatch.setattr(structured, "NARROW", 1.0)
+    model, _ = l1_bump()
+    integral = structured.log_cell_probability
+
+    def charged(tag: int) -> tuple[float, int]:
+        calls = []
+
+        def tagged(*args):
+            calls.append(None)
+            result = integral(*args)
+            return replace(result, flops=result.flops + tag * len(calls))
+
+        monkeypatch.setattr(structured, "log_cell_probability", tagged)
+        estimate = explain(model, Gaussian.standard(2), "cumulant").probability(Above(0, -0.3))
+        return estimate.flops, len(calls)
+
+    (plain, n), (tagged_flops, m) = charged(0), charged(1)
+    assert n == m == 3 and tagged_flops - plain == n * (n + 1) // 2
 
 
 def test_the_numerical_error_of_a_deep_tail_does_not_underflow():
