@@ -253,6 +253,25 @@ def test_every_cell_integral_of_a_mode_is_charged_once(monkeypatch):
     assert n == m == 3 and tagged_flops - plain == n * (n + 1) // 2
 
 
+def test_the_rescue_integrals_take_the_fewest_lines(monkeypatch):
+    """The narrow refit's and the anchored quadratic's integrals are rescues on a budget
+    already shared out: each is asked for the FLOPs of LINE_RANGE[0] lines, where the
+    first integral had the mode's share."""
+    monkeypatch.setattr(structured, "NARROW", 1.0)
+    model, _ = l1_bump()
+    integral, spends = structured.log_cell_probability, []
+
+    def recorded(local, point, others, radius, spend, seed):
+        spends.append(spend)
+        return integral(local, point, others, radius, spend, seed)
+
+    monkeypatch.setattr(structured, "log_cell_probability", recorded)
+    estimate = explain(model, Gaussian.standard(2), "cumulant").probability(Above(0, -0.3))
+    fewest = quadratic.line_flops(2, 1, 0, quadratic.LINE_RANGE[0])
+    assert estimate.details["anchored_modes"] == 1 and len(spends) == 3
+    assert spends[1:] == [fewest, fewest] and spends[0] != fewest
+
+
 def test_the_numerical_error_of_a_deep_tail_does_not_underflow():
     """At p ≈ 1e-90 the replicates' variance (≈ 1e-184) underflows unless taken relative;
     then the lines double until their spread is under SPREAD_TARGET."""
