@@ -139,7 +139,7 @@ class Explanation(ABC):
                                         flops=self.build_flops + box_flops, samples=0,
                                         method=f"{self.method}+range", flops_per_sample=self.flops_per_sample,
                                         details={"build_flops": self.build_flops, "query_flops": box_flops})
-        estimate = self._probability(event)
+        estimate = self._probability(event, box_flops)
         details = {**estimate.details, "query_flops": estimate.details.get("query_flops", 0) + box_flops}
         return replace(estimate, flops=estimate.flops + box_flops, details=details)    # the range check paid too
 
@@ -183,7 +183,9 @@ class Explanation(ABC):
     def _expectation(self) -> Estimate: ...
 
     @abstractmethod
-    def _probability(self, event: Event) -> Estimate: ...
+    def _probability(self, event: Event, paid: int) -> Estimate:
+        """P(event) with no budget given; `paid`: the FLOPs the query spent before (the range
+        check), which `probability` adds to the estimate's and a budgeted explanation counts."""
 
 
 class RunsTheModel:

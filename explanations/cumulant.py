@@ -66,7 +66,6 @@ from .mvn import OrthantResult
 from .pilot import PILOT_DRAWS, checkable, draw_pilot
 from .propagate import (GaussianState, WeightProduct, finish_affine, propagate, propagate_skewed,
                         skewed_activation, sources_through_affine)
-from .ranges import settled
 from .skew import third_fourth
 from .structured import DESIGN_BUDGET, design_estimate
 from .tails import copula_probability
@@ -119,7 +118,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
         estimate = degree ** 2 / 4 * 2 * n ** 3 * (degree if order >= 4 else 1)
         return estimate <= CUMULANT_BUDGET * self.flops_per_sample
 
-    def _probability(self, event: Event) -> Estimate:
+    def _probability(self, event: Event, paid: int) -> Estimate:
         """If π's Gaussian summary puts the event below 5e-2, or the event reads a detector
         whose score is nonlinear in y, the design-point estimate of `structured` with what
         π's build and the summary left of DESIGN_BUDGET (where nothing is left, at its
@@ -148,10 +147,9 @@ class CumulantExplanation(GuidedSampling, Explanation):
         mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES)   # a test
         n = self.mean.shape[0]
         spent = [flops + bulk.flops]
-        checked = settled(event, self.graph)[1] if self.design else 0     # the range check `probability` paid
         pilot = None
         rare = is_far(bulk.log_p) or event.reads_nonlinear_detector()
-        if self.design and not rare and self._draws_left(event, sum(spent) + checked) >= PILOT_DRAWS:
+        if self.design and not rare and self._draws_left(event, sum(spent) + paid) >= PILOT_DRAWS:
             pilot = draw_pilot(self.graph, self.distribution, event, self.seed + 1)
             spent.append(pilot.flops)
             rare = pilot.contradicts(bulk.log_p)
@@ -177,7 +175,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
 
         result = copula_probability(rows, cov, marginal, seed=self.seed)
         details = {"cumulants": "used" if affordable else "over budget", **fallback}
-        draws = self._draws_left(event, sum(spent) + checked + result.flops)
+        draws = self._draws_left(event, sum(spent) + paid + result.flops)
         checking = fallback and checkable(result.log_p, draws + (pilot.draws if pilot else 0))
         if self.design and draws and (checking or pilot is not None and pilot.contradicts(result.log_p)):
             drawn = pilot.flops if pilot else 0        # the draws decide: what the budget leaves buys more

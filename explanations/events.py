@@ -57,7 +57,7 @@ def _implies(g: Halfspace, h: Halfspace) -> bool:
     mine, theirs = _keyed(g), _keyed(h)
     if mine is None or theirs is None or mine.keys() != theirs.keys():
         return False
-    key = next(k for k in theirs)
+    key = next(iter(theirs))
     if theirs[key] == 0:
         return False
     scale = mine[key] / theirs[key]

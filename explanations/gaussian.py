@@ -85,6 +85,6 @@ class GaussianExplanation(GuidedSampling, Explanation):
         return Estimate(self.mean.clone(), None, None, self.build_flops, 0, self.method,
                         self.flops_per_sample, {"cov": self.cov.clone()})
 
-    def _probability(self, event: Event) -> Estimate:
+    def _probability(self, event: Event, paid: int) -> Estimate:
         _, _, _, result, flops = self._bulk(event)
         return self._estimate(result, flops)

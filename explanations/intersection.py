@@ -88,7 +88,7 @@ class HalfspaceExplanation(RunsTheModel, Explanation):
         return Estimate(values, None, None, sum(r.flops for r in results), 0, self.method, self.flops_per_sample,
                         {"numerical_abs_error": torch.zeros_like(values)})
 
-    def _probability(self, event: Event) -> Estimate:
+    def _probability(self, event: Event, paid: int) -> Estimate:
         halfspaces = from_network(self.graph, event)
         try:
             result = self._solve(halfspaces, self.budget * self.flops_per_sample)

@@ -21,5 +21,5 @@ class SamplingExplanation(RunsTheModel, Explanation):
     def _expectation(self) -> Estimate:
         return self.expectation(samples=self.samples)
 
-    def _probability(self, event: Event) -> Estimate:
+    def _probability(self, event: Event, paid: int) -> Estimate:
         return self.probability(event, samples=self.samples)

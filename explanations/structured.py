@@ -221,7 +221,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
             with torch.no_grad():
                 value = found.margins[mode.clause](mode.point[None])[0].clamp_min(0)
             forwards, flops = forwards + 1, flops + found.observe_flops
-            fewest = line_flops(D.dim, _rows(found, mode), len(others), LINE_RANGE[0])   # a rescue (`_narrowed`)
+            fewest = _fewest_lines(found, mode, len(others))                  # a rescue (`_narrowed`)
             for curvature in (local.curvature, torch.zeros_like(local.curvature)):   # anchored, then tangent
                 flops += result.flops                                              # the integral given up
                 anchored = Quadratic(value, local.slope, curvature, 1, 0, 0)
@@ -257,7 +257,7 @@ def _narrowed(found: Search, mode: Mode, first: OrthantResult, others: list[Tens
     (FLOPs, forward passes, backward passes) spent beyond `first` (the integral given up
     included), and whether a refit was taken."""
     smoothed = float(log_ndtr(torch.tensor(-mode.beta, dtype=torch.float64))) + math.log(NARROW_BELOW)
-    smallest = line_flops(found.distribution.dim, _rows(found, mode), len(others), LINE_RANGE[0])
+    smallest = _fewest_lines(found, mode, len(others))
     result, flops, forwards, backwards = first, 0, 0, 0
     for second_refit, scale in enumerate((SCALE * NARROW, SCALE * NARROW ** 2)):
         fallback = smallest if second_refit and result.log_p == -math.inf else 0.0    # the anchored integral
@@ -279,6 +279,12 @@ def _fit_cost(found: Search, mode: Mode) -> float:
     d, rows = found.distribution.dim, _rows(found, mode)
     points = 2 * pairs(d)
     return (points + 2 * points * rows) * found.observe_flops + fit_flops_bound(d, rows)
+
+
+def _fewest_lines(found: Search, mode: Mode, walls: int) -> int:
+    """FLOPs of the mode's cell integral at its fewest lines (LINE_RANGE[0]), `walls` the
+    other modes' cell walls."""
+    return line_flops(found.distribution.dim, _rows(found, mode), walls, LINE_RANGE[0])
 
 
 def _rows(found: Search, mode: Mode) -> int:
@@ -304,8 +310,8 @@ def _affordable_refits(modes: list[Mode], found: Search, left: float) -> list[bo
     refits (`_polished` reserves one fit a mode): reserving two had dropped a mode at
     d = 32, and the refits it was dropped for were then not affordable (review: an Any event
     on a 32 → 32 → 32 → 3 ReLU net read +1.0 dex on one seed in four)."""
-    d, walls = found.distribution.dim, len(modes) - 1
-    smallest = sum(line_flops(d, _rows(found, m), walls, LINE_RANGE[0]) for m in modes)
+    walls = len(modes) - 1
+    smallest = sum(_fewest_lines(found, m, walls) for m in modes)
     widen = [_widens(found, mode) for mode in modes]
     for i in reversed(range(len(modes))):
         if sum(_fitting_cost(found, m, w) for m, w in zip(modes, widen)) + smallest <= left:
@@ -334,11 +340,10 @@ def _polished(candidates: list[Mode], found: Search, allowed: float) -> tuple[li
     d = 3, a 5-step descent stopped at |ξ| = 11.2 beside the design point at 9.9, and the
     second cell it made cut the wedge)."""
     nearest = _nearest_per_clause(candidates)
-    d, walls = found.distribution.dim, len(candidates) - 1
+    walls = len(candidates) - 1
     polished, passes, reserved, tried = [], 0, 0.0, 0
     for mode in candidates:
-        rows = _rows(found, mode)
-        reserve = _fit_cost(found, mode) + line_flops(d, rows, walls, LINE_RANGE[0])    # refits come after modes
+        reserve = _fit_cost(found, mode) + _fewest_lines(found, mode, walls)     # refits come after modes
         polish = passes / tried * found.observe_flops if tried else 0.0      # as the polishing so far
         if (found.flops + passes * found.observe_flops + reserved + reserve + polish > allowed
                 and nearest[mode.clause] is not mode):

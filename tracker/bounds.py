@@ -349,11 +349,13 @@ def query_bound(graph: Graph, distribution: Gaussian, method: str, options: dict
         atoms = sum(rows)
         marginals = (atoms * (_marginal(graph, name, options) + 2 * v * v + SADDLEPOINT_FLOPS)
                      + union_flops_bound(rows, atoms, BULK_POINTS, BULK_REPLICATES) + 2 * atoms * v * v)
-        if options.get("design", True):     # a pilot, the search, then its modes' quadratics or (none
-            pilot = PILOT_DRAWS * (draw_cost(graph, distribution) + detector_flops([event]))   # found) the
-            search = _search(graph, event, rows)                          # marginals; the draws that check
-            total += pilot + max(search + _quadratics(graph, event, rows), search + marginals,  # those and
-                                 _refilled(graph, event, rows))           # narrower refits fill the budget
+        if options.get("design", True):
+            # a pilot, the search, then its modes' quadratics or (none found) the marginals;
+            # the draws that check those and the narrower refits fill the budget (`_refilled`)
+            pilot = PILOT_DRAWS * (draw_cost(graph, distribution) + detector_flops([event]))
+            search = _search(graph, event, rows)
+            total += pilot + max(search + _quadratics(graph, event, rows), search + marginals,
+                                 _refilled(graph, event, rows))
         else:
             total += marginals
     return total
