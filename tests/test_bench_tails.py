@@ -136,8 +136,26 @@ def test_pool_joins_seed_sets_per_event(tmp_path):
     assert math.isclose(event["relative_rmse"], math.sqrt((0 + 4 + 1 + 0.25) / 4))
     report = bench_pool.pool([first, second])
     assert "> 0.3:   1" in report and "coverage 75.0%" in report and "relu" in report    # r01 is a ReLU net
+    assert 0.3 < event["relative_rmse_low"] < event["relative_rmse"]   # the squared errors' 2.5% quantile
+    assert "(beyond noise   1)" in report
     with pytest.raises(ValueError, match="not a bench sampling runs CSV"):
         bench_pool.read_runs([tmp_path / "a.csv", Path(__file__)])
+
+
+def test_noise_intervals_tell_one_dominant_run_from_a_steady_error():
+    """One run at 300× the truth among 20 exact ones puts the ratio to plain sampling under 1,
+    but a resample without it (probability (19/20)^20 = 0.36) has no error, so the ratio's
+    interval reaches ∞: within the repeats' noise. Twenty runs all at 300× are beyond it."""
+    p, plain = 1e-6, 1e-6 / 1e4
+    lone = [p] * 19 + [300 * p]
+    hybrid = (299 * p) ** 2 / 20
+    noise = bench_sampling.noise_columns(lone, p, plain)
+    assert plain / hybrid < 1 and noise["mse_ratio_low"] < plain / hybrid and noise["mse_ratio_high"] == math.inf
+    assert noise["relative_rmse_low"] == 0 and noise["relative_rmse_high"] >= math.sqrt(hybrid) / p
+    steady = bench_sampling.noise_columns([300 * p] * 20, p, plain)
+    assert steady["mse_ratio_high"] == pytest.approx(plain / (299 * p) ** 2) and steady["mse_ratio_high"] < 1
+    assert steady["relative_rmse_low"] == pytest.approx(299)
+    assert bench_sampling.mse_interval(lone, p) == bench_sampling.mse_interval(lone, p)     # seeded
 
 
 def test_compare_lines_up_tables_per_event(tmp_path, capsys):

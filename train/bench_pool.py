@@ -6,7 +6,9 @@ between seed sets with nothing changed (29 and 35 at the same commit for seeds 0
 Pooling the runs CSVs of `--first-seed 0` and `--first-seed 20` gives 40 repeats per event.
 Per event, over every pooled run r:
     relative RMSE = √(mean_r (p̂_r - p)²) / p,    coverage = #{low_r ≤ p ≤ high_r} / #runs,
-and the report gives the counts above 0.3 and 0.5, the median and worst, the coverage, the
+with the RMSE's 95% bootstrap interval over the runs (`bench_sampling.mse_interval`), and
+the report gives the counts above 0.3 (and how many of them are above it beyond the runs'
+noise: the interval's lower end above 0.3) and 0.5, the median and worst, the coverage, the
 same split by the network's activation (where the case is in the zoo), and the per-sampler
 lines of `bench sampling`. A run (case, event, seed) found in two files is refused: the same
 seed twice would count one draw as two.
@@ -18,7 +20,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .bench_sampling import sampler_lines
+from .bench_sampling import mse_interval, sampler_lines
 from .bench_tails import zoo
 from .tables import read_csv
 
@@ -41,21 +43,28 @@ def read_runs(paths: list[Path]) -> list[dict]:
 
 
 def per_event(runs: list[dict]) -> dict[tuple[str, str], dict]:
-    """Relative RMSE, coverage and repeats of each (case, event) over its pooled runs."""
+    """Relative RMSE with its bootstrap interval's lower end, coverage and repeats of each
+    (case, event) over its pooled runs."""
     events: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for run in runs:
         events[run["case"], run["event"]].append(run)
-    return {key: {"relative_rmse": math.sqrt(statistics.fmean((r["value"] - r["true_p"]) ** 2 for r in mine))
-                  / mine[0]["true_p"],
-                  "covered": sum(r["covered"] for r in mine), "repeats": len(mine)}
-            for key, mine in events.items()}
+    pooled = {}
+    for key, mine in events.items():
+        p, values = mine[0]["true_p"], [r["value"] for r in mine]
+        pooled[key] = {"relative_rmse": math.sqrt(statistics.fmean((v - p) ** 2 for v in values)) / p,
+                       "relative_rmse_low": math.sqrt(mse_interval(values, p)[0]) / p,
+                       "covered": sum(r["covered"] for r in mine), "repeats": len(mine)}
+    return pooled
 
 
 def summary(label: str, events: dict[tuple[str, str], dict]) -> str:
-    """One line: events, counts above 0.3 and 0.5, median and worst relative RMSE, coverage."""
+    """One line: events, counts above 0.3 (and above it beyond noise) and 0.5, median and worst
+    relative RMSE, coverage."""
     errors = [e["relative_rmse"] for e in events.values()]
     covered = sum(e["covered"] for e in events.values()) / sum(e["repeats"] for e in events.values())
-    return (f"  {label:<10} {len(errors):>4} events  > 0.3: {sum(x > 0.3 for x in errors):>3}  "
+    beyond = sum(e["relative_rmse_low"] > 0.3 for e in events.values())
+    return (f"  {label:<10} {len(errors):>4} events  > 0.3: {sum(x > 0.3 for x in errors):>3} "
+            f"(beyond noise {beyond:>3})  "
             f"> 0.5: {sum(x > 0.5 for x in errors):>3}  median {statistics.median(errors):.3f}  "
             f"worst {max(errors):.2f}  coverage {covered:.1%}")
 

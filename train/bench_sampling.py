@@ -16,7 +16,12 @@ Per event:
 the exact mean squared error of plain sampling with the same FLOPs (binomial: no need to
 simulate it), their ratio, the hybrid's relative RMSE √MSE/p and how many of its 95%
 intervals hold p. With R repeats the ratio itself is uncertain by a factor of about
-1 ± 2√(2/R) (the spread of a mean of R squared errors). Writes a CSV and a PNG, and a
+1 ± 2√(2/R) (the spread of a mean of R squared errors), more where one run dominates: the
+table gives each event's 95% percentile-bootstrap interval of MSE_hybrid over its runs
+(`mse_interval`), hence of the ratio and the relative RMSE, and the report counts the
+events that miss a target beyond that noise (the whole interval on the wrong side). With
+heavy-tailed errors the interval is itself uncertain: its upper end of MSE_hybrid is low
+when the rare large errors were not drawn. Writes a CSV and a PNG, and a
 second CSV with every run (seed, estimate, interval, sampler, effective hits), from which
 the report's coverage and run-by-run |log10(p̂/p)| by sampler come. `first_seed`
 (`--first-seed`) moves the repeats to seeds first_seed … first_seed + R - 1: a check on
@@ -52,10 +57,30 @@ DEFAULT_PNG = Path("out/bench_sampling.png")
 DEFAULT_RUNS = Path("out/bench_sampling_runs.csv")
 RANGE = (1e-8, 1e-2)
 COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_equivalents", "hybrid_mse",
-           "plain_mse", "mse_ratio", "relative_rmse", "covered", "methods", "note"]
+           "plain_mse", "mse_ratio", "mse_ratio_low", "mse_ratio_high", "relative_rmse", "relative_rmse_low",
+           "relative_rmse_high", "covered", "methods", "note"]
+RESAMPLES = 2000        # bootstrap resamples of an event's runs (`mse_interval`)
 RUN_DETAILS = ["effective_hits", "pilot_effective_hits", "pilot_mode_hits", "coefficient_of_variation_bound"]   # from Estimate.details
 RUN_COLUMNS = ["case", "event", "true_p", "seed", "value", "log10", "low", "high", "covered", "sampler",
                "sample_equivalents"] + RUN_DETAILS
+
+
+def mse_interval(values: list[float], p: float, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """The 95% percentile-bootstrap interval of mean_r (p̂_r - p)² over the runs' estimates
+    `values` (Efron & Tibshirani 1993, ch. 13: `resamples` resamples of the R runs with
+    replacement, a fixed generator so that a table is reproducible)."""
+    squares = (np.asarray(values, dtype=np.float64) - p) ** 2
+    picks = np.random.default_rng(seed).integers(0, len(squares), size=(resamples, len(squares)))
+    low, high = np.quantile(squares[picks].mean(axis=1), [0.025, 0.975])
+    return float(low), float(high)
+
+
+def noise_columns(values: list[float], p: float, plain: float) -> dict:
+    """The bootstrap intervals of the ratio plain/hybrid MSE and of the relative RMSE."""
+    low, high = mse_interval(values, p)
+    return {"mse_ratio_low": plain / high if high > 0 else math.inf,
+            "mse_ratio_high": plain / low if low > 0 else math.inf,
+            "relative_rmse_low": math.sqrt(low) / p, "relative_rmse_high": math.sqrt(high) / p}
 
 
 def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats: int, budget: int,
@@ -85,7 +110,7 @@ def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats:
     return {"case": case_name, "event": repr(event), "true_p": p, "true_se": entry["se"], "repeats": repeats,
             "samples": round(statistics.fmean(e.samples for e in estimates)), "sample_equivalents": statistics.fmean(e.sample_equivalents for e in estimates),
             "hybrid_mse": hybrid, "plain_mse": plain, "mse_ratio": plain / hybrid if hybrid > 0 else math.inf,
-            "relative_rmse": math.sqrt(hybrid) / p, "covered": covered,
+            "relative_rmse": math.sqrt(hybrid) / p, **noise_columns(values, p, plain), "covered": covered,
             "methods": ",".join(sorted({e.method for e in estimates}))}, runs
 
 
@@ -172,12 +197,15 @@ def report(rows: list[dict], budget: int, csv_path: Path, png_path: Path) -> str
                   f" ({len(failed)} events over budget)",
                   f"MSE ratio plain/hybrid: min {min(r['mse_ratio'] for r in rows):.3g}, "
                   f"median {statistics.median(r['mse_ratio'] for r in rows):.3g}; "
-                  f"events with ratio < 1: {sum(r['mse_ratio'] < 1 for r in rows)}",
+                  f"events with ratio < 1: {sum(r['mse_ratio'] < 1 for r in rows)} "
+                  f"(beyond the repeats' noise: {sum(r['mse_ratio_high'] < 1 for r in rows)})",
                   f"p ≤ 1e-5 ({len(rare)} events): min ratio "
                   f"{min((r['mse_ratio'] for r in rare), default=math.nan):.3g}, "
-                  f"below 100: {sum(r['mse_ratio'] < 100 for r in rare)}",
+                  f"below 100: {sum(r['mse_ratio'] < 100 for r in rare)} "
+                  f"(beyond noise: {sum(r['mse_ratio_high'] < 100 for r in rare)})",
                   f"relative RMSE: max {max(r['relative_rmse'] for r in rows):.3f}, "
-                  f"above 0.3: {sum(r['relative_rmse'] > 0.3 for r in rows)}",
+                  f"above 0.3: {sum(r['relative_rmse'] > 0.3 for r in rows)} "
+                  f"(beyond noise: {sum(r['relative_rmse_low'] > 0.3 for r in rows)})",
                   f"95% interval coverage: {sum(r['covered'] for r in rows)}/{pairs} "
                   f"({sum(r['covered'] for r in rows) / pairs:.1%})"]
     lines += [f"CSV: {csv_path}", f"PNG: {png_path}"]
