@@ -1,12 +1,13 @@
 """`pitrack bench pool RUNS.csv [RUNS.csv …]`: the runs of several `bench sampling` calls as one.
 
-Twenty repeats leave an event's relative RMSE uncertain by a factor of about 1 ± 2√(2/R)
-(a mean of R heavy-tailed squared errors), so a count of events above 0.3 moves by several
+Twenty repeats leave an event's relative RMSE uncertain by a factor of about 1 ± √(2/R)
+for Gaussian errors (twice the sd of a mean of R squared errors, halved by the root), and
+more for heavy-tailed ones, so a count of events above 0.3 moves by several
 between seed sets with nothing changed (29 and 35 at the same commit for seeds 0–19 and 20–39).
 Pooling the runs CSVs of `--first-seed 0` and `--first-seed 20` gives 40 repeats per event.
 Per event, over every pooled run r:
     relative RMSE = √(mean_r (p̂_r - p)²) / p,    coverage = #{low_r ≤ p ≤ high_r} / #runs,
-with the RMSE's 95% bootstrap interval over the runs (`bench_sampling.mse_interval`), and
+with the RMSE's 95% bootstrap interval over the runs (`bench_sampling.mse_summary`; none under 10 runs), and
 the report gives the counts above 0.3 (and how many of them are above it beyond the runs'
 noise: the interval's lower end above 0.3) and 0.5, the median and worst, the coverage, the
 same split by the network's activation (where the case is in the zoo), and the per-sampler
@@ -20,7 +21,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .bench_sampling import mse_interval, sampler_lines
+from .bench_sampling import mse_summary, sampler_lines
 from .bench_tails import zoo
 from .tables import read_csv
 
@@ -50,9 +51,9 @@ def per_event(runs: list[dict]) -> dict[tuple[str, str], dict]:
         events[run["case"], run["event"]].append(run)
     pooled = {}
     for key, mine in events.items():
-        p, values = mine[0]["true_p"], [r["value"] for r in mine]
-        pooled[key] = {"relative_rmse": math.sqrt(statistics.fmean((v - p) ** 2 for v in values)) / p,
-                       "relative_rmse_low": math.sqrt(mse_interval(values, p)[0]) / p,
+        p = mine[0]["true_p"]
+        mse, low, _ = mse_summary([r["value"] for r in mine], p)
+        pooled[key] = {"relative_rmse": math.sqrt(mse) / p, "relative_rmse_low": math.sqrt(low) / p,
                        "covered": sum(r["covered"] for r in mine), "repeats": len(mine)}
     return pooled
 

@@ -18,7 +18,7 @@ simulate it), their ratio, the hybrid's relative RMSE √MSE/p and how many of i
 intervals hold p. With R repeats the ratio itself is uncertain by a factor of about
 1 ± 2√(2/R) (the spread of a mean of R squared errors), more where one run dominates: the
 table gives each event's 95% percentile-bootstrap interval of MSE_hybrid over its runs
-(`mse_interval`), hence of the ratio and the relative RMSE, and the report counts the
+(`mse_summary`), hence of the ratio and the relative RMSE, and the report counts the
 events that miss a target beyond that noise (the whole interval on the wrong side). With
 heavy-tailed errors the interval is itself uncertain: its upper end of MSE_hybrid is low
 when the rare large errors were not drawn. Writes a CSV and a PNG, and a
@@ -59,27 +59,45 @@ RANGE = (1e-8, 1e-2)
 COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_equivalents", "hybrid_mse",
            "plain_mse", "mse_ratio", "mse_ratio_low", "mse_ratio_high", "relative_rmse", "relative_rmse_low",
            "relative_rmse_high", "covered", "methods", "note"]
-RESAMPLES = 2000        # bootstrap resamples of an event's runs (`mse_interval`)
+RESAMPLES, MIN_RUNS = 2000, 10     # bootstrap resamples of an event's runs, and the fewest runs (`mse_summary`)
 RUN_DETAILS = ["effective_hits", "pilot_effective_hits", "pilot_mode_hits", "coefficient_of_variation_bound"]   # from Estimate.details
 RUN_COLUMNS = ["case", "event", "true_p", "seed", "value", "log10", "low", "high", "covered", "sampler",
                "sample_equivalents"] + RUN_DETAILS
 
 
-def mse_interval(values: list[float], p: float, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """The 95% percentile-bootstrap interval of mean_r (p̂_r - p)² over the runs' estimates
-    `values` (Efron & Tibshirani 1993, ch. 13: `resamples` resamples of the R runs with
-    replacement, a fixed generator so that a table is reproducible)."""
+def mse_summary(values: list[float], p: float, resamples: int = RESAMPLES, seed: int = 0
+                ) -> tuple[float, float, float]:
+    """mean_r (p̂_r - p)² over the runs' estimates `values`, and its 95% percentile-bootstrap
+    interval (Efron & Tibshirani 1993, ch. 13: `resamples` resamples of the R runs with
+    replacement, from a fixed generator, so that a table is reproducible; every event of R
+    runs draws the same resamples). Fewer than MIN_RUNS runs give (0, ∞): a percentile
+    bootstrap of so few is too narrow to say anything. An estimate that is not finite makes
+    the interval nan."""
+    if not values:
+        raise ValueError("no runs to summarise")
     squares = (np.asarray(values, dtype=np.float64) - p) ** 2
+    mse = float(squares.mean())
+    if not np.isfinite(squares).all():
+        return mse, math.nan, math.nan
+    if len(squares) < MIN_RUNS:
+        return mse, 0.0, math.inf
     picks = np.random.default_rng(seed).integers(0, len(squares), size=(resamples, len(squares)))
     low, high = np.quantile(squares[picks].mean(axis=1), [0.025, 0.975])
-    return float(low), float(high)
+    return mse, float(low), float(high)
 
 
-def noise_columns(values: list[float], p: float, plain: float) -> dict:
-    """The bootstrap intervals of the ratio plain/hybrid MSE and of the relative RMSE."""
-    low, high = mse_interval(values, p)
-    return {"mse_ratio_low": plain / high if high > 0 else math.inf,
-            "mse_ratio_high": plain / low if low > 0 else math.inf,
+def ratio(plain: float, mse: float) -> float:
+    """plain/mse: ∞ where mse is 0, nan where it is nan."""
+    return plain / mse if mse != 0 else math.inf
+
+
+def error_columns(values: list[float], p: float, plain: float) -> dict:
+    """The hybrid's MSE and relative RMSE over its runs, the ratio plain/hybrid MSE, and
+    their bootstrap intervals (`mse_summary`): the ratio's low end is plain over the MSE's
+    high end, and its high end plain over the MSE's low end."""
+    mse, low, high = mse_summary(values, p)
+    return {"hybrid_mse": mse, "mse_ratio": ratio(plain, mse), "mse_ratio_low": ratio(plain, high),
+            "mse_ratio_high": ratio(plain, low), "relative_rmse": math.sqrt(mse) / p,
             "relative_rmse_low": math.sqrt(low) / p, "relative_rmse_high": math.sqrt(high) / p}
 
 
@@ -103,14 +121,12 @@ def evaluate_event(case_name: str, model, graph, D, event, entry: dict, repeats:
              "sample_equivalents": e.sample_equivalents,
              **{k: e.details.get(k) for k in RUN_DETAILS}} for r, e in zip(seeds, estimates)]
     values = [e.value for e in estimates]
-    hybrid = statistics.fmean((v - p) ** 2 for v in values)
     equal_draws = statistics.fmean(e.flops for e in estimates) / unit
     plain = p * (1 - p) / equal_draws
     covered = sum(run["covered"] for run in runs)
     return {"case": case_name, "event": repr(event), "true_p": p, "true_se": entry["se"], "repeats": repeats,
             "samples": round(statistics.fmean(e.samples for e in estimates)), "sample_equivalents": statistics.fmean(e.sample_equivalents for e in estimates),
-            "hybrid_mse": hybrid, "plain_mse": plain, "mse_ratio": plain / hybrid if hybrid > 0 else math.inf,
-            "relative_rmse": math.sqrt(hybrid) / p, **noise_columns(values, p, plain), "covered": covered,
+            "plain_mse": plain, **error_columns(values, p, plain), "covered": covered,
             "methods": ",".join(sorted({e.method for e in estimates}))}, runs
 
 
