@@ -112,6 +112,33 @@ def test_a_live_or_foreign_writers_lock_is_kept(tmp_path):
         WriterLock(path).acquire()
 
 
+def test_a_damaged_lock_is_refused_not_taken_over(tmp_path):
+    """A lock that names no writer (a writer between creating and filling it, or a damaged
+    file) cannot be checked: it is refused with what to do, and left in place."""
+    path = tmp_path / "run.h5"
+    (tmp_path / "run.h5.lock").write_text("{\"host\": ")
+    with pytest.raises(RunFileError, match=r"names no writer .*delete the lock if no process writes the run"):
+        WriterLock(path).acquire()
+    assert (tmp_path / "run.h5.lock").read_text() == "{\"host\": "
+
+
+def test_a_lock_taken_over_by_another_writer_first_is_left_to_it(tmp_path, monkeypatch):
+    """Two writers find the same dead lock: the one whose rename finds it gone (the other
+    renamed it first) retries and meets the winner's live lock."""
+    path = tmp_path / "run.h5"
+    write_lock(path, socket.gethostname(), dead_pid())
+    rename = os.rename
+
+    def winner_first(source, target):
+        write_lock(path, socket.gethostname(), os.getppid())     # the other writer's fresh lock
+        raise FileNotFoundError(source)
+    monkeypatch.setattr(os, "rename", winner_first)
+    with pytest.raises(RunFileError, match=rf"process {os.getppid()} on this host"):
+        WriterLock(path).acquire()
+    monkeypatch.setattr(os, "rename", rename)
+    assert json.loads((tmp_path / "run.h5.lock").read_text())["pid"] == os.getppid()
+
+
 def test_a_dead_writers_lock_is_taken_over(tmp_path):
     path = tmp_path / "run.h5"
     write_lock(path, socket.gethostname(), dead_pid())
