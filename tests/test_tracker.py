@@ -245,6 +245,33 @@ def test_resume_refusals_say_what_differs(tmp_path):
         Tracker(model, optimizer, D, events={"d": detector(5)}, path=other)
 
 
+def test_structure_differences_are_named():
+    """Inputs, an activation, a longer chain and a residual block are each named where they
+    first differ (a run file written for another model is refused with these words)."""
+    from tracker.structure import structure, structure_difference
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.inner, self.head = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.stem(x))
+            return self.head(h + torch.relu(self.inner(h)))
+
+    def signature(*layers):
+        return structure(compile_model(nn.Sequential(*layers) if len(layers) > 1 else layers[0]))
+    base = signature(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert structure_difference(base, base) is None
+    assert structure_difference(base, signature(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 2))) == "the inputs: 4 against 5"
+    assert structure_difference(base, signature(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))) == \
+        "op 1 of the compiled chain: activation relu against activation tanh"
+    assert structure_difference(base, signature(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.ReLU())) == \
+        "op 3 of the compiled chain: nothing against activation relu"
+    assert structure_difference(base, signature(Residual())) == \
+        "op 2 of the compiled chain: an affine map 8→2 against a residual block of 2 branches"
+
+
 def test_a_failed_save_warns_and_training_goes_on(tmp_path, monkeypatch):
     import tracker.tracker as tracking
     model, D, task = setting()

@@ -39,7 +39,8 @@ def structure_difference(old: tuple, new: tuple) -> str | None:
     if old == new:
         return None
     if old[:2] != new[:2]:
-        return f"the inputs: {old[0]} (shape {old[1]}) against {new[0]} (shape {new[1]})"
+        shaped = lambda n, shape: f"{n}" + (f" (shape {shape})" if shape is not None else "")
+        return f"the inputs: {shaped(*old[:2])} against {shaped(*new[:2])}"
     a, b = old[2], new[2]
     for i in range(max(len(a), len(b))):
         left, right = (a[i] if i < len(a) else None), (b[i] if i < len(b) else None)
