@@ -91,6 +91,54 @@ def test_unsupported_modules_are_named(bad, path, kind):
     assert f"'{path}'" in str(raised.value) and kind in str(raised.value)
 
 
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def forward(self, x, y):
+        return self.linear(x) + y
+
+
+class TimesAConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.linear(x) * torch.ones(3)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: compile_model("model"), TypeError, "expects a torch.nn.Module, got str"),
+    (lambda: compile_model(nn.Sequential(nn.Linear(4, 2)), n_inputs=5, input_shape=(2, 2)), InvalidModel,
+     r"n_inputs=5 does not match input_shape=\(2, 2\)"),
+    (lambda: compile_model(nn.Sequential(nn.ReLU())), InvalidModel, "no Linear layer; pass n_inputs"),
+    (lambda: compile_model(nn.Sequential(nn.LazyLinear(3))), UnsupportedModule, "'0' \\(LazyLinear\\): uninitialised lazy"),
+    (lambda: compile_model(TwoInputs()), UnsupportedModule, "forward takes more than one input"),
+    (lambda: compile_model(TimesAConstant()), UnsupportedModule, "TimesAConstant.*_tensor_constant0"),
+])
+def test_what_cannot_be_compiled_is_said(call, error, message):
+    """Bad arguments and modules the formal language cannot hold raise errors that say what."""
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_functional_gelu_with_the_tanh_approximation_compiles():
+    class Approximate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return F.gelu(self.linear(x), approximate="tanh")
+    model = Approximate().double()
+    graph = compile_model(model)
+    assert [getattr(op, "kind", None) for op in graph.chain] == [None, "gelu_tanh"]
+    x = torch.randn(8, 3, dtype=torch.float64)
+    torch.testing.assert_close(graph.forward(x), model(x))
+
+
 class Functional(nn.Module):
     """The parametrised activations in functional form, positional and keyword."""
 
