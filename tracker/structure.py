@@ -34,13 +34,16 @@ def _describe(op: tuple | None) -> str:
     return f"a residual block of {len(op[1])} branches"
 
 
+def _inputs(count: int, shape: tuple | None) -> str:
+    return f"{count}" if shape is None else f"{count} (shape {shape})"
+
+
 def structure_difference(old: tuple, new: tuple) -> str | None:
     """What differs between two `structure` signatures, in words (None if they agree)."""
     if old == new:
         return None
     if old[:2] != new[:2]:
-        shaped = lambda n, shape: f"{n}" + (f" (shape {shape})" if shape is not None else "")
-        return f"the inputs: {shaped(*old[:2])} against {shaped(*new[:2])}"
+        return f"the inputs: {_inputs(*old[:2])} against {_inputs(*new[:2])}"
     a, b = old[2], new[2]
     for i in range(max(len(a), len(b))):
         left, right = (a[i] if i < len(a) else None), (b[i] if i < len(b) else None)

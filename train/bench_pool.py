@@ -7,9 +7,10 @@ between seed sets with nothing changed (29 and 35 at the same commit for seeds 0
 Pooling the runs CSVs of `--first-seed 0` and `--first-seed 20` gives 40 repeats per event.
 Per event, over every pooled run r:
     relative RMSE = √(mean_r (p̂_r - p)²) / p,    coverage = #{low_r ≤ p ≤ high_r} / #runs,
-with the RMSE's 95% bootstrap interval over the runs (`bench_sampling.mse_summary`; none under 10 runs), and
-the report gives the counts above 0.3 (and how many of them are above it beyond the runs'
-noise: the interval's lower end above 0.3) and 0.5, the median and worst, the coverage, the
+with the RMSE's 95% bootstrap interval over the runs (`bench_sampling.mse_summary`; none
+under 10 runs), and the report gives the counts above 0.3 (and how many of them are above
+it beyond the runs' noise: the interval's lower end above 0.3) and 0.5, the median and
+worst, the coverage, the
 same split by the network's activation (where the case is in the zoo), and the per-sampler
 lines of `bench sampling`. A run (case, event, seed) found in two files is refused: the same
 seed twice would count one draw as two.
