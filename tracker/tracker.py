@@ -442,7 +442,8 @@ class Tracker:
                     left = self.ledger.budget * self.ledger.training_flops - self.ledger.explanation_flops
                     later = ("the last checkpoint goes without it; a larger budget, batch or `every` would have "
                              "paid for it" if last else
-                             "it comes once training has paid for it, sooner with a larger budget, batch or `every`")
+                             "it comes at a save whose headroom covers it after π's rebuild, which may be never "
+                             "at this budget, batch and `every`; a larger one of them, or `event_samples`, helps")
                     warnings.warn(f"step {self.step}: the estimate of '{name}' is deferred: its cost bound "
                                   f"({self._predicted_query(name):.3g} FLOPs) is more than the budget leaves "
                                   f"({left:.3g}); {later}", RuntimeWarning, stacklevel=5)
