@@ -94,9 +94,9 @@ from torch import Tensor
 from .design import is_far
 from .estimate import Estimate
 from .events import Event
-from .montecarlo import detector_flops, draw_cost, draws_within, effective_count_interval, tally, wilson_interval
+from .montecarlo import draw_cost, draws_within, effective_count_interval, tally, wilson_interval
 from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union, union_flops_bound
-from .observed import clause_rows, input_map_flops, observed
+from .observed import clause_rows, observe_flops, observed
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
 from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, search
 
@@ -320,8 +320,8 @@ class GuidedSampling:
         budget = flops / self.graph.flops_per_sample if flops is not None else samples
         options: dict = {"effort": SEARCH_SHARE * budget}
         if flops is not None:           # a FLOP budget is a cap: the search leaves the draws their minimum
-            unit = self.graph.flops_per_sample + detector_flops([event]) + input_map_flops(self.distribution)
-            options["limit"] = (flops - spent - 2 * PILOT_MIN * draw_cost(self.graph, self.distribution)) / unit
+            options["limit"] = ((flops - spent - 2 * PILOT_MIN * draw_cost(self.graph, self.distribution))
+                                / observe_flops(self.graph, self.distribution, event))
         if log_guess < math.log(WIDE_SEARCH_BELOW):
             options.update(starts=WIDE_STARTS, max_modes=SEARCH_MODES, iterations=WIDE_ITERATIONS, fill=True)
         found = search(self, event, **options)

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from .distributions import Gaussian
-from .events import Clause
+from .events import Clause, Event
 from .graph import Graph
+from .montecarlo import detector_flops
 from .propagate import GaussianState, propagate
 
 
@@ -65,12 +66,18 @@ def input_map_flops(distribution: Gaussian) -> int:
     return 0 if distribution.is_standard else 2 * d * d + d
 
 
+def observe_flops(graph: Graph, distribution: Gaussian, event: Event) -> int:
+    """FLOPs of one ξ ↦ v for `event` (what `observer` counts), before an observer is built:
+    the input map, the network and the event's detectors."""
+    return input_map_flops(distribution) + graph.flops_per_sample + detector_flops([event])
+
+
 def observer(graph: Graph, distribution: Gaussian, detectors: list, dtype: torch.dtype
              ) -> tuple[Callable[[Tensor], Tensor], int]:
     """ξ ↦ v = (y, detector scores) at x = μ + F ξ (F Fᵀ = Σ; x = ξ for N(0, I)) for a batch
     of whitened inputs [batch, d] → [batch, outputs + detectors], in `dtype` on the graph's
-    device; and the FLOPs of the network and detectors per point (`input_map_flops` adds
-    the map's)."""
+    device; and the FLOPs per point: the input map (`input_map_flops`), the network and
+    the detectors."""
     graph = graph.to(dtype=dtype)
     detector_graphs = [d.score_graph().to(device=graph.device, dtype=dtype) for d in detectors]
     D = distribution.to(dtype=dtype)
@@ -80,4 +87,5 @@ def observer(graph: Graph, distribution: Gaussian, detectors: list, dtype: torch
         y = graph.forward(xi if standard else mean + xi @ factor.T)
         return torch.cat([y] + [g.forward(y) for g in detector_graphs], dim=1)
 
-    return observe, graph.flops_per_sample + sum(g.flops_per_sample for g in detector_graphs)
+    return observe, (input_map_flops(distribution) + graph.flops_per_sample
+                     + sum(g.flops_per_sample for g in detector_graphs))

@@ -37,9 +37,8 @@ from .design import MAX_MODES, ClauseSearch, Mode, find_modes, is_new, whitened_
 from .distributions import Gaussian
 from .events import Event
 from .graph import Act, Graph, iter_ops
-from .montecarlo import detector_flops
 from .mvn import OrthantResult
-from .observed import clause_margins, clause_rows, input_map_flops, observer
+from .observed import clause_margins, clause_rows, observe_flops, observer
 from .quadratic import (DOUBLING_SHARE, LINE_RANGE, SCALE, Quadratic, fit, fit_flops_bound, line_flops,
                         log_cell_probability, pairs, widened, widening_flops)
 
@@ -104,10 +103,9 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
                                                 device=like.device, guesses=guesses, starts=starts,
                                                 max_modes=max_modes, effort=effort, iterations=iterations,
                                                 limit=limit, fill=fill)
-    observe_flops = unit + input_map_flops(D)
     growth = grows_linearly([pi.graph] + [d.score_graph() for d in detectors])
-    return Search(modes, observe, clauses, batch_margins, D, (forwards + 2 * backwards) * observe_flops, forwards,
-                  backwards, observe_flops, growth)
+    return Search(modes, observe, clauses, batch_margins, D, (forwards + 2 * backwards) * unit, forwards,
+                  backwards, unit, growth)
 
 
 def grows_linearly(graphs: list[Graph]) -> bool:
@@ -187,7 +185,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     counted in details["anchored_modes"]. These fallbacks integrate at the fewest lines, as
     the narrow refits do, and the second refit leaves room for the first of them (`_narrowed`)."""
     allowed = budget * pi.graph.flops_per_sample
-    passes = allowed / (pi.graph.flops_per_sample + detector_flops([event]) + input_map_flops(pi.distribution))
+    passes = allowed / observe_flops(pi.graph, pi.distribution, event)
     found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31,
                    effort=SEARCH_SHARE * passes)                  # `_kept` picks the modes
     modes, polish_passes = _polished(_kept(found.modes), found, allowed)

@@ -232,7 +232,9 @@ def test_standard_inputs_are_observed_without_a_factor_multiply():
     general = Gaussian(torch.tensor([0.5, -1.0, 2.0], dtype=F64), a @ a.T + 0.1 * torch.eye(3, dtype=F64))
     xi = torch.randn(5, 3, generator=g, dtype=F64)
     assert input_map_flops(Gaussian.standard(3)) == 0 and input_map_flops(general) == 2 * 9 + 3
-    observe, _ = observer(graph, Gaussian.standard(3), [], F64)
+    observe, unit = observer(graph, Gaussian.standard(3), [], F64)
     torch.testing.assert_close(observe(xi), model(xi))
-    observe, _ = observer(graph, general, [], F64)
+    assert unit == graph.flops_per_sample
+    observe, unit = observer(graph, general, [], F64)
     torch.testing.assert_close(observe(xi), model(general.mean + xi @ general.factor.T))
+    assert unit == graph.flops_per_sample + 2 * 9 + 3

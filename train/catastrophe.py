@@ -69,7 +69,7 @@ from explanations import Gaussian, compile_model, explain
 from explanations.design import ClauseSearch
 from explanations.events import Event
 from explanations.mvn import log_bivariate_normal_cdf
-from explanations.observed import clause_margins, clause_rows, input_map_flops, observer
+from explanations.observed import clause_margins, clause_rows, observer
 from explanations.splitting import event_margin
 from explanations.structured import log_chi2_tail, search
 
@@ -127,8 +127,7 @@ class CatastrophePenalty:
         detectors = self.event.detectors()
         like = torch.zeros(1, dtype=torch.float64, device=graph.device)
         clauses = [clause_rows(c, detectors, graph.n_outputs, like) for c in self.event.dnf()]
-        observe, unit = observer(graph, self.distribution, detectors, torch.float64)
-        unit += input_map_flops(self.distribution)                   # x = μ + F ξ, where D is not N(0, I)
+        observe, unit = observer(graph, self.distribution, detectors, torch.float64)   # input map included
         margins = clause_margins(observe, clauses)
         origin = torch.zeros(1, self.distribution.dim, dtype=torch.float64, device=graph.device)
         self.flops += unit
