@@ -12,19 +12,24 @@ does not take an equal share of the draws, and none gets less than half of one. 
 on `pitrack bench sampling` against equal shares: relative RMSE above 0.3 on 35 → 29 and
 37 → 35 events (seeds 0–19, 20–39), median 0.134 → 0.124 and 0.133 → 0.116. The weight
     w(ξ) = φ(ξ)/q(ξ) = 1 / (α0 + α_b s^{-d} e^{|ξ|²(1 - 1/s²)/2} + Σ_k α_k e^{ξ*_k·ξ - |ξ*_k|²/2}) ≤ 1/α0
-is computed in log space, and p̂ = (1/N) Σ_i 1_C(ξ_i) w_i with its standard error from
-the sample variance. The effective number of hits n = p̂²/se² (for equal weights and
-small p, the number of hits) gives the interval, Garwood's for n counts scaled to p̂
-(`montecarlo.effective_count_interval`): the small-sample correction that p̂ ± 1.96 se
-lacks when few weights carry the estimate. Kong's (Σ_hits w)²/Σ_hits w² (1992) is
-reported as details["effective_hits"]; fewer than 10, or one weight
-carrying over half of p̂, flags the estimate as degenerate (details["degenerate"]), and its
+is computed in log space. The unbiased estimate (1/N) Σ_i 1_C(ξ_i) w_i is reported as
+details["unbiased"]; the estimate itself truncates the hits' weights at τ
+(`truncation`: Σ_hits min(w_i, τ) = ½√n τ for n hits), p̂ = (1/N) Σ_i 1_C(ξ_i) min(w_i, τ),
+which cuts the rare weight from a part of the event the mixture does not cover (one run
+in 20 at 304× the truth, before) at a bias of at most the mass above τ
+(details["cut_weights"] counts the weights cut). Its standard error comes from the sample
+variance of the truncated weights. The effective number of hits n = p̂²/se² (for equal
+weights and small p, the number of hits) gives the interval, Garwood's for n counts
+scaled to p̂ (`montecarlo.effective_count_interval`): the small-sample correction that
+p̂ ± 1.96 se lacks when few weights carry the estimate; where weights were cut it is
+joined with the unbiased estimate's. Kong's (Σ_hits w)²/Σ_hits w² (1992) of the weights
+as drawn is reported as details["effective_hits"]; fewer than 10, or one weight carrying
+over half of Σw, flags the estimate as degenerate (details["degenerate"]), and its
 interval's upper end is then at least Wilson's on the defensive draws alone, which are
-plain samples of D (`Weighted.interval`); with no hit, [0, that end]. The sums are kept in
-log space. The
-defensive component bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain
-sampling's; near the design points it is orders of magnitude smaller (a halfspace at
-distance β: relative variance O(β) per draw instead of 1/p).
+plain samples of D (`Weighted.interval`); with no hit, [0, that end]. The defensive
+component bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain sampling's;
+near the design points it is orders of magnitude smaller (a halfspace at distance β:
+relative variance O(β) per draw instead of 1/p).
 
 The search behind the mixture. A part of the event that no design point describes is
 visited only by the defensive and broad components: the estimate is then low, with an
@@ -66,7 +71,7 @@ modes thin the pilot's hits, and more runs go to subset simulation); the mode hi
 35 and 0.115; both 30 and 0.117. A PILOT_HITS of 1 instead (any hit) with the fill gave
 29 and 0.117, but put r06 Any at p = 1e-6 (16 → 64² → 2 tanh) from 0.92 to 2.40. The
 pilot only chooses: it is charged but not
-pooled, so the estimate that follows is unbiased for importance sampling.
+pooled, so it adds no bias to the estimate that follows (details["unbiased"] stays unbiased).
 
 Events on a detector with an activation inside. π's bulk Gaussian of such a score can put
 a 1e-4 event above 5e-2 (`cumulant`), and design-guided sampling is worse than plain
@@ -86,7 +91,7 @@ importance sampling K d-dimensional dot products for the weight.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -99,6 +104,7 @@ from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union, union_flops_bound
 from .observed import clause_rows, observe_flops, observed
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
 from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, search
+from .truncation import log_cap, truncated
 
 DEFENSIVE, BROAD, BROAD_SCALE, MODE_MASS_SHARE = 0.2, 0.1, 2.0, 0.5
 SEARCH_MODES, WIDE_SEARCH_BELOW = 8, 1e-2
@@ -111,55 +117,82 @@ BULK_POINTS, BULK_REPLICATES, BULK_SHARE = 256, 2, 0.25
 
 @dataclass
 class Weighted:
-    """Sums of one importance-sampling run, in log space (weights of events far in a tail
-    underflow float64, and their squares sooner), the hits of its defensive draws, and the
-    hits drawn by its mode components (the pilot's test, module docstring)."""
+    """One importance-sampling run: the log-weights of its hits, the hits of its defensive
+    draws, and the hits drawn by its mode components (the pilot's test, module docstring).
+    The estimate truncates the weights (`truncation`); the sums stay in log space, since
+    weights of events far in a tail underflow float64, and their squares sooner."""
     samples: int
-    hits: int
-    log_total: float          # log Σ 1_C w
-    log_total_squares: float  # log Σ 1_C w²
-    log_largest: float
+    log_weights: Tensor       # log w of each hit (float64, CPU)
     defensive: int = 0        # draws from the defensive component N(0, I) …
     defensive_hits: int = 0   # … and how many of them hit
     mode_hits: int = 0        # hits drawn by the components at the design points
+    log_cap: float = field(init=False)     # log τ of the truncation (+inf: none)
+    cut: int = field(init=False)           # how many weights it cuts
+
+    def __post_init__(self) -> None:
+        self.log_cap = log_cap(self.log_weights)
+        self.cut = int((self.log_weights > self.log_cap).sum())
 
     @property
-    def log_p(self) -> float:
-        return self.log_total - math.log(self.samples)
+    def hits(self) -> int:
+        return self.log_weights.numel()
 
-    @property
-    def relative_error(self) -> float:
+    def _sums(self, cut: bool) -> tuple[float, float]:
+        """log Σ w and log Σ w² over the hits, of the truncated weights if `cut`."""
+        if not self.hits:
+            return -math.inf, -math.inf
+        log_w = truncated(self.log_weights, self.log_cap) if cut else self.log_weights
+        return float(torch.logsumexp(log_w, 0)), float(torch.logsumexp(2 * log_w, 0))
+
+    def log_p(self, cut: bool = True) -> float:
+        """log p̂: the truncated estimate, or (`cut=False`) the unbiased one."""
+        return self._sums(cut)[0] - math.log(self.samples)
+
+    def relative_error(self, cut: bool = True) -> float:
         """se/p̂, from the sample variance: √((N Σw²/(Σw)² - 1)/(N - 1))."""
         if self.hits == 0:
             return math.inf
-        ratio = math.exp(min(self.log_total_squares - 2 * self.log_total + math.log(self.samples), 700.0))
+        log_total, log_squares = self._sums(cut)
+        ratio = math.exp(min(log_squares - 2 * log_total + math.log(self.samples), 700.0))
         return math.sqrt(max(ratio - 1, 0.0) / max(self.samples - 1, 1))
 
     @property
     def effective_hits(self) -> float:
-        """Kong's (Σ_hits w)²/Σ_hits w²."""
-        return math.exp(2 * self.log_total - self.log_total_squares) if self.hits else 0.0
+        """Kong's (Σ_hits w)²/Σ_hits w², of the weights as drawn."""
+        log_total, log_squares = self._sums(cut=False)
+        return math.exp(2 * log_total - log_squares) if self.hits else 0.0
 
     @property
     def degenerate(self) -> bool:
-        """Fewer than DEGENERATE_HITS effective hits, or one weight over half of Σw."""
-        return self.effective_hits < DEGENERATE_HITS or self.log_largest > self.log_total - math.log(2)
+        """Fewer than DEGENERATE_HITS effective hits, or one weight over half of Σw (as drawn)."""
+        return (self.effective_hits < DEGENERATE_HITS
+                or float(self.log_weights.max()) > self._sums(cut=False)[0] - math.log(2))
+
+    def _garwood(self, cut: bool) -> tuple[float, float]:
+        error = self.relative_error(cut)
+        effective = error ** -2 if error > 0 else self.effective_hits
+        return effective_count_interval(self.log_p(cut), effective)
 
     def interval(self) -> tuple[float, float]:
-        """Garwood's for p̂²/se² effective hits. The defensive draws are plain samples of
-        D, so Wilson's interval on their hits bounds P on its own: a degenerate run's upper
-        end is at least that interval's, and a run without a hit gets [0, that upper end]."""
+        """Garwood's for p̂²/se² effective hits, of the truncated estimate joined with the
+        unbiased one's where weights were cut (truncation moves p̂ down, and the joined
+        interval is never narrower than the unbiased estimate's own). The defensive draws
+        are plain samples of D, so Wilson's interval on their hits bounds P on its own: a
+        degenerate run's upper end is at least that interval's, and a run without a hit
+        gets [0, that upper end]."""
         plain = wilson_interval(self.defensive_hits, self.defensive)[1] if self.defensive else 1.0
         if self.hits == 0:
             return 0.0, plain
-        error = self.relative_error
-        low, high = effective_count_interval(self.log_p, error ** -2 if error > 0 else self.effective_hits)
+        low, high = self._garwood(cut=True)
+        if self.cut:
+            unbiased = self._garwood(cut=False)
+            low, high = min(low, unbiased[0]), max(high, unbiased[1])
         return low, max(high, plain) if self.degenerate else high
 
 
 def importance_sampling(event: Event, found: Search, samples: int, generator: torch.Generator,
                         n_outputs: int, batch: int = 1 << 14) -> Weighted:
-    """Σ 1_C w and Σ 1_C w² over `samples` draws from the defensive mixture (module docstring)."""
+    """The hits' log-weights over `samples` draws from the defensive mixture (module docstring)."""
     points = torch.stack([m.point for m in found.modes])                    # [K, d]
     half_norms = (points * points).sum(1) / 2
     k, d = points.shape
@@ -167,8 +200,8 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
     share = MODE_MASS_SHARE * torch.softmax(form, 0) + (1 - MODE_MASS_SHARE) / k     # Σ = 1
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          (math.log(1 - DEFENSIVE - BROAD) + share.log()).to(points)])
-    log_sums = torch.full((3,), -math.inf, dtype=torch.float64)         # log Σw, log Σw², log max w
-    hits = done = defensive = defensive_hits = mode_hits = 0
+    hit_weights = []
+    done = defensive = defensive_hits = mode_hits = 0
     with torch.no_grad():
         while done < samples:
             size = min(batch, samples - done)
@@ -182,18 +215,14 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
             exponents = torch.cat([xi.new_zeros(size, 1), broad[:, None], xi @ points.T - half_norms], dim=1)
             log_w = -torch.logsumexp(exponents + log_mix, dim=1)
             hit = event.evaluate(found.observe(xi)[:, :n_outputs])
-            log_w = log_w[hit].to(torch.float64).cpu()
-            batch_sums = torch.stack([torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0),
-                                      log_w.max() if len(log_w) else log_w.new_tensor(-math.inf)])
-            log_sums = torch.cat([torch.logaddexp(log_sums[:2], batch_sums[:2]),
-                                  torch.maximum(log_sums[2:], batch_sums[2:])])
-            hits += int(hit.sum())
+            hit_weights.append(log_w[hit].to(torch.float64).cpu())
             plain = component == 0
             defensive += int(plain.sum())
             defensive_hits += int((hit & plain).sum())
             mode_hits += int((hit & (component >= 2)).sum())
             done += size
-    return Weighted(samples, hits, *(float(v) for v in log_sums), defensive, defensive_hits, mode_hits)
+    log_weights = torch.cat(hit_weights) if hit_weights else torch.empty(0, dtype=torch.float64)
+    return Weighted(samples, log_weights, defensive, defensive_hits, mode_hits)
 
 
 def guided_probability(pi: "GuidedSampling", event: Event, found: Search, samples: int | None,
@@ -219,15 +248,15 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
         details.update(pilot_effective_hits=trial.effective_hits, pilot_mode_hits=trial.mode_hits)
         if trial.effective_hits >= PILOT_HITS or trial.mode_hits >= PILOT_MODE_HITS or not pilot:
             run = importance_sampling(event, found, samples - pilot, generator, pi.graph.n_outputs)
-            effective = run.effective_hits
             return Estimate.probability(
-                run.log_p, interval=run.interval(),
+                run.log_p(), interval=run.interval(),
                 flops=spent + run.samples * importance_draw, samples=pilot + run.samples,
                 method=f"{pi.method}+design-IS", flops_per_sample=unit,
-                details={**details, "standard_error": math.exp(run.log_p) * run.relative_error,
-                         "effective_hits": effective, "degenerate": run.degenerate})
+                details={**details, "standard_error": math.exp(run.log_p()) * run.relative_error(),
+                         "effective_hits": run.effective_hits, "degenerate": run.degenerate,
+                         "unbiased": math.exp(run.log_p(cut=False)), "cut_weights": run.cut})
         if trial.hits:
-            log_guess = min(log_guess, trial.log_p)
+            log_guess = min(log_guess, trial.log_p(cut=False))
     wanted = log_guess / math.log(LEVEL_PROBABILITY)      # +inf where π calls the event impossible
     levels = max(MIN_LEVELS, math.ceil(wanted)) if math.isfinite(wanted) else SIZED_LEVELS
     result = subset_simulation(clause_margin(found.observe, found.clauses), d, samples - pilot, levels,

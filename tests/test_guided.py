@@ -109,13 +109,16 @@ def test_a_run_with_few_hits_gets_the_plain_bound_of_its_defensive_draws():
     reaches at least that; a degenerate run with many hits of tiny weight is not sent to 1."""
     from explanations.guided import Weighted
     from explanations.montecarlo import wilson_interval
-    empty = Weighted(100, 0, -math.inf, -math.inf, -math.inf, 20, 0)
+    def log(*weights: float) -> torch.Tensor:
+        return torch.tensor(weights, dtype=torch.float64).log()
+
+    empty = Weighted(100, log(), 20, 0)
     assert empty.interval() == (0.0, wilson_interval(0, 20)[1])
-    one = Weighted(100, 1, math.log(8.6e-30), 2 * math.log(8.6e-30), math.log(8.6e-30), 20, 0)
+    one = Weighted(100, log(8.6e-30), 20, 0)
     assert one.degenerate and one.interval()[1] == wilson_interval(0, 20)[1]
-    crowded = Weighted(10_000, 7_000, math.log(1.7e-11), 2 * math.log(1.7e-11), math.log(1.7e-11), 2_000, 0)
+    crowded = Weighted(10_000, log(1.7e-11, *[1e-30] * 6_999), 2_000, 0)
     assert crowded.degenerate and crowded.interval()[1] < 2e-3
-    many = Weighted(10_000, 400, math.log(4e-4), math.log(4e-4 * 1e-6 * 1.2), math.log(3e-6), 2_000, 0)
+    many = Weighted(10_000, log(*[1.45e-6, 0.55e-6] * 200), 2_000, 0)
     assert not many.degenerate and many.interval()[1] < 1e-7
 
 

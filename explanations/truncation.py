@@ -1,0 +1,65 @@
+"""Truncated importance sampling: the cap on the hits' weights, in log space.
+
+An importance-sampling estimate of a rare event's probability, p̂ = (1/N) Σ_hits w_i, is
+unbiased, but where the proposal leaves a part of the event uncovered, a draw lands
+there once in many runs and its weight (up to 1/α0 = 5 for the defensive mixture of
+`guided`, against p = 1e-6 and N ≈ 4,000) makes that run hundreds of times the truth;
+the other runs read a little low. Truncated importance sampling (Ionides, "Truncated
+importance sampling", J. Comput. Graph. Stat. 17, 2008) caps every weight at τ and
+returns (1/N) Σ min(w_i, τ): its bias, -E[(1_C w - τ)⁺], is at most the mass the weights
+above τ carry, and its variance at most τ p / N. Ionides takes τ = √N w̄ with w̄ the mean
+weight over all draws; for a rare event that mean is about 1 while the hits' weights are
+near p, so here the rule is applied to the n hits' weights, and to their truncated mean,
+which one outlying weight cannot inflate: τ solves
+
+    Σ_i min(w_i, τ) = SHARE · √n · τ,    SHARE = ½,
+
+so τ is 2√n times the truncated mean hit weight. The left side is concave in τ with
+slope n at 0 and 0 beyond max w, so for n ≥ 2 the root is unique and positive; a single
+hit is never cut. Weights spread like a halfspace's hits (exponential, their maximum
+about ln n times their mean) are not cut, and the bias vanishes as n grows.
+
+Measured on `pitrack bench sampling`'s recorded weights (106 events, seeds 0–19, 10⁴
+sample-equivalents): relative RMSE above 0.3 on 27 → 21 events, the events under plain
+sampling's MSE 1 → 0 and those under 100× at p ≤ 1e-5 3 → 0 (r04 Any at 1e-6: one run at
+304× the truth and relative RMSE 67.9 → 0.58); SHARE = 0.3 to 0.5 gave the same count,
+0.2 and 0.6 two and one more.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+SHARE = 0.5
+
+
+def log_cap(log_weights: Tensor, share: float = SHARE) -> float:
+    """log τ of the module docstring for the hits' log-weights (a 1-D tensor); +inf where
+    nothing is cut (fewer than two hits, or τ at or above the largest weight).
+
+    With the weights sorted in decreasing order w_(1) ≥ w_(2) ≥ …, and k of them above τ,
+    the equation reads k τ + Σ_{j>k} w_(j) = c τ with c = share·√n, so τ = Σ_{j>k} w_(j) / (c - k),
+    the k for which w_(k+1) ≤ τ ≤ w_(k)."""
+    n = log_weights.numel()
+    c = share * math.sqrt(n)
+    if n < 2 or c >= n:
+        return math.inf
+    ordered = log_weights.to(torch.float64).sort(descending=True).values
+    top = float(ordered[0])
+    weights = (ordered - top).exp()                         # w / max w, in (0, 1]
+    rest = weights.flip(0).cumsum(0).flip(0)                # Σ_{j ≥ k} w_(j), k = 0 … n - 1
+    k = torch.arange(n, dtype=torch.float64)
+    tau = rest / (c - k)
+    upper = torch.cat([weights.new_tensor([math.inf]), weights[:-1]])
+    root = (k < c) & (weights <= tau) & (tau <= upper)
+    if not root.any():                                      # rounding at a tie: nothing cut
+        return math.inf
+    first = int(root.nonzero()[0])
+    return math.inf if first == 0 else top + math.log(float(tau[first]))
+
+
+def truncated(log_weights: Tensor, cap: float) -> Tensor:
+    """log min(w_i, τ) for log τ = `cap`."""
+    return log_weights.clamp(max=cap) if math.isfinite(cap) else log_weights
