@@ -60,7 +60,8 @@ COLUMNS = ["case", "event", "true_p", "true_se", "repeats", "samples", "sample_e
            "plain_mse", "mse_ratio", "mse_ratio_low", "mse_ratio_high", "relative_rmse", "relative_rmse_low",
            "relative_rmse_high", "covered", "methods", "note"]
 RESAMPLES, MIN_RUNS = 2000, 10     # bootstrap resamples of an event's runs, and the fewest runs (`mse_summary`)
-RUN_DETAILS = ["effective_hits", "pilot_effective_hits", "pilot_mode_hits", "coefficient_of_variation_bound"]   # from Estimate.details
+RUN_DETAILS = ["effective_hits", "pilot_effective_hits", "pilot_mode_hits", "coefficient_of_variation_bound",
+               "unbiased", "cut_weights"]   # from Estimate.details
 RUN_COLUMNS = ["case", "event", "true_p", "seed", "value", "log10", "low", "high", "covered", "sampler",
                "sample_equivalents"] + RUN_DETAILS
 
