@@ -1,35 +1,8 @@
 """Design-guided sampling: the `samples=N` / `flops=F` budget of explanations with a
 Gaussian summary of the outputs (gaussian, cumulant, polynomial).
 
-Importance sampling. In whitened input space (x = μ + F ξ, ξ ~ N(0, I)) draw from the
-defensive mixture (Hesterberg 1995)
-    q = α0 N(0, I) + α_b N(0, s²I) + (1 - α0 - α_b) Σ_k a_k N(ξ*_k, I),
-α0 = 0.2, α_b = 0.1, s = 2, ξ*_k the design points of `structured.search`; the broad
-component N(0, s²I) reaches failure regions the search missed. The modes share their part
-half evenly and half by FORM's mass Φ(-β_k) (β_k = |ξ*_k|, MODE_MASS_SHARE = ½):
-a_k = ½/K + ½ Φ(-β_k)/Σ_j Φ(-β_j), so a mode one unit of β farther out (e^{-β} less mass)
-does not take an equal share of the draws, and none gets less than half of one. Measured
-on `pitrack bench sampling` against equal shares: relative RMSE above 0.3 on 35 → 29 and
-37 → 35 events (seeds 0–19, 20–39), median 0.134 → 0.124 and 0.133 → 0.116. The weight
-    w(ξ) = φ(ξ)/q(ξ) = 1 / (α0 + α_b s^{-d} e^{|ξ|²(1 - 1/s²)/2} + Σ_k α_k e^{ξ*_k·ξ - |ξ*_k|²/2}) ≤ 1/α0
-is computed in log space. The unbiased estimate (1/N) Σ_i 1_C(ξ_i) w_i is reported as
-details["unbiased"]; the estimate itself truncates the hits' weights at τ
-(`truncation`: Σ_hits min(w_i, τ) = ½√n τ for n hits), p̂ = (1/N) Σ_i 1_C(ξ_i) min(w_i, τ),
-which cuts the rare weight from a part of the event the mixture does not cover (one run
-in 20 at 304× the truth, before) at a bias of at most the mass above τ
-(details["cut_weights"] counts the weights cut). Its standard error comes from the sample
-variance of the truncated weights. The effective number of hits n = p̂²/se² (for equal
-weights and small p, the number of hits) gives the interval, Garwood's for n counts
-scaled to p̂ (`montecarlo.effective_count_interval`): the small-sample correction that
-p̂ ± 1.96 se lacks when few weights carry the estimate; where weights were cut it is
-joined with the unbiased estimate's. Kong's (Σ_hits w)²/Σ_hits w² (1992) of the weights
-as drawn is reported as details["effective_hits"]; fewer than 10, or one weight carrying
-over half of Σw, flags the estimate as degenerate (details["degenerate"]), and its
-interval's upper end is then at least Wilson's on the defensive draws alone, which are
-plain samples of D (`Weighted.interval`); with no hit, [0, that end]. The defensive
-component bounds the variance by p/α0 - p², at most 1/α0 = 5 times plain sampling's;
-near the design points it is orders of magnitude smaller (a halfspace at distance β:
-relative variance O(β) per draw instead of 1/p).
+Importance sampling from a defensive mixture around the design points, its weights
+truncated (`importance`: the mixture, the weights, the interval, the degeneracy flag).
 
 The search behind the mixture. A part of the event that no design point describes is
 visited only by the defensive and broad components: the estimate is then low, with an
@@ -91,7 +64,7 @@ importance sampling K d-dimensional dot products for the weight.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -99,130 +72,18 @@ from torch import Tensor
 from .design import is_far
 from .estimate import Estimate
 from .events import Event
-from .montecarlo import draw_cost, draws_within, effective_count_interval, tally, wilson_interval
+from .montecarlo import draw_cost, draws_within, tally
 from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union, union_flops_bound
 from .observed import clause_rows, observe_flops, observed
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
 from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, search
-from .truncation import log_cap, truncated
+from .importance import importance_draw_flops, importance_sampling
 
-DEFENSIVE, BROAD, BROAD_SCALE, MODE_MASS_SHARE = 0.2, 0.1, 2.0, 0.5
 SEARCH_MODES, WIDE_SEARCH_BELOW = 8, 1e-2
 PILOT_SHARE, PILOT_MIN, PILOT_HITS, PILOT_MODE_HITS = 0.1, 200, 3.0, 3
-DEGENERATE_HITS = 10
 DETECTOR_PILOT, DETECTOR_PILOT_HITS = 200, 4
 MIN_LEVELS = 4          # subset simulation sizes its levels for at least p0^4 (1e-4), at most p0^10
 BULK_POINTS, BULK_REPLICATES, BULK_SHARE = 256, 2, 0.25
-
-
-@dataclass
-class Weighted:
-    """One importance-sampling run: the log-weights of its hits, the hits of its defensive
-    draws, and the hits drawn by its mode components (the pilot's test, module docstring).
-    The estimate truncates the weights (`truncation`); the sums stay in log space, since
-    weights of events far in a tail underflow float64, and their squares sooner."""
-    samples: int
-    log_weights: Tensor       # log w of each hit (float64, CPU)
-    defensive: int = 0        # draws from the defensive component N(0, I) …
-    defensive_hits: int = 0   # … and how many of them hit
-    mode_hits: int = 0        # hits drawn by the components at the design points
-    log_cap: float = field(init=False)     # log τ of the truncation (+inf: none)
-    cut: int = field(init=False)           # how many weights it cuts
-
-    def __post_init__(self) -> None:
-        self.log_cap = log_cap(self.log_weights)
-        self.cut = int((self.log_weights > self.log_cap).sum())
-
-    @property
-    def hits(self) -> int:
-        return self.log_weights.numel()
-
-    def _sums(self, cut: bool) -> tuple[float, float]:
-        """log Σ w and log Σ w² over the hits, of the truncated weights if `cut`."""
-        if not self.hits:
-            return -math.inf, -math.inf
-        log_w = truncated(self.log_weights, self.log_cap) if cut else self.log_weights
-        return float(torch.logsumexp(log_w, 0)), float(torch.logsumexp(2 * log_w, 0))
-
-    def log_p(self, cut: bool = True) -> float:
-        """log p̂: the truncated estimate, or (`cut=False`) the unbiased one."""
-        return self._sums(cut)[0] - math.log(self.samples)
-
-    def relative_error(self, cut: bool = True) -> float:
-        """se/p̂, from the sample variance: √((N Σw²/(Σw)² - 1)/(N - 1))."""
-        if self.hits == 0:
-            return math.inf
-        log_total, log_squares = self._sums(cut)
-        ratio = math.exp(min(log_squares - 2 * log_total + math.log(self.samples), 700.0))
-        return math.sqrt(max(ratio - 1, 0.0) / max(self.samples - 1, 1))
-
-    @property
-    def effective_hits(self) -> float:
-        """Kong's (Σ_hits w)²/Σ_hits w², of the weights as drawn."""
-        log_total, log_squares = self._sums(cut=False)
-        return math.exp(2 * log_total - log_squares) if self.hits else 0.0
-
-    @property
-    def degenerate(self) -> bool:
-        """Fewer than DEGENERATE_HITS effective hits, or one weight over half of Σw (as drawn)."""
-        return (self.effective_hits < DEGENERATE_HITS
-                or float(self.log_weights.max()) > self._sums(cut=False)[0] - math.log(2))
-
-    def _garwood(self, cut: bool) -> tuple[float, float]:
-        error = self.relative_error(cut)
-        effective = error ** -2 if error > 0 else self.effective_hits
-        return effective_count_interval(self.log_p(cut), effective)
-
-    def interval(self) -> tuple[float, float]:
-        """Garwood's for p̂²/se² effective hits, of the truncated estimate joined with the
-        unbiased one's where weights were cut (truncation moves p̂ down, and the joined
-        interval is never narrower than the unbiased estimate's own). The defensive draws
-        are plain samples of D, so Wilson's interval on their hits bounds P on its own: a
-        degenerate run's upper end is at least that interval's, and a run without a hit
-        gets [0, that upper end]."""
-        plain = wilson_interval(self.defensive_hits, self.defensive)[1] if self.defensive else 1.0
-        if self.hits == 0:
-            return 0.0, plain
-        low, high = self._garwood(cut=True)
-        if self.cut:
-            unbiased = self._garwood(cut=False)
-            low, high = min(low, unbiased[0]), max(high, unbiased[1])
-        return low, max(high, plain) if self.degenerate else high
-
-
-def importance_sampling(event: Event, found: Search, samples: int, generator: torch.Generator,
-                        n_outputs: int, batch: int = 1 << 14) -> Weighted:
-    """The hits' log-weights over `samples` draws from the defensive mixture (module docstring)."""
-    points = torch.stack([m.point for m in found.modes])                    # [K, d]
-    half_norms = (points * points).sum(1) / 2
-    k, d = points.shape
-    form = torch.special.log_ndtr(-torch.tensor([m.beta for m in found.modes], dtype=torch.float64))
-    share = MODE_MASS_SHARE * torch.softmax(form, 0) + (1 - MODE_MASS_SHARE) / k     # Σ = 1
-    log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
-                         (math.log(1 - DEFENSIVE - BROAD) + share.log()).to(points)])
-    hit_weights = []
-    done = defensive = defensive_hits = mode_hits = 0
-    with torch.no_grad():
-        while done < samples:
-            size = min(batch, samples - done)
-            component = torch.multinomial(log_mix.exp().cpu(), size, replacement=True, generator=generator)
-            xi = torch.randn(size, d, generator=generator, dtype=points.dtype).to(points.device)
-            component = component.to(points.device)
-            scale = torch.where(component == 1, BROAD_SCALE, 1.0).to(points.dtype)
-            shift = torch.cat([points.new_zeros(2, d), points])[component]
-            xi = xi * scale[:, None] + shift
-            broad = (xi * xi).sum(1) * (1 - BROAD_SCALE ** -2) / 2 - d * math.log(BROAD_SCALE)
-            exponents = torch.cat([xi.new_zeros(size, 1), broad[:, None], xi @ points.T - half_norms], dim=1)
-            log_w = -torch.logsumexp(exponents + log_mix, dim=1)
-            hit = event.evaluate(found.observe(xi)[:, :n_outputs])
-            hit_weights.append(log_w[hit].to(torch.float64).cpu())
-            plain = component == 0
-            defensive += int(plain.sum())
-            defensive_hits += int((hit & plain).sum())
-            mode_hits += int((hit & (component >= 2)).sum())
-            done += size
-    log_weights = torch.cat(hit_weights) if hit_weights else torch.empty(0, dtype=torch.float64)
-    return Weighted(samples, log_weights, defensive, defensive_hits, mode_hits)
 
 
 def guided_probability(pi: "GuidedSampling", event: Event, found: Search, samples: int | None,
@@ -235,7 +96,7 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
     finite = [m for m in found.modes if math.isfinite(m.beta * m.beta)]   # |ξ*|²/2 must fit float64
     found = found if len(finite) == len(found.modes) else replace(found, modes=finite)
     k = len(found.modes)
-    importance_draw = found.observe_flops + d + 2 * k * d + 4 * k
+    importance_draw = importance_draw_flops(found)
     if samples is None:
         samples = draws_within(flops, spent, importance_draw if k else found.observe_flops + d)
     generator = torch.Generator().manual_seed(pi.seed)

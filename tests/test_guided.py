@@ -107,7 +107,7 @@ def test_a_run_with_few_hits_gets_the_plain_bound_of_its_defensive_draws():
     """The defensive fifth of the draws is plain sampling: with no hit the interval is
     Wilson's on it, and a run carried by one small weight (8.6e-32 for p ≈ 1e-6 once)
     reaches at least that; a degenerate run with many hits of tiny weight is not sent to 1."""
-    from explanations.guided import Weighted
+    from explanations.importance import Weighted
     from explanations.montecarlo import wilson_interval
     def log(*weights: float) -> torch.Tensor:
         return torch.tensor(weights, dtype=torch.float64).log()
