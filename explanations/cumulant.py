@@ -139,7 +139,9 @@ class CumulantExplanation(GuidedSampling, Explanation):
         measured the copula's answer moved into the interval instead: at p ≈ 1e-3 it read
         +0.41 to +0.49 dex where h/n read +0.09 to +0.19.) The draws only check a design
         estimate's path, so it keeps samples = 0 and says how many were made
-        (details["pilot_draws"])."""
+        (details["pilot_draws"]). Where the design estimate's own importance draws answer
+        (`structured._with_draws`), the method says `+design+IS`, and the estimate carries
+        their 95% interval and counts them in `samples`."""
         if self.exact and not event.reads_nonlinear_detector():
             exact = self._exact_probability(event)
             if exact is not None:
@@ -155,12 +157,14 @@ class CumulantExplanation(GuidedSampling, Explanation):
             rare = pilot.contradicts(bulk.log_p)
         fallback = {}
         if self.design and rare:
-            left = DESIGN_BUDGET - (self.build_flops + sum(spent)) / self.flops_per_sample
+            left = DESIGN_BUDGET - (self.build_flops + paid + sum(spent)) / self.flops_per_sample
             result, details = design_estimate(self, event, max(left, 0.0))
             if result is not None:
                 drawn = {"pilot_draws": pilot.draws, "pilot_hits": pilot.hits} if pilot else {}
-                return self._estimate(result, sum(spent), f"{self.method}+design",
-                                      {**details, **drawn, "bulk_log10": bulk.log_p / math.log(10)})
+                interval = details.pop("importance_interval", None)     # the design's draws answered
+                estimate = self._estimate(result, sum(spent), f"{self.method}+design" + ("+IS" if interval else ""),
+                                          {**details, **drawn, "bulk_log10": bulk.log_p / math.log(10)})
+                return replace(estimate, interval=interval, samples=details["importance_draws"]) if interval else estimate
             spent.append(details["search_flops"])
             fallback = {"design": "no design point beyond the origin's unit ball; cumulant copula used"}
 

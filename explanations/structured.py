@@ -21,11 +21,25 @@ and more on a small network (one mode's fit, 4d points, and its integral alone: 
 5.6·10⁴ and 2.1·10⁵ at d = 64, 128, 256 on d → 16 → 1 nets; review. Since a standard
 normal input skips the identity multiply, such a query on `mlp([d, 16, 1], "relu")` costs
 11,743 and 40,826 at d = 64 and 128, against 14,837 and 56,045 before).
+
+What the integrals leave of the budget checks them (`_with_draws`): where it buys at least
+DRAWS_MIN importance draws from the defensive mixture around the kept modes (`importance`,
+the law of the sampled estimators), and those see DRAWS_HITS effective hits without
+degeneracy, an answer of the quadratics outside the draws' 95% interval is replaced by the
+draws' truncated estimate, with its interval. A quadratic is a fair average of a cell's
+boundary, and the draws measure the network itself where the quadratics read a thin wedge
+or a horn wrong; where they agree, the quadratics' answer stays (on a linear network it is
+exact). Measured on the tail benchmark (85 events, 1e-8 ≤ p ≤ 1e-3, π's seeds 0–2, with the
+draws recorded beside the quadratics): the draws replace 15, 6 and 14 answers, and the
+median |log10 p̂/p| goes 0.086 → 0.075, 0.080 → 0.069 and 0.102 → 0.082, with the worst
+and the events beyond 0.5 dex unchanged (0.93, 0.99, 1.79; 4, 4, 6). Taking the draws
+wherever they have 30 effective hits, agreeing or not: 0.074, 0.058, 0.090; at 10 hits,
+seed 2's worst went 1.79 → 2.91.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -37,6 +51,7 @@ from .design import MAX_MODES, ClauseSearch, Mode, find_modes, is_new, whitened_
 from .distributions import Gaussian
 from .events import Event
 from .graph import Act, Graph, iter_ops
+from .importance import importance_draw_flops, importance_sampling
 from .mvn import OrthantResult
 from .observed import clause_margins, clause_rows, observe_flops, observer
 from .quadratic import (DOUBLING_SHARE, LINE_RANGE, SCALE, Quadratic, fit, fit_flops_bound, line_flops,
@@ -53,6 +68,9 @@ NARROW = 0.25                           # a mode's second fit, where its first h
 NARROW_BELOW = 1e-6                     # event (under NARROW_BELOW × Φ(-β)), at NARROW × SCALE
 KEPT_MODES = 6                          # the nearest modes integrated, as the budget allows (`_kept`)
 SEARCH_SHARE = 0.3                   # of a budget: no descent begun past it
+DRAWS_MIN, DRAWS_HITS = 200, 30      # importance draws worth making with what the budget leaves, and the
+                                     # effective hits at which they may answer (`_with_draws`)
+TINY = 1e-300                        # below it an interval's ends are not written reliably
 
 
 def log_chi2_tail(dim: int, beta: float) -> float:
@@ -237,7 +255,32 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
                "chi2_cap_log10": cap / math.log(10), "capped": combined > cap,
                "forward_passes": forwards, "backward_passes": backwards, "anchored_modes": anchored_modes,
                "narrow_modes": narrow_modes}
-    return OrthantResult(min(combined, cap), numerical_error, flops), details
+    result = OrthantResult(min(combined, cap), numerical_error, flops)
+    return _with_draws(pi, event, replace(found, modes=modes), result, allowed, details)
+
+
+def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: OrthantResult, allowed: float,
+                details: dict) -> tuple[OrthantResult, dict]:
+    """The quadratics' `result`, checked by importance draws around the kept modes
+    (`importance`) where what `allowed` leaves buys DRAWS_MIN of them: where the draws see
+    DRAWS_HITS effective hits without degeneracy and their 95% interval excludes the
+    quadratics' answer, their truncated estimate replaces it (module docstring). The draws
+    are charged either way; details["importance_draws"] says how many were made, and where
+    they answer, details["importance_interval"] holds their interval and
+    details["quadratics_log10"] the answer they replaced. (Far below float64's range, where
+    the interval cannot be written, the quadratics stay.)"""
+    per_draw = importance_draw_flops(found)
+    draws = int((allowed - result.flops) // per_draw)
+    if draws < DRAWS_MIN:
+        return result, details
+    run = importance_sampling(event, found, draws, torch.Generator().manual_seed(pi.seed + 3), pi.graph.n_outputs)
+    flops = result.flops + draws * per_draw
+    details = {**details, "importance_draws": draws, "importance_effective_hits": run.effective_hits}
+    low, high = run.interval()
+    if run.effective_hits < DRAWS_HITS or run.degenerate or high < TINY or low <= math.exp(result.log_p) <= high:
+        return OrthantResult(result.log_p, result.abs_error, flops), details
+    details.update(importance_interval=(low, high), quadratics_log10=result.log_p / math.log(10))
+    return OrthantResult(run.log_p(), 0.0, flops), details
 
 
 def _narrowed(found: Search, mode: Mode, first: OrthantResult, others: list[Tensor], radius: float,

@@ -158,10 +158,12 @@ def test_a_guess_on_a_flat_plateau_is_dropped_and_the_other_starts_still_run():
 def test_step_networks_have_no_gradients_and_still_get_estimates():
     """Linear → Step → Linear: the search's autograd has nothing to differentiate (before:
     RuntimeError from torch.autograd.grad). The search's normals are zero, its pilot cloud
-    and bisections still find design points: the zero-sample estimate is 2.8e-2 against
-    7.0e-3 from 10⁶ plain draws (π's seeds 0–3: 0.38–0.61 dex high; its modes sit at
-    β ≈ 1.05, at the edge of what counts as a tail, where the hyperplanes fitted to a
-    step's values overstate the cells), and the sampled estimate's interval covers the truth."""
+    and bisections still find design points. The quadratics read 2.8e-2 against 7.0e-3
+    from 10⁶ plain draws (π's seeds 0–3: 0.38–0.61 dex high; its modes sit at β ≈ 1.05, at
+    the edge of what counts as a tail, where the hyperplanes fitted to a step's values
+    overstate the cells); the importance draws the budget leaves contradict them and
+    answer (0.004–0.06 dex on those seeds), with an interval that covers the truth, as the
+    sampled estimate's does."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), Step(), nn.Linear(8, 1)).double()
     D = Gaussian.standard(6)
@@ -170,7 +172,9 @@ def test_step_networks_have_no_gradients_and_still_get_estimates():
     truth = float((y > 0.6).double().mean())
     pi = explain(model, D, "cumulant")
     estimate = pi.probability(Above(0, 0.6))
-    assert estimate.method == "cumulant+design" and abs(estimate.log10 - math.log10(truth)) < 0.7
+    assert estimate.method == "cumulant+design+IS" and abs(estimate.log10 - math.log10(truth)) < 0.15
+    assert estimate.interval[0] <= truth <= estimate.interval[1]
+    assert estimate.samples == estimate.details["importance_draws"] > 0
     lo, hi = pi.probability(Above(0, 0.6), samples=5000).interval
     assert lo <= truth <= hi
 
@@ -238,3 +242,53 @@ def test_standard_inputs_are_observed_without_a_factor_multiply():
     observe, unit = observer(graph, general, [], F64)
     torch.testing.assert_close(observe(xi), model(general.mean + xi @ general.factor.T))
     assert unit == graph.flops_per_sample + 2 * 9 + 3
+
+
+def test_the_budget_left_checks_the_quadratics_with_importance_draws():
+    """On a linear network P(y > b + 4.5|w|) = Φ(-4.5) exactly. The draws that the budget
+    leaves keep an answer inside their 95% interval (the quadratics' exact one: on π's
+    seeds 0–19, all but about one in twenty, whose draws then read within 0.1 dex), and
+    replace one they contradict (the same answer made 10⁻³ times too small) by their own
+    estimate, near Φ(-4.5) with an interval around it; the draws are charged either way,
+    within the budget."""
+    from explanations.mvn import OrthantResult
+    from explanations.structured import _with_draws, search
+
+    layer = linear(5, 1, 3)
+    w, b = layer.weight[0].detach(), layer.bias.item()
+    event = Above(0, b + 4.5 * w.norm().item())
+    exact, wrong = log_normal_tail(4.5), log_normal_tail(4.5) - 3 * math.log(10)
+    pi = GaussianExplanation(compile_model(layer), Gaussian.standard(5))
+    found = search(pi, event)
+    allowed = 5_000 * pi.graph.flops_per_sample
+    kept = covered = 0
+    for seed in range(20):
+        pi.seed = seed
+        answer, details = _with_draws(pi, event, found, OrthantResult(exact, 0.0, 100), allowed, {})
+        kept += answer.log_p == exact
+        assert abs(answer.log_p - exact) < 0.1 * math.log(10)
+        assert details["importance_draws"] > 1_000 and answer.flops <= allowed
+        replaced, details = _with_draws(pi, event, found, OrthantResult(wrong, 0.0, 100), allowed, {})
+        low, high = details["importance_interval"]
+        covered += low < math.exp(exact) < high
+        assert abs(replaced.log_p - exact) < 0.1 * math.log(10) and replaced.flops <= allowed
+        assert details["quadratics_log10"] == pytest.approx(wrong / math.log(10))
+    assert kept >= 17 and covered >= 17
+
+
+def test_a_zero_sample_answer_checked_by_its_draws_says_so():
+    """Where the design estimate's draws answer, the Estimate says `+design+IS`, counts the
+    draws in `samples` and carries their interval (the step network above); where they
+    agree with the quadratics, as on this ReLU net's three tails, samples stay 0 and there
+    is no interval. Either way the query stays within 10⁴ sample-equivalents."""
+    torch.manual_seed(0)
+    model = nn.Sequential(linear(6, 32, 7), nn.ReLU(), linear(32, 1, 8))
+    pi = explain(model, Gaussian.standard(6), "cumulant")
+    sd = float(pi.cov[0, 0].sqrt())
+    for level in (4.0, 5.0, 6.0):
+        estimate = pi.probability(Above(0, float(pi.mean[0]) + level * sd))
+        assert estimate.sample_equivalents <= 10_000
+        if estimate.method.endswith("+IS"):
+            assert estimate.samples == estimate.details["importance_draws"] > 0 and estimate.interval is not None
+        else:
+            assert estimate.samples == 0 and estimate.interval is None

@@ -77,10 +77,11 @@ def test_a_saturated_design_point_is_reached():
 def test_a_threshold_just_inside_a_bounded_range_is_a_tail(method):
     """P(tanh(z) > 0.999) = Φ(-atanh 0.999) = 7.2e-5. π's Gaussian of y calls it common (5.6e-2:
     it does not know that y < 1), the plain draws that check that claim find no hit, and the
-    design path then reads 8.9e-5 (it had read 0.06 before the check)."""
+    design path then reads 8.9e-5 by its quadratics (it had read 0.06 before the check), or,
+    where the draws the budget leaves contradict them, 7.1e-5 by those draws."""
     truth = math.log10(0.5 * math.erfc(math.atanh(0.999) / math.sqrt(2)))
     estimate = explain(unit(nn.Tanh()), Gaussian.standard(2), method).probability(Above(0, 0.999))
-    assert estimate.method.endswith("+design") and estimate.details["pilot_hits"] == 0
+    assert estimate.method.endswith(("+design", "+design+IS")) and estimate.details["pilot_hits"] == 0
     assert abs(estimate.log10 - truth) < 0.3
 
 

@@ -38,7 +38,7 @@ then the dearer of its two endings: KEPT_MODES local quadratics (each polished f
 fitted and integrated along lines, where it finds modes, cumulant marginals joined by a
 copula where it finds none
 (each marginal gated by CUMULANT_BUDGET sample-equivalents, counted at 4× that, plus the
-exact tetrahedral κ4 diagrams that gate leaves out) and the plain draws that check it (at
+exact tetrahedral κ4 diagrams that gate leaves out) and the draws that check either (at
 most what DESIGN_BUDGET leaves); and the pilot's PILOT_DRAWS draws (`explanations.pilot`).
 tests/test_tracker_review.py checks bound ≥ cost over architectures, methods and events.
 """
@@ -277,7 +277,8 @@ def _fit_and_lines(graph: Graph, event: Event, rows: list[int]) -> tuple[int, in
 
 def _refilled(graph: Graph, event: Event, rows: list[int]) -> int:
     """What fills the zero-sample budget: the draws that check a copula's answer where the
-    search found no mode (up to DESIGN_BUDGET with all else), and the narrower refits
+    search found no mode, or the quadratics' answer where it found some
+    (`structured._with_draws`; either up to DESIGN_BUDGET with all else), and the narrower refits
     (`structured._narrowed`), made only while the design estimate stays within its budget,
     after which each mode may still take the two fallback integrals."""
     return DESIGN_BUDGET * graph.flops_per_sample + 2 * (KEPT_MODES + len(rows)) * _fit_and_lines(graph, event, rows)[1]
