@@ -29,12 +29,13 @@ degeneracy, an answer of the quadratics outside the draws' 95% interval is repla
 draws' truncated estimate, with its interval. A quadratic is a fair average of a cell's
 boundary, and the draws measure the network itself where the quadratics read a thin wedge
 or a horn wrong; where they agree, the quadratics' answer stays (on a linear network it is
-exact). Measured on the tail benchmark (85 events, 1e-8 ≤ p ≤ 1e-3, π's seeds 0–2, with the
-draws recorded beside the quadratics): the draws replace 15, 6 and 14 answers, and the
-median |log10 p̂/p| goes 0.086 → 0.075, 0.080 → 0.069 and 0.102 → 0.082, with the worst
-and the events beyond 0.5 dex unchanged (0.93, 0.99, 1.79; 4, 4, 6). Taking the draws
-wherever they have 30 effective hits, agreeing or not: 0.074, 0.058, 0.090; at 10 hits,
-seed 2's worst went 1.79 → 2.91.
+exact). Measured on the tail benchmark (`pitrack bench tails --methods auto --seed S`, 85
+events with 1e-8 ≤ p ≤ 1e-3, π's seeds 0–2): the draws answer 10, 8 and 13 events, and the
+median |log10 p̂/p| goes 0.086 → 0.074, 0.080 → 0.066 and 0.102 → 0.084; the worst stays
+(0.93, 0.99, 1.79) and the events beyond 0.5 dex go 4, 4, 6 → 4, 4, 7 (on seed 2 the draws,
+3× low, contradicted r16 Below at 5e-5's quadratics, -0.26 → -0.52). With the draws
+recorded beside the quadratics, taking them wherever they had 30 effective hits, agreeing
+or not, gave 0.074, 0.058, 0.090, and at 10 hits seed 2's worst went 1.79 → 2.91.
 """
 from __future__ import annotations
 
