@@ -41,7 +41,7 @@ def test_a_rare_event_on_the_short_side_of_a_skewed_output_takes_the_design_path
     """relu 2 → 8 → 8 → 1 (bias sd 0.1): y has skew -1.8 and an upper edge near 0.7. π's
     Gaussian puts P(y > 0.3) above the 5e-2 gate (its Cornish–Fisher copula read 0.3–0.4);
     256 plain draws contradict it and the design path reads it within 0.3 dex of 4·10⁶
-    draws (about 2,800 hits)."""
+    draws (about 2,800 hits), by its quadratics or the importance draws that check them."""
     model = mlp([2, 8, 8, 1], "relu", seed=1, bias_std=0.1).double()
     event = Above(0, 0.3)
     truth = sampled(model, 2, event, 4_000_000, seed=0)
@@ -49,7 +49,7 @@ def test_a_rare_event_on_the_short_side_of_a_skewed_output_takes_the_design_path
     bulk = torch.special.ndtr((pi.mean[0] - 0.3) / pi.cov[0, 0].sqrt())
     assert float(bulk) > 0.05
     estimate = pi.probability(event)
-    assert estimate.method.endswith("+design")
+    assert estimate.method.endswith(("+design", "+design+IS"))
     assert abs(math.log10(estimate.value / truth)) <= 0.3
     assert estimate.sample_equivalents <= 10_000
 
@@ -64,7 +64,7 @@ def test_a_model_ending_in_tanh_is_read_near_its_bound():
     truth = sampled(model, 8, event, 4_000_000, seed=0)
     assert 5e-5 < truth < 2e-4
     estimate = explain(model, Gaussian.standard(8), "auto").probability(event)
-    assert estimate.method.endswith("+design")
+    assert estimate.method.endswith(("+design", "+design+IS"))
     assert abs(math.log10(estimate.value / truth)) <= 0.5
 
 
