@@ -72,12 +72,12 @@ from torch import Tensor
 from .design import is_far
 from .estimate import Estimate
 from .events import Event
+from .importance import importance_draw_flops, importance_sampling
 from .montecarlo import draw_cost, draws_within, tally
 from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union, union_flops_bound
 from .observed import clause_rows, observe_flops, observed
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
 from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, search
-from .importance import importance_draw_flops, importance_sampling
 
 SEARCH_MODES, WIDE_SEARCH_BELOW = 8, 1e-2
 PILOT_SHARE, PILOT_MIN, PILOT_HITS, PILOT_MODE_HITS = 0.1, 200, 3.0, 3
