@@ -22,7 +22,8 @@ table gives each event's 95% percentile-bootstrap interval of MSE_hybrid over it
 events that miss a target beyond that noise (the whole interval on the wrong side). With
 heavy-tailed errors the interval is itself uncertain: its upper end of MSE_hybrid is low
 when the rare large errors were not drawn. Writes a CSV and a PNG, and a
-second CSV with every run (seed, estimate, interval, sampler, effective hits), from which
+second CSV with every run (seed, estimate, interval, sampler, effective hits, the unbiased
+estimate and the weights cut of importance sampling), from which
 the report's coverage and run-by-run |log10(p̂/p)| by sampler come. `first_seed`
 (`--first-seed`) moves the repeats to seeds first_seed … first_seed + R - 1: a check on
 other seeds with the same command.
