@@ -140,7 +140,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
         +0.41 to +0.49 dex where h/n read +0.09 to +0.19.) The draws only check a design
         estimate's path, so it keeps samples = 0 and says how many were made
         (details["pilot_draws"]). Where the design estimate's own importance draws answer
-        (`structured._with_draws`), the method says `+design+IS`, and the estimate carries
+        (`structured._with_draws`), the method says `+design+draws`, and the estimate carries
         their 95% interval and counts them in `samples`."""
         if self.exact and not event.reads_nonlinear_detector():
             exact = self._exact_probability(event)
@@ -162,7 +162,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
             if result is not None:
                 drawn = {"pilot_draws": pilot.draws, "pilot_hits": pilot.hits} if pilot else {}
                 interval = details.pop("importance_interval", None)     # the design's draws answered
-                estimate = self._estimate(result, sum(spent), f"{self.method}+design" + ("+IS" if interval else ""),
+                estimate = self._estimate(result, sum(spent), f"{self.method}+design" + ("+draws" if interval else ""),
                                           {**details, **drawn, "bulk_log10": bulk.log_p / math.log(10)})
                 return replace(estimate, interval=interval, samples=details["importance_draws"]) if interval else estimate
             spent.append(details["search_flops"])

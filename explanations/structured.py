@@ -270,8 +270,9 @@ def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: Or
     they answer, details["importance_interval"] holds their interval and
     details["quadratics_log10"] the answer they replaced. (Far below float64's range, where
     the interval cannot be written, the quadratics stay.)"""
+    found = replace(found, modes=[m for m in found.modes if math.isfinite(m.beta * m.beta)])   # |ξ*|²/2 in float64
     per_draw = importance_draw_flops(found)
-    draws = int((allowed - result.flops) // per_draw)
+    draws = int((allowed - result.flops) // per_draw) if found.modes else 0
     if draws < DRAWS_MIN:
         return result, details
     run = importance_sampling(event, found, draws, torch.Generator().manual_seed(pi.seed + 3), pi.graph.n_outputs)

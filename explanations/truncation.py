@@ -3,7 +3,7 @@
 An importance-sampling estimate of a rare event's probability, p̂ = (1/N) Σ_hits w_i, is
 unbiased, but where the proposal leaves a part of the event uncovered, a draw lands
 there once in many runs and its weight (up to 1/α0 = 5 for the defensive mixture of
-`guided`, against p = 1e-6 and N ≈ 4,000) makes that run hundreds of times the truth;
+`importance`, against p = 1e-6 and N ≈ 4,000) makes that run hundreds of times the truth;
 the other runs read a little low. Truncated importance sampling (Ionides, "Truncated
 importance sampling", J. Comput. Graph. Stat. 17, 2008) caps every weight at τ and
 returns (1/N) Σ min(w_i, τ): its bias, -E[(1_C w - τ)⁺], is at most the mass the weights
@@ -15,8 +15,8 @@ which one outlying weight cannot inflate: τ solves
     Σ_i min(w_i, τ) = SHARE · √n · τ,    SHARE = ½,
 
 so τ is 2√n times the truncated mean hit weight. The left side is concave in τ with
-slope n at 0 and 0 beyond max w, so for n ≥ 2 the root is unique and positive; a single
-hit is never cut. Weights spread like a halfspace's hits (exponential, their maximum
+slope n at 0 and 0 beyond max w, so for n ≥ 2 the root is unique and positive; for
+n ≤ 4 hits (½√n ≤ 1) it lies at or above max w, and nothing is cut. Weights spread like a halfspace's hits (exponential, their maximum
 about ln n times their mean) are not cut, and the bias vanishes as n grows.
 
 Measured on `pitrack bench sampling` (106 events, 20 repeats at 10⁴ sample-equivalents,
@@ -42,27 +42,27 @@ SHARE = 0.5
 
 def log_cap(log_weights: Tensor, share: float = SHARE) -> float:
     """log τ of the module docstring for the hits' log-weights (a 1-D tensor); +inf where
-    nothing is cut (fewer than two hits, or τ at or above the largest weight).
+    nothing is cut (τ at or above the largest weight: always for n ≤ 4 hits, where
+    c = share·√n ≤ 1, so τ ≥ Σ w ≥ max w).
 
     With the weights sorted in decreasing order w_(1) ≥ w_(2) ≥ …, and k of them above τ,
-    the equation reads k τ + Σ_{j>k} w_(j) = c τ with c = share·√n, so τ = Σ_{j>k} w_(j) / (c - k),
-    the k for which w_(k+1) ≤ τ ≤ w_(k)."""
+    the equation reads k τ + Σ_{j>k} w_(j) = c τ, so τ = Σ_{j>k} w_(j) / (c - k), the k for
+    which w_(k+1) ≤ τ ≤ w_(k). All of it in log space (the tail sums by a reversed
+    log-cumsum-exp), so weights that span more than float64's range are cut correctly."""
     n = log_weights.numel()
     c = share * math.sqrt(n)
-    if n < 2 or c >= n:
+    if c <= 1:
         return math.inf
     ordered = log_weights.to(torch.float64).sort(descending=True).values
-    top = float(ordered[0])
-    weights = (ordered - top).exp()                         # w / max w, in (0, 1]
-    rest = weights.flip(0).cumsum(0).flip(0)                # Σ_{j ≥ k} w_(j), k = 0 … n - 1
+    log_rest = ordered.flip(0).logcumsumexp(0).flip(0)      # log Σ_{j ≥ k} w_(j), k = 0 … n - 1
     k = torch.arange(n, dtype=torch.float64)
-    tau = rest / (c - k)
-    upper = torch.cat([weights.new_tensor([math.inf]), weights[:-1]])
-    root = (k < c) & (weights <= tau) & (tau <= upper)
+    log_tau = log_rest - (c - k).clamp_min(1e-300).log()
+    above = torch.cat([ordered.new_tensor([math.inf]), ordered[:-1]])
+    root = (k < c) & (ordered <= log_tau) & (log_tau <= above)
     if not root.any():                                      # rounding at a tie: nothing cut
         return math.inf
     first = int(root.nonzero()[0])
-    return math.inf if first == 0 else top + math.log(float(tau[first]))
+    return math.inf if first == 0 else float(log_tau[first])
 
 
 def truncated(log_weights: Tensor, cap: float) -> Tensor:

@@ -49,7 +49,7 @@ def test_a_rare_event_on_the_short_side_of_a_skewed_output_takes_the_design_path
     bulk = torch.special.ndtr((pi.mean[0] - 0.3) / pi.cov[0, 0].sqrt())
     assert float(bulk) > 0.05
     estimate = pi.probability(event)
-    assert estimate.method.endswith(("+design", "+design+IS"))
+    assert estimate.method.endswith(("+design", "+design+draws"))
     assert abs(math.log10(estimate.value / truth)) <= 0.3
     assert estimate.sample_equivalents <= 10_000
 
@@ -64,7 +64,7 @@ def test_a_model_ending_in_tanh_is_read_near_its_bound():
     truth = sampled(model, 8, event, 4_000_000, seed=0)
     assert 5e-5 < truth < 2e-4
     estimate = explain(model, Gaussian.standard(8), "auto").probability(event)
-    assert estimate.method.endswith(("+design", "+design+IS"))
+    assert estimate.method.endswith(("+design", "+design+draws"))
     assert abs(math.log10(estimate.value / truth)) <= 0.5
 
 

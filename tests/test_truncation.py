@@ -14,8 +14,8 @@ def test_one_outlier_among_equal_weights_is_cut_at_the_closed_form():
 
 
 def test_the_cap_solves_its_equation_and_moves_with_the_scale():
-    """Σ min(w, τ) = ½√n τ at the returned τ, for heavy-tailed weights far in a tail
-    (log w near -690, where w itself underflows float64)."""
+    """Σ min(w, τ) = ½√n τ at the returned τ, for heavy-tailed weights, and the same cap
+    shifted for weights 300 decades smaller."""
     generator = torch.Generator().manual_seed(0)
     log_w = 3 * torch.randn(500, generator=generator, dtype=torch.float64)
     cap = log_cap(log_w)
@@ -25,14 +25,23 @@ def test_the_cap_solves_its_equation_and_moves_with_the_scale():
     assert math.isclose(log_cap(log_w - 690), cap - 690, rel_tol=1e-12)
 
 
-def test_light_tailed_weights_and_single_hits_are_not_cut():
+def test_light_tailed_weights_and_few_hits_are_not_cut():
+    """Exponential weights (a halfspace's hits) are not cut at any n; nor is anything among
+    n ≤ 4 hits, however uneven (½√n ≤ 1 puts τ at or above the largest)."""
     generator = torch.Generator().manual_seed(1)
-    for n in (2, 10, 100, 10_000):
+    for n in (5, 10, 100, 10_000):
         exponential = torch.empty(n, dtype=torch.float64).exponential_(generator=generator)
         assert log_cap(exponential.log()) == math.inf
-    assert log_cap(torch.tensor([0.3], dtype=torch.float64).log()) == math.inf
-    assert log_cap(torch.empty(0, dtype=torch.float64)) == math.inf
+    for n in range(5):
+        assert log_cap(torch.tensor([0.0] + [-700.0] * (n - 1), dtype=torch.float64)[:n]) == math.inf
     assert log_cap(torch.zeros(50, dtype=torch.float64)) == math.inf        # all equal
+
+
+def test_a_weight_beyond_float64s_range_of_the_others_is_cut():
+    """One log-weight 800 above 99 others (their ratio e^800 is no float64): the cap is
+    99 w / (½√100 - 1) = 24.75 w of the others, found in log space."""
+    log_w = torch.tensor([0.0] + [-800.0] * 99, dtype=torch.float64)
+    assert math.isclose(log_cap(log_w), -800 + math.log(99 / 4), rel_tol=1e-12)
 
 
 def test_truncation_trades_a_rare_stray_weight_for_a_small_bias():
