@@ -72,7 +72,7 @@ from torch import Tensor
 from .design import is_far
 from .estimate import Estimate
 from .events import Event
-from .importance import importance_draw_flops, importance_sampling
+from .importance import importance_draw_flops, importance_sampling, with_finite_modes
 from .montecarlo import draw_cost, draws_within, tally
 from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union, union_flops_bound
 from .observed import clause_rows, observe_flops, observed
@@ -93,8 +93,7 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
     budget instead of `samples`, `spent` (π's part, the search included) is paid first and
     the rest buys draws; `log_guess` (π's log P) sizes the subset-simulation levels."""
     d = found.distribution.dim
-    finite = [m for m in found.modes if math.isfinite(m.beta * m.beta)]   # |ξ*|²/2 must fit float64
-    found = found if len(finite) == len(found.modes) else replace(found, modes=finite)
+    found = with_finite_modes(found)
     k = len(found.modes)
     importance_draw = importance_draw_flops(found)
     if samples is None:

@@ -36,7 +36,7 @@ products and the mixture's log-sum-exp.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -51,6 +51,12 @@ if TYPE_CHECKING:
 
 DEFENSIVE, BROAD, BROAD_SCALE, MODE_MASS_SHARE = 0.2, 0.1, 2.0, 0.5
 DEGENERATE_HITS = 10
+
+
+def with_finite_modes(found: Search) -> Search:
+    """`found` without modes whose |ξ*|²/2 overflows float64 (the weights would be NaN)."""
+    finite = [m for m in found.modes if math.isfinite(m.beta * m.beta)]
+    return found if len(finite) == len(found.modes) else replace(found, modes=finite)
 
 
 def importance_draw_flops(found: Search) -> int:

@@ -52,7 +52,7 @@ from .design import MAX_MODES, ClauseSearch, Mode, find_modes, is_new, whitened_
 from .distributions import Gaussian
 from .events import Event
 from .graph import Act, Graph, iter_ops
-from .importance import importance_draw_flops, importance_sampling
+from .importance import importance_draw_flops, importance_sampling, with_finite_modes
 from .mvn import OrthantResult
 from .observed import clause_margins, clause_rows, observe_flops, observer
 from .quadratic import (DOUBLING_SHARE, LINE_RANGE, SCALE, Quadratic, fit, fit_flops_bound, line_flops,
@@ -270,7 +270,7 @@ def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: Or
     they answer, details["importance_interval"] holds their interval and
     details["quadratics_log10"] the answer they replaced. (Far below float64's range, where
     the interval cannot be written, the quadratics stay.)"""
-    found = replace(found, modes=[m for m in found.modes if math.isfinite(m.beta * m.beta)])   # |ξ*|²/2 in float64
+    found = with_finite_modes(found)
     per_draw = importance_draw_flops(found)
     draws = int((allowed - result.flops) // per_draw) if found.modes else 0
     if draws < DRAWS_MIN:
@@ -280,7 +280,7 @@ def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: Or
     details = {**details, "importance_draws": draws, "importance_effective_hits": run.effective_hits}
     low, high = run.interval()
     if run.effective_hits < DRAWS_HITS or run.degenerate or high < TINY or low <= math.exp(result.log_p) <= high:
-        return OrthantResult(result.log_p, result.abs_error, flops), details
+        return replace(result, flops=flops), details
     details.update(importance_interval=(low, high), quadratics_log10=result.log_p / math.log(10))
     return OrthantResult(run.log_p(), 0.0, flops), details
 
