@@ -114,7 +114,7 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
                 method=f"{pi.method}+design-IS", flops_per_sample=unit,
                 details={**details, "standard_error": math.exp(run.log_p()) * run.relative_error(),
                          "effective_hits": run.effective_hits, "degenerate": run.degenerate,
-                         "unbiased": math.exp(run.log_p(cut=False)), "cut_weights": run.cut})
+                         "unbiased": math.exp(run.log_p(cut=False)), "cut_weights": run.weights_cut})
         if trial.hits:
             log_guess = min(log_guess, trial.log_p(cut=False))
     wanted = log_guess / math.log(LEVEL_PROBABILITY)      # +inf where π calls the event impossible

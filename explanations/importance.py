@@ -16,7 +16,7 @@ is computed in log space. The unbiased estimate is (1/N) Σ_i 1_C(ξ_i) w_i; the
 (`truncation`: Σ_hits min(w_i, τ) = ½√n τ for n hits), p̂ = (1/N) Σ_i 1_C(ξ_i) min(w_i, τ),
 which cuts the rare weight from a part of the event the mixture does not cover (one run
 in 20 at 304× the truth, before) at a bias of at most the mass above τ
-(`Weighted.cut` counts the weights cut). Its standard error comes from the sample
+(`Weighted.weights_cut` counts them). Its standard error comes from the sample
 variance of the truncated weights. The effective number of hits n = p̂²/se² (for equal
 weights and small p, the number of hits) gives the interval, Garwood's for n counts
 scaled to p̂ (`montecarlo.effective_count_interval`): the small-sample correction that
@@ -77,11 +77,11 @@ class Weighted:
     defensive_hits: int = 0   # … and how many of them hit
     mode_hits: int = 0        # hits drawn by the components at the design points
     log_cap: float = field(init=False)     # log τ of the truncation (+inf: none)
-    cut: int = field(init=False)           # how many weights it cuts
+    weights_cut: int = field(init=False)   # how many weights it cuts
 
     def __post_init__(self) -> None:
         self.log_cap = log_cap(self.log_weights)
-        self.cut = int((self.log_weights > self.log_cap).sum())
+        self.weights_cut = int((self.log_weights > self.log_cap).sum())
 
     @property
     def hits(self) -> int:
@@ -134,13 +134,13 @@ class Weighted:
         if self.hits == 0:
             return 0.0, plain
         low, high = self._garwood(cut=True)
-        if self.cut:
+        if self.weights_cut:
             unbiased = self._garwood(cut=False)
             low, high = min(low, unbiased[0]), max(high, unbiased[1])
         return low, max(high, plain) if self.degenerate else high
 
 
-def importance_sampling(event: Event, found: "Search", samples: int, generator: torch.Generator,
+def importance_sampling(event: Event, found: Search, samples: int, generator: torch.Generator,
                         n_outputs: int, batch: int = 1 << 14) -> Weighted:
     """The hits' log-weights over `samples` draws from the defensive mixture (module docstring)."""
     points = torch.stack([m.point for m in found.modes])                    # [K, d]
