@@ -78,45 +78,41 @@ class Weighted:
     mode_hits: int = 0        # hits drawn by the components at the design points
     log_cap: float = field(init=False)     # log τ of the truncation (+inf: none)
     weights_cut: int = field(init=False)   # how many weights it cuts
+    sums: dict = field(init=False)         # cut (bool) → (log Σ w, log Σ w²) of the hits
 
     def __post_init__(self) -> None:
         self.log_cap = log_cap(self.log_weights)
         self.weights_cut = int((self.log_weights > self.log_cap).sum())
+        self.sums = {cut: _log_sums(truncated(self.log_weights, self.log_cap) if cut else self.log_weights)
+                     for cut in (False, True)}
 
     @property
     def hits(self) -> int:
         return self.log_weights.numel()
 
-    def _sums(self, cut: bool) -> tuple[float, float]:
-        """log Σ w and log Σ w² over the hits, of the truncated weights if `cut`."""
-        if not self.hits:
-            return -math.inf, -math.inf
-        log_w = truncated(self.log_weights, self.log_cap) if cut else self.log_weights
-        return float(torch.logsumexp(log_w, 0)), float(torch.logsumexp(2 * log_w, 0))
-
     def log_p(self, cut: bool = True) -> float:
         """log p̂: the truncated estimate, or (`cut=False`) the unbiased one."""
-        return self._sums(cut)[0] - math.log(self.samples)
+        return self.sums[cut][0] - math.log(self.samples)
 
     def relative_error(self, cut: bool = True) -> float:
         """se/p̂, from the sample variance: √((N Σw²/(Σw)² - 1)/(N - 1))."""
         if self.hits == 0:
             return math.inf
-        log_total, log_squares = self._sums(cut)
+        log_total, log_squares = self.sums[cut]
         ratio = math.exp(min(log_squares - 2 * log_total + math.log(self.samples), 700.0))
         return math.sqrt(max(ratio - 1, 0.0) / max(self.samples - 1, 1))
 
     @property
     def effective_hits(self) -> float:
         """Kong's (Σ_hits w)²/Σ_hits w², of the weights as drawn."""
-        log_total, log_squares = self._sums(cut=False)
+        log_total, log_squares = self.sums[False]
         return math.exp(2 * log_total - log_squares) if self.hits else 0.0
 
     @property
     def degenerate(self) -> bool:
         """Fewer than DEGENERATE_HITS effective hits, or one weight over half of Σw (as drawn)."""
         return (self.effective_hits < DEGENERATE_HITS
-                or float(self.log_weights.max()) > self._sums(cut=False)[0] - math.log(2))
+                or float(self.log_weights.max()) > self.sums[False][0] - math.log(2))
 
     def _garwood(self, cut: bool) -> tuple[float, float]:
         error = self.relative_error(cut)
@@ -138,6 +134,13 @@ class Weighted:
             unbiased = self._garwood(cut=False)
             low, high = min(low, unbiased[0]), max(high, unbiased[1])
         return low, max(high, plain) if self.degenerate else high
+
+
+def _log_sums(log_w: Tensor) -> tuple[float, float]:
+    """log Σ w and log Σ w² (-∞ for no weight)."""
+    if not log_w.numel():
+        return -math.inf, -math.inf
+    return float(torch.logsumexp(log_w, 0)), float(torch.logsumexp(2 * log_w, 0))
 
 
 def importance_sampling(event: Event, found: Search, samples: int, generator: torch.Generator,
