@@ -251,13 +251,13 @@ def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tenso
     at β ≈ 3.6 that hold most of the mass, and 4 runs in 20 read 0.001–0.4 of the truth."""
     margins = search.margin(cloud)
     inside = cloud[margins >= 0]
-    chosen = _distinct(inside[inside.norm(dim=1).argsort()], starts)
+    chosen = distinct(inside[inside.norm(dim=1).argsort()], starts)
     missing = starts - len(chosen) if fill or not len(inside) else 0
     if guess is not None:
         pushed = guess if float(search.margin(guess[None, :])[0]) >= 0 else search.reach(guess)
         chosen += [pushed] if pushed is not None else []
     outside = cloud[margins < 0][margins[margins < 0].argsort(descending=True)]
-    to_push = _distinct(outside, missing, chosen)
+    to_push = distinct(outside, missing, chosen)
     descents = 0
     for start, infeasible in [(p, False) for p in chosen] + [(p, True) for p in to_push]:
         if descents and search.forwards + 2 * search.backwards >= effort:
@@ -271,7 +271,7 @@ def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tenso
             modes.append(Mode(point, float(point.norm()), clause))
 
 
-def _distinct(points: Tensor, count: int, taken: list[Tensor] = ()) -> list[Tensor]:
+def distinct(points: Tensor, count: int, taken: list[Tensor] = ()) -> list[Tensor]:
     """Up to `count` of `points`, in their order, each at more than about 25° (cosine < 0.9)
     from every point taken before it and from `taken`."""
     chosen: list[Tensor] = []

@@ -43,8 +43,12 @@ and the median: before both, 34 and 0.130; the fill alone 34 and 0.142 (its extr
 modes thin the pilot's hits, and more runs go to subset simulation); the mode hits alone
 35 and 0.115; both 30 and 0.117. A PILOT_HITS of 1 instead (any hit) with the fill gave
 29 and 0.117, but put r06 Any at p = 1e-6 (16 → 64² → 2 tanh) from 0.92 to 2.40. The
-pilot only chooses: it is charged but not
-pooled, so it adds no bias to the estimate that follows (details["unbiased"] stays unbiased).
+pilot chooses and adapts: it is charged but not pooled, so it adds no bias to the estimate
+that follows (details["unbiased"] stays unbiased). Its hits outside every mode's tangent
+halfspace mark parts of the event the search missed; descents from them add their design
+points to the main run's mixture (`adaptation`; details["adapted_modes"]), for at most
+ADAPT_SHARE of what the pilot leaves of the budget, and never so much that fewer than
+PILOT_MIN draws remain.
 
 Events on a detector with an activation inside. π's bulk Gaussian of such a score can put
 a 1e-4 event above 5e-2 (`cumulant`), and design-guided sampling is worse than plain
@@ -69,6 +73,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from .adaptation import ADAPT_SHARE, adapted
 from .design import is_far
 from .estimate import Estimate
 from .events import Event
@@ -107,7 +112,16 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
         spent += pilot * importance_draw
         details.update(pilot_effective_hits=trial.effective_hits, pilot_mode_hits=trial.mode_hits)
         if trial.effective_hits >= PILOT_HITS or trial.mode_hits >= PILOT_MODE_HITS or not pilot:
-            run = importance_sampling(event, found, samples - pilot, generator, pi.graph.n_outputs)
+            rest = samples - pilot
+            if trial.hits:
+                left = rest * importance_draw if flops is None else flops - spent   # the main run's part
+                limit = min(ADAPT_SHARE * left, left - PILOT_MIN * importance_draw) / found.observe_flops
+                found, cost, added = adapted(found, trial, limit)
+                spent += cost
+                importance_draw = importance_draw_flops(found)
+                rest = rest if flops is None else draws_within(flops, spent, importance_draw)
+                details.update(adapted_modes=added, modes=[m.beta for m in found.modes])
+            run = importance_sampling(event, found, rest, generator, pi.graph.n_outputs)
             return Estimate.probability(
                 run.log_p(), interval=run.interval(),
                 flops=spent + run.samples * importance_draw, samples=pilot + run.samples,

@@ -76,6 +76,7 @@ class Weighted:
     defensive: int = 0        # draws from the defensive component N(0, I) …
     defensive_hits: int = 0   # … and how many of them hit
     mode_hits: int = 0        # hits drawn by the components at the design points
+    hit_points: Tensor | None = None       # ξ of each hit, in the order of `log_weights`
     log_cap: float = field(init=False)     # log τ of the truncation (+inf: none)
     weights_cut: int = field(init=False)   # how many weights it cuts
     sums: dict = field(init=False)         # cut (bool) → (log Σ w, log Σ w²) of the hits
@@ -153,7 +154,7 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
     share = MODE_MASS_SHARE * torch.softmax(form, 0) + (1 - MODE_MASS_SHARE) / k     # Σ = 1
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          (math.log(1 - DEFENSIVE - BROAD) + share.log()).to(points)])
-    hit_weights = []
+    hit_weights, hit_points = [], []
     done = defensive = defensive_hits = mode_hits = 0
     with torch.no_grad():
         while done < samples:
@@ -169,10 +170,12 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
             log_w = -torch.logsumexp(exponents + log_mix, dim=1)
             hit = event.evaluate(found.observe(xi)[:, :n_outputs])
             hit_weights.append(log_w[hit].to(torch.float64).cpu())
+            hit_points.append(xi[hit])
             plain = component == 0
             defensive += int(plain.sum())
             defensive_hits += int((hit & plain).sum())
             mode_hits += int((hit & (component >= 2)).sum())
             done += size
     log_weights = torch.cat(hit_weights) if hit_weights else torch.empty(0, dtype=torch.float64)
-    return Weighted(samples, log_weights, defensive, defensive_hits, mode_hits)
+    return Weighted(samples, log_weights, defensive, defensive_hits, mode_hits,
+                    torch.cat(hit_points) if hit_points else points.new_zeros(0, d))

@@ -47,12 +47,17 @@ def test_mean_and_variance_against_sampling(name, method):
 
 
 def test_sampled_tail_of_a_leaky_net_covers_the_truth():
+    """The threshold is the 1 - 1e-3 quantile of SAMPLES draws; its exceedance probability,
+    from 10 × SAMPLES fresh draws, is 1.017e-3 ± 0.016e-3 (the quantile's own draws put it
+    at 1e-3 ± 5%, too rough for a 10⁴-draw estimate's interval of ±7%)."""
     model = network(MODULES["leaky_relu"])
     with torch.no_grad():
         y = model(torch.randn(SAMPLES, 8, generator=torch.Generator().manual_seed(0), dtype=F64))[:, 0]
-    threshold = float(y.quantile(1 - 1e-3))
+        threshold = float(y.quantile(1 - 1e-3))
+        fresh = model(torch.randn(10 * SAMPLES, 8, generator=torch.Generator().manual_seed(1), dtype=F64))[:, 0]
+    truth = float((fresh > threshold).double().mean())
     estimate = explain(model, Gaussian.standard(8), "cumulant", seed=3).probability(Above(0, threshold), samples=10_000)
-    assert estimate.interval[0] <= 1e-3 <= estimate.interval[1]
+    assert estimate.interval[0] <= truth <= estimate.interval[1]
 
 
 @pytest.mark.parametrize("final, threshold, inverse", [
