@@ -44,7 +44,7 @@ class Estimate:
         if self.log10 is not None:
             shown = f"P = {self.value:.3g} (10^{self.log10:.2f})" if self.value > 0 or not math.isfinite(self.log10) \
                 else f"P = 10^{self.log10:.2f}"
-            bounds = self.interval and distinct(float(self.interval[0]), float(self.interval[1]))
+            bounds = self.interval and _distinct(float(self.interval[0]), float(self.interval[1]))
         else:
             flat = lambda t: [float(v) for v in torch.as_tensor(t).reshape(-1)]
             values = flat(self.value)
@@ -62,7 +62,7 @@ class Estimate:
         return cls(value=math.exp(log_p), log10=log_p / math.log(10.0), **kwargs)
 
 
-def distinct(low: float, high: float) -> str:
+def _distinct(low: float, high: float) -> str:
     """[low, high] with 2 significant digits, or more (up to 6) where 2 would print the same."""
     for digits in range(2, 7):
         shown = f"{low:.{digits}g}", f"{high:.{digits}g}"
