@@ -3,19 +3,20 @@
 An importance-sampling pilot around the design points ξ*_k (β_k = |ξ*_k|, u_k = ξ*_k/β_k)
 draws hits ξ of the event. A hit with ξ·u_k ≥ β_k for some k lies in that mode's tangent
 halfspace, FORM's picture of the part of the event the mode stands for, where the
-mixture's component at ξ*_k (share a_k) keeps the weight at
-    w(ξ) = φ(ξ)/q(ξ) ≤ φ(ξ)/(a_k φ(ξ - ξ*_k)) = e^{β_k²/2 - ξ·ξ*_k}/a_k ≤ e^{-β_k²/2}/a_k.
+mixture's component at ξ*_k (its weight α_k in q, `importance`) keeps the weight at
+    w(ξ) = φ(ξ)/q(ξ) ≤ φ(ξ)/(α_k φ(ξ - ξ*_k)) = e^{β_k²/2 - ξ·ξ*_k}/α_k ≤ e^{-β_k²/2}/α_k.
 A hit outside every such halfspace is *uncovered*: it lies nearer the origin, along its
 own direction, than any found design point's tangent plane, in a part of the event the
-search missed (or where the boundary bends toward the origin), and its weight has no such
-bound. From up to ADAPT_STARTS of the uncovered hits, heaviest first and in distinct
+search missed (or where the boundary bends toward the origin), and its weight has only
+the defensive bound 1/α0. From up to ADAPT_STARTS of the uncovered hits, heaviest first and in distinct
 directions (`design.distinct`: at more than about 25° from each other and from the
 modes), a descent of ADAPT_ITERATIONS steps (`design.ClauseSearch.descend`, in the first
 clause the hit satisfies; about 400 forward-pass equivalents on the benchmark's nets, and
 up to 2,425 of a 10⁴ budget for one pilot's six, on r18) finds that part's design point;
-the new modes join the mixture, and those farther than MODE_BAND beyond the nearest are
-dropped, as in the search (`design.find_modes`). Where every hit is covered, nothing is
-spent.
+the new modes join the mixture (at most ADAPT_STARTS more than the search's), and those
+farther than MODE_BAND beyond the nearest are dropped, as in the search
+(`design.banded`). Where every hit is covered, nothing is spent; a descent that the
+budget stops adds the boundary point it has reached.
 
 The pilot is not pooled with the run that follows, so the adapted mixture adds no bias:
 it is a proposal chosen before the main run's draws, as the search's modes are (the
@@ -40,18 +41,20 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .design import MODE_BAND, ClauseSearch, Mode, OutOfBudget, distinct, is_new
+from .design import ClauseSearch, Mode, OutOfBudget, banded, distinct, is_new
 from .importance import Weighted
 from .structured import Search
 
 ADAPT_STARTS, ADAPT_ITERATIONS = 6, 10
+TINY = 1e-300
 ADAPT_SHARE = 0.4       # at most, of what a pilot leaves of a sampling budget, for the descents (`guided`)
 
 
 def uncovered(run: Weighted, found: Search) -> Tensor:
-    """The hits of `run` outside every mode's tangent halfspace {ξ : ξ·u_k ≥ β_k}, heaviest
-    first: [n, d]."""
-    units = torch.stack([m.point / m.beta for m in found.modes])
+    """The hits of `run` (drawn with `keep_points`) outside every mode's tangent halfspace
+    {ξ : ξ·u_k ≥ β_k}, heaviest first: [n, d]. (A mode at the origin, β = 0, has the whole
+    space for its halfspace: every hit is covered.)"""
+    units = torch.stack([m.point / max(m.beta, TINY) for m in found.modes])
     betas = units.new_tensor([m.beta for m in found.modes])
     points = run.hit_points[run.log_weights.argsort(descending=True).to(run.hit_points.device)]
     return points[(points @ units.T - betas).max(dim=1).values < 0]
@@ -61,24 +64,28 @@ def adapted(found: Search, run: Weighted, limit: float = math.inf) -> tuple[Sear
     """`found` with the modes reached by descents from `run`'s uncovered hits (module
     docstring), the FLOPs those descents spent, and how many modes they added. `limit`
     caps the forward-pass equivalents spent (a backward pass counts two): a pass that
-    would cross it is not made, and the modes found so far are kept."""
-    starts = distinct(uncovered(run, found), ADAPT_STARTS, [m.point for m in found.modes])
+    would cross it is not made, and a descent it stops keeps the boundary point it reached."""
     modes, passes = list(found.modes), 0
-    try:
-        for start in starts:
+    for start in distinct(uncovered(run, found), ADAPT_STARTS, [m.point for m in found.modes]):
+        search, point, spent_out = None, None, False
+        try:
             for clause, margins in enumerate(found.margins):        # the first clause the hit satisfies
-                search = ClauseSearch(margins, limit - passes)
-                if float(search.margin(start[None])[0]) >= 0:
+                test = ClauseSearch(margins, limit - passes)
+                inside = float(test.margin(start[None])[0]) >= 0
+                passes += test.forwards
+                if inside:
+                    search = ClauseSearch(margins, limit - passes)
                     break
-                passes += search.forwards                           # a clause it misses: the test alone
-            with torch.inference_mode(False), torch.enable_grad():       # the descent needs autograd
-                point = search.descend(start, ADAPT_ITERATIONS)
+            if search is not None:                                 # (none: on no clause's side, to rounding)
+                with torch.inference_mode(False), torch.enable_grad():     # the descent needs autograd
+                    point = search.descend(start, ADAPT_ITERATIONS)
+        except OutOfBudget:
+            spent_out = True
+            point = search.reached if search is not None else None
+        if search is not None:
             passes += search.forwards + 2 * search.backwards
-            if point is not None and is_new(point, modes):
-                modes.append(Mode(point, float(point.norm()), clause))
-    except OutOfBudget:
-        passes += search.forwards + 2 * search.backwards
-    added = len(modes) - len(found.modes)
-    modes.sort(key=lambda m: m.beta)
-    modes = [m for m in modes if m.beta <= modes[0].beta + MODE_BAND]
-    return replace(found, modes=modes), passes * found.observe_flops, added
+        if point is not None and is_new(point, modes):
+            modes.append(Mode(point, float(point.norm()), clause))
+        if spent_out:
+            break
+    return replace(found, modes=banded(modes)), passes * found.observe_flops, len(modes) - len(found.modes)

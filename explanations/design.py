@@ -65,6 +65,7 @@ class ClauseSearch:
         self.limit = limit
         self.forwards = 0
         self.backwards = 0
+        self.reached: Tensor | None = None
 
     def _charge(self, forwards: int, backwards: int = 0) -> None:
         if self.forwards + forwards + 2 * (self.backwards + backwards) > self.limit:
@@ -171,8 +172,10 @@ class ClauseSearch:
         return None
 
     def descend(self, start: Tensor, iterations: int = 10) -> Tensor | None:
-        """Projected descent of |ξ| along the boundary from a feasible start."""
-        point = self.to_boundary(start)
+        """Projected descent of |ξ| along the boundary from a feasible start. The boundary
+        point it has reached is kept in `reached`, for a caller whose budget runs out
+        mid-descent (OutOfBudget)."""
+        self.reached = point = self.to_boundary(start)
         if point is None:
             return None
         step = 0.5
@@ -185,7 +188,8 @@ class ClauseSearch:
             while step > 1e-3:
                 candidate = self.to_boundary(point - step * tangent, near=True)
                 if candidate is not None and float(candidate.norm()) < float(point.norm()):
-                    point, step = candidate, min(1.0, 2 * step)
+                    self.reached = point = candidate
+                    step = min(1.0, 2 * step)
                     break
                 step /= 2
             else:
@@ -233,10 +237,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
             pass                             # this clause's share is spent; the next has its own
         forwards += search.forwards
         backwards += search.backwards
-    modes.sort(key=lambda m: m.beta)
-    if modes:
-        modes = [m for m in modes if m.beta <= modes[0].beta + MODE_BAND][:max_modes]
-    return modes, forwards, backwards
+    return banded(modes)[:max_modes], forwards, backwards
 
 
 def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tensor | None, effort: float,
@@ -269,6 +270,12 @@ def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tenso
         descents += 1
         if point is not None and is_new(point, modes):
             modes.append(Mode(point, float(point.norm()), clause))
+
+
+def banded(modes: list[Mode]) -> list[Mode]:
+    """`modes` sorted by β, those beyond MODE_BAND of the nearest left out."""
+    modes = sorted(modes, key=lambda m: m.beta)
+    return [m for m in modes if m.beta <= modes[0].beta + MODE_BAND]
 
 
 def distinct(points: Tensor, count: int, taken: list[Tensor] = ()) -> list[Tensor]:

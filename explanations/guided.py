@@ -46,7 +46,8 @@ modes thin the pilot's hits, and more runs go to subset simulation); the mode hi
 pilot chooses and adapts: it is charged but not pooled, so it adds no bias to the estimate
 that follows (details["unbiased"] stays unbiased). Its hits outside every mode's tangent
 halfspace mark parts of the event the search missed; descents from them add their design
-points to the main run's mixture (`adaptation`; details["adapted_modes"]), for at most
+points to the main run's mixture (`adaptation`; details["adapted_modes"] and
+details["adaptation_flops"]), for at most
 ADAPT_SHARE of what the pilot leaves of the budget, and never so much that fewer than
 PILOT_MIN draws remain.
 
@@ -108,7 +109,7 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
     details = {"modes": [m.beta for m in found.modes], "search_flops": found.flops}
     pilot = max(PILOT_MIN, round(PILOT_SHARE * samples)) if k and samples >= 2 * PILOT_MIN else 0
     if k:
-        trial = importance_sampling(event, found, pilot, generator, pi.graph.n_outputs)
+        trial = importance_sampling(event, found, pilot, generator, pi.graph.n_outputs, keep_points=True)
         spent += pilot * importance_draw
         details.update(pilot_effective_hits=trial.effective_hits, pilot_mode_hits=trial.mode_hits)
         if trial.effective_hits >= PILOT_HITS or trial.mode_hits >= PILOT_MODE_HITS or not pilot:
@@ -120,7 +121,7 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
                 spent += cost
                 importance_draw = importance_draw_flops(found)
                 rest = rest if flops is None else draws_within(flops, spent, importance_draw)
-                details.update(adapted_modes=added, modes=[m.beta for m in found.modes])
+                details.update(adapted_modes=added, adaptation_flops=cost, modes=[m.beta for m in found.modes])
             run = importance_sampling(event, found, rest, generator, pi.graph.n_outputs)
             return Estimate.probability(
                 run.log_p(), interval=run.interval(),

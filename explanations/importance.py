@@ -76,7 +76,7 @@ class Weighted:
     defensive: int = 0        # draws from the defensive component N(0, I) …
     defensive_hits: int = 0   # … and how many of them hit
     mode_hits: int = 0        # hits drawn by the components at the design points
-    hit_points: Tensor | None = None       # ξ of each hit, in the order of `log_weights`
+    hit_points: Tensor | None = None       # ξ of each hit, in the order of `log_weights` (if kept)
     log_cap: float = field(init=False)     # log τ of the truncation (+inf: none)
     weights_cut: int = field(init=False)   # how many weights it cuts
     sums: dict = field(init=False)         # cut (bool) → (log Σ w, log Σ w²) of the hits
@@ -145,8 +145,9 @@ def _log_sums(log_w: Tensor) -> tuple[float, float]:
 
 
 def importance_sampling(event: Event, found: Search, samples: int, generator: torch.Generator,
-                        n_outputs: int, batch: int = 1 << 14) -> Weighted:
-    """The hits' log-weights over `samples` draws from the defensive mixture (module docstring)."""
+                        n_outputs: int, batch: int = 1 << 14, keep_points: bool = False) -> Weighted:
+    """The hits' log-weights over `samples` draws from the defensive mixture (module
+    docstring); with `keep_points`, their ξ too (a pilot's, for `adaptation`)."""
     points = torch.stack([m.point for m in found.modes])                    # [K, d]
     half_norms = (points * points).sum(1) / 2
     k, d = points.shape
@@ -170,7 +171,8 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
             log_w = -torch.logsumexp(exponents + log_mix, dim=1)
             hit = event.evaluate(found.observe(xi)[:, :n_outputs])
             hit_weights.append(log_w[hit].to(torch.float64).cpu())
-            hit_points.append(xi[hit])
+            if keep_points:
+                hit_points.append(xi[hit])
             plain = component == 0
             defensive += int(plain.sum())
             defensive_hits += int((hit & plain).sum())
@@ -178,4 +180,4 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
             done += size
     log_weights = torch.cat(hit_weights) if hit_weights else torch.empty(0, dtype=torch.float64)
     return Weighted(samples, log_weights, defensive, defensive_hits, mode_hits,
-                    torch.cat(hit_points) if hit_points else points.new_zeros(0, d))
+                    (torch.cat(hit_points) if hit_points else points.new_zeros(0, d)) if keep_points else None)

@@ -8,10 +8,10 @@ from torch import nn
 from torch.special import ndtr
 
 from explanations import Gaussian, explain
-from explanations.adaptation import adapted, uncovered
+from explanations.adaptation import ADAPT_SHARE, adapted, uncovered
 from explanations.events import Above, Any
-from explanations.guided import guided_probability
-from explanations.importance import importance_sampling
+from explanations.guided import PILOT_MIN, PILOT_SHARE, guided_probability
+from explanations.importance import importance_draw_flops, importance_sampling
 from explanations.structured import search
 
 F64 = torch.float64
@@ -36,7 +36,7 @@ def two_halfspaces():
 
 def test_uncovered_hits_lie_outside_every_tangent_halfspace_heaviest_first(two_halfspaces):
     pi, event, found, far_only, _ = two_halfspaces
-    run = importance_sampling(event, far_only, 4000, torch.Generator().manual_seed(0), 2)
+    run = importance_sampling(event, far_only, 4000, torch.Generator().manual_seed(0), 2, keep_points=True)
     assert run.hit_points.shape == (run.hits, 2)
     missed = uncovered(run, far_only)
     assert len(missed) > 0
@@ -47,14 +47,14 @@ def test_uncovered_hits_lie_outside_every_tangent_halfspace_heaviest_first(two_h
     order = run.log_weights[[int((run.hit_points == p).all(1).nonzero()[0]) for p in missed]]
     assert torch.equal(order, weights)
     # with both modes, every hit lies in a tangent halfspace: nothing is spent
-    full = importance_sampling(event, found, 4000, torch.Generator().manual_seed(0), 2)
+    full = importance_sampling(event, found, 4000, torch.Generator().manual_seed(0), 2, keep_points=True)
     assert len(uncovered(full, found)) == 0
     assert adapted(found, full)[1:] == (0, 0)
 
 
 def test_descents_from_uncovered_hits_find_the_lost_mode(two_halfspaces):
     pi, event, _, far_only, _ = two_halfspaces
-    run = importance_sampling(event, far_only, 1000, torch.Generator().manual_seed(1), 2)
+    run = importance_sampling(event, far_only, 1000, torch.Generator().manual_seed(1), 2, keep_points=True)
     better, flops, added = adapted(far_only, run)
     assert added == 1 and flops > 0
     nearest = better.modes[0]
@@ -75,11 +75,42 @@ def test_a_pilot_that_misses_a_mode_adapts_the_main_run(two_halfspaces):
     assert est.details["standard_error"] / truth < unadapted.relative_error() / 3
 
 
-def test_the_descents_keep_within_a_flop_budget(two_halfspaces):
-    pi, event, _, far_only, truth = two_halfspaces
+def test_the_descents_are_charged_and_keep_within_a_flop_budget(two_halfspaces):
+    """The estimate's FLOPs are the pilot's draws, the descents and the main run's draws
+    (with the added mode's dot products), to the FLOP; where every hit is covered, the
+    descents cost nothing."""
+    pi, event, found, far_only, truth = two_halfspaces
     budget = 3_000 * pi.graph.flops_per_sample
     est = guided_probability(pi, event, far_only, None, budget, 0, math.log(truth))
-    assert est.details["adapted_modes"] == 1 and est.flops <= budget
-    run = importance_sampling(event, far_only, 300, torch.Generator().manual_seed(2), 2)
-    _, flops, added = adapted(far_only, run, limit=5)      # five forward passes buy no descent
-    assert added == 0 and flops <= 5 * far_only.observe_flops
+    cost = est.details["adaptation_flops"]
+    assert est.details["adapted_modes"] == 1 and cost > 0 and est.flops <= budget
+    pilot = max(PILOT_MIN, round(PILOT_SHARE * (budget // importance_draw_flops(far_only))))
+    trial = importance_sampling(event, far_only, pilot, torch.Generator().manual_seed(pi.seed), 2, keep_points=True)
+    limit = min(ADAPT_SHARE * (budget - pilot * importance_draw_flops(far_only)), budget) / far_only.observe_flops
+    better, flops, _ = adapted(far_only, trial, limit)
+    assert flops == cost
+    assert est.flops == (pilot * importance_draw_flops(far_only) + cost
+                         + (est.samples - pilot) * importance_draw_flops(better))
+    full = guided_probability(pi, event, found, None, budget, 0, math.log(truth))
+    assert full.details["adapted_modes"] == 0 and full.details["adaptation_flops"] == 0
+
+
+def test_a_descent_the_budget_stops_keeps_the_boundary_point_it_reached(two_halfspaces):
+    """With room for the clause test and part of one descent, the descent's boundary point
+    is kept: on a halfspace the first boundary point is already the design point's ray's
+    crossing, so the lost mode comes back, at the cost of the passes made."""
+    pi, event, _, far_only, _ = two_halfspaces
+    run = importance_sampling(event, far_only, 1000, torch.Generator().manual_seed(1), 2, keep_points=True)
+    whole = adapted(far_only, run)[1] / far_only.observe_flops
+    stopped, flops, added = adapted(far_only, run, limit=30)
+    assert whole > 30 and flops <= 30 * far_only.observe_flops
+    assert added == 1 and stopped.modes[0].point[1] > 3 - 1e-6
+    _, flops, added = adapted(far_only, run, limit=0.5)    # not even the clause test fits
+    assert added == 0 and flops == 0
+
+
+def test_a_mode_at_the_origin_covers_every_hit(two_halfspaces):
+    _, event, found, far_only, _ = two_halfspaces
+    run = importance_sampling(event, far_only, 1000, torch.Generator().manual_seed(1), 2, keep_points=True)
+    origin = replace(far_only.modes[0], point=torch.zeros(2, dtype=F64), beta=0.0)
+    assert len(uncovered(run, replace(far_only, modes=[origin, *far_only.modes]))) == 0
