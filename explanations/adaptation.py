@@ -26,9 +26,9 @@ mixture's means moved by descents from the hits in place of weighted averages of
 Measured on `pitrack bench sampling` (106 events, 20 repeats each at 10⁴ sample-
 equivalents, seeds 0–19, 20–39 and 40–59; the last held out): relative RMSE above 0.3 on
 21, 26, 23 → 22, 24, 22 events (pooled 26 → 24, above 0.5 13 → 9), median 0.112 pooled
-either way, coverage 92.4% → 92.5%. On r18 at p = 1e-7 (16 → 256² → 2 ReLU, correlated
+either way, coverage 92.4% either way. On r18 at p = 1e-7 (16 → 256² → 2 ReLU, correlated
 inputs), whose search stops at β ≈ 5.8 where the event's mass lies at β ≈ 4.8, 0.89 →
-0.62 pooled (median ratio to the truth 0.08 → 0.47); r11 at 1e-7 0.54 → 0.41. A prototype
+0.62 pooled (median ratio to the truth 0.08 → 0.46); r11 at 1e-7 0.54 → 0.41. A prototype
 that descended from the six heaviest hits, covered or not, left 24 events above 0.3 on
 seeds 0–39 (as before) and moved the median 0.109 → 0.130: those descents return to known
 modes or add far ones that thin the mixture.
