@@ -8,9 +8,9 @@ mixture's component at ξ*_k (its weight α_k in q, `importance`) keeps the weig
 A hit outside every such halfspace is *uncovered*: it lies nearer the origin, along its
 own direction, than any found design point's tangent plane, in a part of the event the
 search missed (or where the boundary bends toward the origin), and its weight has only
-the defensive bound 1/α0. From up to ADAPT_STARTS of the uncovered hits, heaviest first and in distinct
-directions (`design.distinct`: at more than about 25° from each other and from the
-modes), a descent of ADAPT_ITERATIONS steps (`design.ClauseSearch.descend`, in the first
+the defensive bound 1/α0. From up to ADAPT_STARTS of the uncovered hits, heaviest first
+and in distinct directions (`design.distinct`: at more than about 25° from each other and
+from the modes), a descent of ADAPT_ITERATIONS steps (`design.ClauseSearch.descend`, in the first
 clause the hit satisfies; about 400 forward-pass equivalents on the benchmark's nets, and
 up to 2,425 of a 10⁴ budget for one pilot's six, on r18) finds that part's design point;
 the new modes join the mixture (at most ADAPT_STARTS more than the search's), and those

@@ -47,9 +47,8 @@ pilot chooses and adapts: it is charged but not pooled, so it adds no bias to th
 that follows (details["unbiased"] stays unbiased). Its hits outside every mode's tangent
 halfspace mark parts of the event the search missed; descents from them add their design
 points to the main run's mixture (`adaptation`; details["adapted_modes"] and
-details["adaptation_flops"]), for at most
-ADAPT_SHARE of what the pilot leaves of the budget, and never so much that fewer than
-PILOT_MIN draws remain.
+details["adaptation_flops"]), for at most ADAPT_SHARE of what the pilot leaves of the
+budget, and never so much that fewer than PILOT_MIN draws remain.
 
 Events on a detector with an activation inside. π's bulk Gaussian of such a score can put
 a 1e-4 event above 5e-2 (`cumulant`), and design-guided sampling is worse than plain
