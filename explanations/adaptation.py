@@ -46,7 +46,6 @@ from .importance import Weighted
 from .structured import Search
 
 ADAPT_STARTS, ADAPT_ITERATIONS = 6, 10
-TINY = 1e-300
 ADAPT_SHARE = 0.4       # at most, of what a pilot leaves of a sampling budget, for the descents (`guided`)
 
 
@@ -54,7 +53,7 @@ def uncovered(run: Weighted, found: Search) -> Tensor:
     """The hits of `run` (drawn with `keep_points`) outside every mode's tangent halfspace
     {ξ : ξ·u_k ≥ β_k}, heaviest first: [n, d]. (A mode at the origin, β = 0, has the whole
     space for its halfspace: every hit is covered.)"""
-    units = torch.stack([m.point / max(m.beta, TINY) for m in found.modes])
+    units = torch.stack([m.point / m.beta if m.beta > 0 else m.point for m in found.modes])
     betas = units.new_tensor([m.beta for m in found.modes])
     points = run.hit_points[run.log_weights.argsort(descending=True).to(run.hit_points.device)]
     return points[(points @ units.T - betas).max(dim=1).values < 0]

@@ -16,8 +16,9 @@ which one outlying weight cannot inflate: τ solves
 
 so τ is 2√n times the truncated mean hit weight. The left side is concave in τ with
 slope n at 0 and 0 beyond max w, so for n ≥ 2 the root is unique and positive; for
-n ≤ 4 hits (½√n ≤ 1) it lies at or above max w, and nothing is cut. Weights spread like a halfspace's hits (exponential, their maximum
-about ln n times their mean) are not cut, and the bias vanishes as n grows.
+n ≤ 4 hits (½√n ≤ 1) it lies at or above max w, and nothing is cut. Weights spread like
+a halfspace's hits (exponential, their maximum about ln n times their mean) are not cut,
+and the bias vanishes as n grows.
 
 Measured on `pitrack bench sampling` (106 events, 20 repeats at 10⁴ sample-equivalents,
 seeds 0–19, 20–39, 40–59, against the same code uncut): events with relative RMSE above 0.3
