@@ -190,4 +190,25 @@ def zero_sample_methods():
     return "; ".join(rows) + f" (Any truth {truth:.2e})"
 check("polynomial, auto and halfspaces zero-sample on device", zero_sample_methods)
 
+def pilot_adaptation():
+    """y = ξ, {ξ₁ > 4} ∪ {ξ₂ > 3}: with the β = 3 mode dropped from the search, the pilot's
+    uncovered hits bring it back (`adaptation`) on the device."""
+    from dataclasses import replace
+    from torch.special import ndtr
+    from explanations.guided import guided_probability
+    from explanations.structured import search
+    eye = nn.Linear(2, 2).double().to(dev)
+    with torch.no_grad():
+        eye.weight.copy_(torch.eye(2, dtype=torch.float64)); eye.bias.zero_()
+    pi = explain(eye, Gaussian.standard(2, device=dev), "gaussian")
+    event = Any(Above(0, 4.0), Above(1, 3.0))
+    found = search(pi, event)
+    far_only = replace(found, modes=[m for m in found.modes if m.beta > 3.5])
+    truth = 1 - float(ndtr(torch.tensor(4.0, dtype=torch.float64)) * ndtr(torch.tensor(3.0, dtype=torch.float64)))
+    e = guided_probability(pi, event, far_only, 4000, None, 0, math.log(truth))
+    assert e.details["adapted_modes"] == 1, e.details
+    assert abs(e.value - truth) <= 4 * e.details["standard_error"], (e.value, truth)
+    return f"estimate/truth {e.value / truth:.3f}, modes {[round(b, 2) for b in e.details['modes']]}"
+check("pilot adaptation of the design mixture on device", pilot_adaptation)
+
 print("FAILURES:", failures or "none")
