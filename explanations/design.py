@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
 
 from .distributions import Gaussian
+
+if TYPE_CHECKING:
+    from .shaping import Shape
 
 MAX_MODES = 4
 MODE_BAND = 3.0          # keep modes with β ≤ β_min + MODE_BAND
@@ -46,6 +49,7 @@ class Mode:
     point: Tensor   # ξ*, whitened input
     beta: float     # |ξ*|
     clause: int     # the clause whose search found it
+    shape: Shape | None = None      # a curvature-shaped mixture component (`shaping`), guided sampling's only
 
 
 class OutOfBudget(Exception):

@@ -81,6 +81,7 @@ from .importance import importance_draw_flops, importance_sampling, with_finite_
 from .montecarlo import draw_cost, draws_within, tally
 from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union, union_flops_bound
 from .observed import clause_rows, observe_flops, observed
+from .shaping import SHAPE_SHARE, shaped
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
 from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, search
 
@@ -100,17 +101,26 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
     d = found.distribution.dim
     found = with_finite_modes(found)
     k = len(found.modes)
+    generator = torch.Generator().manual_seed(pi.seed)
+    unit = pi.graph.flops_per_sample
+    details = {"modes": [m.beta for m in found.modes], "search_flops": found.flops, "shaped_modes": 0,
+               "shaping_flops": 0}
+    if k:
+        room = SHAPE_SHARE * (flops if flops is not None else samples * unit)
+        if flops is not None:       # the draws keep their minimum, at the dearest weights
+            room = min(room, flops - spent - 2 * PILOT_MIN * importance_draw_flops(found, shaped=k))
+        found, cost, count = shaped(found, generator, room)
+        spent += cost
+        details.update(shaped_modes=count, shaping_flops=cost)
     importance_draw = importance_draw_flops(found)
     if samples is None:
         samples = draws_within(flops, spent, importance_draw if k else found.observe_flops + d)
-    generator = torch.Generator().manual_seed(pi.seed)
-    unit = pi.graph.flops_per_sample
-    details = {"modes": [m.beta for m in found.modes], "search_flops": found.flops}
     pilot = max(PILOT_MIN, round(PILOT_SHARE * samples)) if k and samples >= 2 * PILOT_MIN else 0
     if k:
         trial = importance_sampling(event, found, pilot, generator, pi.graph.n_outputs, keep_points=True)
         spent += pilot * importance_draw
-        details.update(pilot_effective_hits=trial.effective_hits, pilot_mode_hits=trial.mode_hits)
+        details.update(pilot_effective_hits=trial.effective_hits, pilot_mode_hits=trial.mode_hits,
+                       pilot_mode_share=trial.mode_share)
         if trial.effective_hits >= PILOT_HITS or trial.mode_hits >= PILOT_MODE_HITS or not pilot:
             rest = samples - pilot
             if trial.hits:

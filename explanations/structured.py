@@ -211,16 +211,16 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     D, flops = found.distribution, found.flops + polish_passes * found.observe_flops
     if not modes or modes[0].beta < NEAR:
         return None, {"search_flops": flops}
-    fits = [_fit_cost(found, mode) for mode in modes]                  # one fit each: the integrals' scale
+    fits = [fit_cost(found, mode) for mode in modes]                  # one fit each: the integrals' scale
     widen = _affordable_refits(modes, found, allowed - flops)
     fittings = [_fitting_cost(found, mode, w) for mode, w in zip(modes, widen)]
     share = max(allowed - flops - sum(fittings), 0.0) / len(modes)     # each integral's part of what is left
-    spends = [min(DOUBLING_SHARE * fit_cost, share) for fit_cost in fits]
+    spends = [min(DOUBLING_SHARE * one_fit, share) for one_fit in fits]
     generator = torch.Generator().manual_seed(pi.seed)
     narrow_generator = torch.Generator().manual_seed(pi.seed + 1)     # refits leave the fits' draws alone
     forwards, backwards = found.forwards + polish_passes, found.backwards
     log_probabilities, numerical_error, anchored_modes, narrow_modes = [], 0.0, 0, 0
-    for i, (mode, fit_cost, refit) in enumerate(zip(modes, fits, widen)):
+    for i, (mode, one_fit, refit) in enumerate(zip(modes, fits, widen)):
         local = fit(found.margins[mode.clause], mode.point, generator)
         if refit:
             local = widened(local, found.margins[mode.clause], mode.point, generator)
@@ -304,7 +304,7 @@ def _narrowed(found: Search, mode: Mode, first: OrthantResult, others: list[Tens
     result, flops, forwards, backwards = first, 0, 0, 0
     for second_refit, scale in enumerate((SCALE * NARROW, SCALE * NARROW ** 2)):
         fallback = smallest if second_refit and result.log_p == -math.inf else 0.0    # the anchored integral
-        if result.log_p >= smoothed or flops + _fit_cost(found, mode) + smallest + fallback > room:
+        if result.log_p >= smoothed or flops + fit_cost(found, mode) + smallest + fallback > room:
             break
         narrow = fit(found.margins[mode.clause], mode.point, generator, scale)
         flops += (narrow.forwards + 2 * narrow.backwards) * found.observe_flops + narrow.flops
@@ -316,10 +316,10 @@ def _narrowed(found: Search, mode: Mode, first: OrthantResult, others: list[Tens
     return result, (flops, forwards, backwards), False
 
 
-def _fit_cost(found: Search, mode: Mode) -> float:
+def fit_cost(found: Search, mode: Mode) -> float:
     """FLOPs of `quadratic.fit` at `mode`, at most: its points' forward passes and one
     backward pass per row, and the regression."""
-    d, rows = found.distribution.dim, _rows(found, mode)
+    d, rows = found.distribution.dim, mode_rows(found, mode)
     points = 2 * pairs(d)
     return (points + 2 * points * rows) * found.observe_flops + fit_flops_bound(d, rows)
 
@@ -327,10 +327,10 @@ def _fit_cost(found: Search, mode: Mode) -> float:
 def _fewest_lines(found: Search, mode: Mode, walls: int) -> int:
     """FLOPs of the mode's cell integral at its fewest lines (LINE_RANGE[0]), `walls` the
     other modes' cell walls."""
-    return line_flops(found.distribution.dim, _rows(found, mode), walls, LINE_RANGE[0])
+    return line_flops(found.distribution.dim, mode_rows(found, mode), walls, LINE_RANGE[0])
 
 
-def _rows(found: Search, mode: Mode) -> int:
+def mode_rows(found: Search, mode: Mode) -> int:
     """The margin rows (halfspaces) of the mode's clause."""
     return found.clauses[mode.clause][0].shape[0]
 
@@ -344,7 +344,7 @@ def _widens(found: Search, mode: Mode) -> bool:
     network and clause (a prototype) the refit took the median to 0.075 on seed 0 but left
     10 events beyond 0.5 dex (tanh nets and wedges, moved by 0.4–1.3 dex): a saturating
     network's curvature is not a cone's, and a wedge's faces are already linear."""
-    return found.linear_growth and _rows(found, mode) == 1
+    return found.linear_growth and mode_rows(found, mode) == 1
 
 
 def _affordable_refits(modes: list[Mode], found: Search, left: float) -> list[bool]:
@@ -367,8 +367,8 @@ def _fitting_cost(found: Search, mode: Mode, widen: bool) -> float:
     """FLOPs of the mode's quadratic at most: one fit, or two and the change of coordinates
     where it is widened."""
     if not widen:
-        return _fit_cost(found, mode)
-    return 2 * _fit_cost(found, mode) + widening_flops(found.distribution.dim, _rows(found, mode))
+        return fit_cost(found, mode)
+    return 2 * fit_cost(found, mode) + widening_flops(found.distribution.dim, mode_rows(found, mode))
 
 
 def _polished(candidates: list[Mode], found: Search, allowed: float) -> tuple[list[Mode], int]:
@@ -386,7 +386,7 @@ def _polished(candidates: list[Mode], found: Search, allowed: float) -> tuple[li
     walls = len(candidates) - 1
     polished, passes, reserved, tried = [], 0, 0.0, 0
     for mode in candidates:
-        reserve = _fit_cost(found, mode) + _fewest_lines(found, mode, walls)     # refits come after modes
+        reserve = fit_cost(found, mode) + _fewest_lines(found, mode, walls)     # refits come after modes
         polish = passes / tried * found.observe_flops if tried else 0.0      # as the polishing so far
         if (found.flops + passes * found.observe_flops + reserved + reserve + polish > allowed
                 and nearest[mode.clause] is not mode):
