@@ -3,6 +3,10 @@ Gaussian summary of the outputs (gaussian, cumulant, polynomial).
 
 Importance sampling from a defensive mixture around the design points, its weights
 truncated (`importance`: the mixture, the weights, the interval, the degeneracy flag).
+On a network that saturates (tanh, sigmoid), the design point of a one-row clause also
+gets a component shaped to the set's curvature there (`shaping`: deep tanh networks'
+failure sets are needles that a unit component seldom hits), fitted before the pilot for
+at most SHAPE_SHARE of the budget (details["shaped_modes"], details["shaping_flops"]).
 
 The search behind the mixture. A part of the event that no design point describes is
 visited only by the defensive and broad components: the estimate is then low, with an
