@@ -67,7 +67,8 @@ its own bias given the pilot (none for importance and plain sampling, O(1/N) for
 simulation), so the choice adds none. details["detector_pilot_hits"] records it.
 Cost: what π spent before (its build, the bulk test, the search: `spent`), plus per
 draw d normal variates, the input map and one forward pass (and the detectors), and for
-importance sampling K d-dimensional dot products for the weight.
+importance sampling K d-dimensional dot products for the weight (and a d × d quadratic form
+per shaped component).
 """
 from __future__ import annotations
 
