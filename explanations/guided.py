@@ -124,8 +124,7 @@ def guided_probability(pi: "GuidedSampling", event: Event, found: Search, sample
     if k:
         trial = importance_sampling(event, found, pilot, generator, pi.graph.n_outputs, keep_points=True)
         spent += pilot * importance_draw
-        details.update(pilot_effective_hits=trial.effective_hits, pilot_mode_hits=trial.mode_hits,
-                       pilot_mode_share=trial.mode_share)
+        details.update(pilot_effective_hits=trial.effective_hits, pilot_mode_hits=trial.mode_hits)
         if trial.effective_hits >= PILOT_HITS or trial.mode_hits >= PILOT_MODE_HITS or not pilot:
             rest = samples - pilot
             if trial.hits:

@@ -82,8 +82,7 @@ class Weighted:
     log_weights: Tensor       # log w of each hit (float64, CPU)
     defensive: int = 0        # draws from the defensive component N(0, I) …
     defensive_hits: int = 0   # … and how many of them hit
-    mode_hits: int = 0        # hits drawn by the components at the design points …
-    mode_log_weight: float = -math.inf     # … and log Σ w of those hits
+    mode_hits: int = 0        # hits drawn by the components at the design points
     hit_points: Tensor | None = None       # ξ of each hit, in the order of `log_weights` (if kept)
     log_cap: float = field(init=False)     # log τ of the truncation (+inf: none)
     weights_cut: int = field(init=False)   # how many weights it cuts
@@ -110,11 +109,6 @@ class Weighted:
         log_total, log_squares = self.sums[cut]
         ratio = math.exp(min(log_squares - 2 * log_total + math.log(self.samples), 700.0))
         return math.sqrt(max(ratio - 1, 0.0) / max(self.samples - 1, 1))
-
-    @property
-    def mode_share(self) -> float:
-        """The share of Σ w (as drawn) that the hits drawn at the design points carry."""
-        return math.exp(self.mode_log_weight - self.sums[False][0]) if self.hits else 0.0
 
     @property
     def effective_hits(self) -> float:
@@ -180,7 +174,7 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
     log_mix = torch.cat([points.new_tensor([math.log(DEFENSIVE), math.log(BROAD)]),
                          (math.log(1 - DEFENSIVE - BROAD) + share.log()).to(points)])
     shifts = torch.cat([points.new_zeros(2, d), points, points.new_zeros(len(shaped), d)])
-    hit_weights, hit_points, mode_weights = [], [], []
+    hit_weights, hit_points = [], []
     done = defensive = defensive_hits = mode_hits = 0
     with torch.no_grad():
         while done < samples:
@@ -210,11 +204,8 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
             plain = component == 0
             defensive += int(plain.sum())
             defensive_hits += int((hit & plain).sum())
-            at_modes = hit & (component >= 2)
-            mode_hits += int(at_modes.sum())
-            mode_weights.append(log_w[at_modes].to(torch.float64).cpu())
+            mode_hits += int((hit & (component >= 2)).sum())
             done += size
     log_weights = torch.cat(hit_weights) if hit_weights else torch.empty(0, dtype=torch.float64)
-    at_modes = torch.cat(mode_weights) if mode_weights else torch.empty(0, dtype=torch.float64)
-    return Weighted(samples, log_weights, defensive, defensive_hits, mode_hits, _log_sums(at_modes)[0],
+    return Weighted(samples, log_weights, defensive, defensive_hits, mode_hits,
                     (torch.cat(hit_points) if hit_points else points.new_zeros(0, d)) if keep_points else None)

@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 
 from .quadratic import Quadratic, fit
+from .structured import fit_cost, mode_rows
 
 if TYPE_CHECKING:
     from .design import Mode
@@ -122,7 +123,6 @@ def shape_flops(d: int) -> int:
 def shaped(found: Search, generator: torch.Generator, limit: float) -> tuple[Search, int, int]:
     """`found` with shaped components on the modes that take one (module docstring), nearest
     first while the fits' FLOPs stay within `limit`; the FLOPs spent and the modes shaped."""
-    from .structured import fit_cost, mode_rows
     if found.linear_growth:
         return found, 0, 0
     modes, spent, count = list(found.modes), 0, 0

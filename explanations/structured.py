@@ -220,7 +220,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     narrow_generator = torch.Generator().manual_seed(pi.seed + 1)     # refits leave the fits' draws alone
     forwards, backwards = found.forwards + polish_passes, found.backwards
     log_probabilities, numerical_error, anchored_modes, narrow_modes = [], 0.0, 0, 0
-    for i, (mode, one_fit, refit) in enumerate(zip(modes, fits, widen)):
+    for i, (mode, refit) in enumerate(zip(modes, widen)):
         local = fit(found.margins[mode.clause], mode.point, generator)
         if refit:
             local = widened(local, found.margins[mode.clause], mode.point, generator)
