@@ -38,13 +38,13 @@ curvature does not describe: shaped, r06 and r09 All events' medians fell to 0.0
 the truth.
 Measured on `pitrack bench sampling` (106 events at 10⁴ sample-equivalents, 40 repeats
 each, seeds 0–39; the 30 tanh events, the only ones it changes): relative RMSE above 0.3
-on 13 → 10 tanh events, 95% coverage of their runs 94.1% → 93.1%; pooled over seeds 0–59
-on the whole bench the README gives. Without the lean (μ = 0, the centre on the ray
+on 13 → 10 tanh events, 95% coverage of their runs 94.1% → 93.3% (seeds 40–59, held out:
+13 → 12, 94.7% → 90.2%; the whole bench's pooled figures are in the README). Without the lean (μ = 0, the centre on the ray
 through ξ*): 11 events and 91.6%; the modes' slopes lean off e by up to 65° (cos(B, e)
 0.42–0.99 on the tests' tanh nets), and the needle then lies beside the ray. With the
 shaped components at half of each share: 11 events and 90.1% (the unit components' heavy
 hits come too rarely, and the truncation cuts them). The price is a low median where a
-needle is not all of the set (r06 Any at 1e-6: 0.87 → 0.44 of the truth over seeds 0–39):
+needle is not all of the set (r06 Any at 1e-6: 0.79 → 0.42 of the truth over seeds 0–59):
 subset simulation's runs there were right in the median but scattered up to several
 times the truth.
 Cost: one fit per mode tried (`structured.fit_cost`; a fit that gives no shape is charged
