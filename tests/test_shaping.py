@@ -9,7 +9,7 @@ from torch.distributions import MultivariateNormal
 from torch.special import ndtr
 
 from explanations import Gaussian, explain
-from explanations.events import Above, All
+from explanations.events import Above, All, Below
 from explanations.guided import PILOT_MIN, PILOT_SHARE, guided_probability
 from explanations.importance import (BROAD, BROAD_SCALE, DEFENSIVE, SHAPED_SPLIT, importance_draw_flops,
                                      importance_sampling)
