@@ -34,8 +34,10 @@ miss scattered needles. Where the activations grow linearly (ReLU, GELU) the set
 into a cone, whose curvature at the fit's scale overstates the needle; in a prototype
 that shaped every network, ReLU events' 95% intervals covered 89.4% instead of 91.3%, and
 no ReLU or GELU event gained. A clause of several rows is a wedge whose faces one row's
-curvature does not describe: shaped, r06 and r09 All events' medians fell to 0.03–0.11 of
-the truth.
+curvature does not describe: shaped by the binding row without the lean (below), r06 and
+r09 All events' medians fell to 0.03–0.11 of the truth; with it (seeds 0–39, tanh cases),
+r09 All at 9e-8 1.68 → 1.13 and r06 All at 1e-7 1.50 → 0.87, but r09 All at 2e-5 0.48 →
+0.60 and r06 All at 3e-5 0.44 → 0.52, the same 10 events above 0.3: not taken.
 Measured on `pitrack bench sampling` (106 events at 10⁴ sample-equivalents, 40 repeats
 each, seeds 0–39; the 30 tanh events, the only ones it changes): relative RMSE above 0.3
 on 13 → 10 tanh events, 95% coverage of their runs 94.1% → 93.3% (seeds 40–59, held out:
