@@ -76,6 +76,11 @@ class Quadratic:
     backwards: int       # gradient passes of the fit (points × rows)
     flops: int           # the regression's own arithmetic
 
+    def cost(self, observe_flops: int) -> int:
+        """The fit's FLOPs: its passes (a backward pass counts two forward ones, each
+        `observe_flops`) and the regression."""
+        return (self.forwards + 2 * self.backwards) * observe_flops + self.flops
+
 
 def fit(margins: Callable[[Tensor], Tensor], point: Tensor, generator: torch.Generator,
         scale: float = SCALE) -> Quadratic:

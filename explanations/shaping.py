@@ -136,7 +136,7 @@ def shaped(found: Search, generator: torch.Generator, limit: float) -> tuple[Sea
         if spent + fit_cost(found, mode) + shape_flops(d) > limit:
             break
         local = fit(found.margins[mode.clause], mode.point, generator)
-        spent += (local.forwards + 2 * local.backwards) * found.observe_flops + local.flops + shape_flops(d)
+        spent += local.cost(found.observe_flops) + shape_flops(d)
         shape = shape_of(local, mode)
         if shape is not None:
             modes[i], count = replace(mode, shape=shape), count + 1

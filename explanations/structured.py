@@ -224,7 +224,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
         local = fit(found.margins[mode.clause], mode.point, generator)
         if refit:
             local = widened(local, found.margins[mode.clause], mode.point, generator)
-        fitting = (local.forwards + 2 * local.backwards) * found.observe_flops + local.flops
+        fitting = local.cost(found.observe_flops)
         spend = spends[i]
         others = [m.point for m in modes if m is not mode]
         radius = mode.beta - 1 / mode.beta      # the ball its cell's event avoids, less the search's
@@ -307,7 +307,7 @@ def _narrowed(found: Search, mode: Mode, first: OrthantResult, others: list[Tens
         if result.log_p >= smoothed or flops + fit_cost(found, mode) + smallest + fallback > room:
             break
         narrow = fit(found.margins[mode.clause], mode.point, generator, scale)
-        flops += (narrow.forwards + 2 * narrow.backwards) * found.observe_flops + narrow.flops
+        flops += narrow.cost(found.observe_flops)
         forwards, backwards = forwards + narrow.forwards, backwards + narrow.backwards
         second = log_cell_probability(narrow, mode.point, others, radius, smallest, seed)
         if second.log_p > result.log_p:                                    # the integral given up is charged
