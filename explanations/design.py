@@ -40,6 +40,8 @@ MODE_BAND = 3.0          # keep modes with β ≤ β_min + MODE_BAND
 REACH_GROWTH = 2.0       # a Gauss–Newton step of `reach` moves at most this × (1 + |ξ|): from ξ = 0 a
                          # saturated sigmoid's step was 7e16 long (mode found at |ξ| = 1.5e7 for 20)
 ACTIVE_REACH = 1e-3      # a face within this × (1 + |ξ|) of a boundary point is active in the descent
+NEAR_OUTWARD, NEAR_INWARD = (1.2, 1.5, 2.0), (0.85, 0.7, 0.5)   # a descent's bracketing steps along its ray
+NEAR_WIDTH, NEAR_ITERATIONS = 2e-3, 6     # regula falsi until the bracket is this narrow (relative), at most
 MERGE_FLOOR = 0.1        # modes closer than max(0.1·β, this) are one: near the origin 0.1·β is ~0, and four
                          # modes of one common clause at β ≈ 0 had summed a union to 1.0 for 0.545
 
@@ -109,15 +111,13 @@ class ClauseSearch:
     def to_boundary(self, direction: Tensor, near: bool = False) -> Tensor | None:
         """The boundary point nearest the origin on the ray through `direction` (grid scan
         over t ∈ [0.05, 4]·|direction|, bisection, then a secant step), or None. With
-        `near` (the direction ends close to the boundary, as in the descent), a scan over
-        t ∈ [0.5, 2] comes first, 7 points and 6 bisections instead of 13 and 8; the full
-        scan follows where that one cannot bracket the first crossing."""
-        options = {"dtype": direction.dtype, "device": direction.device}
+        `near` (the direction ends close to the boundary, as in the descent's steps), the
+        crossing near t = 1 by regula falsi instead (`_near_crossing`: about 4 margins,
+        where a grid over t ∈ [0.5, 2] and bisections took 13), or None where it brackets
+        none; a step of the descent that finds none is halved."""
         if near:
-            grid = torch.tensor([0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0], **options)
-            found = self._crossing(direction, grid, 6)
-            if found is not None:
-                return found
+            return self._near_crossing(direction)
+        options = {"dtype": direction.dtype, "device": direction.device}
         grid = torch.logspace(math.log10(0.05), math.log10(4.0), 12, **options)
         grid = torch.cat([grid, grid.new_ones(1)]).sort().values       # t = 1: the start itself
         margins = self.margin(grid[:, None] * direction)
@@ -129,13 +129,40 @@ class ClauseSearch:
             return float(grid[0]) * direction
         return self._bisect(direction, grid, margins, first, 8)
 
-    def _crossing(self, direction: Tensor, grid: Tensor, bisections: int) -> Tensor | None:
-        """The first crossing on `grid` if the grid brackets it (its first point infeasible)."""
-        margins = self.margin(grid[:, None] * direction)
-        ok = margins >= 0
-        if not ok.any() or bool(ok[0]):
+    def _near_crossing(self, direction: Tensor) -> Tensor | None:
+        """The crossing near t = 1 on the ray t·`direction`: t = 1 first, then steps outward
+        (NEAR_OUTWARD) from an infeasible point or inward (NEAR_INWARD) from a feasible one
+        until one brackets the crossing, then regula falsi with the Illinois halving (Dowell
+        & Jarratt 1971: where the same end moves twice, the other end's margin is halved)
+        until the bracket is narrower than NEAR_WIDTH of t, and a last secant step. On a
+        piecewise-linear margin the secant is exact within one linear piece. None where no
+        step brackets a crossing or a margin is not finite."""
+        previous, m_previous = 1.0, float(self.margin(direction[None, :])[0])
+        if not math.isfinite(m_previous):
             return None
-        return self._bisect(direction, grid, margins, int(ok.nonzero()[0]), bisections)
+        for t in NEAR_INWARD if m_previous >= 0 else NEAR_OUTWARD:
+            m_t = float(self.margin((t * direction)[None, :])[0])
+            if not math.isfinite(m_t):
+                return None
+            if (m_t >= 0) != (m_previous >= 0):
+                break
+            previous, m_previous = t, m_t
+        else:
+            return None
+        (out, m_out), (inside, m_in) = sorted([(previous, m_previous), (t, m_t)], key=lambda pair: pair[1] >= 0)
+        moved = 0                                    # which end moved last: -1 the outer, +1 the inner
+        for _ in range(NEAR_ITERATIONS):
+            if abs(inside - out) <= NEAR_WIDTH * max(inside, out):
+                break
+            mid = out + (inside - out) * m_out / (m_out - m_in)
+            m_mid = float(self.margin((mid * direction)[None, :])[0])
+            if m_mid >= 0:
+                inside, m_in, m_out = mid, m_mid, m_out / 2 if moved == 1 else m_out
+                moved = 1
+            else:
+                out, m_out, m_in = mid, m_mid, m_in / 2 if moved == -1 else m_in
+                moved = -1
+        return (out + (inside - out) * m_out / (m_out - m_in)) * direction
 
     def _bisect(self, direction: Tensor, grid: Tensor, margins: Tensor, first: int, bisections: int) -> Tensor:
         """Bisection on the bracket [grid[first - 1], grid[first]], then a secant step."""

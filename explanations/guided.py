@@ -12,7 +12,7 @@ The search behind the mixture. A part of the event that no design point describe
 visited only by the defensive and broad components: the estimate is then low, with an
 interval as narrow as the hits near the known modes make it. A sampling budget therefore
 pays for a wide search (`structured`, as the zero-sample design estimate's): WIDE_STARTS =
-10 starts per clause (3 in a Tracker's catastrophe penalty), descents of WIDE_ITERATIONS =
+16 starts per clause (3 in a Tracker's catastrophe penalty), descents of WIDE_ITERATIONS =
 5 steps (10 there: the mixture needs a point near each failure mode, not the exact design
 point, so more, shorter descents find more of the modes at the same cost), up to
 SEARCH_MODES = 8 modes (4 there), a descent
@@ -23,7 +23,12 @@ at p = 9.6e-3 a 6-start search brought the MSE ratio to plain sampling from 1.5 
 over 60 repeats). Measured on `pitrack bench sampling` (106 events at 10⁴ sample-
 equivalents, seeds 0–19 and 20–39) against 6 starts of 10 steps: median relative RMSE
 0.162 → 0.134 and 0.163 → 0.133; against the zero-sample search, coverage of the
-importance-sampling runs 88.5% → 89–91%. The wide search fills its starts (`search`'s
+importance-sampling runs 88.5% → 89–91%. Since a descent's steps find their boundary
+point by regula falsi (`design.ClauseSearch._near_crossing`), a descent costs about 100
+forward-pass equivalents instead of 230 (5-step descents on r18 and r12), and 16 starts
+fit where 10 did: events with relative RMSE above 0.3, 20 → 16 and 21 → 15 (seeds 0–19,
+20–39; 10 starts with the cheaper descents: 18 and 20; 24 starts: 17 on seeds 0–19, and
+16 starts with up to 12 modes: 20). The wide search fills its starts (`search`'s
 `fill`): where fewer of its pilot cloud's points are feasible than it has starts, the
 cloud's best infeasible points are pushed in and descended from (`design._clause_modes`).
 On r07 Below at p = 1e-6 (8 → 128³ → 1 ReLU) the cloud often held one feasible point,

@@ -291,3 +291,37 @@ def test_a_zero_sample_answer_checked_by_its_draws_says_so():
         assert estimate.sample_equivalents <= 10_000
         assert estimate.method == "cumulant+design" and estimate.details["importance_draws"] > 0
         assert estimate.samples == 0 and estimate.interval is None
+
+
+@pytest.mark.parametrize("name, margin, root", [
+    ("halfspace", lambda x: x[:, 0] - 3.0, 3.0 / 2.7),
+    ("kinked (a ReLU's two pieces)", lambda x: torch.relu(x[:, 0] - 2.0) * 5 + x[:, 0] - 3.2, 2.2 / 2.7),
+    ("hyperbola", lambda x: x[:, 0] * x[:, 1] - 2.0, math.sqrt(2.0 / (2.7 * 1.1))),
+])
+def test_a_descent_step_finds_the_crossing_near_its_ray_end_in_a_few_margins(name, margin, root):
+    """Regula falsi along the ray t·u, u = (2.7, 0) or (2.7, 1.1), against the exact root
+    (t·2.7 = 3, the kinked margin's 6·t·2.7 = 13.2, t²·2.7·1.1 = 2): to NEAR_WIDTH of t, in
+    at most 1 + 3 bracketing steps + NEAR_ITERATIONS margins."""
+    from explanations.design import NEAR_ITERATIONS, NEAR_WIDTH, ClauseSearch
+    search = ClauseSearch(lambda x: margin(x)[:, None])
+    direction = torch.tensor([2.7, 1.1 if name == "hyperbola" else 0.0], dtype=F64)
+    point = search.to_boundary(direction, near=True)
+    t = float(point.norm() / direction.norm())
+    assert abs(t - root) <= NEAR_WIDTH * root, (name, t, root)
+    assert search.forwards <= 4 + NEAR_ITERATIONS
+    if name != "hyperbola":              # piecewise linear: the secant is exact within a piece
+        assert abs(t - root) < 1e-9
+
+
+def test_a_descent_step_with_no_crossing_near_its_ray_end_is_refused():
+    """Crossings at t = 0.3 and t = 3 of the ray lie outside [0.5, 2]: None, and the full
+    scan (`near=False`) still finds the first of them."""
+    from explanations.design import ClauseSearch
+    direction = torch.tensor([1.0, 0.0], dtype=F64)
+    for level in (0.3, 3.0):
+        search = ClauseSearch(lambda x: (x[:, 0] - level)[:, None])
+        assert search.to_boundary(direction, near=True) is None
+    search = ClauseSearch(lambda x: (x[:, 0] - 0.3)[:, None])
+    assert abs(float(search.to_boundary(direction)[0]) - 0.3) < 1e-9
+    nan = ClauseSearch(lambda x: torch.full((x.shape[0], 1), math.nan, dtype=F64))
+    assert nan.to_boundary(direction, near=True) is None
