@@ -112,7 +112,7 @@ class ClauseSearch:
         """The boundary point nearest the origin on the ray through `direction` (grid scan
         over t ∈ [0.05, 4]·|direction|, bisection, then a secant step), or None. With
         `near` (the direction ends close to the boundary, as in the descent's steps), the
-        crossing near t = 1 by regula falsi instead (`_near_crossing`: about 4 margins,
+        crossing near t = 1 by regula falsi instead (`_near_crossing`: about 5 margins,
         where a grid over t ∈ [0.5, 2] and bisections took 13), or None where it brackets
         none; a step of the descent that finds none is halved."""
         if near:

@@ -113,7 +113,7 @@ def test_events_and_the_design_switch():
     common = pi.probability(Above(0, mu[0] + sd[0]))
     assert common.method == "cumulant" and 0.05 < common.value < 0.3
     rare = pi.probability(All(Above(0, mu[0] + 3.5 * sd[0]), Below(1, mu[1] - sd[1])))
-    assert rare.method.startswith("cumulant+design") and rare.details["modes"]     # "+draws" where the budget leaves some
+    assert rare.method.startswith("cumulant+design") and rare.details["modes"]     # "+draws" where its draws overrule the quadratics
     assert rare.sample_equivalents < 10_000
 
 
