@@ -276,6 +276,35 @@ def test_the_budget_left_checks_the_quadratics_with_importance_draws():
     assert kept >= 52 and covered >= 52          # Binomial(60, 0.95): mean 57, sd 1.7
 
 
+
+def test_draws_with_few_hits_answer_only_where_the_quadratics_are_far_off(monkeypatch):
+    """With DRAWS_HITS out of reach, the draws answer on their DRAWS_FEW_HITS branch alone:
+    an answer 10³ times too small (3 dex off) is replaced; one 2.5 times too small (0.4
+    dex: outside the draws' 95% interval, inside DRAWS_FAR_DEX) stands; and with the branch
+    closed too (DRAWS_FEW_HITS out of reach), the far answer stands as well."""
+    from explanations import structured
+    from explanations.mvn import OrthantResult
+
+    layer = linear(5, 1, 3)
+    w, b = layer.weight[0].detach(), layer.bias.item()
+    event = Above(0, b + 4.5 * w.norm().item())
+    exact = log_normal_tail(4.5)
+    pi = GaussianExplanation(compile_model(layer), Gaussian.standard(5))
+    found = structured.search(pi, event)
+    allowed = 5_000 * pi.graph.flops_per_sample
+    monkeypatch.setattr(structured, "DRAWS_HITS", 10 ** 9)
+    far, near = exact - 3 * math.log(10), exact - math.log(2.5)
+    replaced, details = structured._with_draws(pi, event, found, OrthantResult(far, 0.0, 100), allowed, {})
+    assert details["importance_effective_hits"] >= structured.DRAWS_FEW_HITS
+    assert abs(replaced.log_p - exact) < 0.1 * math.log(10) and "quadratics_log10" in details
+    low, high = details["importance_interval"]
+    assert not low <= math.exp(near) <= high            # the 95% interval alone would replace it
+    kept, details = structured._with_draws(pi, event, found, OrthantResult(near, 0.0, 100), allowed, {})
+    assert kept.log_p == near and "quadratics_log10" not in details
+    monkeypatch.setattr(structured, "DRAWS_FEW_HITS", 10 ** 9)
+    closed, details = structured._with_draws(pi, event, found, OrthantResult(far, 0.0, 100), allowed, {})
+    assert closed.log_p == far and "quadratics_log10" not in details
+
 def test_a_zero_sample_answer_checked_by_its_draws_says_so():
     """Where the design estimate's draws answer, the Estimate says `+design+draws`, counts
     the draws in `samples` and carries their interval (the step network above); where they
