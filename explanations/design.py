@@ -137,11 +137,11 @@ class ClauseSearch:
         until the bracket is narrower than NEAR_WIDTH of t, and a last secant step. On a
         piecewise-linear margin the secant is exact within one linear piece. None where no
         step brackets a crossing or a margin is not finite."""
-        previous, m_previous = 1.0, float(self.margin(direction[None, :])[0])
+        previous, m_previous = 1.0, self._margin_at(direction, 1.0)
         if not math.isfinite(m_previous):
             return None
         for t in NEAR_INWARD if m_previous >= 0 else NEAR_OUTWARD:
-            m_t = float(self.margin((t * direction)[None, :])[0])
+            m_t = self._margin_at(direction, t)
             if not math.isfinite(m_t):
                 return None
             if (m_t >= 0) != (m_previous >= 0):
@@ -154,15 +154,19 @@ class ClauseSearch:
         for _ in range(NEAR_ITERATIONS):
             if abs(inside - out) <= NEAR_WIDTH * max(inside, out):
                 break
-            mid = out + (inside - out) * m_out / (m_out - m_in)
-            m_mid = float(self.margin((mid * direction)[None, :])[0])
+            mid = _secant(out, m_out, inside, m_in)
+            m_mid = self._margin_at(direction, mid)
             if m_mid >= 0:
                 inside, m_in, m_out = mid, m_mid, m_out / 2 if moved == 1 else m_out
                 moved = 1
             else:
                 out, m_out, m_in = mid, m_mid, m_in / 2 if moved == -1 else m_in
                 moved = -1
-        return (out + (inside - out) * m_out / (m_out - m_in)) * direction
+        return _secant(out, m_out, inside, m_in) * direction
+
+    def _margin_at(self, direction: Tensor, t: float) -> float:
+        """The clause margin at t·`direction`."""
+        return float(self.margin((t * direction)[None, :])[0])
 
     def _bisect(self, direction: Tensor, grid: Tensor, margins: Tensor, first: int, bisections: int) -> Tensor:
         """Bisection on the bracket [grid[first - 1], grid[first]], then a secant step."""
@@ -170,12 +174,12 @@ class ClauseSearch:
         m_lo, m_hi = float(margins[first - 1]), float(margins[first])
         for _ in range(bisections):
             mid = (lo + hi) / 2
-            m_mid = float(self.margin((mid * direction)[None, :])[0])
+            m_mid = self._margin_at(direction, mid)
             if m_mid >= 0:
                 hi, m_hi = mid, m_mid
             else:
                 lo, m_lo = mid, m_mid
-        return (lo + (hi - lo) * m_lo / (m_lo - m_hi)) * direction     # secant on the last bracket
+        return _secant(lo, m_lo, hi, m_hi) * direction     # secant on the last bracket
 
     def reach(self, start: Tensor, iterations: int = 30) -> Tensor | None:
         """Gauss–Newton steps on the violated rows from an infeasible point until it is
@@ -226,6 +230,11 @@ class ClauseSearch:
             else:
                 break
         return point
+
+
+def _secant(a: float, m_a: float, b: float, m_b: float) -> float:
+    """Where the line through (a, m_a) and (b, m_b) crosses zero (m_a, m_b of opposite signs)."""
+    return a + (b - a) * m_a / (m_a - m_b)
 
 
 def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pilot: int = 384,

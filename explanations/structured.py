@@ -300,12 +300,13 @@ def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: Or
     flops = result.flops + draws * per_draw
     details = {**details, "importance_draws": draws, "importance_effective_hits": run.effective_hits}
     low, high = run.interval()
-    far = abs(run.log_p() - result.log_p) > DRAWS_FAR_DEX * math.log(10)
+    log_p = run.log_p()
+    far = abs(log_p - result.log_p) > DRAWS_FAR_DEX * math.log(10)
     enough = run.effective_hits >= DRAWS_HITS or (run.effective_hits >= DRAWS_FEW_HITS and far)
     if not enough or run.degenerate or high < TINY or low <= math.exp(result.log_p) <= high:
         return replace(result, flops=flops), details
     details.update(importance_interval=(low, high), quadratics_log10=result.log_p / math.log(10))
-    return OrthantResult(run.log_p(), 0.0, flops), details
+    return OrthantResult(log_p, 0.0, flops), details
 
 
 def _narrowed(found: Search, mode: Mode, first: OrthantResult, others: list[Tensor], radius: float,
