@@ -91,9 +91,10 @@ from .importance import importance_draw_flops, importance_sampling, with_finite_
 from .montecarlo import draw_cost, draws_within, tally
 from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union, union_flops_bound
 from .observed import clause_rows, observe_flops, observed
-from .shaping import SHAPE_SHARE, shaped
+from .quadratic import fit
+from .shaping import SHAPE_SHARE, shape_flops, with_shape
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
-from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, search
+from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, fit_cost, mode_rows, search
 
 SEARCH_MODES, WIDE_SEARCH_BELOW = 8, 1e-2
 PILOT_SHARE, PILOT_MIN, PILOT_HITS, PILOT_MODE_HITS = 0.1, 200, 3.0, 3
@@ -264,3 +265,24 @@ class GuidedSampling:
             estimate = super()._sampled_probability(event, rest, flops, spent)
         return replace(estimate, samples=estimate.samples + DETECTOR_PILOT,
                        details={**estimate.details, "detector_pilot_hits": hits})
+
+
+def shaped(found: Search, generator: torch.Generator, limit: float) -> tuple[Search, int, int]:
+    """`found` with shaped components (`shaping`) on the modes that take one: one-row clauses of
+    a network whose activations saturate, nearest first while the fits' FLOPs stay within
+    `limit`; the FLOPs spent and the modes shaped."""
+    if found.linear_growth:
+        return found, 0, 0
+    modes, spent, count = list(found.modes), 0, 0
+    for i in sorted(range(len(modes)), key=lambda j: modes[j].beta):
+        mode = modes[i]
+        if mode_rows(found, mode) != 1 or mode.beta <= 0 or not math.isfinite(mode.beta):
+            continue
+        d = mode.point.shape[0]
+        if spent + fit_cost(found, mode) + shape_flops(d) > limit:
+            break
+        local = fit(found.margins[mode.clause], mode.point, generator)
+        spent += local.cost(found.observe_flops) + shape_flops(d)
+        modes[i] = with_shape(mode, local)
+        count += modes[i].shape is not None
+    return replace(found, modes=modes), spent, count

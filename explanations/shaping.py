@@ -64,12 +64,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .quadratic import Quadratic, fit
-from .structured import fit_cost, mode_rows
+from .quadratic import Quadratic
 
 if TYPE_CHECKING:
     from .design import Mode
-    from .structured import Search
 
 SHAPE_SHARE = 0.15              # of the budget, at most, for the fits
 MIN_TANGENT_VARIANCE = 0.01     # σ_i² ≥ this: a needle narrower than 0.1 is no longer a quadratic's
@@ -122,22 +120,8 @@ def shape_flops(d: int) -> int:
     return 17 * d ** 3
 
 
-def shaped(found: Search, generator: torch.Generator, limit: float) -> tuple[Search, int, int]:
-    """`found` with shaped components on the modes that take one (module docstring), nearest
-    first while the fits' FLOPs stay within `limit`; the FLOPs spent and the modes shaped."""
-    if found.linear_growth:
-        return found, 0, 0
-    modes, spent, count = list(found.modes), 0, 0
-    for i in sorted(range(len(modes)), key=lambda j: modes[j].beta):
-        mode = modes[i]
-        if mode_rows(found, mode) != 1 or mode.beta <= 0 or not math.isfinite(mode.beta):
-            continue
-        d = mode.point.shape[0]
-        if spent + fit_cost(found, mode) + shape_flops(d) > limit:
-            break
-        local = fit(found.margins[mode.clause], mode.point, generator)
-        spent += local.cost(found.observe_flops) + shape_flops(d)
-        shape = shape_of(local, mode)
-        if shape is not None:
-            modes[i], count = replace(mode, shape=shape), count + 1
-    return replace(found, modes=modes), spent, count
+def with_shape(mode: Mode, local: Quadratic) -> Mode:
+    """`mode` with the shaped component of its one-row quadratic `local` (`shape_of`), or as it
+    is where that gives none."""
+    shape = shape_of(local, mode)
+    return mode if shape is None else replace(mode, shape=shape)

@@ -10,8 +10,9 @@ FLOPs: every forward pass of the search and the fits costs one sample-equivalent
 backward pass two (the usual reverse-mode bound), plus the regressions and the line
 integrals. The whole estimate aims at DESIGN_BUDGET sample-equivalents of the network: the
 search starts no descent past SEARCH_SHARE of it (each clause its part, and its first
-descent always), the fits take what they need, and the line integrals share what is left
-(each at most DOUBLING_SHARE times its fit; at least 32 lines a replicate). The budget is
+descent always), the fits take what they need of all but DRAWS_RESERVE of it, the line
+integrals share what they leave (each at most DOUBLING_SHARE times its fit; at least 32
+lines a replicate), and importance draws take the rest (`_with_draws`). The budget is
 sampling's horizon: 10⁴ draws see an event of 10⁻³ about ten times, so a zero-sample
 estimate that cost more would be beaten by plain sampling where it is least needed. It is
 exceeded where the minimum is more: a union of many clauses on a small network (π's bulk
@@ -22,32 +23,42 @@ and more on a small network (one mode's fit, 4d points, and its integral alone: 
 normal input skips the identity multiply, such a query on `mlp([d, 16, 1], "relu")` costs
 11,743 and 40,826 at d = 64 and 128, against 14,837 and 56,045 before).
 
-What the integrals leave of the budget checks them (`_with_draws`): where it buys at least
-DRAWS_MIN importance draws from the defensive mixture around the kept modes (`importance`,
-the law of the sampled estimators), and those see DRAWS_HITS effective hits without
-degeneracy, an answer of the quadratics outside the draws' 95% interval is replaced by the
-draws' truncated estimate, with its interval. A quadratic is a fair average of a cell's
+What the integrals leave of the budget buys importance draws that join them
+(`_with_draws`): where it buys at least DRAWS_MIN draws from the defensive mixture around
+the kept modes (`importance`, the law of the sampled estimators; on a network whose
+activations saturate, a one-row mode's draws also take the component shaped to its
+quadratic, `shaping`, at no further fit), and the run is not degenerate, the quadratics'
+log p̂ and the draws' are averaged by inverse variance: the draws' from their own 95%
+interval, the quadratics' QUADRATIC_SPREAD_DEX = 0.25, the root mean square of their
+log10 error over the tail benchmark (`pitrack bench tails --methods auto --seed S`, S =
+0–4, 535 event-runs with 5e-9 ≤ p ≤ 2e-3: median 0.085, worst 1.5). Where the two are
+more than DRAWS_OUTLIER_Z = 3 joint spreads apart, the quadratics are an outlier of those
+heavy-tailed errors and the draws answer alone. A quadratic is a fair average of a cell's
 boundary, and the draws measure the network itself where the quadratics read a thin wedge
-or a horn wrong; where they agree, the quadratics' answer stays (on a linear network it is
-exact). Measured on the tail benchmark (`pitrack bench tails --methods auto --seed S`, 85
-events with 1e-8 ≤ p ≤ 1e-3, π's seeds 0–2): the draws answer 10, 8 and 13 events, and the
-median |log10 p̂/p| goes 0.086 → 0.074, 0.080 → 0.066 and 0.102 → 0.084; the worst stays
-(0.93, 0.99, 1.79) and the events beyond 0.5 dex go 4, 4, 6 → 4, 4, 7 (on seed 2 the draws,
-3× low, contradicted r16 Below at 5e-5's quadratics, -0.26 → -0.52). With the draws
-recorded beside the quadratics, taking them wherever they had 30 effective hits, agreeing
-or not, gave 0.074, 0.058, 0.090, and at 10 hits seed 2's worst went 1.79 → 2.91.
-Since the search got cheaper (stop 29), more of the budget is left to the draws and their
-random stream moved: `pitrack bench detectors`' ReLU detector at p = 1.2e-4 on net 1 now
-sees 29.9 effective hits, and its quadratics' answer, 20× high (1.30 dex), stands. At
-DRAWS_HITS = 20 that event read 0.24 dex off, and on the tail benchmark (seeds 0–4) 8 events
-moved closer by more than 0.02 dex and 2 farther (beyond 0.5 dex 2, 4, 6, 3, 6 → 2, 3, 6, 3,
-6); not taken, because answers from 20–25 effective hits are noisy enough (about 0.1 dex)
-that a float32 and a float64 π, whose draws differ, disagreed by up to 0.18 dex where one
-dtype's draws answered and the other's did not (`tests/test_gaussian.py`'s float32 test).
-Instead, draws with DRAWS_FEW_HITS = 10 to 30 effective hits answer only where the
-quadratics are more than DRAWS_FAR_DEX = 0.7 dex (5×) off theirs: that detector event then
-reads 0.03 dex off (the bench's zero-sample worst 1.30 → 0.50), and on the tail benchmark
-(seeds 0–4) one event moves, t04 All at 1e-7 on seed 2, +1.46 → -0.76.
+or a horn wrong; on a linear network the quadratics are exact and the draws agree. Recorded
+beside each other on those runs, where the draws were not degenerate (377): log10 error
+RMS 0.138 for the draws against 0.211 for the quadratics; at 10–15 effective hits 0.31
+against 0.42, at 30–60 0.11 against 0.18, beyond 60 0.045 against 0.128; the joined 95%
+interval covered the truth on 90% of them, as the draws' own did.
+Measured on the tail benchmark's 85 events with 1e-8 ≤ p ≤ 1e-3, seeds 0–4 (stop 30), the
+events beyond 0.5 dex per seed, and beyond 0.3 dex in all, against the rule this replaces
+(the draws answered alone where they had 30 effective hits and contradicted the quadratics,
+or 10 and were 5× off: 2, 4, 6, 3, 6 and 52), and `pitrack bench detectors`' zero-sample
+worst (0.50): joined, 1, 3, 6, 3, 5 and 41, 0.21 (t04 All at 1e-7 on seed 2 +0.76 → +1.46:
+its draws' stream moved, and their 1.9 effective hits are degenerate); with the search's
+`fill` (`design_estimate`) too, 1, 5, 4, 2, 3 and 34, but 0.91: more modes took more fits,
+and net 1's ReLU detector at 1e-3, whose quadratics read 8× high, was left 576 draws with 8
+effective hits. With DRAWS_RESERVE = 0.1, 0.2, 0.35 of the budget kept from the fits for
+the draws: 1, 3, 4, 2, 2 and 29, 1.42; 2, 2, 4, 2, 2 and 36, 0.45; 2, 4, 6, 2, 4 and 42,
+0.24 (the fits of tanh wedges go short: r06 All at 1e-7 on seed 1 read -3.15). At 0.2:
+median |log10 p̂/p| 0.067, 0.064, 0.058, 0.077, 0.083 → 0.041, 0.058, 0.061, 0.048, 0.053,
+the worst 0.62, 0.78, 1.18, 0.67, 1.47 → 0.74, 0.83, 0.95, 0.63, 1.47; the detectors'
+median 0.03. The
+switch it replaces was a cliff: answers from 20–25 effective hits are noisy (about 0.1
+dex), and a float32 and a float64 π, whose search differs by a few passes, disagreed by up
+to 0.18 dex where one dtype's draws answered and the other's did not; joined, with draws
+made in multiples of DRAWS_GRAIN (the same stream for both), they agree to 0.05 dex
+(`tests/test_gaussian.py`'s float32 test).
 """
 from __future__ import annotations
 
@@ -65,10 +76,12 @@ from .distributions import Gaussian
 from .events import Event
 from .graph import Act, Graph, iter_ops
 from .importance import importance_draw_flops, importance_sampling, with_finite_modes
+from .montecarlo import Z95
 from .mvn import OrthantResult
 from .observed import clause_margins, clause_rows, observe_flops, observer
 from .quadratic import (DOUBLING_SHARE, LINE_RANGE, SCALE, Quadratic, fit, fit_flops_bound, line_flops,
                         log_cell_probability, pairs, widened, widening_flops)
+from .shaping import shape_flops, with_shape
 
 if TYPE_CHECKING:
     from .gaussian import GaussianExplanation
@@ -81,9 +94,11 @@ NARROW = 0.25                           # a mode's second fit, where its first h
 NARROW_BELOW = 1e-6                     # event (under NARROW_BELOW × Φ(-β)), at NARROW × SCALE
 KEPT_MODES = 6                          # the nearest modes integrated, as the budget allows (`_kept`)
 SEARCH_SHARE = 0.3                   # of a budget: no descent begun past it
-DRAWS_MIN, DRAWS_HITS = 200, 30      # importance draws worth making with what the budget leaves, and the
-                                     # effective hits at which they may answer (`_with_draws`)
-DRAWS_FEW_HITS, DRAWS_FAR_DEX = 10, 0.7   # with fewer hits, only where the quadratics are this far off
+DRAWS_MIN = 200                      # importance draws worth making with what the budget leaves,
+DRAWS_GRAIN = 64                     # in multiples of this (`_with_draws`),
+DRAWS_RESERVE = 0.2                  # and the share of the budget the fits and integrals leave them
+QUADRATIC_SPREAD_DEX = 0.25          # the quadratics' error, root mean square (`_with_draws`)
+DRAWS_OUTLIER_Z = 3.0                # beyond it apart, the quadratics are an outlier
 TINY = 1e-300                        # below it an interval's ends are not written reliably
 
 
@@ -194,7 +209,12 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     about 100 forward-pass equivalents instead of 230, and 16 starts fit where 10 did:
     events beyond 0.5 dex on seeds 0–4 went 4, 4, 7, 7, 5 → 2, 4, 6, 3, 6, the worst 0.93,
     0.99, 1.79, 1.41, 9.81 → 0.62, 0.78, 1.46, 0.67, 1.47 dex (the cheaper descents with
-    10 starts: 4, 4, 7 on seeds 0–2; 24 starts: 2, 5, 5).
+    10 starts: 4, 4, 7 on seeds 0–2; 24 starts: 2, 5, 5). The search fills its starts
+    (`design.find_modes`' `fill`, as the sampled estimators' does): where the pilot cloud
+    has fewer feasible points in distinct directions than starts, infeasible points of
+    largest margin are pushed in. On r11 (8 → 128⁴ → 2 GELU) the cloud gave 2–4 starts for
+    Any at 1e-6, and seeds 2 and 4 missed the mode at β = 3.73 (-1.14 and -1.24 dex);
+    filled, they read -0.21 and -0.11 (the whole benchmark: `_with_draws`).
     The event lies outside the ball |ξ| < β_min (β_min the smallest mode's distance, if the
     search found the global minimum), so the estimate is capped at P(χ²_dim ≥ β_min²); and
     each mode's cell is integrated outside the mode's own ball, |ξ| ≥ β - 1/β: ξ* is where
@@ -223,21 +243,22 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     the narrow refits do, and the second refit leaves room for the first of them (`_narrowed`)."""
     allowed = budget * pi.graph.flops_per_sample
     passes = allowed / observe_flops(pi.graph, pi.distribution, event)
-    found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31,
+    found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31, fill=True,
                    effort=SEARCH_SHARE * passes)                  # `_kept` picks the modes
-    modes, polish_passes = _polished(_kept(found.modes), found, allowed)
+    fitting_allowed = allowed * (1 - DRAWS_RESERVE)                  # the fits' and integrals' part
+    modes, polish_passes = _polished(_kept(found.modes), found, fitting_allowed)
     D, flops = found.distribution, found.flops + polish_passes * found.observe_flops
     if not modes or modes[0].beta < NEAR:
         return None, {"search_flops": flops}
     fits = [fit_cost(found, mode) for mode in modes]                  # one fit each: the integrals' scale
-    widen = _affordable_refits(modes, found, allowed - flops)
+    widen = _affordable_refits(modes, found, fitting_allowed - flops)
     fittings = [_fitting_cost(found, mode, w) for mode, w in zip(modes, widen)]
-    share = max(allowed - flops - sum(fittings), 0.0) / len(modes)     # each integral's part of what is left
+    share = max(fitting_allowed - flops - sum(fittings), 0.0) / len(modes)     # each integral's part of what is left
     spends = [min(DOUBLING_SHARE * one_fit, share) for one_fit in fits]
     generator = torch.Generator().manual_seed(pi.seed)
     narrow_generator = torch.Generator().manual_seed(pi.seed + 1)     # refits leave the fits' draws alone
     forwards, backwards = found.forwards + polish_passes, found.backwards
-    log_probabilities, numerical_error, anchored_modes, narrow_modes = [], 0.0, 0, 0
+    log_probabilities, numerical_error, anchored_modes, narrow_modes, drawn_modes = [], 0.0, 0, 0, []
     for i, (mode, refit) in enumerate(zip(modes, widen)):
         local = fit(found.margins[mode.clause], mode.point, generator)
         if refit:
@@ -248,7 +269,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
         radius = mode.beta - 1 / mode.beta      # the ball its cell's event avoids, less the search's
                                                 # slack (the density falls e-fold in 1/β)
         result = log_cell_probability(local, mode.point, others, radius, spend, pi.seed)
-        room = allowed - flops - fitting - result.flops - sum(fittings[i + 1:]) - sum(spends[i + 1:])
+        room = fitting_allowed - flops - fitting - result.flops - sum(fittings[i + 1:]) - sum(spends[i + 1:])
         result, extra, narrowed = _narrowed(found, mode, result, others, radius, room, narrow_generator, pi.seed)
         flops, forwards, backwards = flops + extra[0], forwards + extra[1], backwards + extra[2]
         narrow_modes += narrowed
@@ -265,6 +286,9 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
                     break
             anchored_modes += 1
         log_probabilities.append(result.log_p)
+        needle = not found.linear_growth and mode_rows(found, mode) == 1    # the draws' shape (`shaping`)
+        drawn_modes.append(with_shape(mode, local) if needle else mode)
+        flops += shape_flops(D.dim) if needle else 0
         numerical_error += result.abs_error
         forwards, backwards = forwards + local.forwards, backwards + local.backwards
         flops += fitting + result.flops
@@ -275,37 +299,49 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
                "forward_passes": forwards, "backward_passes": backwards, "anchored_modes": anchored_modes,
                "narrow_modes": narrow_modes}
     result = OrthantResult(min(combined, cap), numerical_error, flops)
-    return _with_draws(pi, event, replace(found, modes=modes), result, allowed, details)
+    return _with_draws(pi, event, replace(found, modes=drawn_modes), result, allowed, details)
 
 
 def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: OrthantResult, allowed: float,
                 details: dict) -> tuple[OrthantResult, dict]:
-    """The quadratics' `result`, checked by importance draws around the kept modes
-    (`importance`) where what `allowed` leaves buys DRAWS_MIN of them: where the draws see
-    DRAWS_HITS effective hits without degeneracy and their 95% interval excludes the
-    quadratics' answer, their truncated estimate replaces it (module docstring); with
-    DRAWS_FEW_HITS to DRAWS_HITS effective hits, only where the quadratics' answer is also
-    more than DRAWS_FAR_DEX from theirs (5×, about 5 of their standard errors at 10 hits,
-    where log10 p̂ has sd ≈ 0.43/√10 = 0.14). The draws
-    are charged either way; details["importance_draws"] says how many were made, and where
-    they answer, details["importance_interval"] holds their interval and
-    details["quadratics_log10"] the answer they replaced. (Far below float64's range, where
-    the interval cannot be written, the quadratics stay.)"""
+    """The quadratics' `result` joined with importance draws around the kept modes
+    (`importance`) where what `allowed` leaves buys DRAWS_MIN of them (module docstring),
+    made in multiples of DRAWS_GRAIN: a search a few passes longer (float32 margins cross
+    their boundary a pass later or sooner) then leaves the same draws, where one draw more
+    or less would have drawn another random stream.
+    In log space, with the draws' spread s_d from their own 95% interval (Garwood's, for
+    their effective hits: s_d = log(high/low)/3.92) and the quadratics' s_q =
+    QUADRATIC_SPREAD_DEX (measured), the inverse-variance mean
+        log p̂ = (log p̂_q / s_q² + log p̂_d / s_d²) / (1/s_q² + 1/s_d²),
+    with the interval log p̂ ± 1.96 (1/s_q² + 1/s_d²)^{-1/2}; where the two differ by more
+    than DRAWS_OUTLIER_Z (s_q² + s_d²)^{1/2} the quadratics are an outlier of their own
+    heavy-tailed errors and the draws answer alone, with their interval. A degenerate run
+    (`Weighted.degenerate`), or one without hits, leaves the quadratics. The draws are
+    charged either way; details["importance_draws"] says how many were made, and where they
+    count, details["importance_interval"] holds the interval, details["draws_weight"] their
+    weight and details["quadratics_log10"] the quadratics' answer. (Far below float64's
+    range, where the interval cannot be written, the quadratics stay.)"""
     found = with_finite_modes(found)
     per_draw = importance_draw_flops(found)
-    draws = int((allowed - result.flops) // per_draw) if found.modes else 0
+    draws = int((allowed - result.flops) // (per_draw * DRAWS_GRAIN)) * DRAWS_GRAIN if found.modes else 0
     if draws < DRAWS_MIN:
         return result, details
     run = importance_sampling(event, found, draws, torch.Generator().manual_seed(pi.seed + 3), pi.graph.n_outputs)
     flops = result.flops + draws * per_draw
     details = {**details, "importance_draws": draws, "importance_effective_hits": run.effective_hits}
     low, high = run.interval()
-    log_p = run.log_p()
-    far = abs(log_p - result.log_p) > DRAWS_FAR_DEX * math.log(10)
-    enough = run.effective_hits >= DRAWS_HITS or (run.effective_hits >= DRAWS_FEW_HITS and far)
-    if not enough or run.degenerate or high < TINY or low <= math.exp(result.log_p) <= high:
+    if run.degenerate or low < TINY:
         return replace(result, flops=flops), details
-    details.update(importance_interval=(low, high), quadratics_log10=result.log_p / math.log(10))
+    log_drawn, drawn_spread = run.log_p(), math.log(high / low) / (2 * Z95)
+    quadratic_spread = QUADRATIC_SPREAD_DEX * math.log(10)
+    if abs(result.log_p - log_drawn) > DRAWS_OUTLIER_Z * math.hypot(quadratic_spread, drawn_spread):
+        weight, log_p, interval = 1.0, log_drawn, (low, high)
+    else:
+        weight = quadratic_spread ** 2 / (quadratic_spread ** 2 + drawn_spread ** 2)
+        log_p = weight * log_drawn + (1 - weight) * result.log_p
+        spread = quadratic_spread * drawn_spread / math.hypot(quadratic_spread, drawn_spread)
+        interval = (math.exp(log_p - Z95 * spread), math.exp(log_p + Z95 * spread))
+    details.update(importance_interval=interval, draws_weight=weight, quadratics_log10=result.log_p / math.log(10))
     return OrthantResult(log_p, 0.0, flops), details
 
 

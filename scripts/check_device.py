@@ -146,7 +146,9 @@ def fit():
     return f"{fitted} on {fitted.mean.device}"
 check("Gaussian.fit on device", fit)
 
-def subset_simulation():
+def rough_tanh():
+    """A 4 → 64³ → 1 tanh net with large weights, D = N(0, I), a threshold at p ≈ 2e-4 and its
+    truth from 2·10⁶ draws."""
     torch.manual_seed(4)
     layers = []
     for n_in, n_out in ((4, 64), (64, 64), (64, 64)):
@@ -158,7 +160,10 @@ def subset_simulation():
     with torch.no_grad():
         out = rough(D4.sample(2_000_000, generator=torch.Generator(dev).manual_seed(1)))[:, 0]
     t = float(torch.quantile(out[:500_000].cpu(), 1 - 2e-4))
-    truth = float((out > t).double().mean())
+    return rough, D4, t, float((out > t).double().mean())
+
+def subset_simulation():
+    rough, D4, t, truth = rough_tanh()
     rows = []
     for seed in range(3):
         pi = explain(rough, D4, "gaussian", seed=seed)
@@ -167,6 +172,16 @@ def subset_simulation():
         rows.append(f"{e.method} {e.value / truth:.2f}")
     return f"truth {truth:.2e}; estimate/truth: " + ", ".join(rows)
 check("rough tanh net: subset simulation or design IS on device", subset_simulation)
+
+def tanh_zero_sample():
+    """The zero-sample design estimate on a saturating net: its draws take the shaped
+    components and join the quadratics (`structured._with_draws`) on the device."""
+    rough, D4, t, truth = rough_tanh()
+    e = explain(rough, D4, "cumulant").probability(Above(0, t))
+    assert 0.1 < e.value / truth < 10, (e.value, truth, e.method)
+    return (f"{e.method} estimate/truth {e.value / truth:.2f}, draws' weight {e.details.get('draws_weight')}, "
+            f"interval {e.interval}")
+check("rough tanh net: zero-sample design with joined draws on device", tanh_zero_sample)
 
 def zero_sample_methods():
     two = nn.Sequential(nn.Linear(6, 48), nn.GELU(), nn.Linear(48, 2)).double().to(dev)

@@ -10,11 +10,11 @@ from torch.special import ndtr
 
 from explanations import Gaussian, explain
 from explanations.events import Above, All, Below
-from explanations.guided import PILOT_MIN, PILOT_SHARE, guided_probability
+from explanations.guided import PILOT_MIN, PILOT_SHARE, guided_probability, shaped
 from explanations.importance import (BROAD, BROAD_SCALE, DEFENSIVE, SHAPED_SPLIT, importance_draw_flops,
                                      importance_sampling)
 from explanations.quadratic import Quadratic
-from explanations.shaping import MAX_SHIFT, MIN_TANGENT_VARIANCE, SHAPE_SHARE, Shape, shape_flops, shape_of, shaped
+from explanations.shaping import MAX_SHIFT, MIN_TANGENT_VARIANCE, SHAPE_SHARE, Shape, shape_flops, shape_of
 from explanations.design import Mode
 from explanations.structured import fit_cost, search
 
