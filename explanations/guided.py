@@ -94,7 +94,7 @@ from .observed import clause_rows, observe_flops, observed
 from .quadratic import fit
 from .shaping import SHAPE_SHARE, shape_flops, with_shape
 from .splitting import LEVEL_PROBABILITY, SIZED_LEVELS, clause_margin, subset_simulation
-from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, fit_cost, mode_rows, search
+from .structured import SEARCH_SHARE, WIDE_ITERATIONS, WIDE_STARTS, Search, fit_cost, search, takes_shape
 
 SEARCH_MODES, WIDE_SEARCH_BELOW = 8, 1e-2
 PILOT_SHARE, PILOT_MIN, PILOT_HITS, PILOT_MODE_HITS = 0.1, 200, 3.0, 3
@@ -268,15 +268,13 @@ class GuidedSampling:
 
 
 def shaped(found: Search, generator: torch.Generator, limit: float) -> tuple[Search, int, int]:
-    """`found` with shaped components (`shaping`) on the modes that take one: one-row clauses of
-    a network whose activations saturate, nearest first while the fits' FLOPs stay within
-    `limit`; the FLOPs spent and the modes shaped."""
-    if found.linear_growth:
-        return found, 0, 0
+    """`found` with shaped components (`shaping`) on the modes that take one
+    (`structured.takes_shape`), nearest first while the fits' FLOPs stay within `limit`; the
+    FLOPs spent and the modes shaped."""
     modes, spent, count = list(found.modes), 0, 0
     for i in sorted(range(len(modes)), key=lambda j: modes[j].beta):
         mode = modes[i]
-        if mode_rows(found, mode) != 1 or mode.beta <= 0 or not math.isfinite(mode.beta):
+        if not takes_shape(found, mode):
             continue
         d = mode.point.shape[0]
         if spent + fit_cost(found, mode) + shape_flops(d) > limit:

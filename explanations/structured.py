@@ -286,7 +286,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
                     break
             anchored_modes += 1
         log_probabilities.append(result.log_p)
-        needle = not found.linear_growth and mode_rows(found, mode) == 1    # the draws' shape (`shaping`)
+        needle = takes_shape(found, mode)                       # the draws' shaped component
         drawn_modes.append(with_shape(mode, local) if needle else mode)
         flops += shape_flops(D.dim) if needle else 0
         numerical_error += result.abs_error
@@ -405,6 +405,14 @@ def _widens(found: Search, mode: Mode) -> bool:
     10 events beyond 0.5 dex (tanh nets and wedges, moved by 0.4–1.3 dex): a saturating
     network's curvature is not a cone's, and a wedge's faces are already linear."""
     return found.linear_growth and mode_rows(found, mode) == 1
+
+
+def takes_shape(found: Search, mode: Mode) -> bool:
+    """Does the mode's mixture component take a shaped partner (`shaping`)? A single-row
+    clause of a network whose activations saturate, at a finite positive distance: its set is
+    a needle, where a cone's (`_widens`) is not."""
+    return (not found.linear_growth and mode_rows(found, mode) == 1 and mode.beta > 0
+            and math.isfinite(mode.beta))
 
 
 def _affordable_refits(modes: list[Mode], found: Search, left: float) -> list[bool]:
