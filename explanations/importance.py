@@ -10,7 +10,8 @@ half evenly and half by FORM's mass Φ(-β_k) (β_k = |ξ*_k|, MODE_MASS_SHARE =
 a_k = ½/K + ½ Φ(-β_k)/Σ_j Φ(-β_j), so a mode one unit of β farther out (e^{-β} less mass)
 does not take an equal share of the draws, and none gets less than half of one. A mode
 with a curvature-shaped component (`shaping`: N(c_k, S_k) for a needle-shaped set) gives
-it a quarter of its share a_k, its unit component keeping SHAPED_SPLIT = ¾. Measured
+it a quarter of its share a_k, its unit component keeping SHAPED_SPLIT = ¾ (the
+zero-sample draws pass `shaped_split`: `structured.DRAWS_SHAPED_SPLIT`). Measured
 on `pitrack bench sampling` against equal shares: relative RMSE above 0.3 on 35 → 29 and
 37 → 35 events (seeds 0–19, 20–39), median 0.134 → 0.124 and 0.133 → 0.116. The weight
     w(ξ) = φ(ξ)/q(ξ) = 1 / (α0 + α_b s^{-d} e^{|ξ|²(1 - 1/s²)/2} + Σ_k α_k e^{ξ*_k·ξ - |ξ*_k|²/2}) ≤ 1/α0
@@ -152,9 +153,11 @@ def _log_sums(log_w: Tensor) -> tuple[float, float]:
 
 
 def importance_sampling(event: Event, found: Search, samples: int, generator: torch.Generator,
-                        n_outputs: int, batch: int = 1 << 14, keep_points: bool = False) -> Weighted:
+                        n_outputs: int, batch: int = 1 << 14, keep_points: bool = False,
+                        shaped_split: float = SHAPED_SPLIT) -> Weighted:
     """The hits' log-weights over `samples` draws from the defensive mixture (module
-    docstring); with `keep_points`, their ξ too (a pilot's, for `adaptation`)."""
+    docstring), a shaped mode's unit component keeping `shaped_split` of its share; with
+    `keep_points`, their ξ too (a pilot's, for `adaptation`)."""
     points = torch.stack([m.point for m in found.modes])                    # [K, d]
     half_norms = (points * points).sum(1) / 2
     k, d = points.shape
@@ -164,8 +167,8 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
     if shaped:                  # a shaped mode's unit component keeps SHAPED_SPLIT of its share
         index = torch.tensor(shaped)
         kept = share.clone()
-        kept[index] *= SHAPED_SPLIT
-        share = torch.cat([kept, share[index] * (1 - SHAPED_SPLIT)])
+        kept[index] *= shaped_split
+        share = torch.cat([kept, share[index] * (1 - shaped_split)])
         shapes = [found.modes[i].shape for i in shaped]
         centers = torch.stack([s.center for s in shapes])                       # [S, d]
         factors = torch.stack([s.factor for s in shapes])                       # [S, d, d]

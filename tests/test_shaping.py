@@ -16,7 +16,7 @@ from explanations.importance import (BROAD, BROAD_SCALE, DEFENSIVE, SHAPED_SPLIT
 from explanations.quadratic import Quadratic
 from explanations.shaping import MAX_SHIFT, MIN_TANGENT_VARIANCE, SHAPE_SHARE, Shape, shape_flops, shape_of
 from explanations.design import Mode
-from explanations.structured import fit_cost, search
+from explanations.structured import DRAWS_SHAPED_SPLIT, fit_cost, search
 
 F64 = torch.float64
 
@@ -102,21 +102,24 @@ def _needle(mode: Mode) -> Shape:
                  -float(variance.log().sum()))
 
 
-def test_weights_are_the_mixture_density_ratio_and_the_estimate_is_unbiased(halfspace):
+@pytest.mark.parametrize("split", [SHAPED_SPLIT, DRAWS_SHAPED_SPLIT])
+def test_weights_are_the_mixture_density_ratio_and_the_estimate_is_unbiased(halfspace, split):
     """With a shaped component beside the unit one, each hit's weight is φ(ξ)/q(ξ) for q the
     whole mixture (its densities from torch.distributions), and the unbiased estimate holds
-    Φ(-3) within 4 standard errors."""
+    Φ(-3) within 4 standard errors, at the guided sampler's split and at the zero-sample
+    draws' (`structured.DRAWS_SHAPED_SPLIT`)."""
     pi, event, found, truth = halfspace
     mode = found.modes[0]
     with_shape = replace(found, modes=[replace(mode, shape=_needle(mode))])
-    run = importance_sampling(event, with_shape, 20_000, torch.Generator().manual_seed(0), 3, keep_points=True)
+    run = importance_sampling(event, with_shape, 20_000, torch.Generator().manual_seed(0), 3, keep_points=True,
+                              shaped_split=split)
     xi = run.hit_points
     eye = torch.eye(3, dtype=F64)
     shape = with_shape.modes[0].shape
     parts = [(DEFENSIVE, MultivariateNormal(torch.zeros(3, dtype=F64), eye)),
              (BROAD, MultivariateNormal(torch.zeros(3, dtype=F64), BROAD_SCALE ** 2 * eye)),
-             ((1 - DEFENSIVE - BROAD) * SHAPED_SPLIT, MultivariateNormal(mode.point, eye)),
-             ((1 - DEFENSIVE - BROAD) * (1 - SHAPED_SPLIT), MultivariateNormal(shape.center, shape.factor @ shape.factor.T))]
+             ((1 - DEFENSIVE - BROAD) * split, MultivariateNormal(mode.point, eye)),
+             ((1 - DEFENSIVE - BROAD) * (1 - split), MultivariateNormal(shape.center, shape.factor @ shape.factor.T))]
     log_q = torch.logsumexp(torch.stack([math.log(a) + law.log_prob(xi) for a, law in parts]), 0)
     log_phi = MultivariateNormal(torch.zeros(3, dtype=F64), eye).log_prob(xi)
     torch.testing.assert_close(run.log_weights, log_phi - log_q)
