@@ -164,7 +164,7 @@ def importance_sampling(event: Event, found: Search, samples: int, generator: to
     form = torch.special.log_ndtr(-torch.tensor([m.beta for m in found.modes], dtype=torch.float64))
     share = MODE_MASS_SHARE * torch.softmax(form, 0) + (1 - MODE_MASS_SHARE) / k     # Σ = 1
     shaped = [i for i, m in enumerate(found.modes) if m.shape is not None]
-    if shaped:                  # a shaped mode's unit component keeps SHAPED_SPLIT of its share
+    if shaped:                  # a shaped mode's unit component keeps `shaped_split` of its share
         index = torch.tensor(shaped)
         kept = share.clone()
         kept[index] *= shaped_split
