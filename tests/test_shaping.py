@@ -183,3 +183,36 @@ def test_the_fits_leave_the_draws_their_minimum_under_a_small_budget():
         assert est.flops <= budget and est.samples >= 2 * PILOT_MIN and len(est.details["modes"]) == 1
         shaped_at.append(est.details["shaped_modes"])
     assert shaped_at == [0, 0, 1]
+
+
+def test_zero_sample_draws_take_the_shape_of_each_fitted_needle(monkeypatch):
+    """The zero-sample design estimate's draws (`structured._with_draws`) take the shaped
+    component of every one-row mode of a saturating network from the quadratic it already
+    fitted, each charged shape_flops (against the same estimate without shapes); a ReLU
+    network's modes keep their unit components."""
+    from explanations import structured
+
+    seen = []
+    join = structured._with_draws
+
+    def recorded(pi, event, found, result, allowed, details):
+        seen.append((found, result.flops))
+        return join(pi, event, found, result, allowed, details)
+
+    monkeypatch.setattr(structured, "_with_draws", recorded)
+    D = Gaussian.standard(4)
+    tanh = explain(_tanh_net(), D, "cumulant", seed=0)
+    assert tanh.probability(Above(0, 1.2)).method.startswith("cumulant+design")
+    found, charged = seen[-1]
+    assert found.modes and all(m.shape is not None and structured.takes_shape(found, m) for m in found.modes)
+    monkeypatch.setattr(structured, "takes_shape", lambda found, mode: False)
+    tanh.probability(Above(0, 1.2))
+    plain, uncharged = seen[-1]
+    assert all(m.shape is None for m in plain.modes)
+    assert charged - uncharged == len(found.modes) * shape_flops(4)
+    monkeypatch.undo()
+    monkeypatch.setattr(structured, "_with_draws", recorded)
+    torch.manual_seed(0)
+    relu = nn.Sequential(nn.Linear(4, 48), nn.ReLU(), nn.Linear(48, 2)).double()
+    explain(relu, D, "cumulant", seed=0).probability(Above(0, 0.46))
+    assert seen[-1][0].modes and all(m.shape is None for m in seen[-1][0].modes)
