@@ -21,7 +21,11 @@ pilot: 12 clauses on a 4 → 8 → 6 net cost 2.6·10⁶ sample-equivalents), an
 and more on a small network (one mode's fit, 4d points, and its integral alone: 1.7·10⁴,
 5.6·10⁴ and 2.1·10⁵ at d = 64, 128, 256 on d → 16 → 1 nets; review. Since a standard
 normal input skips the identity multiply, such a query on `mlp([d, 16, 1], "relu")` costs
-11,743 and 40,826 at d = 64 and 128, against 14,837 and 56,045 before).
+11,743 and 40,826 at d = 64 and 128, against 14,837 and 56,045 before; at stop 30, 11,884
+and 40,860, and on its tanh twin 12,432 and 40,513, where the filled search took 1,178
+more at d = 64 than the unfilled one. The shapes of the draws' components, O(d³) a mode,
+are made only where they and DRAWS_MIN shaped draws fit in what is left (`_shaped_for_draws`):
+made regardless, they had taken that tanh query to 14,503 and 48,945).
 
 What the integrals leave of the budget buys importance draws that join them
 (`_with_draws`): where it buys at least DRAWS_MIN draws from the defensive mixture around
@@ -267,7 +271,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     generator = torch.Generator().manual_seed(pi.seed)
     narrow_generator = torch.Generator().manual_seed(pi.seed + 1)     # refits leave the fits' draws alone
     forwards, backwards = found.forwards + polish_passes, found.backwards
-    log_probabilities, numerical_error, anchored_modes, narrow_modes, drawn_modes = [], 0.0, 0, 0, []
+    log_probabilities, numerical_error, anchored_modes, narrow_modes, fitted = [], 0.0, 0, 0, []
     for i, (mode, refit) in enumerate(zip(modes, widen)):
         local = fit(found.margins[mode.clause], mode.point, generator)
         if refit:
@@ -295,9 +299,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
                     break
             anchored_modes += 1
         log_probabilities.append(result.log_p)
-        needle = takes_shape(found, mode)                       # the draws' shaped component
-        drawn_modes.append(with_shape(mode, local) if needle else mode)
-        flops += shape_flops(D.dim) if needle else 0
+        fitted.append(local)
         numerical_error += result.abs_error
         forwards, backwards = forwards + local.forwards, backwards + local.backwards
         flops += fitting + result.flops
@@ -307,8 +309,23 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
                "chi2_cap_log10": cap / math.log(10), "capped": combined > cap,
                "forward_passes": forwards, "backward_passes": backwards, "anchored_modes": anchored_modes,
                "narrow_modes": narrow_modes}
-    result = OrthantResult(min(combined, cap), numerical_error, flops)
-    return _with_draws(pi, event, replace(found, modes=drawn_modes), result, allowed, details)
+    drawn, shaping = _shaped_for_draws(replace(found, modes=modes), fitted, flops, allowed)
+    result = OrthantResult(min(combined, cap), numerical_error, flops + shaping)
+    return _with_draws(pi, event, drawn, result, allowed, details)
+
+
+def _shaped_for_draws(found: Search, fitted: list[Quadratic], spent: float, allowed: float) -> tuple[Search, int]:
+    """The kept modes with the shaped components of their fitted quadratics (`shaping`, on
+    the modes that take one: `takes_shape`), and the FLOPs of the shapes' algebra, where what
+    `allowed` leaves past `spent` pays for it and DRAWS_MIN draws at the shaped draws' cost;
+    else the modes as they are, and 0. (The algebra is O(d³) a mode: in 64 and more inputs
+    on a small network it costs more than the draws it would shape.)"""
+    needles = [takes_shape(found, mode) for mode in found.modes]
+    cost = sum(needles) * shape_flops(found.distribution.dim)
+    if not cost or allowed - spent - cost < DRAWS_MIN * importance_draw_flops(found, shaped=sum(needles)):
+        return found, 0
+    modes = [with_shape(mode, local) if needle else mode for mode, local, needle in zip(found.modes, fitted, needles)]
+    return replace(found, modes=modes), cost
 
 
 def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: OrthantResult, allowed: float,

@@ -1,6 +1,6 @@
 """Device paths: every public piece on the model's device. `PYTHONPATH=. python scripts/check_device.py cuda`
 (not run by CI; any device torch knows, `cpu` included). Prints OK or FAIL with the traceback per check."""
-import sys, tempfile, time, traceback
+import functools, sys, tempfile, time, traceback
 import torch
 from torch import nn
 import math
@@ -146,9 +146,10 @@ def fit():
     return f"{fitted} on {fitted.mean.device}"
 check("Gaussian.fit on device", fit)
 
+@functools.cache
 def rough_tanh():
     """A 4 → 64³ → 1 tanh net with large weights, D = N(0, I), a threshold at p ≈ 2e-4 and its
-    truth from 2·10⁶ draws."""
+    truth from 2·10⁶ draws (made once, for the checks that share it)."""
     torch.manual_seed(4)
     layers = []
     for n_in, n_out in ((4, 64), (64, 64), (64, 64)):
@@ -174,14 +175,15 @@ def subset_simulation():
 check("rough tanh net: subset simulation or design IS on device", subset_simulation)
 
 def tanh_zero_sample():
-    """The zero-sample design estimate on a saturating net: its draws take the shaped
-    components and join the quadratics (`structured._with_draws`) on the device."""
+    """The zero-sample design estimate on a saturating net on the device: its draws take
+    the shaped components, and join the quadratics where they are not degenerate
+    (`structured._with_draws`; here they are, and the quadratics answer)."""
     rough, D4, t, truth = rough_tanh()
     e = explain(rough, D4, "cumulant").probability(Above(0, t))
     assert 0.1 < e.value / truth < 10, (e.value, truth, e.method)
     return (f"{e.method} estimate/truth {e.value / truth:.2f}, draws' weight {e.details.get('draws_weight')}, "
             f"interval {e.interval}")
-check("rough tanh net: zero-sample design with joined draws on device", tanh_zero_sample)
+check("rough tanh net: zero-sample design with shaped draws on device", tanh_zero_sample)
 
 def zero_sample_methods():
     two = nn.Sequential(nn.Linear(6, 48), nn.GELU(), nn.Linear(48, 2)).double().to(dev)

@@ -216,3 +216,23 @@ def test_zero_sample_draws_take_the_shape_of_each_fitted_needle(monkeypatch):
     relu = nn.Sequential(nn.Linear(4, 48), nn.ReLU(), nn.Linear(48, 2)).double()
     explain(relu, D, "cumulant", seed=0).probability(Above(0, 0.46))
     assert seen[-1][0].modes and all(m.shape is None for m in seen[-1][0].modes)
+
+
+def test_zero_sample_shapes_are_made_only_where_they_and_the_draws_fit():
+    """The shapes' algebra (O(d³) a mode) is spent only where what the budget leaves pays
+    for it and DRAWS_MIN draws at the shaped draw's cost; else the modes stay as they are
+    and nothing is charged (made regardless, a 64-input tanh query had cost 14,503 of 10⁴)."""
+    from explanations import structured
+    from explanations.quadratic import fit
+
+    pi = explain(_tanh_net(), Gaussian.standard(4), "gaussian", seed=0)
+    found = search(pi, Above(0, 1.2))
+    fitted = [fit(found.margins[m.clause], m.point, torch.Generator().manual_seed(0)) for m in found.modes]
+    needles = sum(structured.takes_shape(found, m) for m in found.modes)
+    cost = needles * shape_flops(4)
+    need = cost + structured.DRAWS_MIN * importance_draw_flops(found, shaped=needles)
+    assert needles >= 1
+    shaped_found, charged = structured._shaped_for_draws(found, fitted, 1_000, 1_000 + need)
+    assert charged == cost and sum(m.shape is not None for m in shaped_found.modes) == needles
+    plain, charged = structured._shaped_for_draws(found, fitted, 1_000, 1_000 + need - 1)
+    assert charged == 0 and plain is found
