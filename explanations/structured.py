@@ -17,15 +17,25 @@ sampling's horizon: 10⁴ draws see an event of 10⁻³ about ten times, so a ze
 estimate that cost more would be beaten by plain sampling where it is least needed. It is
 exceeded where the minimum is more: a union of many clauses on a small network (π's bulk
 test runs inclusion–exclusion over its 2^clauses terms, and each clause takes a 384-point
-pilot: 12 clauses on a 4 → 8 → 6 net cost 2.6·10⁶ sample-equivalents), and inputs of 64
-and more on a small network (one mode's fit, 4d points, and its integral alone: 1.7·10⁴,
-5.6·10⁴ and 2.1·10⁵ at d = 64, 128, 256 on d → 16 → 1 nets; review. Since a standard
-normal input skips the identity multiply, such a query on `mlp([d, 16, 1], "relu")` costs
-11,743 and 40,826 at d = 64 and 128, against 14,837 and 56,045 before; at stop 30, 11,884
-and 40,860, and on its tanh twin 12,432 and 40,513, where the filled search took 1,178
-more at d = 64 than the unfilled one. The shapes of the draws' components, O(d³) a mode,
-are made only where they and DRAWS_MIN shaped draws fit in what is left (`_shaped_for_draws`):
-made regardless, they had taken that tanh query to 14,503 and 48,945).
+pilot: 12 clauses on a 4 → 8 → 6 net cost 2.6·10⁶ sample-equivalents).
+
+Wide inputs on a small network. A mode's fit takes 4d points' passes and an O(d³)
+regression, which on a d → 16 → 1 net outgrow the budget from d ≈ 48 (one fit and its
+integral: 1.7·10⁴, 5.6·10⁴ and 2.1·10⁵ sample-equivalents at d = 64, 128, 256). Where the
+search leaves too little of the fits' part for each clause's nearest mode's fit and
+smallest integral (`_fits_afforded`), no quadratic is fitted: the rest of the budget buys
+importance draws around the search's modes, which answer alone (`_drawn_alone`;
+details["fits"] says so), or, where they see no hit, FORM's Σ_k Φ(-β_k) over the modes.
+Before, the nearest mode was fitted regardless: `mlp([d, 16, 1], "relu")` at p = 1e-4
+cost 11,884 and 40,860 sample-equivalents at d = 64 and 128 (-0.35 and -0.43 dex at d = 64,
+π's seeds 0–1), its tanh twin 12,432 and 40,513 (-0.08, -0.06). With the draws alone
+(seeds 0–1, truth from 2·10⁶ plain draws): ReLU +0.01, +0.05 at d = 64 and -0.10, -0.02 at
+d = 128, tanh -0.01, +0.03 and -0.08, -0.10, every query at 9,920–9,985; at d = 48, where
+the fit had fitted, -0.07, -0.10 (ReLU) and -0.06, -0.00 (tanh) against -0.06, -0.07 and
+-0.10, +0.06; ReLU at d = 64 and p = 4.7·10⁻⁷ (6·10⁷ plain draws, 28 hits), seeds 0–2:
+-0.06, -0.08, -0.06. The shapes of the draws' components, O(d³) a mode, are made only
+where they and DRAWS_MIN shaped draws fit in what is left (`_shaped_for_draws`): made
+regardless, they had taken that tanh query to 14,503 and 48,945.
 
 What the integrals leave of the budget buys importance draws that join them
 (`_with_draws`): where it buys at least DRAWS_MIN draws from the defensive mixture around
@@ -87,7 +97,7 @@ from .design import MAX_MODES, ClauseSearch, Mode, find_modes, is_new, whitened_
 from .distributions import Gaussian
 from .events import Event
 from .graph import Act, Graph, iter_ops
-from .importance import importance_draw_flops, importance_sampling, with_finite_modes
+from .importance import Weighted, importance_draw_flops, importance_sampling, with_finite_modes
 from .montecarlo import Z95
 from .mvn import OrthantResult
 from .observed import clause_margins, clause_rows, observe_flops, observer
@@ -259,7 +269,10 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31, fill=True,
                    effort=SEARCH_SHARE * passes)                  # `_kept` picks the modes
     fitting_allowed = allowed * (1 - DRAWS_RESERVE)                  # the fits' and integrals' part
-    modes, polish_passes = _polished(_kept(found.modes), found, fitting_allowed)
+    candidates = _kept(found.modes)
+    if candidates and candidates[0].beta >= NEAR and not _fits_afforded(candidates, found, fitting_allowed):
+        return _drawn_alone(pi, event, replace(found, modes=candidates), allowed)
+    modes, polish_passes = _polished(candidates, found, fitting_allowed)
     D, flops = found.distribution, found.flops + polish_passes * found.observe_flops
     if not modes or modes[0].beta < NEAR:
         return None, {"search_flops": flops}
@@ -314,6 +327,45 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     return _with_draws(pi, event, drawn, result, allowed, details)
 
 
+def _fits_afforded(modes: list[Mode], found: Search, allowed: float) -> bool:
+    """Do `allowed` FLOPs pay for the search and, for each clause's nearest mode, the fit and
+    the smallest integral that `_polished` keeps it for?"""
+    walls = len(modes) - 1
+    needed = sum(fit_cost(found, m) + _fewest_lines(found, m, walls) for m in _nearest_per_clause(modes).values())
+    return found.flops + needed <= allowed
+
+
+def _drawn_alone(pi: GaussianExplanation, event: Event, found: Search, allowed: float
+                 ) -> tuple[OrthantResult, dict]:
+    """P(event) from importance draws around the modes alone, with what `allowed` leaves past
+    the search, where not even each clause's nearest fit fits (module docstring); FORM's
+    Σ_k Φ(-β_k) over the modes where the draws see no hit."""
+    modes = [m.beta for m in found.modes]
+    run, draws, flops = _draws(pi, event, found, found.flops, allowed)
+    details = {"modes": modes, "forward_passes": found.forwards, "backward_passes": found.backwards,
+               "fits": "over budget: importance draws alone", "importance_draws": draws}
+    if run is None or not run.hits:
+        betas = torch.tensor(modes, dtype=torch.float64)
+        return OrthantResult(float(torch.logsumexp(log_ndtr(-betas), 0)), 0.0, flops), {**details, "form": True}
+    details.update(importance_effective_hits=run.effective_hits, importance_interval=run.interval())
+    return OrthantResult(run.log_p(), 0.0, flops), details
+
+
+def _draws(pi: GaussianExplanation, event: Event, found: Search, spent: float, allowed: float
+           ) -> tuple[Weighted | None, int, float]:
+    """Importance draws around `found`'s modes (`importance`) with what `allowed` leaves past
+    `spent`, in multiples of DRAWS_GRAIN, where that buys DRAWS_MIN of them; the run (None
+    where it does not), the draws made and the FLOPs spent in all."""
+    found = with_finite_modes(found)
+    per_draw = importance_draw_flops(found)
+    draws = int((allowed - spent) // (per_draw * DRAWS_GRAIN)) * DRAWS_GRAIN if found.modes else 0
+    if draws < DRAWS_MIN:
+        return None, 0, spent
+    run = importance_sampling(event, found, draws, torch.Generator().manual_seed(pi.seed + 3), pi.graph.n_outputs,
+                              shaped_split=DRAWS_SHAPED_SPLIT)
+    return run, draws, spent + draws * per_draw
+
+
 def _shaped_for_draws(found: Search, fitted: list[Quadratic], spent: float, allowed: float) -> tuple[Search, int]:
     """The kept modes with the shaped components of their fitted quadratics (`shaping`, on
     the modes that take one: `takes_shape`), and the FLOPs of the shapes' algebra, where what
@@ -347,14 +399,9 @@ def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: Or
     count, details["importance_interval"] holds the interval, details["draws_weight"] their
     weight and details["quadratics_log10"] the quadratics' answer. (Far below float64's
     range, where the interval cannot be written, the quadratics stay.)"""
-    found = with_finite_modes(found)
-    per_draw = importance_draw_flops(found)
-    draws = int((allowed - result.flops) // (per_draw * DRAWS_GRAIN)) * DRAWS_GRAIN if found.modes else 0
-    if draws < DRAWS_MIN:
+    run, draws, flops = _draws(pi, event, found, result.flops, allowed)
+    if run is None:
         return result, details
-    run = importance_sampling(event, found, draws, torch.Generator().manual_seed(pi.seed + 3), pi.graph.n_outputs,
-                              shaped_split=DRAWS_SHAPED_SPLIT)
-    flops = result.flops + draws * per_draw
     details = {**details, "importance_draws": draws, "importance_effective_hits": run.effective_hits}
     low, high = run.interval()
     if run.degenerate or low < TINY:
