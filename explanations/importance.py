@@ -123,7 +123,9 @@ class Weighted:
         return (self.effective_hits < DEGENERATE_HITS
                 or float(self.log_weights.max()) > self.sums[False][0] - math.log(2))
 
-    def _garwood(self, cut: bool) -> tuple[float, float]:
+    def garwood(self, cut: bool = True) -> tuple[float, float]:
+        """Garwood's 95% interval for p̂²/se² effective hits, scaled to p̂ (truncated, or
+        `cut=False` unbiased), without the defensive draws' bound of `interval`."""
         error = self.relative_error(cut)
         effective = error ** -2 if error > 0 else self.effective_hits
         return effective_count_interval(self.log_p(cut), effective)
@@ -138,9 +140,9 @@ class Weighted:
         plain = wilson_interval(self.defensive_hits, self.defensive)[1] if self.defensive else 1.0
         if self.hits == 0:
             return 0.0, plain
-        low, high = self._garwood(cut=True)
+        low, high = self.garwood(cut=True)
         if self.weights_cut:
-            unbiased = self._garwood(cut=False)
+            unbiased = self.garwood(cut=False)
             low, high = min(low, unbiased[0]), max(high, unbiased[1])
         return low, max(high, plain) if self.degenerate else high
 

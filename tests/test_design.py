@@ -311,11 +311,15 @@ def test_the_budget_left_joins_the_quadratics_with_importance_draws():
     assert covered >= 52
 
 
-def test_a_degenerate_draw_run_leaves_the_quadratics(monkeypatch):
-    """Draws flagged degenerate (here: every run, DEGENERATE_HITS out of reach) carry no
-    spread to weigh: the quadratics' answer stands, 10³ times too small or not, with no
-    interval, and the draws are still charged."""
+def test_a_degenerate_draw_run_joins_unbiased_at_a_widened_spread_and_never_replaces(monkeypatch):
+    """Draws flagged degenerate (here: every run, DEGENERATE_HITS out of reach) join the
+    quadratics with their unbiased estimate, at DEGENERATE_WIDENING times the spread of its
+    own Garwood interval, and never answer alone: an answer 10³ times too small moves
+    toward the draws by exactly their weight (and so stays short of them), with the joined
+    interval. A run without a hit leaves the quadratics, with no interval. The draws are
+    charged either way."""
     from explanations import importance, structured
+    from explanations.importance import Weighted
     from explanations.mvn import OrthantResult
 
     layer = linear(5, 1, 3)
@@ -326,6 +330,22 @@ def test_a_degenerate_draw_run_leaves_the_quadratics(monkeypatch):
     found = structured.search(pi, event)
     allowed = 5_000 * pi.graph.flops_per_sample
     monkeypatch.setattr(importance, "DEGENERATE_HITS", 10 ** 9)
+    runs = []
+    monkeypatch.setattr(structured, "importance_sampling", lambda *a, **k: runs.append(importance.importance_sampling(*a, **k)) or runs[-1])
+    joined, details = structured._with_draws(pi, event, found, OrthantResult(far, 0.0, 100), allowed, {})
+    run = runs[-1]
+    low, high = run.garwood(cut=False)
+    spread = structured.DEGENERATE_WIDENING * math.log(high / low) / (2 * 1.959963984540054)
+    quadratic = structured.QUADRATIC_SPREAD_DEX * math.log(10)
+    weight = quadratic ** 2 / (quadratic ** 2 + spread ** 2)
+    assert run.degenerate and details["draws_weight"] == pytest.approx(weight) and weight < 1
+    assert joined.log_p == pytest.approx(weight * run.log_p(cut=False) + (1 - weight) * far)
+    assert far < joined.log_p < run.log_p(cut=False)
+    assert details["importance_interval"][0] < math.exp(joined.log_p) < details["importance_interval"][1]
+    assert details["importance_draws"] > 1_000 and 100 < joined.flops <= allowed
+
+    empty = Weighted(run.samples, torch.zeros(0, dtype=torch.float64), defensive=run.defensive)
+    monkeypatch.setattr(structured, "importance_sampling", lambda *a, **k: empty)
     kept, details = structured._with_draws(pi, event, found, OrthantResult(far, 0.0, 100), allowed, {})
     assert kept.log_p == far and "importance_interval" not in details and "quadratics_log10" not in details
     assert details["importance_draws"] > 1_000 and 100 < kept.flops <= allowed
