@@ -58,11 +58,11 @@ from .estimate import Estimate
 from .events import Event
 from .gaussian import GaussianExplanation
 from .graph import Act, Affine, Chain, Graph, iter_ops
-from .guided import BULK_POINTS, BULK_REPLICATES, GuidedSampling
+from .guided import BULK_POINTS, BULK_REPLICATES, BULK_SHARE, GuidedSampling
 from .hermite_cumulants import hermite_cumulants
 from .moments import hermite_coefficients, split_deterministic, split_sd
 from .montecarlo import detector_flops, draw_cost
-from .mvn import OrthantResult
+from .mvn import MAX_UNION_CLAUSES, OrthantResult
 from .pilot import PILOT_DRAWS, checkable, draw_pilot
 from .propagate import (GaussianState, WeightProduct, finish_affine, propagate, propagate_skewed,
                         skewed_activation, sources_through_affine)
@@ -125,7 +125,13 @@ class CumulantExplanation(GuidedSampling, Explanation):
         minimum); otherwise cumulant marginals joined by π's Gaussian copula. The summary's
         probability is a test, not the answer: like the sampled estimators' it takes
         BULK_POINTS × BULK_REPLICATES quasi-random points (4096 × 8 had cost 4,600
-        sample-equivalents on a 4 → 32 → 2 network, half the budget). Where π is `exact`
+        sample-equivalents on a 4 → 32 → 2 network, half the budget), and at most
+        BULK_SHARE of what π's build leaves of DESIGN_BUDGET: a union whose
+        inclusion–exclusion would take more gets the bracket of `mvn.log_union` (for
+        single-row clauses the complement's one orthant), and where even that would, the
+        design path runs untested (12 clauses on a 4 → 8 → 6 net had cost 2.6·10⁶
+        sample-equivalents). The copula's union takes as many points as the budget leaves
+        (`_copula_integral`). Where π is `exact`
         and the event reads no nonlinear detector, the answer is π's Gaussian integral.
         A claim that the event is common is checked by plain draws (`pilot`): the summary's,
         by PILOT_DRAWS of them, and if they contradict it the design path runs after all
@@ -146,11 +152,12 @@ class CumulantExplanation(GuidedSampling, Explanation):
             exact = self._exact_probability(event)
             if exact is not None:
                 return exact
-        mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES)   # a test
+        cap = BULK_SHARE * max(DESIGN_BUDGET * self.flops_per_sample - self.build_flops - paid, 0.0)
+        mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES, bracket=True, cap=cap)  # a test
         n = self.mean.shape[0]
-        spent = [flops + bulk.flops]
+        spent = [flops + (bulk.flops if bulk is not None else 0)]
         pilot = None
-        rare = is_far(bulk.log_p) or event.reads_nonlinear_detector()
+        rare = bulk is None or is_far(bulk.log_p) or event.reads_nonlinear_detector()
         if self.design and not rare and self._draws_left(event, sum(spent) + paid) >= PILOT_DRAWS:
             pilot = draw_pilot(self.graph, self.distribution, event, self.seed + 1)
             spent.append(pilot.flops)
@@ -163,7 +170,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
                 drawn = {"pilot_draws": pilot.draws, "pilot_hits": pilot.hits} if pilot else {}
                 interval = details.pop("importance_interval", None)     # the design's draws answered
                 estimate = self._estimate(result, sum(spent), f"{self.method}+design" + ("+draws" if interval else ""),
-                                          {**details, **drawn, "bulk_log10": bulk.log_p / math.log(10)})
+                                          {**details, **drawn, "bulk_log10": bulk.log_p / math.log(10) if bulk is not None else None})
                 return replace(estimate, interval=interval, samples=details["importance_draws"]) if interval else estimate
             spent.append(details["search_flops"])
             fallback = {"design": "no design point beyond the origin's unit ball; cumulant copula used"}
@@ -177,7 +184,8 @@ class CumulantExplanation(GuidedSampling, Explanation):
             spent.append(cost)
             return kappa
 
-        result = copula_probability(rows, cov, marginal, seed=self.seed)
+        points, max_clauses = self._copula_integral(rows, paid + sum(spent))
+        result = copula_probability(rows, cov, marginal, seed=self.seed, points=points, max_clauses=max_clauses)
         details = {"cumulants": "used" if affordable else "over budget", **fallback}
         draws = self._draws_left(event, sum(spent) + paid + result.flops)
         checking = fallback and checkable(result.log_p, draws + (pilot.draws if pilot else 0))
@@ -193,6 +201,21 @@ class CumulantExplanation(GuidedSampling, Explanation):
                                        "contradicted_log10": result.log_p / math.log(10)})
             return replace(estimate, interval=(low, high), samples=pilot.draws)
         return self._estimate(result, sum(spent), details=details)
+
+    def _copula_integral(self, rows: list[tuple[Tensor, Tensor]], spent: float) -> tuple[int, int]:
+        """Quasi-random points per replicate and inclusion–exclusion's clause limit for the
+        copula's union: the most points (4096 down to 64), with inclusion–exclusion where it
+        fits in what DESIGN_BUDGET leaves past π's build and `spent`, else the bracket
+        (`mvn.log_union`: for single-row clauses the complement's one orthant); at 64
+        points the bracket regardless. (12 single-row clauses on a 4 → 8 → 6 net had cost
+        1.6·10⁸ sample-equivalents at 4096 points and 2¹² - 1 terms.)"""
+        sizes = [a.shape[0] for a, _ in rows]
+        left = DESIGN_BUDGET * self.flops_per_sample - self.build_flops - spent
+        for points in (4096, 1024, 256, 64):
+            limit = self._bulk_limit(sizes, sum(sizes), points, 8, left)
+            if limit is not None:
+                return points, limit.get("max_clauses", MAX_UNION_CLAUSES)
+        return 64, 0
 
     def _draws_left(self, event: Event, spent: float) -> int:
         """Plain draws of the event that DESIGN_BUDGET leaves after π's build and `spent`."""

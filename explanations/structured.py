@@ -14,10 +14,10 @@ descent always), the fits take what they need of all but DRAWS_RESERVE of it, th
 integrals share what they leave (each at most DOUBLING_SHARE times its fit; at least 32
 lines a replicate), and importance draws take the rest (`_with_draws`). The budget is
 sampling's horizon: 10⁴ draws see an event of 10⁻³ about ten times, so a zero-sample
-estimate that cost more would be beaten by plain sampling where it is least needed. It is
-exceeded where the minimum is more: a union of many clauses on a small network (π's bulk
-test runs inclusion–exclusion over its 2^clauses terms, and each clause takes a 384-point
-pilot: 12 clauses on a 4 → 8 → 6 net cost 2.6·10⁶ sample-equivalents).
+estimate that cost more would be beaten by plain sampling where it is least needed. Until stop 31 it
+was exceeded by unions of many clauses on a small network, whose bulk test (`cumulant`)
+ran inclusion–exclusion over 2^clauses terms: 12 clauses on a 4 → 8 → 6 net cost 2.6·10⁶
+sample-equivalents; that test now takes at most BULK_SHARE of the budget (9,900 in all).
 
 Wide inputs on a small network. A mode's fit takes 4d points' passes and an O(d³)
 regression, which on a d → 16 → 1 net outgrow the budget from d ≈ 48 (one fit and its

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.special import log_ndtr, ndtri
 
-from .mvn import OrthantResult, log_union
+from .mvn import MAX_UNION_CLAUSES, OrthantResult, log_union
 
 SADDLEPOINT_FLOPS = 400  # Newton iterations on a quartic and the r* formula, per tail
 
@@ -185,11 +185,15 @@ def _edgeworth_log_tail(k: tuple[float, ...], z: float) -> float:
 
 
 def copula_probability(clauses: list[tuple[Tensor, Tensor]], cov: Tensor,
-                       cumulants: Callable[[Tensor], Tensor], *, seed: int = 0) -> OrthantResult:
+                       cumulants: Callable[[Tensor], Tensor], *, seed: int = 0, points: int = 4096,
+                       max_clauses: int = MAX_UNION_CLAUSES) -> OrthantResult:
     """P(∪ clauses) with cumulant marginals per atom and a Gaussian copula (module docstring).
 
     Each clause is (A, b): {v : A v > b}; cov is π's Gaussian covariance of v and
-    cumulants(a) gives κ1..κ4 of a·v.
+    cumulants(a) gives κ1..κ4 of a·v. The copula's orthants take `points` quasi-random
+    points per replicate, and a union of more than `max_clauses` clauses is not expanded
+    by inclusion–exclusion (`mvn.log_union`'s bracket, or for single-row clauses the
+    complement's orthant).
     """
     atoms: dict[tuple, int] = {}
     directions, thresholds, clause_atoms = [], [], []
@@ -222,5 +226,6 @@ def copula_probability(clauses: list[tuple[Tensor, Tensor]], cov: Tensor,
         pick = torch.zeros(len(members), count, dtype=torch.float64, device=device)
         pick[torch.arange(len(members)), torch.tensor(members)] = 1.0
         rows.append((pick, z[members]))
-    result = log_union(torch.zeros(count, dtype=torch.float64, device=device), corr, rows, seed=seed)
+    result = log_union(torch.zeros(count, dtype=torch.float64, device=device), corr, rows, seed=seed, points=points,
+                       max_clauses=max_clauses, bracket_beyond=True)
     return OrthantResult(result.log_p, result.abs_error, result.flops + flops + 2 * count * cov.shape[0] ** 2)
