@@ -131,7 +131,10 @@ class CumulantExplanation(GuidedSampling, Explanation):
         single-row clauses the complement's one orthant), and where even that would, the
         design path runs untested (12 clauses on a 4 → 8 → 6 net had cost 2.6·10⁶
         sample-equivalents). The copula's union takes as many points as the budget leaves
-        (`_copula_integral`). Where π is `exact`
+        (`_copula_integral`), and its cumulant marginals are taken only where, at the cost of
+        the first (computed first, and kept), all of them fit in half of what is left;
+        else every atom takes its Gaussian marginal (8 clauses on that net, p = 5.7e-2, had
+        cost 15,166 and read +0.02 dex; now 6,232 and +0.07). Where π is `exact`
         and the event reads no nonlinear detector, the answer is π's Gaussian integral.
         A claim that the event is common is checked by plain draws (`pilot`): the summary's,
         by PILOT_DRAWS of them, and if they contradict it the design path runs after all
@@ -175,11 +178,21 @@ class CumulantExplanation(GuidedSampling, Explanation):
             spent.append(details["search_flops"])
             fallback = {"design": "no design point beyond the origin's unit ball; cumulant copula used"}
 
-        affordable = self._affordable()
+        affordable, probed = self._affordable(), {}
+        atoms = {tuple(row.tolist()) for a, _ in rows for row in a}
+        first = rows[0][0][0]
+        if affordable and len(atoms) > 1 and not bool(first[n:].any()):    # the copula's first atom
+            left = DESIGN_BUDGET * self.flops_per_sample - self.build_flops - paid - sum(spent)
+            kappa, cost = self._cumulants(first[:n])
+            spent.append(cost)
+            probed[tuple(first.tolist())] = kappa
+            affordable = len(atoms) * cost <= left / 2
 
         def marginal(a: Tensor) -> Tensor:
             if bool(a[n:].any()) or not affordable:    # a detector's score, or over budget: Gaussian
                 return torch.stack([a @ mean, a @ cov @ a, a.new_zeros(()), a.new_zeros(())])
+            if tuple(a.tolist()) in probed:
+                return probed[tuple(a.tolist())]
             kappa, cost = self._cumulants(a[:n])
             spent.append(cost)
             return kappa
