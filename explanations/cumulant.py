@@ -121,8 +121,8 @@ class CumulantExplanation(GuidedSampling, Explanation):
     def _probability(self, event: Event, paid: int) -> Estimate:
         """If π's Gaussian summary puts the event below 5e-2, or the event reads a detector
         whose score is nonlinear in y, the design-point estimate of `structured` with what
-        π's build and the summary left of DESIGN_BUDGET (where nothing is left, at its
-        minimum); otherwise cumulant marginals joined by π's Gaussian copula. The summary's
+        π's build and the summary left of DESIGN_BUDGET (where that pays for no fit, its
+        draws alone, or FORM: `structured._drawn_alone`); otherwise cumulant marginals joined by π's Gaussian copula. The summary's
         probability is a test, not the answer: like the sampled estimators' it takes
         BULK_POINTS × BULK_REPLICATES quasi-random points (4096 × 8 had cost 4,600
         sample-equivalents on a 4 → 32 → 2 network, half the budget), and at most
@@ -131,10 +131,14 @@ class CumulantExplanation(GuidedSampling, Explanation):
         single-row clauses the complement's one orthant), and where even that would, the
         design path runs untested (12 clauses on a 4 → 8 → 6 net had cost 2.6·10⁶
         sample-equivalents). The copula's union takes as many points as the budget leaves
-        (`_copula_integral`), and its cumulant marginals are taken only where, at the cost of
-        the first (computed first, and kept), all of them fit in half of what is left;
-        else every atom takes its Gaussian marginal (8 clauses on that net, p = 5.7e-2, had
-        cost 15,166 and read +0.02 dex; now 6,232 and +0.07). Where π is `exact`
+        (`_copula_integral`). Its cumulant marginals, one per direction read by no detector,
+        are taken where one fits CUMULANT_BUDGET (`_affordable`) and, for several
+        directions, where at the first one's cost (computed to learn it, and charged
+        either way) all of them fit in half of what is left; else every atom takes its
+        Gaussian marginal, and what the budget leaves buys plain draws that check the
+        answer, as the copula's fallback's are (8 clauses on that net, p = 5.7e-2, had cost
+        15,166 and read +0.02 dex; with Gaussian marginals alone 6,232 and +0.07, 12 clauses
+        +0.21; checked, the draws overrule them: 9,999 and -0.01). Where π is `exact`
         and the event reads no nonlinear detector, the answer is π's Gaussian integral.
         A claim that the event is common is checked by plain draws (`pilot`): the summary's,
         by PILOT_DRAWS of them, and if they contradict it the design path runs after all
@@ -156,11 +160,12 @@ class CumulantExplanation(GuidedSampling, Explanation):
             if exact is not None:
                 return exact
         cap = BULK_SHARE * max(DESIGN_BUDGET * self.flops_per_sample - self.build_flops - paid, 0.0)
-        mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES, bracket=True, cap=cap)  # a test
+        mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES, bracket=True, cap=cap,
+                                                  refuse=False)   # a test
         n = self.mean.shape[0]
-        spent = [flops + (bulk.flops if bulk is not None else 0)]
+        spent = [flops + bulk.flops]
         pilot = None
-        rare = bulk is None or is_far(bulk.log_p) or event.reads_nonlinear_detector()
+        rare = is_far(bulk.log_p) or event.reads_nonlinear_detector()
         if self.design and not rare and self._draws_left(event, sum(spent) + paid) >= PILOT_DRAWS:
             pilot = draw_pilot(self.graph, self.distribution, event, self.seed + 1)
             spent.append(pilot.flops)
@@ -173,35 +178,38 @@ class CumulantExplanation(GuidedSampling, Explanation):
                 drawn = {"pilot_draws": pilot.draws, "pilot_hits": pilot.hits} if pilot else {}
                 interval = details.pop("importance_interval", None)     # the design's draws answered
                 estimate = self._estimate(result, sum(spent), f"{self.method}+design" + ("+draws" if interval else ""),
-                                          {**details, **drawn, "bulk_log10": bulk.log_p / math.log(10) if bulk is not None else None})
+                                          {**details, **drawn, "bulk_log10": bulk.log_p / math.log(10)})
                 return replace(estimate, interval=interval, samples=details["importance_draws"]) if interval else estimate
             spent.append(details["search_flops"])
             fallback = {"design": "no design point beyond the origin's unit ball; cumulant copula used"}
 
-        affordable, probed = self._affordable(), {}
-        atoms = {tuple(row.tolist()) for a, _ in rows for row in a}
-        first = rows[0][0][0]
-        if affordable and len(atoms) > 1 and not bool(first[n:].any()):    # the copula's first atom
+        computed: dict[tuple, Tensor] = {}
+
+        def cumulant_marginal(a: Tensor) -> Tensor:
+            key = tuple(a.tolist())
+            if key not in computed:
+                computed[key], cost = self._cumulants(a[:n])
+                spent.append(cost)
+            return computed[key]
+
+        directions = {tuple(row.tolist()): row for a, _ in rows for row in a if not bool(row[n:].any())}
+        affordable, priced_out = self._affordable(), False
+        if affordable and len(directions) > 1:          # the first one's cost prices them all
             left = DESIGN_BUDGET * self.flops_per_sample - self.build_flops - paid - sum(spent)
-            kappa, cost = self._cumulants(first[:n])
-            spent.append(cost)
-            probed[tuple(first.tolist())] = kappa
-            affordable = len(atoms) * cost <= left / 2
+            cumulant_marginal(next(iter(directions.values())))
+            priced_out = len(directions) * spent[-1] > left / 2
+            affordable = not priced_out
 
         def marginal(a: Tensor) -> Tensor:
             if bool(a[n:].any()) or not affordable:    # a detector's score, or over budget: Gaussian
                 return torch.stack([a @ mean, a @ cov @ a, a.new_zeros(()), a.new_zeros(())])
-            if tuple(a.tolist()) in probed:
-                return probed[tuple(a.tolist())]
-            kappa, cost = self._cumulants(a[:n])
-            spent.append(cost)
-            return kappa
+            return cumulant_marginal(a)
 
         points, max_clauses = self._copula_integral(rows, paid + sum(spent))
         result = copula_probability(rows, cov, marginal, seed=self.seed, points=points, max_clauses=max_clauses)
         details = {"cumulants": "used" if affordable else "over budget", **fallback}
         draws = self._draws_left(event, sum(spent) + paid + result.flops)
-        checking = fallback and checkable(result.log_p, draws + (pilot.draws if pilot else 0))
+        checking = (fallback or priced_out) and checkable(result.log_p, draws + (pilot.draws if pilot else 0))
         if self.design and draws and (checking or pilot is not None and pilot.contradicts(result.log_p)):
             drawn = pilot.flops if pilot else 0        # the draws decide: what the budget leaves buys more
             pilot = draw_pilot(self.graph, self.distribution, event, self.seed + 2, draws, pilot)
@@ -217,18 +225,20 @@ class CumulantExplanation(GuidedSampling, Explanation):
 
     def _copula_integral(self, rows: list[tuple[Tensor, Tensor]], spent: float) -> tuple[int, int]:
         """Quasi-random points per replicate and inclusion–exclusion's clause limit for the
-        copula's union: the most points (4096 down to 64), with inclusion–exclusion where it
-        fits in what DESIGN_BUDGET leaves past π's build and `spent`, else the bracket
-        (`mvn.log_union`: for single-row clauses the complement's one orthant); at 64
-        points the bracket regardless. (12 single-row clauses on a 4 → 8 → 6 net had cost
+        copula's union: inclusion–exclusion at the most points (4096 down to 64) where it
+        fits in what DESIGN_BUDGET leaves past π's build and `spent` (Boole's lower end had
+        read a union of two-row clauses 0.16–0.27 dex low where 64 points would have
+        fitted), else the bracket at the most points that fit (`mvn.log_union`: for
+        single-row clauses the complement's one orthant), at 64 points regardless. (12 single-row clauses on a 4 → 8 → 6 net had cost
         1.6·10⁸ sample-equivalents at 4096 points and 2¹² - 1 terms.)"""
         sizes = [a.shape[0] for a, _ in rows]
         left = DESIGN_BUDGET * self.flops_per_sample - self.build_flops - spent
-        for points in (4096, 1024, 256, 64):
-            limit = self._bulk_limit(sizes, sum(sizes), points, 8, left)
-            if limit is not None:
-                return points, limit.get("max_clauses", MAX_UNION_CLAUSES)
-        return 64, 0
+        options = (4096, 1024, 256, 64)
+        for points in options:          # inclusion–exclusion at fewer points before the bracket at more
+            if self._bulk_limit(sizes, sum(sizes), points, 8, left) == {}:
+                return points, MAX_UNION_CLAUSES
+        fitting = [p for p in options if self._bulk_limit(sizes, sum(sizes), p, 8, left) is not None]
+        return (fitting[0] if fitting else 64), 0
 
     def _draws_left(self, event: Event, spent: float) -> int:
         """Plain draws of the event that DESIGN_BUDGET leaves after π's build and `spent`."""

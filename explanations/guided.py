@@ -174,20 +174,22 @@ class GuidedSampling:
     design: bool = True      # use the input-space structure for events far from the bulk
 
     def _bulk(self, event: Event, points: int = 4096, replicates: int = 8, bracket: bool = False,
-              cap: float = math.inf) -> tuple[Tensor, Tensor, list, OrthantResult | None, int]:
+              cap: float = math.inf, refuse: bool = True) -> tuple[Tensor, Tensor, list, OrthantResult | None, int]:
         """π's Gaussian summary of v = (y, detector scores), the event's clause rows, the
         event's probability under that Gaussian (intersections by `points` × `replicates`
         quasi-random points; with `bracket`, unions too large for inclusion–exclusion get
         Boole's bracket, `mvn.log_union`), and the FLOPs of the summary. With a `cap` on
         the integral's FLOPs (`mvn.union_flops_bound`, before it runs): Boole's bracket where
-        inclusion–exclusion would pass it, and no integral (None) where the bracket would too."""
+        inclusion–exclusion would pass it, and no integral (None) where the bracket would too,
+        or without `refuse` the bracket regardless (its cost is linear in the clauses)."""
         detectors = event.detectors()
         mean, cov, flops = observed(self.mean, self.cov, detectors)
         rows = [clause_rows(c, detectors, self.mean.shape[0], mean) for c in event.dnf()]
         limit = {} if cap == math.inf else self._bulk_limit([a.shape[0] for a, _ in rows], mean.numel(),
                                                             points, replicates, cap)
-        if limit is None:
+        if limit is None and refuse:
             return mean, cov, rows, None, flops
+        limit = {"max_clauses": 0} if limit is None else limit
         return mean, cov, rows, log_union(mean, cov, rows, points=points, replicates=replicates, seed=self.seed,
                                           bracket_beyond=bracket or bool(limit), **limit), flops
 

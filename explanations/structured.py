@@ -14,10 +14,11 @@ descent always), the fits take what they need of all but DRAWS_RESERVE of it, th
 integrals share what they leave (each at most DOUBLING_SHARE times its fit; at least 32
 lines a replicate), and importance draws take the rest (`_with_draws`). The budget is
 sampling's horizon: 10⁴ draws see an event of 10⁻³ about ten times, so a zero-sample
-estimate that cost more would be beaten by plain sampling where it is least needed. Until stop 31 it
-was exceeded by unions of many clauses on a small network, whose bulk test (`cumulant`)
-ran inclusion–exclusion over 2^clauses terms: 12 clauses on a 4 → 8 → 6 net cost 2.6·10⁶
-sample-equivalents; that test now takes at most BULK_SHARE of the budget (9,900 in all).
+estimate that cost more would be beaten by plain sampling where it is least needed.
+Until stop 31 it was exceeded by unions of many clauses on a small network, whose bulk
+test (`cumulant`) ran inclusion–exclusion over 2^clauses terms: 12 clauses on a
+4 → 8 → 6 net cost 2.6·10⁶ sample-equivalents; that test now takes at most BULK_SHARE
+of the budget (9,900 in all).
 
 Wide inputs on a small network. A mode's fit takes 4d points' passes and an O(d³)
 regression, which on a d → 16 → 1 net outgrow the budget from d ≈ 48 (one fit and its
@@ -72,9 +73,9 @@ median 0.03. On seeds 5–9, held out from these choices: beyond 0.5 dex 3, 3, 4
 of these draws (DRAWS_SHAPED_SPLIT; the guided sampler gives them 1/4, `importance`): a
 needle's draws then see hits (r12 Below at 5e-5, 8 → 256⁴ → 1 tanh: 5 and 7.5 effective
 hits → 26 and 18 on seeds 2 and 3, +0.74 and +0.62 dex → -0.35 and -0.02), and where the
-shape is wrong the run goes degenerate and (until stop 31) the quadratics stood. Over seeds 0–9: beyond 0.5 dex 28 → 27, beyond 0.3 dex
-75 → 69, the median lower on 7 seeds of 10 (r06 Any at 1e-6 on seed 0 +0.35 → -0.76;
-the detectors unchanged).
+shape is wrong the run goes degenerate and (until stop 31) the quadratics stood. Over
+seeds 0–9: beyond 0.5 dex 28 → 27, beyond 0.3 dex 75 → 69, the median lower on 7 seeds
+of 10 (r06 Any at 1e-6 on seed 0 +0.35 → -0.76; the detectors unchanged).
 Degenerate runs (Kong's effective hits under 10, or one weight over half of Σw: about a
 quarter of the benchmark's draws) join too, since stop 31: with their unbiased estimate
 and DEGENERATE_WIDENING = 1.5 times the spread of its Garwood interval, never alone.
@@ -235,7 +236,9 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     within NEAR of the origin (the event is then no tail, and a quadratic fitted within ½ of
     one point does not describe it: four modes at β ≈ 0.1 put ArgMax(0) at p = 0.55 as 0.33),
     with the search's FLOPs in details["search_flops"] for the caller's fallback to charge.
-    `budget`: sample-equivalents of the network for the whole estimate (module docstring).
+    `budget`: sample-equivalents of the network for the whole estimate (module docstring);
+    where what the search leaves pays for no clause's nearest fit, the estimate is
+    `_drawn_alone`'s (details["fits"]).
 
     The search is wide (WIDE_STARTS starts per clause, descents of WIDE_ITERATIONS steps),
     as the sampled estimators' is, and the kept modes are then polished (`_polished`): on
@@ -356,17 +359,21 @@ def _fits_afforded(modes: list[Mode], found: Search, allowed: float) -> bool:
 def _drawn_alone(pi: GaussianExplanation, event: Event, found: Search, allowed: float
                  ) -> tuple[OrthantResult, dict]:
     """P(event) from importance draws around the modes alone, with what `allowed` leaves past
-    the search, where not even each clause's nearest fit fits (module docstring); FORM's
-    Σ_k Φ(-β_k) over the modes where the draws see no hit."""
+    the search, where not even each clause's nearest fit fits (module docstring): their
+    estimate, unbiased where the run is degenerate (as `_with_draws` joins it). Where the
+    draws see no hit (or none fit), FORM's union bound Σ_c Φ(-β_c) over each clause's
+    nearest mode, capped by P(χ²_d ≥ β_min²) as the quadratics are."""
     modes = [m.beta for m in found.modes]
     run, draws, flops = _draws(pi, event, found, found.flops, allowed)
     details = {"modes": modes, "forward_passes": found.forwards, "backward_passes": found.backwards,
                "fits": "over budget: importance draws alone", "importance_draws": draws}
     if run is None or not run.hits:
-        betas = torch.tensor(modes, dtype=torch.float64)
-        return OrthantResult(float(torch.logsumexp(log_ndtr(-betas), 0)), 0.0, flops), {**details, "form": True}
+        nearest = torch.tensor([m.beta for m in _nearest_per_clause(found.modes).values()], dtype=torch.float64)
+        form = float(torch.logsumexp(log_ndtr(-nearest), 0))
+        return OrthantResult(min(form, log_chi2_tail(found.distribution.dim, modes[0])), 0.0, flops), \
+            {**details, "form": True}
     details.update(importance_effective_hits=run.effective_hits, importance_interval=run.interval())
-    return OrthantResult(run.log_p(), 0.0, flops), details
+    return OrthantResult(run.log_p(cut=not run.degenerate), 0.0, flops), details
 
 
 def _draws(pi: GaussianExplanation, event: Event, found: Search, spent: float, allowed: float

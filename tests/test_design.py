@@ -475,7 +475,8 @@ def test_a_union_of_many_outputs_stays_within_the_budget(clauses, level):
     now takes at most BULK_SHARE of the budget (the complement's one orthant past its
     limit), the copula as many points as the budget leaves, and the copula's cumulant
     marginals only where, at the first one's cost, all fit in half of what is left (8
-    clauses at p = 5.7e-2 had cost 15,166): within 10⁴ sample-equivalents and 0.1 dex of
+    clauses at p = 5.7e-2 had cost 15,166; Gaussian ones are checked by plain draws):
+    within 10⁴ sample-equivalents and 0.1 dex of
     4·10⁶ plain draws (p ≈ 7.7e-2, 9.0e-3 and 5.7e-2)."""
     from train.models import mlp
 
@@ -490,3 +491,35 @@ def test_a_union_of_many_outputs_stays_within_the_budget(clauses, level):
     estimate = explain(model, Gaussian.standard(4), "auto").probability(event)
     assert estimate.sample_equivalents <= 10_000
     assert abs(math.log10(estimate.value / truth)) < 0.1
+
+
+def test_a_common_event_on_a_net_whose_build_passes_the_budget_still_takes_the_bulk_test():
+    """2 → 400 → 1 ReLU: π's build alone is 2.2·10⁵ sample-equivalents, so the bulk test's
+    share of what it leaves is 0. The test still runs (one row: its bracket is the
+    integral), and Above(0, its 85% quantile) goes to the copula, within 0.1 dex of 4·10⁵
+    plain draws (a review: with the test refused it went to the design path with nothing
+    left and read FORM's -0.19 dex)."""
+    from train.models import mlp
+
+    model = mlp([2, 400, 1], "relu", seed=0, bias_std=0.1)
+    with torch.no_grad():
+        y = model(torch.randn(400_000, 2, generator=torch.Generator().manual_seed(3)))[:, 0]
+    threshold = float(torch.quantile(y, 0.85))
+    estimate = explain(model, Gaussian.standard(2), "cumulant").probability(Above(0, threshold))
+    assert estimate.method == "cumulant" and abs(math.log10(estimate.value / 0.15)) < 0.1
+
+
+def test_forms_fallback_is_a_probability_capped_like_the_quadratics():
+    """With nothing left for draws (budget 0), `_drawn_alone` answers FORM's union bound over
+    each clause's nearest mode, capped by P(χ²_d ≥ β_min²): never above 1 (a review: 16
+    halfspaces at their 5% quantiles on a 64 → 16 → 12 net, every mode counted, read 1.39)."""
+    from train.models import mlp
+
+    model = mlp([64, 16, 12], "relu", seed=0, bias_std=0.1)
+    pi = explain(model, Gaussian.standard(64), "cumulant")
+    sd = pi.cov.diagonal().sqrt()
+    event = Any(*[Above(k, float(pi.mean[k] + 1.6 * sd[k])) for k in range(12)],
+                *[Below(k, float(pi.mean[k] - 1.6 * sd[k])) for k in range(4)])
+    result, details = design_estimate(pi, event, 0)
+    assert details["form"] and details["importance_draws"] == 0
+    assert result.log_p <= log_chi2_tail(64, min(details["modes"])) <= 0.0
