@@ -122,8 +122,8 @@ class CumulantExplanation(GuidedSampling, Explanation):
         """If π's Gaussian summary puts the event below 5e-2, or the event reads a detector
         whose score is nonlinear in y, the design-point estimate of `structured` with what
         π's build and the summary left of DESIGN_BUDGET (where that pays for no fit, its
-        draws alone, or FORM: `structured._drawn_alone`); otherwise cumulant marginals joined by π's Gaussian copula. The summary's
-        probability is a test, not the answer: like the sampled estimators' it takes
+        draws alone, or FORM: `structured._drawn_alone`); otherwise cumulant marginals
+        joined by π's Gaussian copula. The summary's probability is a test, not the answer: like the sampled estimators' it takes
         BULK_POINTS × BULK_REPLICATES quasi-random points (4096 × 8 had cost 4,600
         sample-equivalents on a 4 → 32 → 2 network, half the budget), and at most
         BULK_SHARE of what π's build leaves of DESIGN_BUDGET: a union whose
@@ -159,7 +159,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
             exact = self._exact_probability(event)
             if exact is not None:
                 return exact
-        cap = BULK_SHARE * max(DESIGN_BUDGET * self.flops_per_sample - self.build_flops - paid, 0.0)
+        cap = BULK_SHARE * max(self._left(paid), 0.0)
         mean, cov, rows, bulk, flops = self._bulk(event, BULK_POINTS, BULK_REPLICATES, bracket=True, cap=cap,
                                                   refuse=False)   # a test
         n = self.mean.shape[0]
@@ -195,7 +195,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
         directions = {tuple(row.tolist()): row for a, _ in rows for row in a if not bool(row[n:].any())}
         affordable, priced_out = self._affordable(), False
         if affordable and len(directions) > 1:          # the first one's cost prices them all
-            left = DESIGN_BUDGET * self.flops_per_sample - self.build_flops - paid - sum(spent)
+            left = self._left(paid + sum(spent))
             cumulant_marginal(next(iter(directions.values())))
             priced_out = len(directions) * spent[-1] > left / 2
             affordable = not priced_out
@@ -229,21 +229,26 @@ class CumulantExplanation(GuidedSampling, Explanation):
         fits in what DESIGN_BUDGET leaves past π's build and `spent` (Boole's lower end had
         read a union of two-row clauses 0.16–0.27 dex low where 64 points would have
         fitted), else the bracket at the most points that fit (`mvn.log_union`: for
-        single-row clauses the complement's one orthant), at 64 points regardless. (12 single-row clauses on a 4 → 8 → 6 net had cost
-        1.6·10⁸ sample-equivalents at 4096 points and 2¹² - 1 terms.)"""
+        single-row clauses the complement's one orthant), at 64 points regardless. (12
+        single-row clauses on a 4 → 8 → 6 net had cost 1.6·10⁸ sample-equivalents at 4096
+        points and 2¹² - 1 terms.)"""
         sizes = [a.shape[0] for a, _ in rows]
-        left = DESIGN_BUDGET * self.flops_per_sample - self.build_flops - spent
-        options = (4096, 1024, 256, 64)
-        for points in options:          # inclusion–exclusion at fewer points before the bracket at more
-            if self._bulk_limit(sizes, sum(sizes), points, 8, left) == {}:
-                return points, MAX_UNION_CLAUSES
-        fitting = [p for p in options if self._bulk_limit(sizes, sum(sizes), p, 8, left) is not None]
-        return (fitting[0] if fitting else 64), 0
+        limits = {points: self._bulk_limit(sizes, sum(sizes), points, 8, self._left(spent))
+                  for points in (4096, 1024, 256, 64)}
+        expanded = [points for points, limit in limits.items() if limit == {}]
+        bracketed = [points for points, limit in limits.items() if limit is not None]
+        if expanded:                    # inclusion–exclusion at fewer points before the bracket at more
+            return expanded[0], MAX_UNION_CLAUSES
+        return (bracketed[0] if bracketed else 64), 0
 
     def _draws_left(self, event: Event, spent: float) -> int:
         """Plain draws of the event that DESIGN_BUDGET leaves after π's build and `spent`."""
         unit = draw_cost(self.graph, self.distribution) + detector_flops([event])
-        return max(int((DESIGN_BUDGET * self.flops_per_sample - self.build_flops - spent) // unit), 0)
+        return max(int(self._left(spent) // unit), 0)
+
+    def _left(self, spent: float) -> float:
+        """FLOPs that DESIGN_BUDGET leaves after π's build and `spent` (negative: overspent)."""
+        return DESIGN_BUDGET * self.flops_per_sample - self.build_flops - spent
 
     def _exact_probability(self, event: Event) -> Estimate | None:
         """π's Gaussian integral of the event, at the most quasi-random points (4096 down to
@@ -252,7 +257,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
         cost 65,559 sample-equivalents at 4096 × 8)."""
         detectors = event.detectors()
         sizes, width = [len(c) for c in event.dnf()], self.graph.n_outputs + len(detectors)
-        cap = DESIGN_BUDGET * self.flops_per_sample - self.build_flops
+        cap = self._left(0)
         for points in (4096, 1024, 256, 64):
             if self._bulk_limit(sizes, width, points, 8, cap) == {}:
                 _, _, _, result, flops = self._bulk(event, points)

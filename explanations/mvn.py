@@ -551,7 +551,7 @@ def log_union(
                 a @ mean - b, a @ cov @ a.T, points=points, replicates=replicates, seed=seed
             )
             m, d = a.shape
-            flops += cache[key].flops + 2 * m * d * (d + m + 1)
+            flops += cache[key].flops + _transform_flops(m, d)
         terms.append((1 if len(chosen) % 2 else -1, cache[key]))
     if len(terms) == 1:
         return OrthantResult(terms[0][1].log_p, terms[0][1].abs_error, flops)
@@ -584,11 +584,16 @@ def union_flops_bound(rows: list[int], d: int, points: int, replicates: int, ext
     total = 0
     if bracket and len(rows) > 1 and all(c == 1 for c in rows):
         m = len(rows) + extra
-        total += orthant_flops_bound(m, points, replicates) + 2 * m * (d + extra) * (d + extra + m + 1)
+        total += orthant_flops_bound(m, points, replicates) + _transform_flops(m, d + extra)
     for mask in masks:
         m = sum(c for i, c in enumerate(rows) if mask >> i & 1) + extra
-        total += orthant_flops_bound(m, points, replicates) + 2 * m * (d + extra) * (d + extra + m + 1)
+        total += orthant_flops_bound(m, points, replicates) + _transform_flops(m, d + extra)
     return total
+
+
+def _transform_flops(m: int, d: int) -> int:
+    """FLOPs of an orthant's Gaussian from m rows A in d dimensions: A mean - b and A cov Aᵀ."""
+    return 2 * m * d * (d + m + 1)
 
 
 def _complement(rows: list[Tensor], mean: Tensor, cov: Tensor, points: int, replicates: int, seed: int,
@@ -602,7 +607,7 @@ def _complement(rows: list[Tensor], mean: Tensor, cov: Tensor, points: int, repl
     a, b = stacked[:, :-1], stacked[:, -1]
     inside = log_orthant(b - a @ mean, a @ cov @ a.T, points=points, replicates=replicates, seed=seed)
     m, d = a.shape
-    flops = boole.flops + inside.flops + 2 * m * d * (d + m + 1)
+    flops = boole.flops + inside.flops + _transform_flops(m, d)
     outside = -math.expm1(inside.log_p)
     if outside > 3 * inside.abs_error:
         return OrthantResult(math.log(outside), inside.abs_error, flops)

@@ -352,8 +352,7 @@ def _fits_afforded(modes: list[Mode], found: Search, allowed: float) -> bool:
     """Do `allowed` FLOPs pay for the search and, for each clause's nearest mode, the fit and
     the smallest integral that `_polished` keeps it for?"""
     walls = len(modes) - 1
-    needed = sum(fit_cost(found, m) + _fewest_lines(found, m, walls) for m in _nearest_per_clause(modes).values())
-    return found.flops + needed <= allowed
+    return found.flops + sum(_reserve(found, m, walls) for m in _nearest_per_clause(modes).values()) <= allowed
 
 
 def _drawn_alone(pi: GaussianExplanation, event: Event, found: Search, allowed: float
@@ -423,9 +422,10 @@ def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: Or
     where few weights carry it) and DEGENERATE_WIDENING times the spread of its own Garwood
     interval (not `Weighted.interval`'s, whose upper end the defensive draws' bound takes
     out of reach), and never answers alone; a run without hits leaves the quadratics. The
-    draws are charged either way; details["importance_draws"] says how many were made, and where they
-    count, details["importance_interval"] holds the interval, details["draws_weight"] their
-    weight and details["quadratics_log10"] the quadratics' answer. (Far below float64's
+    draws are charged either way; details["importance_draws"] says how many were made,
+    and where they count, details["importance_interval"] holds the interval,
+    details["draws_weight"] their weight and details["quadratics_log10"] the quadratics'
+    answer. (Far below float64's
     range, where the interval cannot be written, the quadratics stay.)"""
     run, draws, flops = _draws(pi, event, found, result.flops, allowed)
     if run is None:
@@ -485,6 +485,11 @@ def fit_cost(found: Search, mode: Mode) -> float:
     d, rows = found.distribution.dim, mode_rows(found, mode)
     points = 2 * pairs(d)
     return (points + 2 * points * rows) * found.observe_flops + fit_flops_bound(d, rows)
+
+
+def _reserve(found: Search, mode: Mode, walls: int) -> float:
+    """FLOPs a kept mode needs at least: its fit and its integral at the fewest lines."""
+    return fit_cost(found, mode) + _fewest_lines(found, mode, walls)
 
 
 def _fewest_lines(found: Search, mode: Mode, walls: int) -> int:
@@ -557,7 +562,7 @@ def _polished(candidates: list[Mode], found: Search, allowed: float) -> tuple[li
     walls = len(candidates) - 1
     polished, passes, reserved, tried = [], 0, 0.0, 0
     for mode in candidates:
-        reserve = fit_cost(found, mode) + _fewest_lines(found, mode, walls)     # refits come after modes
+        reserve = _reserve(found, mode, walls)                                  # refits come after modes
         polish = passes / tried * found.observe_flops if tried else 0.0      # as the polishing so far
         if (found.flops + passes * found.observe_flops + reserved + reserve + polish > allowed
                 and nearest[mode.clause] is not mode):
