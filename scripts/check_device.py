@@ -228,4 +228,33 @@ def pilot_adaptation():
     return f"estimate/truth {e.value / truth:.3f}, modes {[round(b, 2) for b in e.details['modes']]}"
 check("pilot adaptation of the design mixture on device", pilot_adaptation)
 
+def wide_inputs_draws_alone():
+    """A 64 → 16 → 1 ReLU net at p ≈ 1e-4: the fits pass what the search leaves, so
+    importance draws around the modes answer alone (`structured._fits_afforded`) on the device."""
+    from train.models import mlp
+    wide = mlp([64, 16, 1], "relu", seed=0, bias_std=0.1).to(dev)
+    with torch.no_grad():
+        out = wide(torch.randn(2_000_000, 64, device=dev, generator=torch.Generator(dev).manual_seed(2)))[:, 0]
+    t = float(torch.quantile(out[:500_000].cpu(), 1 - 1e-4))
+    truth = float((out > t).double().mean())
+    e = explain(wide, Gaussian.standard(64, device=dev), "cumulant").probability(Above(0, t))
+    assert e.sample_equivalents <= 10_000 and abs(math.log10(e.value / truth)) < 0.2, (e.value, truth)
+    return f"{e.details['fits']}; {math.log10(e.value / truth):+.2f} dex at {e.sample_equivalents:.0f} sample-equivalents"
+check("wide inputs on a small net: draws alone on device", wide_inputs_draws_alone)
+
+def many_clause_union():
+    """Any of 12 halfspaces on a 4 → 8 → 6 ReLU net (past inclusion–exclusion: the complement's
+    orthant, the copula sized to the budget) on the device."""
+    from train.models import mlp
+    net = mlp([4, 8, 6], "relu", seed=0, bias_std=0.1).to(dev)
+    with torch.no_grad():
+        out = net(torch.randn(2_000_000, 4, device=dev, generator=torch.Generator(dev).manual_seed(1)))
+    q = torch.quantile(out[:500_000].cpu(), torch.tensor([1e-3, 1 - 1e-3]), dim=0)
+    event = Any(*[Above(i, float(q[1, i])) for i in range(6)], *[Below(i, float(q[0, i])) for i in range(6)])
+    truth = float(event.evaluate(out).double().mean())
+    e = explain(net, Gaussian.standard(4, device=dev), "auto").probability(event)
+    assert e.sample_equivalents <= 10_000 and abs(math.log10(e.value / truth)) < 0.15, (e.value, truth)
+    return f"{e.method} {math.log10(e.value / truth):+.2f} dex at {e.sample_equivalents:.0f} sample-equivalents"
+check("many-clause union within the budget on device", many_clause_union)
+
 print("FAILURES:", failures or "none")
