@@ -41,7 +41,7 @@ r09 All at 9e-8 1.68 → 1.13 and r06 All at 1e-7 1.50 → 0.87, but r09 All at 
 Measured on `pitrack bench sampling` (106 events at 10⁴ sample-equivalents, 40 repeats
 each, seeds 0–39; the 30 tanh events, the only ones it changes): relative RMSE above 0.3
 on 13 → 10 tanh events, 95% coverage of their runs 94.1% → 93.3% (seeds 40–59, held out:
-13 → 12, 94.7% → 90.2%; the whole bench's pooled figures are in the README). Without the lean (μ = 0, the centre on the ray
+13 → 12, 94.7% → 90.2%; the whole bench's pooled figures are in docs/notes/experiments.md). Without the lean (μ = 0, the centre on the ray
 through ξ*): 11 events and 91.6%; the modes' slopes lean off e by up to 65° (cos(B, e)
 0.42–0.99 on the tests' tanh nets), and the needle then lies beside the ray. With the
 shaped components at half of each share: 11 events and 90.1% (the unit components' heavy
