@@ -35,9 +35,10 @@ degree-K polynomial surrogate, whose fourth moment on coincident units drifts aw
 the activation's as K grows (it diverges for K ≳ 10), and its diagrams cost O(n⁴) (the
 tetrahedra). So the default order is 3 (κ4 = 0); order=4 adds κ4. The skew that deeper
 layers carry into the output is not added to the output's κ3 (on 16 → 128³ → 1 ReLU:
-π's output skew -0.03, sampling's 0.24). A network that does not end in activation → affine has no last-layer non-Gaussianity to
-add: its κ3 = κ4 = 0 (e.g. linear networks, exact). A network without any activation has
-a Gaussian output, which π holds exactly: its events are π's Gaussian integrals.
+π's output skew -0.03, sampling's 0.24). A network that does not end in activation →
+affine has no last-layer non-Gaussianity to add: its κ3 = κ4 = 0 (e.g. linear networks,
+exact). A network without any activation has a Gaussian output, which π holds exactly:
+its events are π's Gaussian integrals.
 """
 from __future__ import annotations
 
@@ -123,38 +124,33 @@ class CumulantExplanation(GuidedSampling, Explanation):
         whose score is nonlinear in y, the design-point estimate of `structured` with what
         π's build and the summary left of DESIGN_BUDGET (where that pays for no fit, its
         draws alone, or FORM: `structured._drawn_alone`); otherwise cumulant marginals
-        joined by π's Gaussian copula. The summary's probability is a test, not the answer: like the sampled estimators' it takes
-        BULK_POINTS × BULK_REPLICATES quasi-random points (4096 × 8 had cost 4,600
-        sample-equivalents on a 4 → 32 → 2 network, half the budget), and at most
-        BULK_SHARE of what π's build leaves of DESIGN_BUDGET: a union whose
-        inclusion–exclusion would take more gets the bracket of `mvn.log_union` (for
-        single-row clauses the complement's one orthant), and where even that would, the
-        design path runs untested (12 clauses on a 4 → 8 → 6 net had cost 2.6·10⁶
-        sample-equivalents). The copula's union takes as many points as the budget leaves
-        (`_copula_integral`). Its cumulant marginals, one per direction read by no detector,
-        are taken where one fits CUMULANT_BUDGET (`_affordable`) and, for several
-        directions, where at the first one's cost (computed to learn it, and charged
+        joined by π's Gaussian copula. The summary's probability is a test, not the answer:
+        like the sampled estimators' it takes BULK_POINTS × BULK_REPLICATES quasi-random
+        points (4096 × 8 had cost half the budget), and at most BULK_SHARE of what π's build
+        leaves of DESIGN_BUDGET: a union whose inclusion–exclusion would take more gets the
+        bracket of `mvn.log_union` (for single-row clauses the complement's one orthant), and
+        where even that would, the design path runs untested (12 clauses on a 4 → 8 → 6 net
+        had cost 2.6·10⁶ sample-equivalents). The copula's union takes as many points as the
+        budget leaves (`_copula_integral`). Its cumulant marginals, one per direction read by
+        no detector, are taken where one fits CUMULANT_BUDGET (`_affordable`) and, for
+        several directions, where at the first one's cost (computed to learn it, and charged
         either way) all of them fit in half of what is left; else every atom takes its
         Gaussian marginal, and what the budget leaves buys plain draws that check the
         answer, as the copula's fallback's are (8 clauses on that net, p = 5.7e-2, had cost
-        15,166 and read +0.02 dex; with Gaussian marginals alone 6,232 and +0.07, 12 clauses
-        +0.21; checked, the draws overrule them: 9,999 and -0.01). Where π is `exact`
-        and the event reads no nonlinear detector, the answer is π's Gaussian integral.
-        A claim that the event is common is checked by plain draws (`pilot`): the summary's,
-        by PILOT_DRAWS of them, and if they contradict it the design path runs after all
-        (relu 2 → 8 → 8 → 1, P(y > 0.375) = 1e-4 on 10⁷ draws: read 0.39 by the copula, now
+        15,166 sample-equivalents; checked, 9,999 and -0.01 dex). Where π is `exact` and the
+        event reads no nonlinear detector, the answer is π's Gaussian integral. A claim that
+        the event is common is checked by plain draws (`pilot`): the summary's, by
+        PILOT_DRAWS of them, and if they contradict it the design path runs after all
+        (P(y > 0.375) = 1e-4 on a ReLU 2 → 8 → 8 → 1 net: read 0.39 by the copula, now
         2.8e-4); the copula's where the search found no design point beyond the unit ball,
         by as many more draws as DESIGN_BUDGET leaves. Where the draws contradict the
         answer, what the budget leaves buys more of them, and their own estimate h/n is
         returned with its 95% Wilson interval (`+pilot`), or, without a hit, the interval's
-        upper end: a 4 → 16³ → 4 ReLU net's Above(0, 0.1), which no input up to |x| = 64
-        reaches, read 0.03 and now reads 5e-4 after 8,000 draws without a hit. (A review
-        measured the copula's answer moved into the interval instead: at p ≈ 1e-3 it read
-        +0.41 to +0.49 dex where h/n read +0.09 to +0.19.) The draws only check a design
-        estimate's path, so it keeps samples = 0 and says how many were made
-        (details["pilot_draws"]). Where the design estimate's own importance draws answer
-        (`structured._with_draws`), the method says `+design+draws`, and the estimate carries
-        their 95% interval and counts them in `samples`."""
+        upper end. The draws only check a design estimate's path, so it keeps samples = 0
+        and says how many were made (details["pilot_draws"]). Where the design estimate's
+        own importance draws answer (`structured._with_draws`), the method says
+        `+design+draws`, and the estimate carries their 95% interval and counts them in
+        `samples`."""
         if self.exact and not event.reads_nonlinear_detector():
             exact = self._exact_probability(event)
             if exact is not None:
@@ -229,9 +225,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
         fits in what DESIGN_BUDGET leaves past π's build and `spent` (Boole's lower end had
         read a union of two-row clauses 0.16–0.27 dex low where 64 points would have
         fitted), else the bracket at the most points that fit (`mvn.log_union`: for
-        single-row clauses the complement's one orthant), at 64 points regardless. (12
-        single-row clauses on a 4 → 8 → 6 net had cost 1.6·10⁸ sample-equivalents at 4096
-        points and 2¹² - 1 terms.)"""
+        single-row clauses the complement's one orthant), at 64 points regardless."""
         sizes = [a.shape[0] for a, _ in rows]
         limits = {points: self._bulk_limit(sizes, sum(sizes), points, 8, self._left(spent))
                   for points in (4096, 1024, 256, 64)}

@@ -10,30 +10,17 @@ at most SHAPE_SHARE of the budget (details["shaped_modes"], details["shaping_flo
 
 The search behind the mixture. A part of the event that no design point describes is
 visited only by the defensive and broad components: the estimate is then low, with an
-interval as narrow as the hits near the known modes make it. A sampling budget therefore
-pays for a wide search (`structured`, as the zero-sample design estimate's): WIDE_STARTS =
-16 starts per clause (3 in a Tracker's catastrophe penalty), descents of WIDE_ITERATIONS =
-5 steps (10 there: the mixture needs a point near each failure mode, not the exact design
-point, so more, shorter descents find more of the modes at the same cost), up to
-SEARCH_MODES = 8 modes (4 there), a descent
-after each clause's first begun only while the search has spent under SEARCH_SHARE = 30%
-of the budget, for events π's bulk model puts below WIDE_SEARCH_BELOW = 1e-2 (nearer the
-bulk, plain sampling's ~100 hits in 10⁴ draws leave the wider search's cost unpaid: on r16
-at p = 9.6e-3 a 6-start search brought the MSE ratio to plain sampling from 1.5 to 0.9
-over 60 repeats). Measured on `pitrack bench sampling` (106 events at 10⁴ sample-
-equivalents, seeds 0–19 and 20–39) against 6 starts of 10 steps: median relative RMSE
-0.162 → 0.134 and 0.163 → 0.133; against the zero-sample search, coverage of the
-importance-sampling runs 88.5% → 89–91%. Since a descent's steps find their boundary
-point by regula falsi (`design.ClauseSearch._near_crossing`), a descent costs about 100
-forward-pass equivalents instead of 230 (5-step descents on r18 and r12), and 16 starts
-fit where 10 did: events with relative RMSE above 0.3, 20 → 16 and 21 → 15 (seeds 0–19,
-20–39; 10 starts with the cheaper descents: 18 and 20; 24 starts: 17 on seeds 0–19, and
-16 starts with up to 12 modes: 20). The wide search fills its starts (`search`'s
-`fill`): where fewer of its pilot cloud's points are feasible than it has starts, the
-cloud's best infeasible points are pushed in and descended from (`design._clause_modes`).
-On r07 Below at p = 1e-6 (8 → 128³ → 1 ReLU) the cloud often held one feasible point,
-and 4 runs in 20 missed the modes at β ≈ 3.6 that hold most of the mass (0.001–0.4 of
-the truth); with the fill every run finds them.
+interval as narrow as the hits near the known modes make it. For events π's bulk model
+puts below WIDE_SEARCH_BELOW = 1e-2 (nearer the bulk, plain sampling's ~100 hits in 10⁴
+draws leave its cost unpaid), a sampling budget therefore pays for a wide search
+(`structured.search`, as the zero-sample design estimate's): WIDE_STARTS = 16 starts per
+clause, descents of WIDE_ITERATIONS = 5 steps (more, shorter descents find more of the
+modes at the same cost), up to SEARCH_MODES = 8 modes, its starts filled (`fill`), a
+descent after each clause's first begun only while the search has spent under
+SEARCH_SHARE = 30% of the budget (3 starts, 10 steps and 4 modes in a Tracker's
+catastrophe penalty). Measured on `pitrack bench sampling` (106 events at 10⁴
+sample-equivalents, seeds 0–19) against 6 starts of 10 steps: median relative RMSE
+0.162 → 0.134.
 
 Choosing the sampler. A pilot of PILOT_SHARE of the draws (at least PILOT_MIN; none below
 2·PILOT_MIN draws, where importance sampling takes them all) runs the importance sampler
@@ -42,22 +29,14 @@ hits were drawn by the components at the design points, the rest of the draws ru
 again and make the estimate; otherwise, or without a design point, the failure region
 is not where the design points say (scattered islands in rough, deep networks) and the
 rest of the budget runs subset simulation (`splitting`), which needs no picture of the
-region. Kong's effective count alone sent runs whose modes were right but whose few
-pilot hits had unequal weights (effective hits 1.3–2.9 at p = 1e-8 on a ReLU net; their
-main runs, where taken, had 8–27) to subset simulation, which did worse there; the hits
-at the modes tell those from the scattered islands of tanh nets, where the pilot's one
-or two hits come from the defensive or broad component. Measured on `pitrack bench
-sampling` (seeds 0–39 pooled, 40 repeats an event), events with relative RMSE above 0.3
-and the median: before both, 34 and 0.130; the fill alone 34 and 0.142 (its extra
-modes thin the pilot's hits, and more runs go to subset simulation); the mode hits alone
-35 and 0.115; both 30 and 0.117. A PILOT_HITS of 1 instead (any hit) with the fill gave
-29 and 0.117, but put r06 Any at p = 1e-6 (16 → 64² → 2 tanh) from 0.92 to 2.40. The
-pilot chooses and adapts: it is charged but not pooled, so it adds no bias to the estimate
-that follows (details["unbiased"] stays unbiased). Its hits outside every mode's tangent
-halfspace mark parts of the event the search missed; descents from them add their design
-points to the main run's mixture (`adaptation`; details["adapted_modes"] and
-details["adaptation_flops"]), for at most ADAPT_SHARE of what the pilot leaves of the
-budget, and never so much that fewer than PILOT_MIN draws remain.
+region. The mode hits keep runs whose modes are right but whose few pilot hits have
+unequal weights (`pitrack bench sampling`, seeds 0–39: with the fill, events with relative
+RMSE above 0.3, 34 → 30). The pilot chooses and adapts: it is charged but not pooled, so
+it adds no bias to the estimate that follows (details["unbiased"] stays unbiased). Its
+hits outside every mode's tangent halfspace mark parts of the event the search missed;
+descents from them add their design points to the main run's mixture (`adaptation`;
+details["adapted_modes"] and details["adaptation_flops"]), for at most ADAPT_SHARE of what
+the pilot leaves of the budget, and never so much that fewer than PILOT_MIN draws remain.
 
 Events on a detector with an activation inside. π's bulk Gaussian of such a score can put
 a 1e-4 event above 5e-2 (`cumulant`), and design-guided sampling is worse than plain

@@ -20,19 +20,14 @@ A margin linear in ξ gives the exact Φ(-β) on every line.
 Why a quadratic and not π's Gaussian rebuilt at the mode (the tilted Gaussian this
 replaced): that model takes the network's nonlinearity near ξ* as noise independent of ξ,
 and where the failure set curves away from the origin (convex margins, the usual case)
-the noise's tail puts mass where there is none. On the tail benchmark's 85 events
-(`pitrack bench tails`) the tilted Gaussian was +0.78 dex high on average (median
-|error| 0.39, worst 4.7, 62% within 0.5 dex); with these quadratics the mean error is
--0.04 dex (median 0.12, worst 3.9, 86% within 0.5; on the 2-layer nets, median 0.06 and
-worst 0.44). The scale s = ½
-was chosen by measurement (a prototype with Monte Carlo integrals, s = 0.35, 0.5, 0.7:
-medians 0.16, 0.11, 0.10, worst 3.0, 3.2, ∞; a smaller s sees only the point curvature, a
-larger one smooths the set's shape away), and 4d points (at least 64) by the same bench:
-32 points on d = 16 left the regression under-determined (median 0.25). Each mode is fitted
-on its own clause only: another clause's quadratic, far from its own boundary, had put
-spurious mass into unions (worst 4.7 → 3.2). Where the network's activations grow linearly
-(ReLU, GELU), a single-row clause is then refitted on a design as wide as its cell's mass
-(`widened`): there the set opens into a cone whose curvature falls away from the mode.
+the noise's tail puts mass where there is none (tail benchmark, 85 events: mean error
++0.78 dex, against -0.04 with these quadratics). SCALE = ½ and 4d points (at least 64)
+were measured (s = 0.35, 0.5, 0.7: medians 0.16, 0.11, 0.10, worst 3.0, 3.2, ∞; a smaller
+s sees only the point curvature, a larger one smooths the set's shape away; 32 points on
+d = 16 left the regression under-determined). Each mode is fitted on its own clause only
+(another clause's quadratic put spurious mass into unions); where the activations grow
+linearly (ReLU, GELU), a single-row clause is refitted where its cell's mass lies
+(`widened`).
 Assumptions: the margins are near quadratic within a unit or two of the mode, where the
 mass of its cell lies; a failure region of the cell far from the mode is seen only as
 the quadratic extends to it.
@@ -161,25 +156,20 @@ def denoised(curvature: Tensor, noise: float) -> Tensor:
     With antithetic points only the residual's odd part, (g(u_k) - g(-u_k))/2 - H u_k, is
     noise in H; the even part is the margin's third-order term, which leaves H unbiased
     but makes the curvature vary across the fit's neighbourhood by about as much, so a
-    curvature within it is not trusted to extrapolate. (On tanh, GELU and sigmoid nets the
-    whole residual puts τ² 5–50× above H's measured noise, and a κ = 0.4 beside a strong
-    cubic term is set to 0 (review). With the odd part alone, the tail benchmark over seeds
-    0–2 had 30 events better and 46 worse by over 0.02 dex, mean +0.007 dex, and 6, 8, 10
-    events beyond 0.5 dex against 4, 7, 10.) Such noise spreads H's spectrum over the
-    semicircle [-2τ√d, 2τ√d] (Wigner), and an eigenvalue θ of S shows as
+    curvature within it is not trusted to extrapolate (with the odd part alone, 6, 8, 10
+    tail-benchmark events were beyond 0.5 dex on seeds 0–2, against 4, 7, 10). Such noise
+    spreads H's spectrum over the semicircle [-2τ√d, 2τ√d] (Wigner), and an eigenvalue θ
+    of S shows as
     ℓ = θ + τ²d/θ if |θ| > τ√d and inside the semicircle otherwise (the spiked Wigner
     matrix: Péché 2006; Benaych-Georges & Nadakuditi, Adv. Math. 227, 2011). So each
     eigenvalue ℓ of H becomes θ = (ℓ + sgn(ℓ)√(ℓ² - 4τ²d))/2 outside the semicircle and 0
     inside it, with H's eigenvectors. At d = 16 the semicircle's edge is loose: the extreme
     noise eigenvalue is 2τ√d + τd^(-1/6)·TW₁ (Tracy & Widom, CMP 177, 1996), so the
-    threshold is 2τ√d + TRACY_WIDOM·τd^(-1/6), about TW₁'s 99th percentile (measured on
-    the tail benchmark with the 3-start search of the time, two seeds: median 0.116 and
-    0.094 dex with the bare edge, 0.102 and 0.084 with this margin).
+    threshold is 2τ√d + TRACY_WIDOM·τd^(-1/6), about TW₁'s 99th percentile (tail benchmark,
+    two seeds: median 0.116 and 0.094 dex with the bare edge, 0.102 and 0.084 with it).
     Why: the line integral's mass goes as Π(1 - βκ_i)^(-1/2) over the tangent curvatures
-    κ_i, so noise that widens the spectrum biases it upward (on a 16-input ReLU net, 64
-    points left eigenvalues up to ±0.3 where 4× the points found none; one mode at β = 5.7
-    read 10^-5.4 against 10^-9 with 4× the points, and the estimate came out +0.4 to +2.6
-    dex over six seeds; denoised, -0.17 to +0.13 on five of the six and +1.35 on one)."""
+    κ_i, so noise that widens the spectrum biases it upward (a 16-input ReLU net read
+    +0.4 to +2.6 dex over six seeds; denoised, -0.17 to +0.13 on five and +1.35 on one)."""
     if noise <= 0:
         return curvature
     d = curvature.shape[0]

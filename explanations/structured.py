@@ -15,90 +15,31 @@ integrals share what they leave (each at most DOUBLING_SHARE times its fit; at l
 lines a replicate), and importance draws take the rest (`_with_draws`). The budget is
 sampling's horizon: 10⁴ draws see an event of 10⁻³ about ten times, so a zero-sample
 estimate that cost more would be beaten by plain sampling where it is least needed.
-Until stop 31 it was exceeded by unions of many clauses on a small network, whose bulk
-test (`cumulant`) ran inclusion–exclusion over 2^clauses terms: 12 clauses on a
-4 → 8 → 6 net cost 2.6·10⁶ sample-equivalents; that test now takes at most BULK_SHARE
-of the budget (9,900 in all).
+The bulk test (`cumulant`) takes at most BULK_SHARE of it (12 clauses on a 4 → 8 → 6 net
+had cost 2.6·10⁶ sample-equivalents; now 9,900 in all).
 
-Wide inputs on a small network. A mode's fit takes 4d points' passes and an O(d³)
-regression, which on a d → 16 → 1 net outgrow the budget from d ≈ 48 (one fit and its
-integral: 1.7·10⁴, 5.6·10⁴ and 2.1·10⁵ sample-equivalents at d = 64, 128, 256). Where the
-search leaves too little of the fits' part for each clause's nearest mode's fit and
-smallest integral (`_fits_afforded`), no quadratic is fitted: the rest of the budget buys
-importance draws around the search's modes, which answer alone (`_drawn_alone`;
-details["fits"] says so), or, where they see no hit, FORM's Σ_k Φ(-β_k) over the modes.
-Before, the nearest mode was fitted regardless: `mlp([d, 16, 1], "relu")` at p = 1e-4
-cost 11,884 and 40,860 sample-equivalents at d = 64 and 128 (-0.35 and -0.43 dex at d = 64,
-π's seeds 0–1), its tanh twin 12,432 and 40,513 (-0.08, -0.06). With the draws alone
-(seeds 0–1, truth from 2·10⁶ plain draws): ReLU +0.01, +0.05 at d = 64 and -0.10, -0.02 at
-d = 128, tanh -0.01, +0.03 and -0.08, -0.10, every query at 9,920–9,985; at d = 48, where
-the fit had fitted, -0.07, -0.10 (ReLU) and -0.06, -0.00 (tanh) against -0.06, -0.07 and
--0.10, +0.06; ReLU at d = 64 and p = 4.7·10⁻⁷ (6·10⁷ plain draws, 28 hits), seeds 0–2:
--0.06, -0.08, -0.06. The shapes of the draws' components, O(d³) a mode, are made only
-where they and DRAWS_MIN shaped draws fit in what is left (`_shaped_for_draws`): made
-regardless, they had taken that tanh query to 14,503 and 48,945.
+Wide inputs: where the search leaves too little for each clause's nearest fit and
+smallest integral (`_fits_afforded`; from d ≈ 48 on a d → 16 → 1 net), importance draws
+around the modes answer alone (`_drawn_alone`; ReLU at d = 64 and p = 1e-4, π's seeds
+0–1: fitted, 11,884 sample-equivalents and -0.35, -0.43 dex; drawn, +0.01, +0.05 at
+9,920–9,985).
 
-What the integrals leave of the budget buys importance draws that join them
-(`_with_draws`): where it buys at least DRAWS_MIN draws from the defensive mixture around
-the kept modes (`importance`, the law of the sampled estimators; on a network whose
-activations saturate, a one-row mode's draws go mostly to the component shaped to its
-quadratic, `shaping`, at no further fit), and the run has hits, the quadratics'
-log p̂ and the draws' are averaged by inverse variance: the draws' from their own 95%
-interval, the quadratics' QUADRATIC_SPREAD_DEX = 0.25, the root mean square of their
-log10 error over the tail benchmark (`pitrack bench tails --methods auto --seed S`, S =
-0–4, 535 event-runs with 5e-9 ≤ p ≤ 2e-3: median 0.085, worst 1.5). Where the two are
-more than DRAWS_OUTLIER_Z = 3 joint spreads apart, the quadratics are an outlier of those
-heavy-tailed errors and the draws answer alone. A quadratic is a fair average of a cell's
-boundary, and the draws measure the network itself where the quadratics read a thin wedge
-or a horn wrong; on a linear network the quadratics are exact and the draws agree. Recorded
-beside each other on those runs, where the draws were not degenerate (377): log10 error
-RMS 0.138 for the draws against 0.211 for the quadratics; at 10–15 effective hits 0.31
-against 0.42, at 30–60 0.11 against 0.18, beyond 60 0.045 against 0.128; the joined 95%
-interval covered the truth on 90% of them, as the draws' own did.
-Measured on the tail benchmark's 85 events with 1e-8 ≤ p ≤ 1e-3, seeds 0–4 (stop 30), the
-events beyond 0.5 dex per seed, and beyond 0.3 dex in all, against the rule this replaces
-(the draws answered alone where they had 30 effective hits and contradicted the quadratics,
-or 10 and were 5× off: 2, 4, 6, 3, 6 and 52), and `pitrack bench detectors`' zero-sample
-worst (0.50): joined, 1, 3, 6, 3, 5 and 41, 0.21 (t04 All at 1e-7 on seed 2 +0.76 → +1.46:
-its draws' stream moved, and their 1.9 effective hits are degenerate); with the search's
-`fill` (`design_estimate`) too, 1, 5, 4, 2, 3 and 34, but 0.91: more modes took more fits,
-and net 1's ReLU detector at 1e-3, whose quadratics read 8× high, was left 576 draws with 8
-effective hits. With DRAWS_RESERVE = 0.1, 0.2, 0.35 of the budget kept from the fits for
-the draws: 1, 3, 4, 2, 2 and 29, 1.42; 2, 2, 4, 2, 2 and 36, 0.45; 2, 4, 6, 2, 4 and 42,
-0.24 (the fits of tanh wedges go short: r06 All at 1e-7 on seed 1 read -3.15). At 0.2:
-median |log10 p̂/p| 0.067, 0.064, 0.058, 0.077, 0.083 → 0.041, 0.058, 0.061, 0.048, 0.053,
-the worst 0.62, 0.78, 1.18, 0.67, 1.47 → 0.74, 0.83, 0.95, 0.63, 1.47; the detectors'
-median 0.03. On seeds 5–9, held out from these choices: beyond 0.5 dex 3, 3, 4, 6, 3 → 3,
-7, 3, 2, 1, beyond 0.3 dex 44 → 39. The shaped components take 3/4 of their modes' share
-of these draws (DRAWS_SHAPED_SPLIT; the guided sampler gives them 1/4, `importance`): a
-needle's draws then see hits (r12 Below at 5e-5, 8 → 256⁴ → 1 tanh: 5 and 7.5 effective
-hits → 26 and 18 on seeds 2 and 3, +0.74 and +0.62 dex → -0.35 and -0.02), and where the
-shape is wrong the run goes degenerate and (until stop 31) the quadratics stood. Over
-seeds 0–9: beyond 0.5 dex 28 → 27, beyond 0.3 dex 75 → 69, the median lower on 7 seeds
-of 10 (r06 Any at 1e-6 on seed 0 +0.35 → -0.76; the detectors unchanged).
-Degenerate runs (Kong's effective hits under 10, or one weight over half of Σw: about a
-quarter of the benchmark's draws) join too, since stop 31: with their unbiased estimate
-and DEGENERATE_WIDENING = 1.5 times the spread of its Garwood interval, never alone.
-Their answers lean low (the weights they lack are the heavy ones), but the quadratics
-they join are often high where the draws degenerate: r12 Below at 5e-5 (tanh) reads
-+0.22 to +0.70 by its quadratics on six of π's seeds 0–9 and -0.08 to -0.20 by the
-draws; r18 All at 1e-7 (a ReLU wedge) +0.6 to +0.9 on three, the draws -0.8 to -1.0. With
-both answers recorded on π's seeds 0–19 (1,700 event-runs) and the rule replayed, the
-widening was chosen on seeds 0–9 (1.0, 1.5, 2.0: 17, 20 and 20 event-runs beyond 0.5 dex
-against 27, log10 error RMS 0.215, 0.208 and 0.206 against 0.208; the truncated estimate
-at 1.5: 18 and 0.212), as the smallest that left the RMS no larger, and checked on seeds 10–19:
-beyond 0.5 dex 31 → 19, beyond 0.3 dex 68 → 55, mean |log10 p̂/p| 0.119 → 0.108, 99th
-percentile 0.98 → 0.87, worst 3.57 either way; seeds 0–9 27 → 20, 69 → 60, 0.107 → 0.101,
-0.80 → 0.69, worst 2.65 → 3.46 (r12 Below at 1e-8 on seed 5, whose modes miss the
-blob: its quadratics read -2.65, its draws -4.1). The joined intervals then cover the
-truth on 88.4% of 1,675 event-runs (88.8% of 1,281 before; 87% of the 394 degenerate
-joins). The replayed rule and the library agree on every event of seeds 5 and 6.
-`pitrack bench detectors`' zero-sample worst: 0.45 → 0.17. The
-switch it replaces was a cliff: answers from 20–25 effective hits are noisy (about 0.1
-dex), and a float32 and a float64 π, whose search differs by a few passes, disagreed by up
-to 0.18 dex where one dtype's draws answered and the other's did not; joined, with draws
-made in multiples of DRAWS_GRAIN (the same stream for both), they agree to 0.05 dex
-(`tests/test_gaussian.py`'s float32 test).
+What the integrals leave buys importance draws around the kept modes (`importance`),
+joined with the quadratics by inverse variance (`_with_draws`). QUADRATIC_SPREAD_DEX =
+0.25 is the root mean square of the quadratics' log10 error on the tail benchmark
+(`pitrack bench tails --methods auto --seed S`, S = 0–4: 535 event-runs with
+5e-9 ≤ p ≤ 2e-3, median 0.085, worst 1.5); on those runs the draws' was 0.138 against
+0.211: the draws measure the network where the quadratics misread a thin wedge or a horn
+(on a linear network the quadratics are exact). DRAWS_RESERVE = 0.2 of the budget is kept
+for the draws (the benchmark's 85 events with 1e-8 ≤ p ≤ 1e-3, seeds 0–4: beyond 0.5 dex
+2, 4, 6, 3, 6 before the join, 2, 2, 4, 2, 2 with it and this reserve). A saturating
+network's one-row modes give most of their draws (1 - DRAWS_SHAPED_SPLIT) to the
+component shaped to their quadratic (`shaping`), so a needle's draws see hits (r12 Below
+at 5e-5, seeds 2 and 3: +0.74 and +0.62 dex → -0.35 and -0.02). Degenerate runs (Kong's
+effective hits under 10, or one weight over half of Σw) join too, never alone, their
+spread widened by DEGENERATE_WIDENING = 1.5: the smallest of 1.0, 1.5, 2.0 that left the
+log10 RMS no larger on π's seeds 0–9 (on seeds 10–19, events beyond 0.5 dex 31 → 19).
+The measurements behind these rules, and the variants tried: docs/notes/experiments.md.
 """
 from __future__ import annotations
 
@@ -240,51 +181,26 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     where what the search leaves pays for no clause's nearest fit, the estimate is
     `_drawn_alone`'s (details["fits"]).
 
-    The search is wide (WIDE_STARTS starts per clause, descents of WIDE_ITERATIONS steps),
-    as the sampled estimators' is, and the kept modes are then polished (`_polished`): on
-    the tail benchmark 3 starts of 10 steps had put a deep tanh net's design point at
-    β = 15 where the failures lie at 3.4–7 (r06, p = 1e-7: read 10^-50 on one seed), and
-    left 8, 9 and 14 of 85 events beyond 0.5 dex on seeds 0, 1 and 2; the wide, polished
-    search leaves 5, 8 and 9, the worst 0.77, 2.2 and 1.8 dex (from 3.2, 44 and 3.7), and
-    with up to KEPT_MODES = 6 modes in place of 4, 4, 7 and 10 (median 0.115, 0.086, 0.117
-    → 0.101, 0.072, 0.108: single thresholds whose design points ring the origin at one β
-    had been 0.15–0.25 dex low, with four cells holding part of the ring). Since the
-    descents' steps find their boundary point by regula falsi (`design`), a descent costs
-    about 100 forward-pass equivalents instead of 230, and 16 starts fit where 10 did:
-    events beyond 0.5 dex on seeds 0–4 went 4, 4, 7, 7, 5 → 2, 4, 6, 3, 6, the worst 0.93,
-    0.99, 1.79, 1.41, 9.81 → 0.62, 0.78, 1.46, 0.67, 1.47 dex (the cheaper descents with
-    10 starts: 4, 4, 7 on seeds 0–2; 24 starts: 2, 5, 5). The search fills its starts
-    (`design.find_modes`' `fill`, as the sampled estimators' does): where the pilot cloud
-    has fewer feasible points in distinct directions than starts, infeasible points of
-    largest margin are pushed in. On r11 (8 → 128⁴ → 2 GELU) the cloud gave 2–4 starts for
-    Any at 1e-6, and seeds 2 and 4 missed the mode at β = 3.73 (-1.14 and -1.24 dex);
-    filled, they read -0.21 and -0.11 (the whole benchmark: `_with_draws`).
+    The search is wide (WIDE_STARTS starts per clause, descents of WIDE_ITERATIONS steps,
+    its starts filled: `design.find_modes`' `fill`), as the sampled estimators' is, and up
+    to KEPT_MODES modes are kept and polished (`_polished`; tail benchmark, seeds 0–4:
+    events beyond 0.5 dex 4, 4, 7, 7, 5 → 2, 4, 6, 3, 6 with 16 starts in place of 10).
     The event lies outside the ball |ξ| < β_min (β_min the smallest mode's distance, if the
     search found the global minimum), so the estimate is capped at P(χ²_dim ≥ β_min²); and
     each mode's cell is integrated outside the mode's own ball, |ξ| ≥ β - 1/β: ξ* is where
     a descent of |ξ| over the event stopped, so the event near it lies outside that ball
     (a paraboloid whose tangent curvatures κ keep βκ < 1 never enters it), and a quadratic
-    bent further toward the origin is not trusted back to a nearer mode's radius. (With
-    the nearest mode's radius for every cell, a far mode's quadratic put its mass there: on r11 at
-    p = 1e-8 the mode at β = 6.2 read 10^-7.7, more than the one at 4.7, and the event +0.43
-    dex. Over seeds 0–2 of the tail benchmark, 7 events moved by over 0.02 dex for the
-    better and 3 for the worse; 4, 8 and 9 events beyond 0.5 dex against 4, 7 and 10.)
-    A mode whose quadratic holds none of its cell's event (fitted at s = ½, a quadratic can
-    smooth away a region narrower than that: a ReLU net's L1-ball event of radius 0.3 read 0,
-    truth 3.4e-4 in d = 2 and 3e-9 in d = 6), or less than NARROW_BELOW of FORM's Φ(-β), is
-    fitted again at s/4, then s/16 (NARROW), the first fit that holds more taken (counted in
-    details["narrow_modes"]): a review's small low-dimensional nets had patches of event
-    0.1–0.3 wide at |x| ≈ 1.2–2 (3 → 12 → 12 → 1 and 2 → 8³ → 1, p = 1e-4) that read +2.2
-    to +2.9 dex through the fallbacks below, or 10^-13 to 10^-19 where the first fit kept a
-    sliver, and read -0.05, +0.15 and +0.69 with the narrow fits, as far as the budget pays
-    for them (a fourth, with four such modes on a 500-FLOP net, is left at +2.3). The refits
-    draw their own designs, so the other modes' fits are unchanged (on the tail benchmark,
-    seeds 0–1, one event moved: r10 Above at 1e-6, 0.41 → 0.32 dex). Where the event is
-    still empty, the quadratic moved to pass through the mode's own margins (4.9e-4 and
-    4.6e-8 on the L1 balls), and where that too holds nothing its tangent hyperplanes (FORM
-    in the cell; an overestimate, not a claim that the event cannot happen); such modes are
-    counted in details["anchored_modes"]. These fallbacks integrate at the fewest lines, as
-    the narrow refits do, and the second refit leaves room for the first of them (`_narrowed`)."""
+    bent further toward the origin is not trusted back to a nearer mode's radius (with
+    β_min for every cell, r11 at p = 1e-8 read +0.43 dex).
+    A mode whose quadratic holds less than NARROW_BELOW of FORM's Φ(-β) of its cell's event
+    (at s = ½ a quadratic can smooth away a narrower region) is refitted at s/4, then s/16
+    (NARROW; the refits draw their own designs, so the other modes' fits are unchanged), the
+    first fit that holds more taken (details["narrow_modes"]; a review's small nets with
+    patches of event 0.1–0.3 wide: +2.2 to +2.9 dex → -0.05, +0.15 and +0.69).
+    Where the event is still empty, the quadratic is moved to pass through the mode's own
+    margins, and where that too holds nothing its tangent hyperplanes are integrated (FORM in
+    the cell, an overestimate; details["anchored_modes"]); these fallbacks integrate at the
+    fewest lines, and the second refit leaves room for the first of them (`_narrowed`)."""
     allowed = budget * pi.graph.flops_per_sample
     passes = allowed / observe_flops(pi.graph, pi.distribution, event)
     found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31, fill=True,
@@ -456,10 +372,8 @@ def _narrowed(found: Search, mode: Mode, first: OrthantResult, others: list[Tens
     where `room` FLOPs pay for its fit and its integral, which takes the fewest lines
     (LINE_RANGE[0]: a rescue, on budgets already shared out); the second refit, while the
     event is still empty, only where room is left too for the anchored fallback's integral
-    that follows if it holds nothing either (without that, the L1 ball's estimate with both
-    refits empty cost 11,100–11,200 sample-equivalents of the 10⁴, four integrals of 2,078
-    each; the first refit keeps its chance: where it alone is paid for and holds nothing, the
-    fallback can pass the budget). Returns the result, the
+    that follows if it holds nothing either (without it, the L1 ball's estimate with both
+    refits empty cost 11,100–11,200 sample-equivalents of the 10⁴). Returns the result, the
     (FLOPs, forward passes, backward passes) spent beyond `first` (the integral given up
     included), and whether a refit was taken."""
     smoothed = float(log_ndtr(torch.tensor(-mode.beta, dtype=torch.float64))) + math.log(NARROW_BELOW)
@@ -505,13 +419,10 @@ def mode_rows(found: Search, mode: Mode) -> int:
 
 def _widens(found: Search, mode: Mode) -> bool:
     """Is the mode's quadratic refitted where its cell's mass lies (`quadratic.widened`)?
-    For a single-row clause of a network whose activations grow linearly. Measured on the
-    tail benchmark, π's seeds 0–2 (stop 21; `pitrack bench compare`): medians 0.089, 0.072,
-    0.108 → 0.086, 0.088, 0.096; worst 0.70, 2.21, 1.79 → 0.82, 0.99, 1.79; beyond 0.5 dex
-    4, 8, 9 → 5, 6, 8; 59 events better and 31 worse by more than 0.02 dex. On every
-    network and clause (a prototype) the refit took the median to 0.075 on seed 0 but left
-    10 events beyond 0.5 dex (tanh nets and wedges, moved by 0.4–1.3 dex): a saturating
-    network's curvature is not a cone's, and a wedge's faces are already linear."""
+    For a single-row clause of a network whose activations grow linearly (tail benchmark,
+    π's seeds 0–2: 59 events better and 31 worse by more than 0.02 dex); on tanh nets and
+    wedges the refit moved events by 0.4–1.3 dex: a saturating network's curvature is not a
+    cone's, and a wedge's faces are already linear."""
     return found.linear_growth and mode_rows(found, mode) == 1
 
 
@@ -526,9 +437,8 @@ def takes_shape(found: Search, mode: Mode) -> bool:
 def _affordable_refits(modes: list[Mode], found: Search, left: float) -> list[bool]:
     """Which modes are widened (`_widens`), as far as `left` FLOPs pay for every mode's fits
     and smallest integral: the farthest modes lose their refit first. Modes come before
-    refits (`_polished` reserves one fit a mode): reserving two had dropped a mode at
-    d = 32, and the refits it was dropped for were then not affordable (review: an Any event
-    on a 32 → 32 → 32 → 3 ReLU net read +1.0 dex on one seed in four)."""
+    refits (`_polished` reserves one fit a mode; reserving two dropped a mode at
+    d = 32, and an Any event read +1.0 dex)."""
     walls = len(modes) - 1
     smallest = sum(_fewest_lines(found, m, walls) for m in modes)
     widen = [_widens(found, mode) for mode in modes]
