@@ -12,6 +12,12 @@ drawn only for those (`checkable`): with PILOT_DRAWS, p ≥ 0.018. A contradicte
 not returned as it is: the caller tries the input-space structure, and where that finds
 nothing, returns the draws' own h/n with its 95% Wilson interval (without a hit, the
 interval's upper end).
+The copula's final answer is checked both ways (`contradicts(..., both_ways=True)`: or
+P(Binomial(n, p) ≥ h) < CONTRADICTION, the claim too low), since a union past
+inclusion–exclusion reads Boole's lower end max_i P(C_i): "at least two of six outputs past
+their 10% quantiles" (15 two-row clauses on a 4 → 8 → 6 ReLU net, p = 0.16) read 0.064.
+The routing test stays one-way: a pilot that sees more hits than π's summary claims
+leaves the event common, where the copula is the better answer.
 """
 from __future__ import annotations
 
@@ -36,23 +42,31 @@ class Pilot:
     draws: int
     flops: int
 
-    def contradicts(self, log_p: float) -> bool:
-        """Is P(Binomial(n, p) ≤ h) < CONTRADICTION for p = exp(log_p)?"""
+    def contradicts(self, log_p: float, both_ways: bool = False) -> bool:
+        """Is P(Binomial(n, p) ≤ h) < CONTRADICTION for p = exp(log_p) (the claim too high)?
+        With `both_ways`, or P(Binomial(n, p) ≥ h) < CONTRADICTION (the claim too low)."""
         p = math.exp(log_p)
         if p >= 1:
             return self.hits < self.draws
         if p <= 0:
-            return False
-        n, log_q = self.draws, math.log1p(-p)
-        terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
-                 for k in range(self.hits + 1)]
-        top = max(terms)
-        return top + math.log(sum(math.exp(t - top) for t in terms)) < math.log(CONTRADICTION)
+            return both_ways and self.hits > 0
+        too_high = _log_binomial_sum(self.draws, log_p, range(self.hits + 1)) < math.log(CONTRADICTION)
+        return too_high or both_ways and (
+            _log_binomial_sum(self.draws, log_p, range(self.hits, self.draws + 1)) < math.log(CONTRADICTION))
 
     @property
     def interval(self) -> tuple[float, float]:
         """Wilson's 95% interval for h/n."""
         return wilson_interval(self.hits, self.draws)
+
+
+def _log_binomial_sum(n: int, log_p: float, counts: range) -> float:
+    """log Σ_{k ∈ counts} C(n, k) p^k (1 - p)^(n-k), summed in log space."""
+    log_q = math.log1p(-math.exp(log_p))
+    terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
+             for k in counts]
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
 
 
 def checkable(log_p: float, draws: int = PILOT_DRAWS) -> bool:
