@@ -242,13 +242,14 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
                device: torch.device | str | None = None,
                guesses: list[Tensor | None] | None = None, max_modes: int = MAX_MODES,
                effort: float = math.inf, iterations: int = 10, limit: float = math.inf,
-               fill: bool = False) -> tuple[list[Mode], int, int]:
+               fill: bool = False, rays: bool = False) -> tuple[list[Mode], int, int]:
     """Design points of each clause, from the feasible points of a pilot cloud.
 
     Network outputs are far from linear, so a gradient taken in the bulk can point away
     from the catastrophe: starts are the feasible points of smallest norm among `pilot`
     draws from N(0, s²I), s = 1.5, 2.5, 4, in distinct directions (if none is feasible, or with
-    `fill` where fewer than `starts` directions are, infeasible points of largest margin are
+    `fill` where fewer than `starts` directions are, infeasible points of largest margin (with
+    `rays`, in turn with those whose ray crosses the boundary nearest: `_push_order`) are
     pushed in by Newton steps on the margin: `_clause_modes`). `guesses[c]`, if
     given, is one more start for clause c (π's statistically linearised design point),
     pushed in the same way when infeasible. A descent after a clause's first starts only
@@ -272,7 +273,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
         search = ClauseSearch(batch, (limit - spent) / left)
         try:
             _clause_modes(search, cloud, starts, guesses[c] if guesses else None, (effort - spent) / left,
-                          iterations, modes, c, fill)
+                          iterations, modes, c, fill, rays)
         except OutOfBudget:
             pass                             # this clause's share is spent; the next has its own
         forwards += search.forwards
@@ -281,7 +282,7 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
 
 
 def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tensor | None, effort: float,
-                  iterations: int, modes: list[Mode], clause: int, fill: bool = False) -> None:
+                  iterations: int, modes: list[Mode], clause: int, fill: bool = False, rays: bool = False) -> None:
     """One clause of `find_modes`: its starts from the pilot `cloud` (and `guess`), and
     descents from them while its search has spent under `effort`, adding new modes to `modes`.
     Where no cloud point is feasible, or with `fill` where fewer than `starts` are (in
@@ -297,8 +298,7 @@ def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tenso
     if guess is not None:
         pushed = guess if float(search.margin(guess[None, :])[0]) >= 0 else search.reach(guess)
         chosen += [pushed] if pushed is not None else []
-    outside = cloud[margins < 0][margins[margins < 0].argsort(descending=True)]
-    to_push = distinct(outside, missing, chosen)
+    to_push = distinct(_push_order(search, cloud, margins, rays), missing, chosen)
     descents = 0
     for start, infeasible in [(p, False) for p in chosen] + [(p, True) for p in to_push]:
         if descents and search.forwards + 2 * search.backwards >= effort:
@@ -310,6 +310,36 @@ def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tenso
         descents += 1
         if point is not None and is_new(point, modes):
             modes.append(Mode(point, float(point.norm()), clause))
+
+
+def _push_order(search: ClauseSearch, cloud: Tensor, margins: Tensor, rays: bool) -> Tensor:
+    """The cloud's infeasible points in the order `_clause_modes` pushes them in: largest
+    margin first, or with `rays` alternately the next of largest margin and the next whose
+    ray from the origin is estimated to cross the boundary nearest the origin (the
+    zero-sample design estimate's search, `structured`). Along the ray t·ξ the margin is taken linear between
+    m(0) and m(ξ), so it crosses 0 at t* = m(0)/(m(0) - m(ξ)) where it rises outward (m(ξ) >
+    m(0) with m(0) < 0), |t* ξ| from the origin; it costs one margin more, at the origin.
+    Largest margins alone lead to the far boundary that the outermost points see: on a
+    4 → 64³ → 2 tanh net with correlated inputs, Below(0) at p = 1e-4 lies in a thin sheet at
+    |ξ| = 1.7–2.4, and 16 such starts found modes at β ≥ 5.4 only (-5.5 dex); with the ray
+    order, β = 1.6. Tail benchmark, π's seeds 0–9 and 10–19 (85 events with 1e-8 ≤ p ≤ 1e-3,
+    zero-sample `auto`; the rule was found on that net, not on the benchmark): event-runs
+    beyond 0.5 dex 17 → 10 and 21 → 17, beyond 0.3 dex 52 → 39 and 54 → 45, worst 4.09 → 2.12
+    and 3.49 → 3.08 (r09 All at 9e-8 10 → 4, r12 Below at 1e-8 8 → 5). The sampled
+    estimators keep the margin order: on `pitrack bench sampling` (seeds 0–19) the ray order
+    (ray first) left 16 events above 0.3 relative RMSE as before, but coverage 92.8% → 91.4%
+    and r09 All at 9e-8 1.14 → 1.49."""
+    outside, values = cloud[margins < 0], margins[margins < 0]
+    by_margin = outside[values.argsort(descending=True)]
+    if not rays or not len(outside):
+        return by_margin
+    at_origin = float(search.margin(cloud.new_zeros(1, cloud.shape[1]))[0])
+    if at_origin >= 0:
+        return by_margin
+    rising = values > at_origin
+    t = torch.where(rising, at_origin / (at_origin - values).clamp_max(-1e-300), torch.full_like(values, math.inf))
+    by_ray = outside[(t * outside.norm(dim=1)).argsort()]
+    return torch.stack([by_margin, by_ray], dim=1).flatten(0, 1)       # margin first, then ray, in turn
 
 
 def banded(modes: list[Mode]) -> list[Mode]:

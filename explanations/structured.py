@@ -113,7 +113,7 @@ class Search:
 
 def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: int = MAX_MODES,
            effort: float = math.inf, iterations: int = 10, limit: float = math.inf,
-           fill: bool = False) -> Search:
+           fill: bool = False, rays: bool = False) -> Search:
     """Find the event's design points through the compiled graph and detector graphs
     (`design.find_modes`: `starts` per clause, at most `max_modes`, descents of at most
     `iterations` steps begun while under `effort` forward-pass equivalents, no pass past
@@ -132,7 +132,7 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
         modes, forwards, backwards = find_modes(batch_margins, D.dim, seed=pi.seed, dtype=dtype,
                                                 device=like.device, guesses=guesses, starts=starts,
                                                 max_modes=max_modes, effort=effort, iterations=iterations,
-                                                limit=limit, fill=fill)
+                                                limit=limit, fill=fill, rays=rays)
     growth = grows_linearly([pi.graph] + [d.score_graph() for d in detectors])
     return Search(modes, observe, clauses, batch_margins, D, (forwards + 2 * backwards) * unit, forwards,
                   backwards, unit, growth)
@@ -209,7 +209,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     fewest lines, and the second refit leaves room for the first of them (`_narrowed`)."""
     allowed = budget * pi.graph.flops_per_sample
     passes = allowed / observe_flops(pi.graph, pi.distribution, event)
-    found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31, fill=True,
+    found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31, fill=True, rays=True,
                    effort=SEARCH_SHARE * passes, limit=(1 - DRAWS_RESERVE) * passes if budget > 0 else math.inf)
     fitting_allowed = allowed * (1 - DRAWS_RESERVE)                  # the fits' and integrals' part
     candidates = _kept(found.modes)
