@@ -160,7 +160,8 @@ class CumulantExplanation(GuidedSampling, Explanation):
         2.8e-4); the copula's where the search found no design point beyond the unit ball,
         by as many more draws as DESIGN_BUDGET leaves, as is a union the copula could only
         bracket (its width over BRACKET_CHECK of the answer: Boole's lower end). Where the
-        draws contradict the answer, too high or too low, what the budget leaves buys more of them, and their own estimate h/n is
+        draws contradict the answer, too high or too low, what the budget leaves buys more of
+        them, and their own estimate h/n is
         returned with its 95% Wilson interval (`+pilot`), or, without a hit, the interval's
         upper end. The draws only check a design estimate's path, so it keeps samples = 0
         and says how many were made (details["pilot_draws"]). Where the design estimate's
@@ -221,8 +222,9 @@ class CumulantExplanation(GuidedSampling, Explanation):
         result = copula_probability(rows, cov, marginal, seed=self.seed, points=points, max_clauses=max_clauses)
         details = {"cumulants": "used" if affordable else "over budget", **fallback}
         draws = self._draws_left(event, sum(spent) + paid + result.flops)
-        bracketed = result.abs_error > BRACKET_CHECK * math.exp(result.log_p)     # Boole's, past inclusion–exclusion
-        checking = (fallback or priced_out or bracketed) and checkable(result.log_p, draws + (pilot.draws if pilot else 0))
+        bracketed = result.abs_error > BRACKET_CHECK * math.exp(result.log_p)   # Boole's bracket
+        checking = ((fallback or priced_out or bracketed)
+                    and checkable(result.log_p, draws + (pilot.draws if pilot else 0)))
         if self.design and draws and (checking or pilot is not None and pilot.contradicts(result.log_p, True)):
             drawn = pilot.flops if pilot else 0        # the draws decide: what the budget leaves buys more
             pilot = draw_pilot(self.graph, self.distribution, event, self.seed + 2, draws, pilot)

@@ -282,7 +282,8 @@ def find_modes(batch_margins: list[Callable[[Tensor], Tensor]], dim: int, *, pil
 
 
 def _clause_modes(search: ClauseSearch, cloud: Tensor, starts: int, guess: Tensor | None, effort: float,
-                  iterations: int, modes: list[Mode], clause: int, fill: bool = False, rays: bool = False) -> None:
+                  iterations: int, modes: list[Mode], clause: int, fill: bool = False,
+                  rays: bool = False) -> None:
     """One clause of `find_modes`: its starts from the pilot `cloud` (and `guess`), and
     descents from them while its search has spent under `effort`, adding new modes to `modes`.
     Where no cloud point is feasible, or with `fill` where fewer than `starts` are (in
@@ -316,9 +317,10 @@ def _push_order(search: ClauseSearch, cloud: Tensor, margins: Tensor, rays: bool
     """The cloud's infeasible points in the order `_clause_modes` pushes them in: largest
     margin first, or with `rays` alternately the next of largest margin and the next whose
     ray from the origin is estimated to cross the boundary nearest the origin (the
-    zero-sample design estimate's search, `structured`). Along the ray t·ξ the margin is taken linear between
-    m(0) and m(ξ), so it crosses 0 at t* = m(0)/(m(0) - m(ξ)) where it rises outward (m(ξ) >
-    m(0) with m(0) < 0), |t* ξ| from the origin; it costs one margin more, at the origin.
+    zero-sample design estimate's search, `structured`). Along the ray t·ξ the margin is
+    taken linear between m(0) and m(ξ), so it crosses 0 at t* = m(0)/(m(0) - m(ξ)) where it
+    rises outward (m(ξ) > m(0) with m(0) < 0), |t* ξ| from the origin; it costs one margin
+    more, at the origin.
     Largest margins alone lead to the far boundary that the outermost points see: on a
     4 → 64³ → 2 tanh net with correlated inputs, Below(0) at p = 1e-4 lies in a thin sheet at
     |ξ| = 1.7–2.4, and 16 such starts found modes at β ≥ 5.4 only (-5.5 dex); with the ray

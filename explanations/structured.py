@@ -187,9 +187,8 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     had run regardless: "at least two of six outputs past their 3% quantiles", 15 clauses on
     a 4 → 8³ → 6 ReLU net, searched for 24,000 sample-equivalents of 10⁴); where the caller
     has nothing left (π's build alone spent the budget, so the estimate passes it anyway),
-    each clause still gets its cloud and first descent, and FORM answers (`_drawn_alone`),
-    and up
-    to KEPT_MODES modes are kept and polished (`_polished`; tail benchmark, seeds 0–4:
+    each clause still gets its cloud and first descent, and FORM answers (`_drawn_alone`).
+    Up to KEPT_MODES modes are kept and polished (`_polished`; tail benchmark, seeds 0–4:
     events beyond 0.5 dex 4, 4, 7, 7, 5 → 2, 4, 6, 3, 6 with 16 starts in place of 10).
     The event lies outside the ball |ξ| < β_min (β_min the smallest mode's distance, if the
     search found the global minimum), so the estimate is capped at P(χ²_dim ≥ β_min²); and
@@ -209,8 +208,9 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     fewest lines, and the second refit leaves room for the first of them (`_narrowed`)."""
     allowed = budget * pi.graph.flops_per_sample
     passes = allowed / observe_flops(pi.graph, pi.distribution, event)
-    found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31, fill=True, rays=True,
-                   effort=SEARCH_SHARE * passes, limit=(1 - DRAWS_RESERVE) * passes if budget > 0 else math.inf)
+    limit = (1 - DRAWS_RESERVE) * passes if budget > 0 else math.inf
+    found = search(pi, event, starts=WIDE_STARTS, iterations=WIDE_ITERATIONS, max_modes=2 ** 31, fill=True,
+                   rays=True, effort=SEARCH_SHARE * passes, limit=limit)     # `_kept` picks the modes
     fitting_allowed = allowed * (1 - DRAWS_RESERVE)                  # the fits' and integrals' part
     candidates = _kept(found.modes)
     if candidates and candidates[0].beta >= NEAR and not _fits_afforded(candidates, found, fitting_allowed):

@@ -239,7 +239,8 @@ def wide_inputs_draws_alone():
     truth = float((out > t).double().mean())
     e = explain(wide, Gaussian.standard(64, device=dev), "cumulant").probability(Above(0, t))
     assert e.sample_equivalents <= 10_000 and abs(math.log10(e.value / truth)) < 0.2, (e.value, truth)
-    return f"{e.details['fits']}; {math.log10(e.value / truth):+.2f} dex at {e.sample_equivalents:.0f} sample-equivalents"
+    error = math.log10(e.value / truth)
+    return f"{e.details['fits']}; {error:+.2f} dex at {e.sample_equivalents:.0f} sample-equivalents"
 check("wide inputs on a small net: draws alone on device", wide_inputs_draws_alone)
 
 def many_clause_union():

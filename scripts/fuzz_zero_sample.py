@@ -57,7 +57,8 @@ def make_event(kind: str, y: torch.Tensor, level: float, i: int, trial: int):
     if kind == "all" and k > 1:
         return All(Above(i, quantile(i, 1 - math.sqrt(level))), Below(j, quantile(j, math.sqrt(level))))
     if kind == "any":
-        return Any(*[Above(m, quantile(m, 1 - level)) for m in range(k)], *[Below(m, quantile(m, level)) for m in range(k)])
+        return Any(*[Above(m, quantile(m, 1 - level)) for m in range(k)],
+                   *[Below(m, quantile(m, level)) for m in range(k)])
     if kind == "argmax" and k > 1:
         return ArgMax(i)
     if kind == "pairs" and k > 2:
@@ -98,7 +99,8 @@ def main() -> None:
                      "truth": truth, "estimate": estimate.value, "log10_error": error, "method": estimate.method,
                      "sample_equivalents": estimate.sample_equivalents, "covered": covered,
                      "seconds": time.perf_counter() - started})
-        print(f"{'BAD' if bad else '   '} {trial:3} {described:32} {repr(event)[:50]:50} p {truth:.3g} {estimate.method:30} "
+        print(f"{'BAD' if bad else '   '} {trial:3} {described:32} {repr(event)[:50]:50} p {truth:.3g} "
+              f"{estimate.method:30} "
               f"{error:+.2f} dex {estimate.sample_equivalents:,.0f} {covered}", flush=True)
     if args.csv:
         with open(args.csv, "w", newline="") as out:

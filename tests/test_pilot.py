@@ -40,10 +40,12 @@ def test_contradiction_is_the_binomial_tail():
 def test_a_claim_too_low_is_contradicted_both_ways_only():
     """With both_ways, P(Bin(n, p) ≥ h) < CONTRADICTION contradicts too (against math.comb
     sums); one way, a claim below the draws' rate stands."""
-    for n, p, h in ((256, 0.05, 22), (256, 0.05, 23), (256, 0.05, 25), (1000, 0.01, 18), (1000, 0.01, 19), (40, 0.5, 31)):
+    for n, p, h in ((256, 0.05, 22), (256, 0.05, 23), (256, 0.05, 25), (1000, 0.01, 18), (1000, 0.01, 19),
+                    (40, 0.5, 31)):
         low = sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(h + 1))
         high = sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(h, n + 1))
-        assert Pilot(h, n, 0).contradicts(math.log(p), both_ways=True) == (low < CONTRADICTION or high < CONTRADICTION)
+        both = low < CONTRADICTION or high < CONTRADICTION
+        assert Pilot(h, n, 0).contradicts(math.log(p), both_ways=True) == both
         assert Pilot(h, n, 0).contradicts(math.log(p)) == (low < CONTRADICTION)
     assert Pilot(1, 256, 0).contradicts(-math.inf, both_ways=True) and not Pilot(1, 256, 0).contradicts(-math.inf)
 
