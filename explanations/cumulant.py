@@ -225,11 +225,12 @@ class CumulantExplanation(GuidedSampling, Explanation):
         bracketed = result.abs_error > BRACKET_CHECK * math.exp(result.log_p)   # Boole's bracket
         checking = ((fallback or priced_out or bracketed)
                     and checkable(result.log_p, draws + (pilot.draws if pilot else 0)))
-        if self.design and draws and (checking or pilot is not None and pilot.contradicts(result.log_p, True)):
+        contradicted = pilot is not None and pilot.contradicts(result.log_p, both_ways=True)
+        if self.design and draws and (checking or contradicted):
             drawn = pilot.flops if pilot else 0        # the draws decide: what the budget leaves buys more
             pilot = draw_pilot(self.graph, self.distribution, event, self.seed + 2, draws, pilot)
             spent.append(pilot.flops - drawn)
-        if pilot is not None and pilot.contradicts(result.log_p, True):
+        if pilot is not None and pilot.contradicts(result.log_p, both_ways=True):
             low, high = pilot.interval
             answer = OrthantResult(math.log(pilot.hits / pilot.draws if pilot.hits else high), 0.0, result.flops)
             estimate = self._estimate(answer, sum(spent), f"{self.method}+pilot",
