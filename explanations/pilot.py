@@ -24,6 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from .distributions import Gaussian
 from .events import Event
 from .graph import Graph
@@ -61,12 +63,12 @@ class Pilot:
 
 
 def _log_binomial_sum(n: int, log_p: float, counts: range) -> float:
-    """log Σ_{k ∈ counts} C(n, k) p^k (1 - p)^(n-k), summed in log space."""
-    log_q = math.log1p(-math.exp(log_p))
-    terms = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_p + (n - k) * log_q
-             for k in counts]
-    top = max(terms)
-    return top + math.log(sum(math.exp(t - top) for t in terms))
+    """log Σ_{k ∈ counts} C(n, k) p^k (1 - p)^(n-k), summed in log space (float64, one
+    vectorised pass: the upper tail of n ≈ 10⁴ draws has that many terms)."""
+    k = torch.arange(counts.start, counts.stop, dtype=torch.float64)
+    terms = (math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+             + k * log_p + (n - k) * math.log1p(-math.exp(log_p)))
+    return float(torch.logsumexp(terms, 0))
 
 
 def checkable(log_p: float, draws: int = PILOT_DRAWS) -> bool:
