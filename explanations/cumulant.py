@@ -164,7 +164,8 @@ class CumulantExplanation(GuidedSampling, Explanation):
         them, and their own estimate h/n is
         returned with its 95% Wilson interval (`+pilot`), or, without a hit, the interval's
         upper end. The draws only check a design estimate's path, so it keeps samples = 0
-        and says how many were made (details["pilot_draws"]). Where the design estimate's
+        and says how many were made (details["pilot_draws"]); they go on to test its
+        quadratics (`structured._with_draws`). Where the design estimate's
         own importance draws answer (`structured._with_draws`), the method says
         `+design+draws`, and the estimate carries their 95% interval and counts them in
         `samples`."""
@@ -186,7 +187,7 @@ class CumulantExplanation(GuidedSampling, Explanation):
         fallback = {}
         if self.design and rare:
             left = DESIGN_BUDGET - (self.build_flops + paid + sum(spent)) / self.flops_per_sample
-            result, details = design_estimate(self, event, max(left, 0.0))
+            result, details = design_estimate(self, event, max(left, 0.0), pilot)
             if result is not None:
                 drawn = {"pilot_draws": pilot.draws, "pilot_hits": pilot.hits} if pilot else {}
                 interval = details.pop("importance_interval", None)     # the design's draws answered

@@ -17,7 +17,9 @@ P(Binomial(n, p) ≥ h) < CONTRADICTION, the claim too low), since a union past
 inclusion–exclusion reads Boole's lower end max_i P(C_i): "at least two of six outputs past
 their 10% quantiles" (15 two-row clauses on a 4 → 8 → 6 ReLU net, p = 0.16) read 0.064.
 The routing test stays one-way: a pilot that sees more hits than π's summary claims
-leaves the event common, where the copula is the better answer.
+leaves the event common, where the copula is the better answer. Where the design path
+runs after a contradiction, the pilot goes with it: pooled with the design draws'
+defensive ones, it tests the local quadratics' claim too (`structured._with_draws`).
 """
 from __future__ import annotations
 

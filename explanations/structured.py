@@ -60,6 +60,7 @@ from .importance import Weighted, importance_draw_flops, importance_sampling, wi
 from .montecarlo import Z95
 from .mvn import OrthantResult
 from .observed import clause_margins, clause_rows, observe_flops, observer
+from .pilot import Pilot
 from .quadratic import (DOUBLING_SHARE, LINE_RANGE, SCALE, Quadratic, fit, fit_flops_bound, line_flops,
                         log_cell_probability, pairs, widened, widening_flops)
 from .shaping import shape_flops, with_shape
@@ -169,8 +170,8 @@ def linear_guesses(pi: GaussianExplanation, clauses: list[tuple[Tensor, Tensor]]
     return guesses
 
 
-def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIGN_BUDGET
-                    ) -> tuple[OrthantResult | None, dict]:
+def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIGN_BUDGET,
+                    pilot: Pilot | None = None) -> tuple[OrthantResult | None, dict]:
     """log P(event) from the local quadratics at the design points (`quadratic`), each
     mode's own clause integrated over its Voronoi cell, with every FLOP spent in the
     result, and details; None in place of the result if no design point was found, or one
@@ -205,7 +206,9 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
     Where the event is still empty, the quadratic is moved to pass through the mode's own
     margins, and where that too holds nothing its tangent hyperplanes are integrated (FORM in
     the cell, an overestimate; details["anchored_modes"]); these fallbacks integrate at the
-    fewest lines, and the second refit leaves room for the first of them (`_narrowed`)."""
+    fewest lines, and the second refit leaves room for the first of them (`_narrowed`).
+    `pilot`: plain draws of the event already made (the caller's), which test the
+    quadratics with the draws' defensive ones (`_with_draws`)."""
     allowed = budget * pi.graph.flops_per_sample
     passes = allowed / observe_flops(pi.graph, pi.distribution, event)
     limit = (1 - DRAWS_RESERVE) * passes if budget > 0 else math.inf
@@ -267,7 +270,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
                "narrow_modes": narrow_modes}
     drawn, shaping = _shaped_for_draws(replace(found, modes=modes), fitted, flops, allowed)
     result = OrthantResult(min(combined, cap), numerical_error, flops + shaping)
-    return _with_draws(pi, event, drawn, result, allowed, details)
+    return _with_draws(pi, event, drawn, result, allowed, details, pilot)
 
 
 def _fits_afforded(modes: list[Mode], found: Search, allowed: float) -> bool:
@@ -327,7 +330,7 @@ def _shaped_for_draws(found: Search, fitted: list[Quadratic], spent: float, allo
 
 
 def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: OrthantResult, allowed: float,
-                details: dict) -> tuple[OrthantResult, dict]:
+                details: dict, pilot: Pilot | None = None) -> tuple[OrthantResult, dict]:
     """The quadratics' `result` joined with importance draws around the kept modes
     (`importance`) where what `allowed` leaves buys DRAWS_MIN of them (module docstring),
     made in multiples of DRAWS_GRAIN: a search a few passes longer (float32 margins cross
@@ -348,11 +351,25 @@ def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: Or
     and where they count, details["importance_interval"] holds the interval,
     details["draws_weight"] their weight and details["quadratics_log10"] the quadratics'
     answer. (Far below float64's
-    range, where the interval cannot be written, the quadratics stay.)"""
+    range, where the interval cannot be written, the quadratics stay.)
+    The run's defensive draws are plain draws of D; pooled with the caller's `pilot`, they
+    test the quadratics as `pilot.Pilot.contradicts` tests a claim: where they saw too few
+    hits for the quadratics' p, the draws answer alone, degenerate or not, with
+    `Weighted.interval` (without a hit, its upper end; details["plain_contradicts"]). The
+    quadratics of a cell that opens wide over a thin, bent set read high
+    (`scripts/fuzz_zero_sample.py` seed 23, trial 1: tails of a 4 → 8⁴ → 2 tanh net at
+    p = 4e-4 read 10^-1.3, where 256 pilot draws and 192 defensive ones saw no hit)."""
     run, draws, flops = _draws(pi, event, found, result.flops, allowed)
     if run is None:
         return result, details
     details = {**details, "importance_draws": draws, "importance_effective_hits": run.effective_hits}
+    plain = Pilot(run.defensive_hits + (pilot.hits if pilot else 0), run.defensive + (pilot.draws if pilot else 0), 0)
+    if plain.draws and plain.contradicts(result.log_p):
+        low, high = run.interval()
+        log_drawn = run.log_p(cut=not run.degenerate) if run.hits else math.log(high)
+        details.update(importance_interval=(low, high), draws_weight=1.0, plain_contradicts=True,
+                       quadratics_log10=result.log_p / math.log(10))
+        return OrthantResult(log_drawn, 0.0, flops), details
     low, high = run.garwood(cut=False) if run.degenerate else run.interval()
     if not run.hits or low < TINY:
         return replace(result, flops=flops), details

@@ -351,6 +351,77 @@ def test_a_degenerate_draw_run_joins_unbiased_at_a_widened_spread_and_never_repl
     assert details["importance_draws"] > 1_000 and 100 < kept.flops <= allowed
 
 
+def test_plain_draws_that_contradict_the_quadratics_leave_the_draws_alone(monkeypatch):
+    """The draws' defensive fifth are plain draws of D; pooled with a caller's pilot they test
+    the quadratics' claim as `Pilot.contradicts` does. On a linear network (P = Φ(-4.5)) a
+    claim of 5e-2 meets ~1,000 defensive draws without a hit (expected: 50): the draws
+    answer alone, within 0.1 dex of the exact value and inside their interval, even where
+    the run is flagged degenerate (which would otherwise only join). A claim of 1e-4 that
+    the defensive draws alone cannot contradict is contradicted by them pooled with a
+    10⁵-draw pilot without a hit (expected 10); a pilot with 12 hits leaves it joined. A
+    run without a hit answers its interval's upper end."""
+    from explanations import importance, structured
+    from explanations.importance import Weighted
+    from explanations.mvn import OrthantResult
+    from explanations.pilot import Pilot
+
+    layer = linear(5, 1, 3)
+    w, b = layer.weight[0].detach(), layer.bias.item()
+    event = Above(0, b + 4.5 * w.norm().item())
+    exact = log_normal_tail(4.5)
+    pi = GaussianExplanation(compile_model(layer), Gaussian.standard(5))
+    found = structured.search(pi, event)
+    allowed = 5_000 * pi.graph.flops_per_sample
+    claim = OrthantResult(math.log(5e-2), 0.0, 100)
+    for degenerate in (False, True):
+        if degenerate:
+            monkeypatch.setattr(importance, "DEGENERATE_HITS", 10 ** 9)
+        alone, details = structured._with_draws(pi, event, found, claim, allowed, {})
+        assert details["plain_contradicts"] and details["draws_weight"] == 1
+        assert abs(alone.log_p - exact) < 0.1 * math.log(10) and alone.flops <= allowed
+        assert details["importance_interval"][0] < math.exp(alone.log_p) < details["importance_interval"][1]
+    mild = OrthantResult(math.log(1e-4), 0.0, 100)
+    joined, details = structured._with_draws(pi, event, found, mild, allowed, {})
+    assert "plain_contradicts" not in details and 0 < details["draws_weight"] < 1
+    silent, seen = Pilot(0, 100_000, 0), Pilot(12, 100_000, 0)
+    alone, details = structured._with_draws(pi, event, found, mild, allowed, {}, silent)
+    assert details["plain_contradicts"] and abs(alone.log_p - exact) < 0.1 * math.log(10)
+    joined, details = structured._with_draws(pi, event, found, mild, allowed, {}, seen)
+    assert "plain_contradicts" not in details
+
+    empty = Weighted(4_000, torch.zeros(0, dtype=torch.float64), defensive=800)
+    monkeypatch.setattr(structured, "importance_sampling", lambda *a, **k: empty)
+    bound, details = structured._with_draws(pi, event, found, claim, allowed, {})
+    assert details["importance_interval"][0] == 0
+    assert bound.log_p == pytest.approx(math.log(details["importance_interval"][1]))
+
+
+def test_a_claim_the_pilot_and_defensive_draws_contradict_is_dropped():
+    """Fuzz seed 23, trial 1 (`scripts/fuzz_zero_sample.py`): the four 10⁻⁴ tails of a 4 → 8⁴ → 2
+    tanh net with correlated inputs, p = 4.045e-4 (4·10⁶ plain draws, 1,618 hits). π's
+    summary calls the union common, its 256-draw pilot sees 0–1 hits, and the quadratics
+    read 10^-1.6 … 10^-2.1 (cells that open wide over a thin, bent set); joined with their
+    degenerate draws they had read +1.3 to +1.8 dex on π's seeds 0–4 with no interval
+    holding the truth. The pilot and the draws' defensive ones now drop such a claim and
+    the draws answer: +0.12, -0.21, -1.09, -0.46, -0.26 dex, every interval holding the
+    truth (seed 5's quadratics read +0.76, uncontradicted, as before)."""
+    from train.models import mlp
+
+    model = mlp([4, 8, 8, 8, 8, 2], "tanh", seed=465)
+    g = torch.Generator().manual_seed(1)
+    factor = torch.randn(4, 4, generator=g, dtype=torch.float64) / 2
+    D = Gaussian(0.3 * torch.randn(4, generator=g, dtype=torch.float64),
+                 factor @ factor.T + 0.1 * torch.eye(4, dtype=torch.float64))
+    event = Any(Above(0, 1.35096), Above(1, 0.889002), Below(0, -1.40359), Below(1, -0.851562))
+    truth, close = 4.045e-4, 0
+    for seed in range(5):
+        estimate = explain(model, D, "auto", seed=seed).probability(event)
+        assert estimate.details["plain_contradicts"] and estimate.sample_equivalents <= 10_000
+        assert estimate.interval[0] < truth < estimate.interval[1]
+        close += abs(estimate.log10 - math.log10(truth)) < 0.5
+    assert close >= 4
+
+
 def test_a_zero_sample_answer_joined_by_its_draws_says_so():
     """Where the design estimate's draws join the quadratics, the Estimate says
     `+design+draws`, counts the draws in `samples` and carries the joined interval (this
@@ -422,8 +493,8 @@ def test_the_fits_and_integrals_leave_the_draws_their_reserve(monkeypatch, reser
     seen = []
     join = structured._with_draws
 
-    def recorded(pi, event, found, result, allowed, details):
-        answer, details = join(pi, event, found, result, allowed, details)
+    def recorded(pi, event, found, result, allowed, details, pilot=None):
+        answer, details = join(pi, event, found, result, allowed, details, pilot)
         seen.append((result.flops, answer.flops, allowed, structured.importance_draw_flops(found)))
         return answer, details
 
