@@ -130,6 +130,14 @@ class Weighted:
         effective = error ** -2 if error > 0 else self.effective_hits
         return effective_count_interval(self.log_p(cut), effective)
 
+    def pooled(self, other: "Weighted") -> "Weighted":
+        """This run and `other` (another stream from the same mixture) as one run."""
+        points = None if self.hit_points is None or other.hit_points is None else \
+            torch.cat([self.hit_points, other.hit_points])
+        return Weighted(self.samples + other.samples, torch.cat([self.log_weights, other.log_weights]),
+                        self.defensive + other.defensive, self.defensive_hits + other.defensive_hits,
+                        self.mode_hits + other.mode_hits, points)
+
     def interval(self) -> tuple[float, float]:
         """Garwood's for p̂²/se² effective hits, of the truncated estimate joined with the
         unbiased one's where weights were cut (truncation moves p̂ down, and the joined

@@ -195,9 +195,9 @@ def test_zero_sample_draws_take_the_shape_of_each_fitted_needle(monkeypatch):
     seen = []
     join = structured._with_draws
 
-    def recorded(pi, event, found, result, allowed, details):
+    def recorded(pi, event, found, result, allowed, details, pilot=None):
         seen.append((found, result.flops))
-        return join(pi, event, found, result, allowed, details)
+        return join(pi, event, found, result, allowed, details, pilot)
 
     monkeypatch.setattr(structured, "_with_draws", recorded)
     D = Gaussian.standard(4)
