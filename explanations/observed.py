@@ -3,6 +3,7 @@ rows on v, and v itself at whitened inputs."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from .distributions import Gaussian
 from .events import Clause, Event
-from .graph import Graph
+from .graph import Affine, Graph
 from .montecarlo import detector_flops
 from .propagate import GaussianState, propagate
 
@@ -60,16 +61,36 @@ def clause_margins(observe: Callable[[Tensor], Tensor], clauses: list[tuple[Tens
     return [lambda xi, a=a, b=b: observe(xi) @ a.T - b for a, b in clauses]
 
 
-def input_map_flops(distribution: Gaussian) -> int:
-    """FLOPs of x = μ + F ξ for one point: 2d² + d, and none for N(0, I), where x = ξ."""
+def foldable(graph: Graph, distribution: Gaussian) -> bool:
+    """Can x = μ + F ξ be folded into the network's first map (`observer`): a dense affine
+    map (a Linear's) under a Gaussian other than N(0, I)?"""
+    first = graph.chain[0] if graph.chain else None
+    return (not distribution.is_standard and isinstance(first, Affine) and first.flops is None
+            and first.support is None)
+
+
+def fold_flops(graph: Graph, distribution: Gaussian) -> int:
+    """FLOPs of folding x = μ + F ξ into the first affine map, once (`observer`): W F and
+    W μ, 2md² + 2md for its m outputs; 0 where nothing is folded."""
+    if not foldable(graph, distribution):
+        return 0
+    m, d = graph.chain[0].n_out, distribution.dim
+    return 2 * m * d * d + 2 * m * d
+
+
+def input_map_flops(distribution: Gaussian, graph: Graph | None = None) -> int:
+    """FLOPs of x = μ + F ξ for one point: 2d² + d; none for N(0, I), where x = ξ, nor where
+    the map is folded into `graph`'s first affine map (`fold_flops`, once)."""
     d = distribution.dim
-    return 0 if distribution.is_standard else 2 * d * d + d
+    if distribution.is_standard or graph is not None and foldable(graph, distribution):
+        return 0
+    return 2 * d * d + d
 
 
 def observe_flops(graph: Graph, distribution: Gaussian, event: Event) -> int:
     """FLOPs of one ξ ↦ v for `event` (what `observer` counts), before an observer is built:
     the input map, the network and the event's detectors."""
-    return input_map_flops(distribution) + graph.flops_per_sample + detector_flops([event])
+    return input_map_flops(distribution, graph) + graph.flops_per_sample + detector_flops([event])
 
 
 def observer(graph: Graph, distribution: Gaussian, detectors: list, dtype: torch.dtype
@@ -77,15 +98,23 @@ def observer(graph: Graph, distribution: Gaussian, detectors: list, dtype: torch
     """ξ ↦ v = (y, detector scores) at x = μ + F ξ (F Fᵀ = Σ; x = ξ for N(0, I)) for a batch
     of whitened inputs [batch, d] → [batch, outputs + detectors], in `dtype` on the graph's
     device; and the FLOPs per point: the input map (`input_map_flops`), the network and
-    the detectors."""
+    the detectors. Where the first map is a dense affine W x + b (`foldable`), the input
+    map is folded into it, W F ξ + (W μ + b), at `fold_flops` once (the caller's to charge):
+    a 32-input correlated Gaussian on a 32 → 8 → 3 net had cost 2,080 FLOPs a point for
+    the map against 560 for the network."""
     graph = graph.to(dtype=dtype)
     detector_graphs = [d.score_graph().to(device=graph.device, dtype=dtype) for d in detectors]
     D = distribution.to(dtype=dtype)
     mean, factor, standard = D.mean, D.factor, D.is_standard
+    folded = foldable(graph, D)
+    if folded:
+        first = graph.chain[0]
+        first = replace(first, weight=first.weight @ factor, bias=first.bias + first.weight @ mean)
+        graph = Graph((first,) + graph.chain[1:], graph.n_inputs, graph.input_shape)
 
     def observe(xi: Tensor) -> Tensor:
-        y = graph.forward(xi if standard else mean + xi @ factor.T)
+        y = graph.forward(xi if standard or folded else mean + xi @ factor.T)
         return torch.cat([y] + [g.forward(y) for g in detector_graphs], dim=1)
 
-    return observe, (input_map_flops(distribution) + graph.flops_per_sample
+    return observe, (input_map_flops(distribution, graph) + graph.flops_per_sample
                      + sum(g.flops_per_sample for g in detector_graphs))

@@ -71,7 +71,7 @@ from .graph import Act, Graph, iter_ops
 from .importance import Weighted, importance_draw_flops, importance_sampling, with_finite_modes
 from .montecarlo import Z95
 from .mvn import OrthantResult
-from .observed import clause_margins, clause_rows, observe_flops, observer
+from .observed import clause_margins, clause_rows, fold_flops, observe_flops, observer
 from .pilot import Pilot
 from .quadratic import (DOUBLING_SHARE, LINE_RANGE, SCALE, Quadratic, fit, fit_flops_bound, line_flops,
                         log_cell_probability, pairs, widened, widening_flops)
@@ -149,8 +149,8 @@ def search(pi: GaussianExplanation, event: Event, starts: int = 3, max_modes: in
                                                 max_modes=max_modes, effort=effort, iterations=iterations,
                                                 limit=limit, fill=fill, rays=rays)
     growth = grows_linearly([pi.graph] + [d.score_graph() for d in detectors])
-    return Search(modes, observe, clauses, batch_margins, D, (forwards + 2 * backwards) * unit, forwards,
-                  backwards, unit, growth)
+    return Search(modes, observe, clauses, batch_margins, D, (forwards + 2 * backwards) * unit
+                  + fold_flops(pi.graph, D), forwards, backwards, unit, growth)
 
 
 def grows_linearly(graphs: list[Graph]) -> bool:

@@ -255,9 +255,10 @@ def test_a_band_shaped_detector_event_is_seen_through_the_detector():
 
 
 def test_standard_inputs_are_observed_without_a_factor_multiply():
-    """x = μ + F ξ costs 2d² + d a point, and nothing for N(0, I), where x = ξ; both maps
-    give the network's outputs at x."""
-    from explanations.observed import input_map_flops, observer
+    """x = μ + F ξ costs 2d² + d a point, and nothing for N(0, I), where x = ξ, nor where it is
+    folded into a first dense affine map W x + b (W F and W μ + b, 2md² + 2md FLOPs once);
+    every map gives the network's outputs at x."""
+    from explanations.observed import fold_flops, input_map_flops, observer
 
     model = nn.Sequential(linear(3, 4, 5), nn.Tanh(), linear(4, 2, 6))
     graph = compile_model(model)
@@ -268,10 +269,15 @@ def test_standard_inputs_are_observed_without_a_factor_multiply():
     assert input_map_flops(Gaussian.standard(3)) == 0 and input_map_flops(general) == 2 * 9 + 3
     observe, unit = observer(graph, Gaussian.standard(3), [], F64)
     torch.testing.assert_close(observe(xi), model(xi))
-    assert unit == graph.flops_per_sample
+    assert unit == graph.flops_per_sample and fold_flops(graph, Gaussian.standard(3)) == 0
     observe, unit = observer(graph, general, [], F64)
     torch.testing.assert_close(observe(xi), model(general.mean + xi @ general.factor.T))
-    assert unit == graph.flops_per_sample + 2 * 9 + 3
+    assert unit == graph.flops_per_sample and fold_flops(graph, general) == 2 * 4 * 9 + 2 * 4 * 3
+    squashed = nn.Sequential(nn.Tanh(), linear(3, 2, 6))          # no affine map first: nothing to fold into
+    graph = compile_model(squashed)
+    observe, unit = observer(graph, general, [], F64)
+    torch.testing.assert_close(observe(xi), squashed(general.mean + xi @ general.factor.T))
+    assert unit == graph.flops_per_sample + 2 * 9 + 3 and fold_flops(graph, general) == 0
 
 
 def test_the_budget_left_joins_the_quadratics_with_importance_draws():

@@ -69,7 +69,7 @@ from explanations import Gaussian, compile_model, explain
 from explanations.design import ClauseSearch
 from explanations.events import Event
 from explanations.mvn import log_bivariate_normal_cdf
-from explanations.observed import clause_margins, clause_rows, observer
+from explanations.observed import clause_margins, clause_rows, fold_flops, observer
 from explanations.splitting import event_margin
 from explanations.structured import log_chi2_tail, search
 
@@ -130,7 +130,7 @@ class CatastrophePenalty:
         observe, unit = observer(graph, self.distribution, detectors, torch.float64)   # input map included
         margins = clause_margins(observe, clauses)
         origin = torch.zeros(1, self.distribution.dim, dtype=torch.float64, device=graph.device)
-        self.flops += unit
+        self.flops += unit + fold_flops(graph, self.distribution)
         common = float(event_margin(observe(origin), clauses)[0]) > 0
         if not common:
             if self.calls % self.search_every == 0 or (not self.modes and not self.found_nothing):
@@ -144,6 +144,7 @@ class CatastrophePenalty:
             self.log10_probability, self.planes = -math.inf, None
             return torch.zeros((), dtype=torch.float64, device=graph.device, requires_grad=True)
         observe_live = observer(live, self.distribution, detectors, torch.float64)[0]
+        self.flops += fold_flops(graph, self.distribution)
         if common:
             masses = self._origin_masses(observe_live, origin, clauses, unit)
             points, log_p = origin.expand(len(masses), -1), torch.logsumexp(masses, 0)
