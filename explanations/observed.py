@@ -106,6 +106,8 @@ def observer(graph: Graph, distribution: Gaussian, detectors: list, dtype: torch
     detector_graphs = [d.score_graph().to(device=graph.device, dtype=dtype) for d in detectors]
     D = distribution.to(dtype=dtype)
     mean, factor, standard = D.mean, D.factor, D.is_standard
+    unit = (input_map_flops(distribution, graph) + graph.flops_per_sample
+            + sum(g.flops_per_sample for g in detector_graphs))
     folded = foldable(graph, D)
     if folded:
         first = graph.chain[0]
@@ -116,5 +118,4 @@ def observer(graph: Graph, distribution: Gaussian, detectors: list, dtype: torch
         y = graph.forward(xi if standard or folded else mean + xi @ factor.T)
         return torch.cat([y] + [g.forward(y) for g in detector_graphs], dim=1)
 
-    return observe, (input_map_flops(distribution, graph) + graph.flops_per_sample
-                     + sum(g.flops_per_sample for g in detector_graphs))
+    return observe, unit

@@ -237,7 +237,7 @@ def design_estimate(pi: GaussianExplanation, event: Event, budget: float = DESIG
             return _drawn_alone(pi, event, replace(near, flops=spent), allowed, "near the bulk", first)
         if first is not None:           # no hit: the quadratics, with the rest, tested by its plain draws too
             found = replace(found, flops=spent)
-            pilot = Pilot((pilot.hits if pilot else 0), first.defensive + (pilot.draws if pilot else 0), 0)
+            pilot = _plain_draws(first, pilot)
     if candidates and candidates[0].beta >= NEAR and not _fits_afforded(candidates, found, fitting_allowed):
         return _drawn_alone(pi, event, replace(found, modes=candidates), allowed, "over budget")
     modes, polish_passes = _polished(candidates, found, fitting_allowed)
@@ -306,12 +306,13 @@ def _drawn_alone(pi: GaussianExplanation, event: Event, found: Search, allowed: 
                  before: Weighted | None = None) -> tuple[OrthantResult, dict]:
     """P(event) from importance draws around the modes alone, with what `allowed` leaves past
     the search, where not even each clause's nearest fit fits, or the nearest mode lies
-    within DRAWN_BELOW (module docstring): their estimate, unbiased where the run is
-    degenerate (as `_with_draws` joins it); details["fits"] says `why`. Where the draws see no hit (or none fit),
-    FORM's union bound Σ_c Φ(-β_c) over each clause's nearest mode, capped by
-    P(χ²_d ≥ β_min²) as the quadratics are, and by the upper end of the run's interval
-    where its defensive draws contradict it (`Pilot.contradicts`: a needle 10⁻³ wide at
-    β = 1.5 had read Φ(-1.5), +2.9 dex, against no hit in 1,800 plain draws)."""
+    within DRAWN_BELOW (module docstring), pooled with the run made `before` where given:
+    their estimate, unbiased where the run is degenerate (as `_with_draws` joins it);
+    details["fits"] says `why`. Where the draws see no hit (or none fit), FORM's union
+    bound Σ_c Φ(-β_c) over each clause's nearest mode, capped by P(χ²_d ≥ β_min²) as the
+    quadratics are, and by the upper end of the run's interval where its defensive draws
+    contradict it (`Pilot.contradicts`: a needle 10⁻³ wide at β = 1.5 had read Φ(-1.5),
+    +2.9 dex, against no hit in 1,800 plain draws)."""
     modes = [m.beta for m in found.modes]
     run, draws, flops = _draws(pi, event, found, found.flops, allowed)
     if before is not None:
@@ -339,9 +340,15 @@ def _draws(pi: GaussianExplanation, event: Event, found: Search, spent: float, a
     draws = int((allowed - spent) // (per_draw * DRAWS_GRAIN)) * DRAWS_GRAIN if found.modes else 0
     if draws < DRAWS_MIN:
         return None, 0, spent
-    run = importance_sampling(event, found, draws, torch.Generator().manual_seed(pi.seed + seed_offset), pi.graph.n_outputs,
-                              shaped_split=DRAWS_SHAPED_SPLIT)
+    generator = torch.Generator().manual_seed(pi.seed + seed_offset)
+    run = importance_sampling(event, found, draws, generator, pi.graph.n_outputs, shaped_split=DRAWS_SHAPED_SPLIT)
     return run, draws, spent + draws * per_draw
+
+
+def _plain_draws(run: Weighted, pilot: Pilot | None) -> Pilot:
+    """The run's defensive draws, plain draws of D, pooled with `pilot`'s."""
+    before = pilot or Pilot(0, 0, 0)
+    return Pilot(run.defensive_hits + before.hits, run.defensive + before.draws, 0)
 
 
 def _shaped_for_draws(found: Search, fitted: list[Quadratic], spent: float, allowed: float) -> tuple[Search, int]:
@@ -392,7 +399,7 @@ def _with_draws(pi: GaussianExplanation, event: Event, found: Search, result: Or
     if run is None:
         return result, details
     details = {**details, "importance_draws": draws, "importance_effective_hits": run.effective_hits}
-    plain = Pilot(run.defensive_hits + (pilot.hits if pilot else 0), run.defensive + (pilot.draws if pilot else 0), 0)
+    plain = _plain_draws(run, pilot)
     if plain.draws and plain.contradicts(result.log_p):
         low, high = run.interval()
         log_drawn = run.log_p(cut=not run.degenerate) if run.hits else math.log(high)

@@ -409,9 +409,9 @@ def test_a_claim_the_pilot_and_defensive_draws_contradict_is_dropped():
     read 10^-1.6 … 10^-2.1 (cells that open wide over a thin, bent set); joined with their
     degenerate draws they had read +1.3 to +1.8 dex on π's seeds 0–4 with no interval
     holding the truth. Now, on π's seeds 0–4, either the pilot and the draws' defensive
-    ones drop the quadratics' claim and the draws answer (seeds 0, 3, 4), or the nearest
-    mode lies within DRAWN_BELOW and draws come first and see the event (seeds 1, 2):
-    +0.12, +0.02, +0.25, -0.46, -0.26 dex, every interval holding the truth."""
+    ones drop the quadratics' claim and the draws answer, or the nearest
+    mode lies within DRAWN_BELOW and draws come first and see the event: +0.28, -0.09,
+    +0.21, +0.18, +0.26 dex, every interval holding the truth."""
     from explanations.structured import DRAWN_BELOW
     from train.models import mlp
 
@@ -435,7 +435,7 @@ def test_near_the_bulk_the_draws_come_first():
     tanh net with correlated inputs; the nearest modes lie at β ≈ 1.4–1.5, within
     DRAWN_BELOW. Their quadratics (10^-1.7 … 10^-2.4) joined with degenerate draws had read
     +0.73 dex on π's seed 31, the interval missing the truth; the draws made first, with
-    half of what the search leaves and then the rest, read -0.12 there and within 0.06 dex
+    half of what the search leaves and then the rest, read -0.07 there and within 0.05 dex
     on seeds 0–3, each interval holding the truth."""
     from train.models import mlp
 
