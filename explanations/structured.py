@@ -322,7 +322,7 @@ def _drawn_alone(pi: GaussianExplanation, event: Event, found: Search, allowed: 
     if run is None or not run.hits:
         nearest = torch.tensor([m.beta for m in _nearest_per_clause(found.modes).values()], dtype=torch.float64)
         form = min(float(torch.logsumexp(log_ndtr(-nearest), 0)), log_chi2_tail(found.distribution.dim, modes[0]))
-        if run is not None and Pilot(0, run.defensive, 0).contradicts(form):
+        if run is not None and _plain_draws(run, None).contradicts(form):
             form = math.log(run.interval()[1])
         return OrthantResult(form, 0.0, flops), {**details, "form": True}
     details.update(importance_effective_hits=run.effective_hits, importance_interval=run.interval())
